@@ -1,0 +1,389 @@
+//! Commands that talk to a running server through `attune_client::Client`.
+
+use std::{io::IsTerminal, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use attune_client::wire::{CreateExecution, PackUpload};
+use attune_core::{Execution, Timestamp};
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::{
+    output::{ago, print, Table},
+    Ctx,
+};
+
+/// A mistake in what the user typed (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+#[derive(Subcommand)]
+pub enum PackCmd {
+    /// Load (or re-load) the pack in DIR: pack.yaml plus actions/*.yaml.
+    Load { dir: PathBuf },
+    /// List loaded packs.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum ActionCmd {
+    /// List loaded actions.
+    List,
+    /// Show one action with its parameters.
+    Show { action_ref: String },
+}
+
+#[derive(Subcommand)]
+pub enum ExecutionCmd {
+    /// List executions, newest first.
+    List {
+        /// Only this status (requested, scheduled, running, canceling, succeeded, failed, timeout, canceled, abandoned).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this action.
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show one execution with its history.
+    Get { id: String },
+    /// Cancel an execution: at once if it has not started, via its worker if it is running.
+    Cancel { id: String },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The action, e.g. core.echo.
+    action_ref: String,
+    /// Parameters as key=value; values that parse as JSON (numbers, true, [..], {..}) are used as
+    /// JSON, anything else as a string.
+    params: Vec<String>,
+    /// All parameters as one JSON object (merged under key=value ones).
+    #[arg(long)]
+    params_json: Option<String>,
+    /// Wait for the execution to finish; exit 0 only if it succeeded.
+    #[arg(long)]
+    wait: bool,
+    /// Kill the action after this many seconds (overrides the action's timeout_seconds).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Attempts in all, if a worker dies while running it (overrides the action's retry policy).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+}
+
+pub async fn pack(ctx: &Ctx, c: PackCmd) -> anyhow::Result<i32> {
+    match c {
+        PackCmd::Load { dir } => {
+            let p = attune_pack::load_pack_dir(&dir).map_err(|e| usage(format!("pack not loaded:\n{e}")))?;
+            let up = PackUpload { pack: p.meta, actions: p.actions };
+            let loaded = ctx.client.upload_pack(&up).await?;
+            print(ctx.output, &loaded, || {
+                let mut t = Table::new(vec!["LOADED ACTION"]);
+                for a in &loaded.actions {
+                    t.row(vec![a.clone()]);
+                }
+                t
+            })?;
+        }
+        PackCmd::List => {
+            let packs = ctx.client.list_packs().await?;
+            print(ctx.output, &packs, || {
+                let mut t = Table::new(vec!["REF", "VERSION", "ACTIONS", "DIR", "DESCRIPTION"]);
+                for p in &packs {
+                    t.row(vec![
+                        p.meta.pack_ref.to_string(),
+                        p.meta.version.clone(),
+                        p.actions.to_string(),
+                        p.meta.dir.clone().unwrap_or_default(),
+                        p.meta.description.clone(),
+                    ]);
+                }
+                t
+            })?;
+        }
+    }
+    Ok(0)
+}
+
+pub async fn action(ctx: &Ctx, c: ActionCmd) -> anyhow::Result<i32> {
+    match c {
+        ActionCmd::List => {
+            let actions = ctx.client.list_actions().await?;
+            print(ctx.output, &actions, || {
+                let mut t = Table::new(vec!["REF", "RUNTIME", "DESCRIPTION"]);
+                for a in &actions {
+                    t.row(vec![a.action_ref.to_string(), a.runtime.to_string(), a.description.clone()]);
+                }
+                t
+            })?;
+        }
+        ActionCmd::Show { action_ref } => {
+            let a = ctx.client.get_action(&action_ref).await?;
+            print(ctx.output, &a, || {
+                let mut pairs = vec![
+                    ("ref", a.action_ref.to_string()),
+                    ("description", a.description.clone()),
+                    ("runtime", a.runtime.to_string()),
+                    ("entry_point", a.entry_point.clone()),
+                    ("output_format", format!("{:?}", a.output_format).to_lowercase()),
+                    ("timeout", a.timeout_seconds.map(|t| format!("{t}s")).unwrap_or_else(|| "none".into())),
+                    ("max_attempts", a.retry.max_attempts.to_string()),
+                ];
+                let required: Vec<&str> = a
+                    .parameters
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if let Some(props) = a.parameters.get("properties").and_then(Value::as_object) {
+                    for (k, p) in props {
+                        let ty = p
+                            .get("type")
+                            .map(|t| t.to_string().replace('"', ""))
+                            .unwrap_or_else(|| "any".into());
+                        let desc = p.get("description").and_then(Value::as_str).unwrap_or("");
+                        let req = if required.contains(&k.as_str()) { ", required" } else { "" };
+                        pairs.push(("parameter", format!("{k} ({ty}{req}) {desc}")));
+                    }
+                }
+                Table::fields(pairs)
+            })?;
+        }
+    }
+    Ok(0)
+}
+
+pub async fn worker_list(ctx: &Ctx, all: bool) -> anyhow::Result<i32> {
+    let mut workers = ctx.client.list_workers().await?;
+    if !all {
+        workers.retain(|w| w.deregistered_at.is_none());
+    }
+    let now = Timestamp::now().millis();
+    print(ctx.output, &workers, || {
+        let mut t = Table::new(vec!["NAME", "STATUS", "HEARTBEAT", "IN FLIGHT", "RUNTIMES", "REASON"]);
+        for w in &workers {
+            t.row(vec![
+                w.name.clone(),
+                w.status.to_string(),
+                ago(now - w.last_heartbeat.millis()),
+                format!("{}/{}", w.in_flight, w.concurrency),
+                w.runtimes.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
+                w.status_reason.clone().unwrap_or_default(),
+            ]);
+        }
+        t
+    })?;
+    Ok(0)
+}
+
+/// Parameters from `key=value` words and `--params-json`.
+pub fn parse_params(words: &[String], json: Option<&str>) -> anyhow::Result<Value> {
+    let mut map = match json {
+        Some(j) => match serde_json::from_str::<Value>(j) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(usage("--params-json must be a JSON object")),
+            Err(e) => return Err(usage(format!("--params-json is not valid JSON: {e}"))),
+        },
+        None => Map::new(),
+    };
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            return Err(usage(format!("parameter {w:?} is not key=value (e.g. message=hello)")));
+        };
+        if k.is_empty() {
+            return Err(usage(format!("parameter {w:?} has an empty key")));
+        }
+        let value = match serde_json::from_str::<Value>(v) {
+            Ok(j) if !j.is_string() => j,
+            _ => Value::String(v.to_owned()),
+        };
+        map.insert(k.to_owned(), value);
+    }
+    Ok(Value::Object(map))
+}
+
+pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
+    let parameters = parse_params(&a.params, a.params_json.as_deref())?;
+    let req = CreateExecution {
+        action_ref: a.action_ref,
+        parameters: Some(parameters),
+        timeout_seconds: a.timeout,
+        max_attempts: a.max_attempts,
+    };
+    let e = ctx.client.create_execution(&req).await?;
+    if !a.wait {
+        show_execution(ctx, &e)?;
+        return Ok(0);
+    }
+    let e = wait(ctx, e).await?;
+    show_execution(ctx, &e)?;
+    Ok(if e.status == attune_core::ExecutionStatus::Succeeded { 0 } else { 1 })
+}
+
+/// Polls until the execution is terminal; shows a progress line on a terminal (stderr).
+async fn wait(ctx: &Ctx, mut e: Execution) -> anyhow::Result<Execution> {
+    let tty = std::io::stderr().is_terminal();
+    let spinner = ['|', '/', '-', '\\'];
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(20);
+    let mut i = 0;
+    while !e.status.is_terminal() {
+        if tty {
+            eprint!(
+                "\r{} {} {} ({:.0}s)   ",
+                spinner[i % 4],
+                e.id,
+                e.status,
+                started.elapsed().as_secs_f64()
+            );
+            i += 1;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+        e = match ctx.client.get_execution(e.id).await {
+            Ok(e) => e,
+            Err(err) if err.is_transient() => {
+                if tty {
+                    eprint!("\r  server unreachable, retrying…   ");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
+    }
+    if tty {
+        eprint!("\r{}\r", " ".repeat(70));
+    }
+    Ok(e)
+}
+
+fn show_execution(ctx: &Ctx, e: &Execution) -> anyhow::Result<()> {
+    print(ctx.output, e, || {
+        let mut pairs = vec![
+            ("id", e.id.to_string()),
+            ("action", e.action_ref.to_string()),
+            ("status", e.status.to_string()),
+            ("attempt", format!("{}/{}", e.attempt, e.max_attempts)),
+            ("worker", e.worker.clone().unwrap_or_default()),
+            ("parameters", e.parameters.to_string()),
+        ];
+        if let Some(c) = e.exit_code {
+            pairs.push(("exit_code", c.to_string()));
+        }
+        if let Some(r) = &e.result {
+            pairs.push(("result", r.to_string()));
+        }
+        if let Some(err) = &e.error {
+            pairs.push((
+                "error",
+                err.get("error")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| err.to_string()),
+            ));
+        }
+        for h in &e.history {
+            let from = h.from.map(|f| f.to_string()).unwrap_or_else(|| "-".into());
+            let reason = h.reason.clone().unwrap_or_default();
+            pairs.push((
+                "history",
+                format!(
+                    "{} {from} -> {} by {} {reason}",
+                    h.at.to_datetime().format("%H:%M:%S%.3f"),
+                    h.to,
+                    h.actor
+                ),
+            ));
+        }
+        let mut t = Table::fields(pairs);
+        if !e.stdout.is_empty() {
+            t.row(vec!["stdout:".into(), String::new()]);
+        }
+        t
+    })?;
+    if ctx.output == crate::output::Format::Table {
+        if !e.stdout.is_empty() {
+            print!("{}", e.stdout);
+            if !e.stdout.ends_with('\n') {
+                println!();
+            }
+        }
+        if !e.stderr.is_empty() {
+            println!("stderr:");
+            print!("{}", e.stderr);
+        }
+    }
+    Ok(())
+}
+
+fn parse_uuid(s: &str) -> anyhow::Result<Uuid> {
+    s.parse().map_err(|_| usage(format!("{s:?} is not an execution id (a UUID)")))
+}
+
+pub async fn execution(ctx: &Ctx, c: ExecutionCmd) -> anyhow::Result<i32> {
+    match c {
+        ExecutionCmd::List { status, action, limit } => {
+            let mut q = vec![format!("limit={limit}")];
+            if let Some(s) = status {
+                q.push(format!("status={s}"));
+            }
+            if let Some(a) = action {
+                q.push(format!("action_ref={a}"));
+            }
+            let list = ctx.client.list_executions(&q.join("&")).await.context("list executions")?;
+            let now = Timestamp::now().millis();
+            print(ctx.output, &list, || {
+                let mut t = Table::new(vec!["ID", "ACTION", "STATUS", "ATTEMPT", "WORKER", "CREATED"]);
+                for e in &list.items {
+                    t.row(vec![
+                        e.id.to_string(),
+                        e.action_ref.to_string(),
+                        e.status.to_string(),
+                        format!("{}/{}", e.attempt, e.max_attempts),
+                        e.worker.clone().unwrap_or_default(),
+                        ago(now - e.created_at.millis()),
+                    ]);
+                }
+                t
+            })?;
+        }
+        ExecutionCmd::Get { id } => {
+            let e = ctx.client.get_execution(parse_uuid(&id)?).await?;
+            show_execution(ctx, &e)?;
+        }
+        ExecutionCmd::Cancel { id } => {
+            let e = ctx.client.cancel_execution(parse_uuid(&id)?).await?;
+            show_execution(ctx, &e)?;
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_from_words() {
+        let p = parse_params(
+            &["message=hello world".into(), "n=3".into(), "flag=true".into(), "s=\"3\"".into()],
+            None,
+        )
+        .unwrap();
+        assert_eq!(p, json!({"message": "hello world", "n": 3, "flag": true, "s": "\"3\""}));
+        assert!(parse_params(&["nokey".into()], None).is_err());
+        assert!(parse_params(&[], Some("[1]")).is_err());
+        let p = parse_params(&["a=1".into()], Some(r#"{"a": 0, "b": 2}"#)).unwrap();
+        assert_eq!(p, json!({"a": 1, "b": 2}));
+    }
+}

@@ -1,0 +1,260 @@
+//! The long-running roles: `up` (server + workers in one process), `server`, `worker`.
+//! Each stops gracefully on the first SIGINT/SIGTERM and at once on the second.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::Context;
+use attune_core::config::Settings;
+use attune_server::{Server, ServerOptions};
+use attune_store::{Store, StoreOptions};
+use attune_worker::{Agent, WorkerOptions};
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::{load, Override};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Where the SQLite database lives.
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Address for the API.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Number of workers to run in this process.
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Tasks each worker runs at once.
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Use this database instead of SQLite under the data dir (e.g. postgres://postgres@127.0.0.1/attune).
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Address for the API; port 0 picks a free port (printed on start).
+    #[arg(long)]
+    listen: Option<String>,
+    /// sqlite://PATH or postgres://USER@HOST:PORT/DB (default: SQLite under the data dir).
+    #[arg(long)]
+    database_url: Option<String>,
+    #[arg(long)]
+    data_dir: Option<String>,
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Worker name (default: HOST-PID).
+    #[arg(long)]
+    name: Option<String>,
+    /// Tasks run at once.
+    #[arg(long)]
+    concurrency: Option<u32>,
+}
+
+fn init_logging(s: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&s.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if s.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Cancels the returned token on the first SIGINT/SIGTERM; on the second, kills every action
+/// process this process started and exits with 130.
+fn on_signals() -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let handle = tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("stopping gracefully (signal again to stop at once)…");
+        t.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("stopping now");
+        attune_worker::process::kill_all();
+        std::process::exit(130);
+    });
+    (token, handle)
+}
+
+async fn open_store(s: &Settings) -> anyhow::Result<Arc<Store>> {
+    let mut o = StoreOptions::new(s.database_url());
+    o.max_connections = s.database.max_connections;
+    o.acquire_timeout = s.database.acquire_timeout;
+    o.statement_timeout = s.database.statement_timeout;
+    let store = Store::open(&o).await?;
+    Ok(Arc::new(store))
+}
+
+async fn load_packs(store: &Store, s: &Settings) -> Vec<String> {
+    let (loaded, problems) = attune_server::packs::load_dirs(store, &s.packs.dirs).await;
+    for p in problems {
+        tracing::warn!("pack not loaded: {p}");
+    }
+    loaded
+}
+
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))
+}
+
+fn worker_options(s: &Settings, server: &str, name: String, scratch: std::path::PathBuf) -> WorkerOptions {
+    WorkerOptions {
+        server: server.to_owned(),
+        name,
+        concurrency: s.worker.concurrency,
+        runtimes: s.worker.runtimes.clone().unwrap_or_else(attune_worker::detect_runtimes),
+        shutdown_timeout: s.worker.shutdown_timeout,
+        max_output: s.worker.max_output_bytes,
+        kill_grace: s.worker.kill_grace,
+        labels: serde_json::json!({}),
+        scratch_dir: scratch,
+    }
+}
+
+pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
+    let mut flags = Vec::new();
+    if let Some(d) = a.data_dir {
+        flags.push(Override::str("data_dir", d));
+    }
+    if let Some(l) = a.listen {
+        flags.push(Override::str("server.listen", l));
+    }
+    if let Some(u) = a.database_url {
+        flags.push(Override::str("database.url", u));
+    }
+    if let Some(c) = a.concurrency {
+        flags.push(Override::num("worker.concurrency", c as u64));
+    }
+    let s = load(config, flags)?;
+    init_logging(&s);
+    let store = open_store(&s).await?;
+    let packs = load_packs(&store, &s).await;
+    let listener = bind(&s.server.listen).await?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let (stop, signals) = on_signals();
+
+    let server_stop = CancellationToken::new();
+    let server = Server::build(ServerOptions::from_settings(&s), store.clone());
+    let mut server_task = tokio::spawn(server.run(listener, server_stop.clone()));
+
+    let host = attune_worker_host();
+    let mut workers = tokio::task::JoinSet::new();
+    let worker_stop = CancellationToken::new();
+    let runtimes = s.worker.runtimes.clone().unwrap_or_else(attune_worker::detect_runtimes);
+    for i in 1..=a.workers {
+        let name = format!("{host}-up-{i}");
+        let opts = worker_options(&s, &url, name, s.data_dir.join("tmp"));
+        workers.spawn(Agent::build(opts).run(worker_stop.clone()));
+    }
+
+    let exe = std::env::current_exe().ok();
+    let cmd = exe
+        .as_deref()
+        .and_then(|p| {
+            std::env::current_dir()
+                .ok()
+                .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| format!("./{}", r.display())))
+        })
+        .unwrap_or_else(|| "attune".into());
+    let server_flag = if url == "http://127.0.0.1:8080" { String::new() } else { format!(" --server {url}") };
+    println!("Attune {} is up.", env!("CARGO_PKG_VERSION"));
+    println!("  API        {url}   (health: {url}/health)");
+    println!("  Database   {}", attune_store::redact(&s.database_url()));
+    println!(
+        "  Workers    {} × {} slots, runtimes: {}",
+        a.workers,
+        s.worker.concurrency,
+        runtimes.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "  Packs      {}",
+        if packs.is_empty() { "none loaded (no ./packs directory here?)".into() } else { packs.join(", ") }
+    );
+    println!();
+    println!("Try, in another terminal:");
+    println!("  {cmd}{server_flag} run core.echo message=hello --wait");
+    println!("Press Ctrl-C to stop.");
+
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        r = &mut server_task => {
+            worker_stop.cancel();
+            while workers.join_next().await.is_some() {}
+            signals.abort();
+            return match r { Ok(Ok(())) => Ok(1), Ok(Err(e)) => Err(e), Err(e) => Err(e.into()) };
+        }
+    }
+    // Workers first (they drain through the server), then the server.
+    worker_stop.cancel();
+    while workers.join_next().await.is_some() {}
+    server_stop.cancel();
+    server_task.await??;
+    store.close().await;
+    signals.abort();
+    Ok(0)
+}
+
+fn attune_worker_host() -> String {
+    nix_hostname().split('.').next().unwrap_or("localhost").to_owned()
+}
+
+fn nix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+pub async fn server(config: Option<&Path>, a: ServerArgs) -> anyhow::Result<i32> {
+    let mut flags = Vec::new();
+    if let Some(l) = a.listen {
+        flags.push(Override::str("server.listen", l));
+    }
+    if let Some(u) = a.database_url {
+        flags.push(Override::str("database.url", u));
+    }
+    if let Some(d) = a.data_dir {
+        flags.push(Override::str("data_dir", d));
+    }
+    let s = load(config, flags)?;
+    init_logging(&s);
+    let store = open_store(&s).await?;
+    let packs = load_packs(&store, &s).await;
+    let listener = bind(&s.server.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(packs = ?packs, database = %attune_store::redact(&s.database_url()), "server starting");
+    println!("attune server listening on http://{addr}");
+    let (stop, signals) = on_signals();
+    Server::build(ServerOptions::from_settings(&s), store.clone()).run(listener, stop).await?;
+    store.close().await;
+    signals.abort();
+    Ok(0)
+}
+
+pub async fn worker(config: Option<&Path>, server: &str, a: WorkerArgs) -> anyhow::Result<i32> {
+    let mut flags = Vec::new();
+    if let Some(n) = a.name {
+        flags.push(Override::str("worker.name", n));
+    }
+    if let Some(c) = a.concurrency {
+        flags.push(Override::num("worker.concurrency", c as u64));
+    }
+    let s = load(config, flags)?;
+    init_logging(&s);
+    let name =
+        s.worker.name.clone().unwrap_or_else(|| format!("{}-{}", attune_worker_host(), std::process::id()));
+    let server = s.worker.servers.first().cloned().unwrap_or_else(|| server.to_owned());
+    let scratch = std::env::temp_dir().join(format!("attune-{name}"));
+    let (stop, signals) = on_signals();
+    Agent::build(worker_options(&s, &server, name, scratch)).run(stop).await?;
+    signals.abort();
+    Ok(0)
+}

@@ -1,0 +1,220 @@
+//! `Client`: typed calls to a running Attune server, with errors that keep the server's message.
+
+use std::time::Duration;
+
+use attune_core::{Action, Execution, Lease, PackSummary, Report, Worker};
+use reqwest::{Method, StatusCode};
+use serde::{de::DeserializeOwned, Serialize};
+use uuid::Uuid;
+
+use crate::wire::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{message} ({status}, {code})")]
+    Api { status: u16, code: String, message: String, details: Vec<String> },
+    /// No answer: refused, reset, timed out.
+    #[error("cannot reach the Attune server at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("unexpected answer from {url}: {message}")]
+    Protocol { url: String, message: String },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+    /// Worth retrying: the server was unreachable or answered 5xx/429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            ClientError::Unreachable { .. } => true,
+            ClientError::Protocol { .. } => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .expect("building an HTTP client without TLS cannot fail");
+        Client { base: base.trim_end_matches('/').to_owned(), http }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).timeout(timeout);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: error_chain(&e) })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), message: error_chain(&e) })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::Protocol { url: url.clone(), message: format!("{status}: {e}") });
+        }
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => ClientError::Api {
+                status: status.as_u16(),
+                code: b.error.code,
+                message: b.error.message,
+                details: b.error.details,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: canonical(status),
+                message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                details: Vec::new(),
+            },
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call::<(), T>(Method::GET, path, None, Duration::from_secs(30)).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.call(Method::POST, path, Some(body), Duration::from_secs(30)).await
+    }
+
+    // ---- API ----
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.get("/health").await
+    }
+
+    pub async fn create_execution(&self, req: &CreateExecution) -> Result<Execution, ClientError> {
+        self.post("/api/v1/executions", req).await
+    }
+
+    pub async fn get_execution(&self, id: Uuid) -> Result<Execution, ClientError> {
+        self.get(&format!("/api/v1/executions/{id}")).await
+    }
+
+    /// `query` is a ready query string without `?` (e.g. `status=running&limit=20`).
+    pub async fn list_executions(&self, query: &str) -> Result<ExecutionList, ClientError> {
+        self.get(&format!("/api/v1/executions?{query}")).await
+    }
+
+    pub async fn cancel_execution(&self, id: Uuid) -> Result<Execution, ClientError> {
+        self.post(&format!("/api/v1/executions/{id}/cancel"), &serde_json::json!({})).await
+    }
+
+    pub async fn list_workers(&self) -> Result<Vec<Worker>, ClientError> {
+        self.get("/api/v1/workers").await
+    }
+
+    pub async fn list_packs(&self) -> Result<Vec<PackSummary>, ClientError> {
+        self.get("/api/v1/packs").await
+    }
+
+    pub async fn upload_pack(&self, pack: &PackUpload) -> Result<PackLoaded, ClientError> {
+        self.post("/api/v1/packs", pack).await
+    }
+
+    pub async fn list_actions(&self) -> Result<Vec<Action>, ClientError> {
+        self.get("/api/v1/actions").await
+    }
+
+    pub async fn get_action(&self, action_ref: &str) -> Result<Action, ClientError> {
+        self.get(&format!("/api/v1/actions/{action_ref}")).await
+    }
+
+    // ---- worker protocol ----
+
+    pub async fn register(&self, req: &RegisterWorker) -> Result<Registered, ClientError> {
+        self.post("/api/v1/worker/register", req).await
+    }
+
+    pub async fn heartbeat(&self, worker: Uuid, leases: Vec<Lease>) -> Result<HeartbeatReply, ClientError> {
+        self.post(&format!("/api/v1/worker/{worker}/heartbeat"), &Heartbeat { leases }).await
+    }
+
+    /// Long-polls; the HTTP timeout is the wait plus a margin.
+    pub async fn poll(&self, worker: Uuid, max_tasks: u32, wait: Duration) -> Result<PollReply, ClientError> {
+        let body = Poll { max_tasks, wait_ms: wait.as_millis() as u64 };
+        self.call(
+            Method::POST,
+            &format!("/api/v1/worker/{worker}/poll"),
+            Some(&body),
+            wait + Duration::from_secs(10),
+        )
+        .await
+    }
+
+    pub async fn start(
+        &self,
+        worker: Uuid,
+        execution: Uuid,
+        lease_token: &str,
+    ) -> Result<Execution, ClientError> {
+        let body = Start { lease_token: lease_token.to_owned() };
+        self.post(&format!("/api/v1/worker/{worker}/executions/{execution}/start"), &body).await
+    }
+
+    pub async fn complete(
+        &self,
+        worker: Uuid,
+        execution: Uuid,
+        lease_token: &str,
+        report: Report,
+    ) -> Result<Execution, ClientError> {
+        let body = Complete { lease_token: lease_token.to_owned(), report };
+        self.post(&format!("/api/v1/worker/{worker}/executions/{execution}/complete"), &body).await
+    }
+
+    /// Stop receiving tasks; leases stay valid while heartbeats continue.
+    pub async fn drain(&self, worker: Uuid) -> Result<Worker, ClientError> {
+        self.post(&format!("/api/v1/worker/{worker}/drain"), &serde_json::json!({})).await
+    }
+
+    pub async fn deregister(&self, worker: Uuid) -> Result<Worker, ClientError> {
+        self.post(&format!("/api/v1/worker/{worker}/deregister"), &serde_json::json!({})).await
+    }
+}
+
+fn canonical(s: StatusCode) -> String {
+    s.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_")
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,139 @@
+//! Request and response bodies of API v1 (`/api/v1/…`) and of the worker protocol
+//! (`/api/v1/worker/…`). Domain objects (`Execution`, `Worker`, `Action`, `Task`) travel as
+//! defined in `attune-core`.
+
+use attune_core::{
+    Action, Execution, Lease, LeaseState, PackMeta, Report, Runtime, Task, Worker, WorkerStatus,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Every 4xx/5xx body: `{"error": {"code", "message", "details"?}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `not_found`, `invalid_parameters`, `stale_lease`, …
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateExecution {
+    pub action_ref: String,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    /// Overrides the action's `timeout_seconds`.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Overrides the action's `retry.max_attempts`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutionList {
+    pub items: Vec<Execution>,
+    /// Cursor for the next page (`?before=`), absent on the last page.
+    pub next: Option<Uuid>,
+}
+
+/// A whole pack, as read by `attune-pack`, uploaded by `attune pack load`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackUpload {
+    pub pack: PackMeta,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackLoaded {
+    #[serde(rename = "ref")]
+    pub pack_ref: String,
+    pub actions: Vec<String>,
+}
+
+// ---- worker protocol ----
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterWorker {
+    pub name: String,
+    pub host: String,
+    pub runtimes: Vec<Runtime>,
+    #[serde(default)]
+    pub labels: Value,
+    pub concurrency: u32,
+    pub version: String,
+}
+
+/// The worker's id and the timing it must follow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    pub worker: Worker,
+    pub heartbeat_interval_ms: u64,
+    /// A lease lasts this long past each heartbeat that carries it.
+    pub lease_ms: u64,
+    /// A task must be confirmed with `start` within this, or it goes back to the queue.
+    pub delivery_timeout_ms: u64,
+    /// Longest wait the server grants a poll.
+    pub max_poll_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub leases: Vec<Lease>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseReply {
+    pub execution_id: Uuid,
+    pub state: LeaseState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub status: WorkerStatus,
+    pub leases: Vec<LeaseReply>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Poll {
+    pub max_tasks: u32,
+    /// How long to wait for work when there is none (capped by the server's `max_poll_ms`).
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollReply {
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Start {
+    pub lease_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Complete {
+    pub lease_token: String,
+    #[serde(flatten)]
+    pub report: Report,
+}

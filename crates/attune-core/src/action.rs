@@ -1,0 +1,184 @@
+//! What an action is: where it runs (`Runtime`), how it gets its parameters and how its output is read.
+//! Loaded from `packs/<pack>/actions/<name>.yaml` by `attune-pack`; snapshotted into every execution so
+//! that re-loading a pack never changes work already accepted.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::names::{ActionRef, PackRef};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// In-process in the worker (`core.noop`, `core.sleep`).
+    Builtin,
+    Shell,
+    Python,
+    Node,
+    /// An executable file.
+    Native,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 5] =
+        [Runtime::Builtin, Runtime::Shell, Runtime::Python, Runtime::Node, Runtime::Native];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Builtin => "builtin",
+            Runtime::Shell => "shell",
+            Runtime::Python => "python",
+            Runtime::Node => "node",
+            Runtime::Native => "native",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParameterDelivery {
+    #[default]
+    Stdin,
+    File,
+    Env,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParameterFormat {
+    #[default]
+    Json,
+    Yaml,
+    Dotenv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+    Yaml,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Total attempts, including the first. 1 means no retry.
+    #[serde(default = "one")]
+    pub max_attempts: u32,
+    /// Seconds to wait before a retried attempt may start.
+    #[serde(default)]
+    pub backoff_seconds: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 1, backoff_seconds: 0 }
+    }
+}
+
+/// A loaded action, as stored and as handed to workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    #[serde(rename = "ref")]
+    pub action_ref: ActionRef,
+    pub pack: PackRef,
+    #[serde(default)]
+    pub description: String,
+    pub runtime: Runtime,
+    /// Script or executable relative to the pack's `actions/` directory; the builtin's name for
+    /// `builtin` actions.
+    pub entry_point: String,
+    /// JSON Schema (an object schema) for the parameters.
+    pub parameters: Value,
+    #[serde(default)]
+    pub parameter_delivery: ParameterDelivery,
+    #[serde(default)]
+    pub parameter_format: ParameterFormat,
+    #[serde(default)]
+    pub output_format: OutputFormat,
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Absolute path of the pack directory on the machine that loaded it; workers resolve
+    /// `entry_point` under `<pack_dir>/actions/`.
+    #[serde(default)]
+    pub pack_dir: Option<String>,
+}
+
+impl Action {
+    /// Names of parameters marked `secret: true` in the schema's `properties`.
+    pub fn secret_parameters(&self) -> Vec<String> {
+        self.parameters
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|props| {
+                props
+                    .iter()
+                    .filter(|(_, p)| p.get("secret").and_then(Value::as_bool) == Some(true))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `parameters` with secret values replaced by a mask, for anything shown to people.
+    pub fn mask_parameters(&self, params: &Value) -> Value {
+        let secrets = self.secret_parameters();
+        if secrets.is_empty() {
+            return params.clone();
+        }
+        let mut out = params.clone();
+        if let Some(map) = out.as_object_mut() {
+            for k in secrets {
+                if let Some(v) = map.get_mut(&k) {
+                    *v = Value::String(crate::output::MASK.to_owned());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A pack's manifest (`pack.yaml`) as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackMeta {
+    #[serde(rename = "ref")]
+    pub pack_ref: PackRef,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub version: String,
+    /// Absolute directory the pack was loaded from.
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+/// A loaded pack as listed: its manifest, how many actions it has, when it was last loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackSummary {
+    #[serde(flatten)]
+    pub meta: PackMeta,
+    pub actions: u32,
+    pub loaded_at: crate::Timestamp,
+}
+
+/// The builtins every worker runs in-process (`runtime: builtin`, `entry_point: <name>`).
+pub const BUILTINS: &[&str] = &["noop", "sleep", "fail"];

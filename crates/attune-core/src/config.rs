@@ -1,0 +1,216 @@
+//! Every setting and its default, in one place. Loaded by the CLI from a YAML file, then
+//! `ATTUNE__SECTION__KEY` environment variables, then flags; passed explicitly to each component.
+//! Durations accept `10s`, `5m`, `250ms` or a plain number of seconds.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{action::Runtime, duration::serde_duration};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where `attune up` keeps its SQLite database (and anything else it writes).
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub executor: ExecutorSettings,
+    pub worker: WorkerSettings,
+    pub packs: PackSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the HTTP API listens on; port 0 picks a free port.
+    pub listen: String,
+    /// Longest a worker's poll may wait for work.
+    #[serde(with = "serde_duration")]
+    pub max_poll: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`; empty means SQLite under `data_dir`.
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "serde_duration")]
+    pub acquire_timeout: Duration,
+    #[serde(with = "serde_duration")]
+    pub statement_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorSettings {
+    /// An execution still `scheduled` after this is failed (seed 003's execution timeout monitor).
+    #[serde(with = "serde_duration")]
+    pub scheduled_timeout: Duration,
+    #[serde(with = "serde_duration")]
+    pub timeout_check_interval: Duration,
+    pub enable_timeout_monitor: bool,
+    /// How often workers' heartbeats and executions' leases are checked.
+    #[serde(with = "serde_duration")]
+    pub heartbeat_check_interval: Duration,
+    /// A task handed to a worker must be confirmed with `start` within this.
+    #[serde(with = "serde_duration")]
+    pub delivery_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Defaults to `<host>-<pid>`.
+    pub name: Option<String>,
+    /// Server URLs, tried in order.
+    pub servers: Vec<String>,
+    /// The server's value is sent to every worker at registration and is the one that counts;
+    /// a worker is stale after `STALENESS_MULTIPLIER` × this.
+    #[serde(with = "serde_duration")]
+    pub heartbeat_interval: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight tasks may take to finish.
+    #[serde(with = "serde_duration")]
+    pub shutdown_timeout: Duration,
+    /// Tasks run at once.
+    pub concurrency: u32,
+    /// Runtimes to offer; detected at start-up when absent.
+    pub runtimes: Option<Vec<Runtime>>,
+    /// Cap on captured stdout and on captured stderr, each.
+    pub max_output_bytes: usize,
+    /// After SIGTERM to a timed-out or canceled action, wait this long before SIGKILL.
+    #[serde(with = "serde_duration")]
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PackSettings {
+    /// Directories whose sub-directories are packs, loaded at server start-up.
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `human` or `json`.
+    pub format: String,
+    /// A `tracing` filter, e.g. `info` or `attune_server=debug,info`.
+    pub level: String,
+}
+
+/// A worker is stale once its last heartbeat is older than this many heartbeat intervals.
+pub const STALENESS_MULTIPLIER: u32 = 3;
+
+impl Settings {
+    /// The one staleness rule: `STALENESS_MULTIPLIER × worker.heartbeat_interval`.
+    pub fn staleness(&self) -> Duration {
+        self.worker.heartbeat_interval * STALENESS_MULTIPLIER
+    }
+
+    /// The database URL, defaulting to SQLite under the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("attune.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// Checks what serde cannot: ranges and relations between settings.
+    pub fn validate(&self) -> Result<(), String> {
+        let w = &self.worker;
+        if w.heartbeat_interval < Duration::from_millis(100) {
+            return Err("worker.heartbeat_interval must be at least 100ms".into());
+        }
+        if w.concurrency == 0 || w.concurrency > 4096 {
+            return Err("worker.concurrency must be between 1 and 4096".into());
+        }
+        if self.executor.heartbeat_check_interval.is_zero() || self.executor.timeout_check_interval.is_zero()
+        {
+            return Err("executor check intervals must be greater than 0".into());
+        }
+        if self.executor.delivery_timeout < Duration::from_millis(100) {
+            return Err("executor.delivery_timeout must be at least 100ms".into());
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            return Err(format!("log.format must be human or json, not {:?}", self.log.format));
+        }
+        if w.max_output_bytes < 1024 {
+            return Err("worker.max_output_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from(".attune"),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            executor: ExecutorSettings::default(),
+            worker: WorkerSettings::default(),
+            packs: PackSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings { listen: "127.0.0.1:8080".into(), max_poll: Duration::from_secs(30) }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: String::new(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for ExecutorSettings {
+    fn default() -> Self {
+        ExecutorSettings {
+            scheduled_timeout: Duration::from_secs(300),
+            timeout_check_interval: Duration::from_secs(60),
+            enable_timeout_monitor: true,
+            heartbeat_check_interval: Duration::from_secs(5),
+            delivery_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            name: None,
+            servers: Vec::new(),
+            heartbeat_interval: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            concurrency: 8,
+            runtimes: None,
+            max_output_bytes: 10 * 1024 * 1024,
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for PackSettings {
+    fn default() -> Self {
+        PackSettings { dirs: vec![PathBuf::from("packs")] }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { format: "human".into(), level: "info".into() }
+    }
+}

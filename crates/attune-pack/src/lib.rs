@@ -1,0 +1,10 @@
+//! Loading packs from directories (seed 001's generic pack loader): any directory with a `pack.yaml`
+//! and `actions/*.yaml` loads, keyed by `ref`. Every problem is reported with the file and the field,
+//! and a pack with any problem yields no actions at all (it is loaded whole or not at all).
+//! Also home of parameter validation against an action's JSON Schema.
+
+mod load;
+mod schema;
+
+pub use load::{discover, load_pack_dir, LoadedPack, PackError, PackErrors};
+pub use schema::{default_schema, ParamValidator};

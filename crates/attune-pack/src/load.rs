@@ -1,0 +1,374 @@
+//! Reading one pack directory:
+//!
+//! ```text
+//! <dir>/pack.yaml            ref, label, description, version
+//! <dir>/actions/<name>.yaml  one action each
+//! <dir>/actions/<script>     entry points
+//! ```
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use attune_core::{
+    action::BUILTINS, Action, ActionRef, OutputFormat, PackMeta, PackRef, ParameterDelivery, ParameterFormat,
+    RetryPolicy, Runtime,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::schema::{default_schema, ParamValidator};
+
+#[derive(Debug, Clone)]
+pub struct LoadedPack {
+    pub meta: PackMeta,
+    pub actions: Vec<Action>,
+}
+
+/// One problem, located: the file, and the field when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackError {
+    pub file: PathBuf,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for PackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a pack; the pack was not loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackErrors(pub Vec<PackError>);
+
+impl fmt::Display for PackErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PackErrors {}
+
+const PACK_FIELDS: &[&str] = &["ref", "label", "description", "version", "author", "email", "keywords"];
+const ACTION_FIELDS: &[&str] = &[
+    "ref",
+    "description",
+    "runtime",
+    "entry_point",
+    "parameters",
+    "parameter_delivery",
+    "parameter_format",
+    "output_format",
+    "timeout_seconds",
+    "retry",
+];
+
+/// Collects located errors while reading one YAML document.
+struct Doc<'a> {
+    file: &'a Path,
+    map: Map<String, Value>,
+    errors: &'a mut Vec<PackError>,
+}
+
+impl<'a> Doc<'a> {
+    fn open(file: &'a Path, errors: &'a mut Vec<PackError>, allowed: &[&str]) -> Option<Doc<'a>> {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(PackError {
+                    file: file.into(),
+                    field: None,
+                    message: format!("cannot read: {e}"),
+                });
+                return None;
+            }
+        };
+        let map = match serde_yaml::from_str::<Value>(&text) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => {
+                errors.push(PackError {
+                    file: file.into(),
+                    field: None,
+                    message: "expected a YAML mapping".into(),
+                });
+                return None;
+            }
+            Err(e) => {
+                errors.push(PackError {
+                    file: file.into(),
+                    field: None,
+                    message: format!("invalid YAML: {e}"),
+                });
+                return None;
+            }
+        };
+        let mut doc = Doc { file, map, errors };
+        let unknown: Vec<String> =
+            doc.map.keys().filter(|k| !allowed.contains(&k.as_str())).cloned().collect();
+        for k in unknown {
+            doc.err(&k, format!("unknown field; expected one of: {}", allowed.join(", ")));
+        }
+        Some(doc)
+    }
+
+    fn err(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(PackError {
+            file: self.file.into(),
+            field: Some(field.into()),
+            message: message.into(),
+        });
+    }
+
+    fn string(&mut self, field: &str, required: bool) -> Option<String> {
+        match self.map.get(field) {
+            None | Some(Value::Null) if required => {
+                self.err(field, "is required");
+                None
+            }
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.err(field, format!("must be a string, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// A field read with serde (enums, numbers, structs), with serde's message located.
+    fn typed<T: DeserializeOwned>(&mut self, field: &str, what: &str) -> Option<T> {
+        let v = self.map.get(field)?.clone();
+        if v.is_null() {
+            return None;
+        }
+        match serde_json::from_value::<T>(v) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.err(field, format!("{e}; expected {what}"));
+                None
+            }
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Loads the pack in `dir`. Returns every problem found, or the whole pack.
+pub fn load_pack_dir(dir: &Path) -> Result<LoadedPack, PackErrors> {
+    let mut errors = Vec::new();
+    let dir_abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let manifest = dir.join("pack.yaml");
+    if !manifest.is_file() {
+        return Err(PackErrors(vec![PackError {
+            file: manifest,
+            field: None,
+            message: "not found: a pack directory needs a pack.yaml with at least `ref`".into(),
+        }]));
+    }
+    let meta = read_manifest(&manifest, &dir_abs, &mut errors);
+    let mut actions = Vec::new();
+    if let Some(meta) = &meta {
+        let actions_dir = dir.join("actions");
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&actions_dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                errors.push(PackError {
+                    file: actions_dir.clone(),
+                    field: None,
+                    message: format!("cannot read: {e}"),
+                });
+                Vec::new()
+            }
+        };
+        files.sort();
+        let mut seen = BTreeSet::new();
+        for f in files {
+            if let Some(a) = read_action(&f, meta, &dir_abs, &mut errors) {
+                if !seen.insert(a.action_ref.clone()) {
+                    errors.push(PackError {
+                        file: f,
+                        field: Some("ref".into()),
+                        message: format!("{} is defined twice in this pack", a.action_ref),
+                    });
+                } else {
+                    actions.push(a);
+                }
+            }
+        }
+    }
+    match meta {
+        Some(meta) if errors.is_empty() => Ok(LoadedPack { meta, actions }),
+        _ => Err(PackErrors(errors)),
+    }
+}
+
+fn read_manifest(file: &Path, dir_abs: &Path, errors: &mut Vec<PackError>) -> Option<PackMeta> {
+    let mut doc = Doc::open(file, errors, PACK_FIELDS)?;
+    let r = doc.string("ref", true);
+    let label = doc.string("label", false);
+    let description = doc.string("description", false).unwrap_or_default();
+    let version = match doc.map.get("version") {
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => doc.string("version", false),
+    };
+    let pack_ref = match r.map(|r| PackRef::parse(&r)) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            doc.err("ref", e.to_string());
+            return None;
+        }
+        None => return None,
+    };
+    Some(PackMeta {
+        label: label.unwrap_or_else(|| pack_ref.to_string()),
+        pack_ref,
+        description,
+        version: version.unwrap_or_default(),
+        dir: Some(dir_abs.display().to_string()),
+    })
+}
+
+fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<PackError>) -> Option<Action> {
+    let before = errors.len();
+    let mut doc = Doc::open(file, errors, ACTION_FIELDS)?;
+    let action_ref = doc.string("ref", true).and_then(|r| {
+        let full = if r.contains('.') { r.clone() } else { format!("{}.{r}", pack.pack_ref) };
+        match ActionRef::parse(&full) {
+            Ok(a) if a.pack() == pack.pack_ref => Some(a),
+            Ok(a) => {
+                doc.err(
+                    "ref",
+                    format!("{a} belongs to pack {}, but this is pack {}", a.pack(), pack.pack_ref),
+                );
+                None
+            }
+            Err(e) => {
+                doc.err("ref", e.to_string());
+                None
+            }
+        }
+    });
+    let description = doc.string("description", false).unwrap_or_default();
+    let runtime = doc.string("runtime", true).and_then(|r| match Runtime::parse(&r) {
+        Some(rt) => Some(rt),
+        None => {
+            let all: Vec<_> = Runtime::ALL.iter().map(|r| r.as_str()).collect();
+            doc.err("runtime", format!("unknown runtime {r:?}; expected one of: {}", all.join(", ")));
+            None
+        }
+    });
+    let entry_point = doc.string("entry_point", true);
+    if let (Some(rt), Some(ep)) = (runtime, &entry_point) {
+        check_entry_point(&mut doc, rt, ep, &dir_abs.join("actions"));
+    }
+    let mut parameters = match doc.map.get("parameters").cloned() {
+        None | Some(Value::Null) => default_schema(),
+        Some(v) => v,
+    };
+    if let Some(obj) = parameters.as_object_mut() {
+        // Unknown parameters are a typo more often than not: refuse them unless the schema says otherwise.
+        obj.entry("additionalProperties").or_insert(Value::Bool(false));
+        obj.entry("properties").or_insert_with(|| Value::Object(Map::new()));
+    }
+    if let Err(e) = ParamValidator::compile(&parameters) {
+        doc.err("parameters", e);
+    }
+    let parameter_delivery: ParameterDelivery =
+        doc.typed("parameter_delivery", "stdin, file or env").unwrap_or_default();
+    let parameter_format: ParameterFormat =
+        doc.typed("parameter_format", "json, yaml or dotenv").unwrap_or_default();
+    let output_format: OutputFormat =
+        doc.typed("output_format", "text, json, yaml or jsonl").unwrap_or_default();
+    let timeout_seconds: Option<u64> = doc.typed("timeout_seconds", "a whole number of seconds");
+    if timeout_seconds == Some(0) {
+        doc.err("timeout_seconds", "must be at least 1");
+    }
+    let retry: RetryPolicy =
+        doc.typed("retry", "a mapping with max_attempts (>= 1) and backoff_seconds").unwrap_or_default();
+    if retry.max_attempts == 0 {
+        doc.err("retry", "max_attempts must be at least 1");
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(Action {
+        action_ref: action_ref?,
+        pack: pack.pack_ref.clone(),
+        description,
+        runtime: runtime?,
+        entry_point: entry_point?,
+        parameters,
+        parameter_delivery,
+        parameter_format,
+        output_format,
+        timeout_seconds,
+        retry,
+        pack_dir: pack.dir.clone(),
+    })
+}
+
+fn check_entry_point(doc: &mut Doc<'_>, rt: Runtime, ep: &str, actions_dir: &Path) {
+    if rt == Runtime::Builtin {
+        if !BUILTINS.contains(&ep) {
+            doc.err("entry_point", format!("unknown builtin {ep:?}; builtins are: {}", BUILTINS.join(", ")));
+        }
+        return;
+    }
+    let p = Path::new(ep);
+    if ep.is_empty()
+        || p.is_absolute()
+        || p.components().any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        doc.err("entry_point", "must be a relative path inside the pack's actions/ directory");
+        return;
+    }
+    let full = actions_dir.join(p);
+    if !full.is_file() {
+        doc.err("entry_point", format!("{} does not exist", full.display()));
+        return;
+    }
+    if rt == Runtime::Native && !is_executable(&full) {
+        doc.err("entry_point", format!("{} is not executable (chmod +x it)", full.display()));
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// The pack directories directly under `root` (those with a `pack.yaml`), sorted.
+pub fn discover(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("pack.yaml").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}

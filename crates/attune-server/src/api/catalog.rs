@@ -1,0 +1,100 @@
+//! Read-mostly endpoints: health, packs, actions, workers.
+
+use attune_client::wire::{Health, PackLoaded, PackUpload};
+use attune_core::{Action, ActionRef, PackSummary, Timestamp, Worker};
+use attune_pack::ParamValidator;
+use axum::{
+    extract::{Path, Query},
+    http::StatusCode,
+    Json,
+};
+use serde::Deserialize;
+
+use super::State;
+use crate::{error::Body, ApiError};
+
+pub async fn health(state: State) -> Result<Json<Health>, ApiError> {
+    // Touch the database so that a health check fails when it is gone.
+    state.store.list_packs().await?;
+    let database = match state.store.kind() {
+        attune_store::BackendKind::Sqlite => "sqlite",
+        attune_store::BackendKind::Postgres => "postgres",
+    };
+    Ok(Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        database: database.into(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+pub async fn workers(
+    state: State,
+    q: Result<Query<WorkersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Worker>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    Ok(Json(state.store.list_workers(q.all).await?))
+}
+
+pub async fn packs(state: State) -> Result<Json<Vec<PackSummary>>, ApiError> {
+    Ok(Json(state.store.list_packs().await?))
+}
+
+/// Upsert of a whole pack read by `attune pack load`. Checked again here: refs belong to the pack,
+/// schemas compile, no duplicates; nothing is stored unless all of it is right.
+pub async fn load_pack(
+    state: State,
+    Body(up): Body<PackUpload>,
+) -> Result<(StatusCode, Json<PackLoaded>), ApiError> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for a in &up.actions {
+        if a.pack != up.pack.pack_ref || a.action_ref.pack() != up.pack.pack_ref {
+            problems.push(format!("action {}: does not belong to pack {}", a.action_ref, up.pack.pack_ref));
+        }
+        if !seen.insert(a.action_ref.clone()) {
+            problems.push(format!("action {}: defined twice", a.action_ref));
+        }
+        if let Err(e) = ParamValidator::compile(&a.parameters) {
+            problems.push(format!("action {}: parameters {e}", a.action_ref));
+        }
+        if a.retry.max_attempts == 0 {
+            problems.push(format!("action {}: retry.max_attempts must be at least 1", a.action_ref));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::unprocessable(
+            "invalid_pack",
+            format!("pack {} was not loaded", up.pack.pack_ref),
+        )
+        .with_details(problems));
+    }
+    state.store.upsert_pack(&up.pack, &up.actions, Timestamp::now()).await?;
+    state.validators.lock().expect("validator cache lock").retain(|r, _| r.pack() != up.pack.pack_ref);
+    tracing::info!(pack = %up.pack.pack_ref, actions = up.actions.len(), "pack loaded");
+    Ok((
+        StatusCode::OK,
+        Json(PackLoaded {
+            pack_ref: up.pack.pack_ref.to_string(),
+            actions: up.actions.iter().map(|a| a.action_ref.to_string()).collect(),
+        }),
+    ))
+}
+
+pub async fn actions(state: State) -> Result<Json<Vec<Action>>, ApiError> {
+    Ok(Json(state.store.list_actions(None).await?))
+}
+
+pub async fn action(state: State, Path(r): Path<String>) -> Result<Json<Action>, ApiError> {
+    let r = ActionRef::parse(&r).map_err(|e| ApiError::bad_request("invalid_action_ref", e.to_string()))?;
+    match state.store.get_action(&r).await? {
+        Some(a) => Ok(Json(a)),
+        None => Err(ApiError::not_found("unknown_action", format!("no action {r}; see GET /api/v1/actions"))),
+    }
+}

@@ -1,0 +1,151 @@
+//! Executions: submit (validated against the action's JSON Schema), list, get with history, cancel.
+
+use std::sync::Arc;
+
+use attune_client::wire::{CreateExecution, ExecutionList};
+use attune_core::{Action, ActionRef, Execution, ExecutionStatus, Timestamp};
+use attune_pack::ParamValidator;
+use attune_store::{ExecutionFilter, NewExecution};
+use axum::{
+    extract::{rejection::QueryRejection, Path, Query},
+    http::{header, StatusCode},
+    response::IntoResponse,
+    Json,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::State;
+use crate::{
+    error::{parse_id, Body},
+    ApiError, Shared,
+};
+
+/// Most attempts an execution may ask for.
+const MAX_ATTEMPTS_LIMIT: u32 = 100;
+
+/// What people see: secrets masked.
+pub(crate) fn present(mut e: Execution) -> Execution {
+    if let Some(a) = &e.action {
+        e.parameters = a.mask_parameters(&e.parameters);
+    }
+    e
+}
+
+fn validator(shared: &Shared, action: &Action) -> Result<Arc<ParamValidator>, ApiError> {
+    {
+        let cache = shared.validators.lock().expect("validator cache lock");
+        if let Some((schema, v)) = cache.get(&action.action_ref) {
+            if *schema == action.parameters {
+                return Ok(v.clone());
+            }
+        }
+    }
+    let v = Arc::new(ParamValidator::compile(&action.parameters).map_err(|e| {
+        ApiError::unprocessable(
+            "invalid_action",
+            format!("action {}: its parameter schema {e}", action.action_ref),
+        )
+    })?);
+    shared
+        .validators
+        .lock()
+        .expect("validator cache lock")
+        .insert(action.action_ref.clone(), (action.parameters.clone(), v.clone()));
+    Ok(v)
+}
+
+pub async fn create(state: State, Body(req): Body<CreateExecution>) -> Result<impl IntoResponse, ApiError> {
+    let action_ref = ActionRef::parse(&req.action_ref)
+        .map_err(|e| ApiError::unprocessable("invalid_action_ref", e.to_string()))?;
+    let action = state.store.get_action(&action_ref).await?.ok_or_else(|| {
+        ApiError::unprocessable(
+            "unknown_action",
+            format!("unknown action {action_ref}; `attune action list` shows the loaded actions"),
+        )
+    })?;
+    let parameters = req.parameters.unwrap_or_else(|| Value::Object(Default::default()));
+    if !parameters.is_object() {
+        return Err(ApiError::unprocessable("invalid_parameters", "parameters must be a JSON object"));
+    }
+    if let Err(details) = validator(&state, &action)?.validate(&parameters) {
+        return Err(ApiError::unprocessable(
+            "invalid_parameters",
+            format!("parameters do not match the schema of {action_ref} ({} problem(s))", details.len()),
+        )
+        .with_details(details));
+    }
+    if req.timeout_seconds == Some(0) {
+        return Err(ApiError::unprocessable("invalid_timeout", "timeout_seconds must be at least 1"));
+    }
+    let max_attempts = req.max_attempts.unwrap_or(action.retry.max_attempts);
+    if max_attempts == 0 || max_attempts > MAX_ATTEMPTS_LIMIT {
+        return Err(ApiError::unprocessable(
+            "invalid_max_attempts",
+            format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+        ));
+    }
+    let timeout_seconds = req.timeout_seconds.or(action.timeout_seconds);
+    let new = NewExecution {
+        action,
+        parameters,
+        timeout_seconds,
+        max_attempts,
+        actor: "api".into(),
+        parent: None,
+        trace_id: None,
+    };
+    let e = state.store.create_execution(new, Timestamp::now()).await?;
+    state.work_available.notify_waiters();
+    tracing::debug!(execution_id = %e.id, action = %e.action_ref, "execution accepted");
+    let location = format!("/api/v1/executions/{}", e.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(present(e))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    action_ref: Option<String>,
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    state: State,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<ExecutionList>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let status = q
+        .status
+        .map(|s| s.parse::<ExecutionStatus>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_query", e))?;
+    let action_ref = q
+        .action_ref
+        .map(|a| ActionRef::parse(&a))
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    let before = q.before.map(|b| parse_id("before: execution", &b)).transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000"));
+    }
+    let page = state.store.list_executions(&ExecutionFilter { status, action_ref, before, limit }).await?;
+    Ok(Json(ExecutionList { items: page.items.into_iter().map(present).collect(), next: page.next }))
+}
+
+pub async fn get(state: State, Path(id): Path<String>) -> Result<Json<Execution>, ApiError> {
+    let id = parse_id("execution", &id)?;
+    match state.store.get_execution_with_history(id).await? {
+        Some(e) => Ok(Json(present(e))),
+        None => Err(ApiError::not_found("not_found", format!("execution {id} not found"))),
+    }
+}
+
+pub async fn cancel(state: State, Path(id): Path<String>) -> Result<Json<Execution>, ApiError> {
+    let id = parse_id("execution", &id)?;
+    let e = state.store.cancel_execution(id, "api", Timestamp::now()).await?;
+    tracing::info!(execution_id = %id, status = %e.status, "cancel requested");
+    Ok(Json(present(e)))
+}

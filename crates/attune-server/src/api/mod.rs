@@ -1,0 +1,50 @@
+//! The routes of API v1 and of the worker protocol.
+
+mod catalog;
+mod executions;
+mod worker;
+
+use std::sync::Arc;
+
+use axum::{
+    routing::{get, post},
+    Router,
+};
+
+use crate::{ApiError, Shared};
+
+pub(crate) type State = axum::extract::State<Arc<Shared>>;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(catalog::health))
+        .route("/api/v1/executions", post(executions::create).get(executions::list))
+        .route("/api/v1/executions/{id}", get(executions::get))
+        .route("/api/v1/executions/{id}/cancel", post(executions::cancel))
+        .route("/api/v1/workers", get(catalog::workers))
+        .route("/api/v1/packs", get(catalog::packs).post(catalog::load_pack))
+        .route("/api/v1/actions", get(catalog::actions))
+        .route("/api/v1/actions/{action_ref}", get(catalog::action))
+        .route("/api/v1/worker/register", post(worker::register))
+        .route("/api/v1/worker/{id}/heartbeat", post(worker::heartbeat))
+        .route("/api/v1/worker/{id}/poll", post(worker::poll))
+        .route("/api/v1/worker/{id}/executions/{execution}/start", post(worker::start))
+        .route("/api/v1/worker/{id}/executions/{execution}/complete", post(worker::complete))
+        .route("/api/v1/worker/{id}/drain", post(worker::drain))
+        .route("/api/v1/worker/{id}/deregister", post(worker::deregister))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found("no_route", format!("no route {}; the API lives under /api/v1", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

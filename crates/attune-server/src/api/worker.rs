@@ -1,0 +1,182 @@
+//! The worker protocol: register → heartbeat → poll → start → complete → drain/deregister.
+//! Every report about an execution carries its lease token; the store rejects stale ones (409).
+
+use std::time::Duration;
+
+use attune_client::wire::{
+    Complete, Heartbeat, HeartbeatReply, LeaseReply, Poll, PollReply, RegisterWorker, Registered, Start,
+};
+use attune_core::{Execution, Timestamp, Worker};
+use attune_store::NewWorker;
+use axum::{extract::Path, Json};
+use uuid::Uuid;
+
+use super::State;
+use crate::{
+    error::{parse_id, Body},
+    ApiError, Shared,
+};
+
+/// Longest worker name accepted.
+const MAX_NAME: usize = 200;
+
+/// How often a waiting poll looks at the queue even without a wake-up: catches work made
+/// available by another replica, or a retry whose backoff just ended.
+const POLL_RECHECK: Duration = Duration::from_millis(1000);
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+pub async fn register(state: State, Body(req): Body<RegisterWorker>) -> Result<Json<Registered>, ApiError> {
+    let bad = |m: &str| ApiError::unprocessable("invalid_registration", m.to_owned());
+    if req.name.trim().is_empty() || req.name.len() > MAX_NAME {
+        return Err(bad("name must be 1 to 200 characters"));
+    }
+    if req.runtimes.is_empty() {
+        return Err(bad("runtimes must list at least one runtime"));
+    }
+    if req.concurrency == 0 || req.concurrency > 4096 {
+        return Err(bad("concurrency must be between 1 and 4096"));
+    }
+    if !(req.labels.is_null() || req.labels.is_object()) {
+        return Err(bad("labels must be an object"));
+    }
+    let w = NewWorker {
+        name: req.name,
+        host: req.host,
+        runtimes: req.runtimes,
+        labels: if req.labels.is_null() { serde_json::json!({}) } else { req.labels },
+        concurrency: req.concurrency,
+        version: req.version,
+    };
+    let worker = state.store.register_worker(&w, Timestamp::now()).await?;
+    state.worker_names.lock().expect("names lock").insert(worker.id, worker.name.clone());
+    tracing::info!(worker = %worker.name, id = %worker.id, runtimes = ?worker.runtimes, "worker registered");
+    let o = &state.opts;
+    Ok(Json(Registered {
+        worker,
+        heartbeat_interval_ms: ms(o.heartbeat_interval),
+        lease_ms: ms(o.staleness),
+        delivery_timeout_ms: ms(o.delivery_timeout),
+        max_poll_ms: ms(o.max_poll),
+    }))
+}
+
+/// `worker:<name>` for history entries.
+async fn actor(shared: &Shared, id: Uuid) -> Result<String, ApiError> {
+    if let Some(n) = shared.worker_names.lock().expect("names lock").get(&id) {
+        return Ok(format!("worker:{n}"));
+    }
+    let w = worker(shared, id).await?;
+    shared.worker_names.lock().expect("names lock").insert(id, w.name.clone());
+    Ok(format!("worker:{}", w.name))
+}
+
+async fn worker(shared: &Shared, id: Uuid) -> Result<Worker, ApiError> {
+    shared.store.get_worker(id).await?.ok_or_else(|| {
+        ApiError::not_found("unknown_worker", format!("worker {id} is not registered; register again"))
+    })
+}
+
+pub async fn heartbeat(
+    state: State,
+    Path(id): Path<String>,
+    Body(hb): Body<Heartbeat>,
+) -> Result<Json<HeartbeatReply>, ApiError> {
+    let id = parse_id("worker", &id)?;
+    let now = Timestamp::now();
+    let (status, leases) = state.store.heartbeat(id, &hb.leases, now, now.plus(state.opts.staleness)).await?;
+    Ok(Json(HeartbeatReply {
+        status,
+        leases: leases.into_iter().map(|(execution_id, state)| LeaseReply { execution_id, state }).collect(),
+    }))
+}
+
+/// Long poll: returns as soon as there is work for this worker, or empty after the wait.
+pub async fn poll(
+    state: State,
+    Path(id): Path<String>,
+    Body(p): Body<Poll>,
+) -> Result<Json<PollReply>, ApiError> {
+    let id = parse_id("worker", &id)?;
+    if p.max_tasks == 0 || p.max_tasks > 4096 {
+        return Err(ApiError::unprocessable("invalid_poll", "max_tasks must be between 1 and 4096"));
+    }
+    let w = worker(&state, id).await?;
+    let wait = Duration::from_millis(p.wait_ms).min(state.opts.max_poll);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Register interest before looking, so a submit between the look and the wait is not missed.
+        let notified = state.work_available.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = Timestamp::now();
+        let tasks = state
+            .store
+            .claim(id, &w.name, &w.runtimes, p.max_tasks, now, now.plus(state.opts.delivery_timeout))
+            .await?;
+        if !tasks.is_empty() {
+            for t in &tasks {
+                tracing::debug!(execution_id = %t.execution_id, worker = %w.name, "task delivered");
+            }
+            return Ok(Json(PollReply { tasks }));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Json(PollReply { tasks: Vec::new() }));
+        }
+        let recheck = (tokio::time::Instant::now() + POLL_RECHECK).min(deadline);
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(recheck) => {}
+            _ = state.shutdown.cancelled() => return Ok(Json(PollReply { tasks: Vec::new() })),
+        }
+    }
+}
+
+pub async fn start(
+    state: State,
+    Path((id, execution)): Path<(String, String)>,
+    Body(s): Body<Start>,
+) -> Result<Json<Execution>, ApiError> {
+    let id = parse_id("worker", &id)?;
+    let execution = parse_id("execution", &execution)?;
+    let actor = actor(&state, id).await?;
+    let now = Timestamp::now();
+    let e = state.store.start(execution, &s.lease_token, &actor, now, now.plus(state.opts.staleness)).await?;
+    tracing::debug!(execution_id = %execution, %actor, attempt = e.attempt, "execution started");
+    Ok(Json(e))
+}
+
+pub async fn complete(
+    state: State,
+    Path((id, execution)): Path<(String, String)>,
+    Body(c): Body<Complete>,
+) -> Result<Json<Execution>, ApiError> {
+    let id = parse_id("worker", &id)?;
+    let execution = parse_id("execution", &execution)?;
+    if !c.report.is_valid_outcome() {
+        return Err(ApiError::unprocessable(
+            "invalid_report",
+            format!("status must be succeeded, failed, timeout or canceled, not {}", c.report.status),
+        ));
+    }
+    let actor = actor(&state, id).await?;
+    let e = state.store.complete(execution, &c.lease_token, &c.report, &actor, Timestamp::now()).await?;
+    tracing::debug!(execution_id = %execution, %actor, status = %e.status, "execution finished");
+    Ok(Json(super::executions::present(e)))
+}
+
+pub async fn drain(state: State, Path(id): Path<String>) -> Result<Json<Worker>, ApiError> {
+    let id = parse_id("worker", &id)?;
+    let w = state.store.drain_worker(id, Timestamp::now()).await?;
+    tracing::info!(worker = %w.name, "worker draining");
+    Ok(Json(w))
+}
+
+pub async fn deregister(state: State, Path(id): Path<String>) -> Result<Json<Worker>, ApiError> {
+    let id = parse_id("worker", &id)?;
+    let w = state.store.deregister_worker(id, Timestamp::now()).await?;
+    tracing::info!(worker = %w.name, "worker deregistered");
+    Ok(Json(w))
+}

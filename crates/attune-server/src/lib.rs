@@ -1,0 +1,110 @@
+//! `attune server`: the HTTP API, the worker protocol, the queue's wake-ups and the monitors.
+//! Shape: `ServerOptions` → `Server::build` → `Server::run(listener, shutdown)`.
+//! The server holds no execution state of its own: everything it knows is in the `Store`, so any
+//! number of replicas can serve the same database and a restart loses nothing.
+
+mod api;
+mod error;
+mod monitors;
+pub mod packs;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use attune_core::{config::Settings, ActionRef};
+use attune_pack::ParamValidator;
+use attune_store::Store;
+use serde_json::Value;
+use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use error::ApiError;
+
+/// Everything the server needs to know, taken from `Settings`.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub heartbeat_interval: Duration,
+    /// The staleness rule: a worker, and the leases it holds, expire after this without a heartbeat.
+    pub staleness: Duration,
+    pub heartbeat_check_interval: Duration,
+    pub delivery_timeout: Duration,
+    pub scheduled_timeout: Duration,
+    pub timeout_check_interval: Duration,
+    pub enable_timeout_monitor: bool,
+    pub max_poll: Duration,
+}
+
+impl ServerOptions {
+    pub fn from_settings(s: &Settings) -> Self {
+        ServerOptions {
+            heartbeat_interval: s.worker.heartbeat_interval,
+            staleness: s.staleness(),
+            heartbeat_check_interval: s.executor.heartbeat_check_interval,
+            delivery_timeout: s.executor.delivery_timeout,
+            scheduled_timeout: s.executor.scheduled_timeout,
+            timeout_check_interval: s.executor.timeout_check_interval,
+            enable_timeout_monitor: s.executor.enable_timeout_monitor,
+            max_poll: s.server.max_poll,
+        }
+    }
+}
+
+/// State shared by the handlers and the monitors.
+pub(crate) struct Shared {
+    pub store: Arc<Store>,
+    pub opts: ServerOptions,
+    /// Woken whenever a task may have become available (submit, retry, delivery expiry).
+    pub work_available: Notify,
+    pub validators: Mutex<HashMap<ActionRef, (Value, Arc<ParamValidator>)>>,
+    pub worker_names: Mutex<HashMap<Uuid, String>>,
+    pub shutdown: CancellationToken,
+}
+
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    pub fn build(opts: ServerOptions, store: Arc<Store>) -> Server {
+        Server {
+            shared: Arc::new(Shared {
+                store,
+                opts,
+                work_available: Notify::new(),
+                validators: Mutex::new(HashMap::new()),
+                worker_names: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops the monitors, answers waiting polls with no
+    /// work, and returns once every task it started has ended.
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(monitors::run(shared.clone()));
+        let stop = shared.shutdown.clone();
+        let forward = shutdown.clone();
+        tasks.spawn(async move {
+            forward.cancelled().await;
+            stop.cancel();
+        });
+        let app = api::router(shared.clone());
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shared.shutdown.clone().cancelled_owned())
+            .await;
+        shared.shutdown.cancel();
+        shutdown.cancel();
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "server task failed");
+            }
+        }
+        served.map_err(Into::into)
+    }
+}

@@ -1,0 +1,82 @@
+//! The monitors, one loop each, owned by the server and stopped with it:
+//! - heartbeat: workers silent for longer than the staleness window become `inactive`;
+//! - leases: running executions whose worker stopped heartbeating get a new attempt or are
+//!   `abandoned`; tasks handed out but never started go back to the queue;
+//! - schedule-to-start (seed 003): executions `scheduled` longer than `scheduled_timeout` fail.
+//!
+//! Each store call is a conditional update, so replicas running the same monitor do not clash.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use attune_core::Timestamp;
+use tokio::task::JoinSet;
+
+use crate::Shared;
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let o = shared.opts.clone();
+    let mut set = JoinSet::new();
+    set.spawn(every(shared.clone(), o.heartbeat_check_interval, check_workers));
+    set.spawn(every(shared.clone(), o.heartbeat_check_interval.min(Duration::from_secs(1)), check_leases));
+    if o.enable_timeout_monitor {
+        tracing::info!(
+            scheduled_timeout = ?o.scheduled_timeout,
+            check_interval = ?o.timeout_check_interval,
+            "starting execution timeout monitor"
+        );
+        set.spawn(every(shared.clone(), o.timeout_check_interval, check_unstarted));
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn every<F, Fut>(shared: Arc<Shared>, period: Duration, f: F)
+where
+    F: Fn(Arc<Shared>) -> Fut,
+    Fut: Future<Output = Result<(), attune_store::StoreError>>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = f(shared.clone()).await {
+            tracing::warn!(error = %e, "monitor check failed; will retry");
+        }
+    }
+}
+
+async fn check_workers(shared: Arc<Shared>) -> Result<(), attune_store::StoreError> {
+    let staleness = shared.opts.staleness;
+    let cutoff = Timestamp::now().minus(staleness);
+    let reason = format!("no heartbeat for {}s", staleness.as_secs_f64());
+    for name in shared.store.mark_stale_workers(cutoff, &reason).await? {
+        tracing::warn!(worker = %name, staleness = ?staleness, "worker heartbeat is stale; marked inactive");
+    }
+    Ok(())
+}
+
+async fn check_leases(shared: Arc<Shared>) -> Result<(), attune_store::StoreError> {
+    let now = Timestamp::now();
+    let returned = shared.store.expire_deliveries(now).await?;
+    if returned > 0 {
+        tracing::info!(count = returned, "tasks not started in time went back to the queue");
+    }
+    let expired = shared.store.expire_leases(now).await?;
+    for e in &expired {
+        tracing::warn!(execution_id = %e.id, worker = %e.worker, outcome = ?e.outcome, "lease expired");
+    }
+    if returned > 0 || !expired.is_empty() {
+        shared.work_available.notify_waiters();
+    }
+    Ok(())
+}
+
+async fn check_unstarted(shared: Arc<Shared>) -> Result<(), attune_store::StoreError> {
+    let failed = shared.store.fail_unstarted(shared.opts.scheduled_timeout, Timestamp::now()).await?;
+    for f in failed {
+        tracing::warn!(execution_id = %f.id, age_seconds = f.age_seconds, "no worker started the execution in time; failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! Executions: submit, read, list, cancel. The worker-facing transitions live in `workers`, the
+//! monitors' in `monitors`; all of them append to `execution_history` in the same transaction.
+
+use attune_core::{Action, ActionRef, Execution, ExecutionStatus, HistoryEntry, Timestamp, TransitionError};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::{
+    rows::{json, opt_json, to_json, uuid, RowExt},
+    Result, Store, StoreError,
+};
+
+/// Appends one history row inside the transaction `$tx`.
+macro_rules! history {
+    ($tx:expr, $id:expr, $at:expr, $from:expr, $to:expr, $actor:expr, $reason:expr, $attempt:expr) => {
+        sqlx::query(
+            "INSERT INTO execution_history (execution_id, at, from_status, to_status, actor, reason, attempt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind($id)
+        .bind($at)
+        .bind($from)
+        .bind($to)
+        .bind($actor)
+        .bind($reason)
+        .bind($attempt)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+
+pub(crate) const EXEC_COLS: &str = "id, action_ref, action, parameters, status, result, stdout, stderr, \
+    stdout_truncated, stderr_truncated, exit_code, error, worker_id, worker_name, attempt, max_attempts, \
+    timeout_seconds, created_at, updated_at, started_at, finished_at, parent, trace_id, enforcement";
+
+pub(crate) fn exec_from_row(r: &impl RowExt) -> Result<Execution> {
+    const T: &str = "executions";
+    let status = r.text("status")?;
+    let action: Action = json(T, "action", &r.text("action")?)?;
+    Ok(Execution {
+        id: uuid(T, &r.text("id")?)?,
+        action_ref: action.action_ref.clone(),
+        parameters: json(T, "parameters", &r.text("parameters")?)?,
+        status: ExecutionStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt { table: T, message: format!("status {status:?}") })?,
+        result: opt_json(T, "result", r.opt_text("result")?)?,
+        stdout: r.text("stdout")?,
+        stderr: r.text("stderr")?,
+        stdout_truncated: r.boolean("stdout_truncated")?,
+        stderr_truncated: r.boolean("stderr_truncated")?,
+        exit_code: r.opt_int("exit_code")?,
+        error: opt_json(T, "error", r.opt_text("error")?)?,
+        worker: r.opt_text("worker_name")?,
+        worker_id: r.opt_text("worker_id")?.map(|s| uuid(T, &s)).transpose()?,
+        attempt: r.int("attempt")? as u32,
+        max_attempts: r.int("max_attempts")? as u32,
+        timeout_seconds: r.opt_big("timeout_seconds")?.map(|t| t as u64),
+        created_at: Timestamp(r.big("created_at")?),
+        updated_at: Timestamp(r.big("updated_at")?),
+        started_at: r.opt_big("started_at")?.map(Timestamp),
+        finished_at: r.opt_big("finished_at")?.map(Timestamp),
+        parent: r.opt_text("parent")?.map(|s| uuid(T, &s)).transpose()?,
+        trace_id: r.opt_text("trace_id")?,
+        enforcement: r.opt_text("enforcement")?,
+        history: Vec::new(),
+        action: Some(action),
+    })
+}
+
+/// A validated request to run an action.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    pub action: Action,
+    pub parameters: Value,
+    pub timeout_seconds: Option<u64>,
+    pub max_attempts: u32,
+    pub actor: String,
+    pub parent: Option<Uuid>,
+    pub trace_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub status: Option<ExecutionStatus>,
+    pub action_ref: Option<ActionRef>,
+    /// Only executions created before this one (ids are time-ordered): the next page.
+    pub before: Option<Uuid>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `before` to get the next page; absent on the last page.
+    pub next: Option<Uuid>,
+}
+
+impl Store {
+    /// Persists a new execution as `requested`, then `scheduled` on its runtime's queue.
+    pub async fn create_execution(&self, new: NewExecution, now: Timestamp) -> Result<Execution> {
+        let id = Uuid::now_v7();
+        let ids = id.to_string();
+        let at = now.millis();
+        let max_attempts = new.max_attempts.max(1) as i32;
+        write_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
+                    timeout_seconds, not_before, created_at, updated_at, scheduled_at, parent, trace_id)
+                 VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $8, $8, $8, $9, $10)",
+            )
+            .bind(&ids)
+            .bind(new.action.action_ref.as_str())
+            .bind(new.action.runtime.as_str())
+            .bind(to_json(&new.action))
+            .bind(to_json(&new.parameters))
+            .bind(max_attempts)
+            .bind(new.timeout_seconds.map(|t| t as i64))
+            .bind(at)
+            .bind(new.parent.map(|u| u.to_string()))
+            .bind(&new.trace_id)
+            .execute(&mut *tx)
+            .await?;
+            history!(tx, &ids, at, None::<&str>, "requested", &new.actor, Some("accepted"), 0i32);
+            let reason = format!("parameters valid; queued for a {} worker", new.action.runtime);
+            history!(tx, &ids, at, Some("requested"), "scheduled", &new.actor, Some(reason), 0i32);
+            tx.commit().await?;
+        });
+        self.get_execution(id).await?.ok_or(StoreError::NotFound { what: "execution", id: ids })
+    }
+
+    pub async fn get_execution(&self, id: Uuid) -> Result<Option<Execution>> {
+        read_pool!(self, p => {
+            let row = sqlx::query(&format!("SELECT {EXEC_COLS} FROM executions WHERE id = $1"))
+                .bind(id.to_string())
+                .fetch_optional(p)
+                .await?;
+            row.map(|r| exec_from_row(&r)).transpose()
+        })
+    }
+
+    /// The execution with its full history, oldest first.
+    pub async fn get_execution_with_history(&self, id: Uuid) -> Result<Option<Execution>> {
+        let Some(mut e) = self.get_execution(id).await? else { return Ok(None) };
+        e.history = self.execution_history(id).await?;
+        Ok(Some(e))
+    }
+
+    pub async fn execution_history(&self, id: Uuid) -> Result<Vec<HistoryEntry>> {
+        read_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT at, from_status, to_status, actor, reason, attempt FROM execution_history
+                 WHERE execution_id = $1 ORDER BY id",
+            )
+            .bind(id.to_string())
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let st = |s: String| {
+                        ExecutionStatus::parse(&s).ok_or_else(|| StoreError::Corrupt {
+                            table: "execution_history",
+                            message: format!("status {s:?}"),
+                        })
+                    };
+                    Ok(HistoryEntry {
+                        at: Timestamp(r.big("at")?),
+                        from: r.opt_text("from_status")?.map(st).transpose()?,
+                        to: st(r.text("to_status")?)?,
+                        actor: r.text("actor")?,
+                        reason: r.opt_text("reason")?,
+                        attempt: r.int("attempt")? as u32,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Newest first.
+    pub async fn list_executions(&self, f: &ExecutionFilter) -> Result<Page<Execution>> {
+        let limit = f.limit.clamp(1, 1000);
+        let mut sql = format!("SELECT {EXEC_COLS} FROM executions WHERE 1 = 1");
+        let mut n = 0;
+        let mut next_param = || {
+            n += 1;
+            format!("${n}")
+        };
+        if f.status.is_some() {
+            sql += &format!(" AND status = {}", next_param());
+        }
+        if f.action_ref.is_some() {
+            sql += &format!(" AND action_ref = {}", next_param());
+        }
+        if f.before.is_some() {
+            sql += &format!(" AND id < {}", next_param());
+        }
+        sql += &format!(" ORDER BY id DESC LIMIT {}", next_param());
+        let items: Vec<Execution> = read_pool!(self, p => {
+            let mut q = sqlx::query(&sql);
+            if let Some(s) = f.status {
+                q = q.bind(s.as_str());
+            }
+            if let Some(a) = &f.action_ref {
+                q = q.bind(a.as_str());
+            }
+            if let Some(b) = f.before {
+                q = q.bind(b.to_string());
+            }
+            let rows = q.bind(limit as i64 + 1).fetch_all(p).await?;
+            rows.iter().map(exec_from_row).collect::<Result<_>>()?
+        });
+        let mut items = items;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    /// Cancels a waiting execution at once; asks the worker to stop a running one (`canceling`,
+    /// delivered with its next heartbeat). Canceling a canceling execution changes nothing.
+    pub async fn cancel_execution(&self, id: Uuid, actor: &str, now: Timestamp) -> Result<Execution> {
+        let ids = id.to_string();
+        let at = now.millis();
+        for _ in 0..5 {
+            let current = self
+                .get_execution(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound { what: "execution", id: ids.clone() })?;
+            let from = current.status;
+            let to = match from {
+                ExecutionStatus::Canceling => return Ok(current),
+                ExecutionStatus::Running => ExecutionStatus::Canceling,
+                _ => ExecutionStatus::Canceled,
+            };
+            from.check(to).map_err(|source| StoreError::Transition { id: ids.clone(), source })?;
+            let error = (to == ExecutionStatus::Canceled).then(|| {
+                to_json(&json!({"error": "canceled before it started", "canceled_by": actor,
+                    "original_status": from.as_str()}))
+            });
+            let changed = write_pool!(self, p => {
+                let mut tx = p.begin().await?;
+                let res = sqlx::query(
+                    "UPDATE executions SET status = $2, updated_at = $3,
+                        finished_at = CASE WHEN $2 = 'canceled' THEN $3 ELSE finished_at END,
+                        error = COALESCE($4, error),
+                        lease_token = CASE WHEN $2 = 'canceled' THEN NULL ELSE lease_token END,
+                        lease_expires_at = CASE WHEN $2 = 'canceled' THEN NULL ELSE lease_expires_at END,
+                        delivered_at = NULL
+                     WHERE id = $1 AND status = $5",
+                )
+                .bind(&ids)
+                .bind(to.as_str())
+                .bind(at)
+                .bind(error)
+                .bind(from.as_str())
+                .execute(&mut *tx)
+                .await?;
+                let changed = res.rows_affected() == 1;
+                if changed {
+                    history!(tx, &ids, at, Some(from.as_str()), to.as_str(), actor,
+                        Some("cancel requested"), current.attempt as i32);
+                }
+                tx.commit().await?;
+                changed
+            });
+            if changed {
+                return self
+                    .get_execution(id)
+                    .await?
+                    .ok_or(StoreError::NotFound { what: "execution", id: ids });
+            }
+        }
+        Err(StoreError::Transition {
+            id: ids,
+            source: TransitionError { from: ExecutionStatus::Running, to: ExecutionStatus::Canceled },
+        })
+    }
+}

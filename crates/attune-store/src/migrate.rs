@@ -1,0 +1,47 @@
+//! Schema migrations, embedded in the binary: one ordered list per backend, applied once each,
+//! recorded in `attune_migrations`. On PostgreSQL an advisory lock serialises replicas starting at once.
+
+use crate::{BackendKind, Result, Store};
+
+const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+
+/// Arbitrary constant naming Attune's migration lock.
+const PG_LOCK: i64 = 0x4154_5455_4e45;
+
+const CREATE: &str =
+    "CREATE TABLE IF NOT EXISTS attune_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";
+
+impl Store {
+    pub(crate) async fn migrate(&self) -> Result<()> {
+        let now = attune_core::Timestamp::now().millis();
+        let (list, pg) = match self.kind {
+            BackendKind::Sqlite => (SQLITE, false),
+            BackendKind::Postgres => (POSTGRES, true),
+        };
+        write_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if pg {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_LOCK).execute(&mut *tx).await?;
+            }
+            sqlx::query(CREATE).execute(&mut *tx).await?;
+            for (v, sql) in list {
+                let done: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM attune_migrations WHERE version = $1")
+                        .bind(v)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if done.is_none() {
+                    sqlx::raw_sql(sql).execute(&mut *tx).await?;
+                    sqlx::query("INSERT INTO attune_migrations (version, applied_at) VALUES ($1, $2)")
+                        .bind(v)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}

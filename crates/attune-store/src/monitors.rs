@@ -1,0 +1,220 @@
+//! The store side of the monitors: each finds what is overdue and moves it on with a conditional
+//! update, so that several server replicas running the same monitor change each row once.
+
+use std::time::Duration;
+
+use attune_core::{Action, ExecutionStatus, Timestamp};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    rows::{json, to_json, uuid, RowExt},
+    Result, Store,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// Back in the queue for attempt `next_attempt`.
+    Retried {
+        next_attempt: u32,
+    },
+    Abandoned,
+    Canceled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredLease {
+    pub id: Uuid,
+    pub worker: String,
+    pub outcome: LeaseOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnstartedFailure {
+    pub id: Uuid,
+    pub age_seconds: u64,
+}
+
+/// id, status, lease_token, attempt, max_attempts, worker_name, action
+type LeaseRow = (String, String, String, i32, i32, Option<String>, String);
+
+impl Store {
+    /// Marks `inactive` every active worker whose last heartbeat is older than `cutoff`.
+    /// Returns the names of the workers it changed.
+    pub async fn mark_stale_workers(&self, cutoff: Timestamp, reason: &str) -> Result<Vec<String>> {
+        write_pool!(self, p => {
+            let names: Vec<String> = sqlx::query_scalar(
+                "UPDATE workers SET status = 'inactive', status_reason = $2
+                 WHERE status = 'active' AND last_heartbeat < $1 RETURNING name",
+            )
+            .bind(cutoff.millis())
+            .bind(reason)
+            .fetch_all(p)
+            .await?;
+            Ok(names)
+        })
+    }
+
+    /// Puts back in the queue every task that was handed out but not started in time. This is not
+    /// an attempt: the attempt counter only moves on `start`.
+    pub async fn expire_deliveries(&self, now: Timestamp) -> Result<u64> {
+        write_pool!(self, p => {
+            Ok(sqlx::query(
+                "UPDATE executions SET lease_token = NULL, lease_expires_at = NULL, delivered_at = NULL,
+                    worker_id = NULL, worker_name = NULL, updated_at = $1
+                 WHERE status = 'scheduled' AND lease_token IS NOT NULL AND lease_expires_at < $1",
+            )
+            .bind(now.millis())
+            .execute(p)
+            .await?
+            .rows_affected())
+        })
+    }
+
+    /// Running executions whose lease ran out (their worker stopped heartbeating): a new attempt
+    /// when the retry policy allows, `abandoned` otherwise, `canceled` if a cancel was pending.
+    pub async fn expire_leases(&self, now: Timestamp) -> Result<Vec<ExpiredLease>> {
+        let rows: Vec<LeaseRow> = read_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT id, status, lease_token, attempt, max_attempts, worker_name, action FROM executions
+                 WHERE status IN ('running', 'canceling') AND lease_expires_at < $1 ORDER BY lease_expires_at LIMIT 500",
+            )
+            .bind(now.millis())
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.text("id")?,
+                        r.text("status")?,
+                        r.text("lease_token")?,
+                        r.int("attempt")?,
+                        r.int("max_attempts")?,
+                        r.opt_text("worker_name")?,
+                        r.text("action")?,
+                    ))
+                })
+                .collect::<Result<_>>()?
+        });
+        let mut out = Vec::new();
+        for (ids, status, token, attempt, max_attempts, worker, action) in rows {
+            let worker = worker.unwrap_or_default();
+            let action: Action = json("executions", "action", &action)?;
+            let from = ExecutionStatus::parse(&status).unwrap_or(ExecutionStatus::Running);
+            let (to, outcome) = if from == ExecutionStatus::Canceling {
+                (ExecutionStatus::Canceled, LeaseOutcome::Canceled)
+            } else if attempt < max_attempts {
+                (ExecutionStatus::Scheduled, LeaseOutcome::Retried { next_attempt: attempt as u32 + 1 })
+            } else {
+                (ExecutionStatus::Abandoned, LeaseOutcome::Abandoned)
+            };
+            let reason =
+                format!("worker {worker} stopped heartbeating; its lease on attempt {attempt} expired");
+            let error = match to {
+                ExecutionStatus::Scheduled => None,
+                _ => Some(to_json(&json!({
+                    "error": reason,
+                    "failed_by": "worker_heartbeat_monitor",
+                    "worker": worker,
+                    "attempt": attempt,
+                    "max_attempts": max_attempts,
+                    "original_status": from.as_str(),
+                }))),
+            };
+            let not_before = now.plus(Duration::from_secs(action.retry.backoff_seconds)).millis();
+            let changed = write_pool!(self, p => {
+                let mut tx = p.begin().await?;
+                let res = sqlx::query(
+                    "UPDATE executions SET status = $3, updated_at = $4, lease_expires_at = NULL,
+                        lease_token = CASE WHEN $3 = 'scheduled' THEN NULL ELSE lease_token END,
+                        worker_id = CASE WHEN $3 = 'scheduled' THEN NULL ELSE worker_id END,
+                        avoid_worker = CASE WHEN $3 = 'scheduled' THEN worker_id ELSE avoid_worker END,
+                        worker_name = CASE WHEN $3 = 'scheduled' THEN NULL ELSE worker_name END,
+                        scheduled_at = CASE WHEN $3 = 'scheduled' THEN $4 ELSE scheduled_at END,
+                        not_before = CASE WHEN $3 = 'scheduled' THEN $6 ELSE not_before END,
+                        finished_at = CASE WHEN $3 = 'scheduled' THEN NULL ELSE $4 END,
+                        error = $5
+                     WHERE id = $1 AND lease_token = $2 AND status = $7",
+                )
+                .bind(&ids)
+                .bind(&token)
+                .bind(to.as_str())
+                .bind(now.millis())
+                .bind(&error)
+                .bind(not_before)
+                .bind(from.as_str())
+                .execute(&mut *tx)
+                .await?;
+                let changed = res.rows_affected() == 1;
+                if changed {
+                    history!(tx, &ids, now.millis(), Some(from.as_str()), to.as_str(),
+                        "worker_heartbeat_monitor", Some(&reason), attempt);
+                }
+                tx.commit().await?;
+                changed
+            });
+            if changed {
+                out.push(ExpiredLease { id: uuid("executions", &ids)?, worker, outcome });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fails executions that waited in `scheduled` longer than `timeout` (seed 003's execution
+    /// timeout monitor), with the seed's error object.
+    pub async fn fail_unstarted(&self, timeout: Duration, now: Timestamp) -> Result<Vec<UnstartedFailure>> {
+        let cutoff = now.minus(timeout).millis();
+        let rows: Vec<(String, i64, i32)> = read_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT id, scheduled_at, attempt FROM executions
+                 WHERE status = 'scheduled' AND scheduled_at < $1 ORDER BY id LIMIT 500",
+            )
+            .bind(cutoff)
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.text("id")?, r.big("scheduled_at")?, r.int("attempt")?)))
+                .collect::<Result<_>>()?
+        });
+        let timeout_seconds = timeout.as_secs();
+        let mut out = Vec::new();
+        for (ids, scheduled_at, attempt) in rows {
+            let age_seconds = now.seconds_since(Timestamp(scheduled_at));
+            let message = format!(
+                "Execution timeout: worker did not pick up task within {timeout_seconds} seconds (scheduled for {age_seconds} seconds)"
+            );
+            let error = to_json(&json!({
+                "error": message,
+                "failed_by": "execution_timeout_monitor",
+                "timeout_seconds": timeout_seconds,
+                "age_seconds": age_seconds,
+                "original_status": "scheduled",
+            }));
+            let changed = write_pool!(self, p => {
+                let mut tx = p.begin().await?;
+                let res = sqlx::query(
+                    "UPDATE executions SET status = 'failed', error = $2, finished_at = $3, updated_at = $3,
+                        lease_token = NULL, lease_expires_at = NULL, delivered_at = NULL
+                     WHERE id = $1 AND status = 'scheduled' AND scheduled_at = $4",
+                )
+                .bind(&ids)
+                .bind(&error)
+                .bind(now.millis())
+                .bind(scheduled_at)
+                .execute(&mut *tx)
+                .await?;
+                let changed = res.rows_affected() == 1;
+                if changed {
+                    history!(tx, &ids, now.millis(), Some("scheduled"), "failed",
+                        "execution_timeout_monitor", Some(&message), attempt);
+                }
+                tx.commit().await?;
+                changed
+            });
+            if changed {
+                out.push(UnstartedFailure { id: uuid("executions", &ids)?, age_seconds });
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,398 @@
+//! The worker side: registration, heartbeats (which extend leases), claiming tasks from the queue,
+//! and the fenced `start`/`complete` reports. A report whose lease token is not the execution's
+//! current one is rejected with `StaleLease` and changes nothing.
+
+use attune_core::{
+    Execution, ExecutionStatus, Lease, LeaseState, Report, Runtime, Task, Timestamp, Worker, WorkerStatus,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    executions::exec_from_row,
+    rows::{json, status_list, to_json, uuid, RowExt},
+    Result, Store, StoreError,
+};
+
+#[derive(Debug, Clone)]
+pub struct NewWorker {
+    pub name: String,
+    pub host: String,
+    pub runtimes: Vec<Runtime>,
+    pub labels: Value,
+    pub concurrency: u32,
+    pub version: String,
+}
+
+/// A retried attempt is kept from the worker that lost the previous one for this long after it
+/// becomes eligible; after that any worker may take it (the failed worker may be the only one left).
+const AVOID_WINDOW_MS: i64 = 10_000;
+
+const WORKER_COLS: &str = "w.id, w.name, w.host, w.runtimes, w.labels, w.concurrency, w.version, w.status, \
+    w.status_reason, w.last_heartbeat, w.registered_at, w.deregistered_at, \
+    (SELECT COUNT(*) FROM executions e WHERE e.worker_id = w.id AND e.status IN ('running', 'canceling')) AS in_flight";
+
+fn worker_from_row(r: &impl RowExt) -> Result<Worker> {
+    const T: &str = "workers";
+    let status = r.text("status")?;
+    Ok(Worker {
+        id: uuid(T, &r.text("id")?)?,
+        name: r.text("name")?,
+        host: r.text("host")?,
+        runtimes: json(T, "runtimes", &r.text("runtimes")?)?,
+        labels: json(T, "labels", &r.text("labels")?)?,
+        concurrency: r.int("concurrency")? as u32,
+        version: r.text("version")?,
+        status: WorkerStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt { table: T, message: format!("status {status:?}") })?,
+        status_reason: r.opt_text("status_reason")?,
+        last_heartbeat: Timestamp(r.big("last_heartbeat")?),
+        registered_at: Timestamp(r.big("registered_at")?),
+        deregistered_at: r.opt_big("deregistered_at")?.map(Timestamp),
+        in_flight: r.big("in_flight")? as u32,
+    })
+}
+
+fn stale(id: &str, message: impl Into<String>) -> StoreError {
+    StoreError::StaleLease { id: id.to_owned(), message: message.into() }
+}
+
+impl Store {
+    pub async fn register_worker(&self, w: &NewWorker, now: Timestamp) -> Result<Worker> {
+        let id = Uuid::now_v7();
+        write_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO workers (id, name, host, runtimes, labels, concurrency, version, status,
+                    last_heartbeat, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $8)",
+            )
+            .bind(id.to_string())
+            .bind(&w.name)
+            .bind(&w.host)
+            .bind(to_json(&w.runtimes))
+            .bind(to_json(&w.labels))
+            .bind(w.concurrency as i32)
+            .bind(&w.version)
+            .bind(now.millis())
+            .execute(p)
+            .await?;
+        });
+        self.get_worker(id).await?.ok_or(StoreError::NotFound { what: "worker", id: id.to_string() })
+    }
+
+    pub async fn get_worker(&self, id: Uuid) -> Result<Option<Worker>> {
+        read_pool!(self, p => {
+            let row = sqlx::query(&format!("SELECT {WORKER_COLS} FROM workers w WHERE w.id = $1"))
+                .bind(id.to_string())
+                .fetch_optional(p)
+                .await?;
+            row.map(|r| worker_from_row(&r)).transpose()
+        })
+    }
+
+    /// Workers, active first, newest first; deregistered ones only with `all`.
+    pub async fn list_workers(&self, all: bool) -> Result<Vec<Worker>> {
+        let filter = if all { "" } else { "WHERE w.deregistered_at IS NULL" };
+        read_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {WORKER_COLS} FROM workers w {filter} ORDER BY w.status, w.registered_at DESC"
+            ))
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(worker_from_row).collect()
+        })
+    }
+
+    /// Records a heartbeat: the worker is `active` again unless it is draining, and each lease it
+    /// still holds is extended to `lease_until`.
+    pub async fn heartbeat(
+        &self,
+        worker: Uuid,
+        leases: &[Lease],
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<(WorkerStatus, Vec<(Uuid, LeaseState)>)> {
+        let wid = worker.to_string();
+        write_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let status: Option<String> = sqlx::query_scalar(
+                "UPDATE workers SET last_heartbeat = $2,
+                    status = CASE WHEN draining OR deregistered_at IS NOT NULL THEN 'inactive' ELSE 'active' END,
+                    status_reason = CASE WHEN draining OR deregistered_at IS NOT NULL THEN status_reason ELSE NULL END
+                 WHERE id = $1 RETURNING status",
+            )
+            .bind(&wid)
+            .bind(now.millis())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(status) = status else {
+                return Err(StoreError::NotFound { what: "worker", id: wid });
+            };
+            let mut out = Vec::with_capacity(leases.len());
+            for l in leases {
+                let st: Option<String> = sqlx::query_scalar(
+                    "UPDATE executions SET lease_expires_at = $4
+                     WHERE id = $1 AND lease_token = $2 AND worker_id = $3 AND status IN ('running', 'canceling')
+                     RETURNING status",
+                )
+                .bind(l.execution_id.to_string())
+                .bind(&l.lease_token)
+                .bind(&wid)
+                .bind(lease_until.millis())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let state = match st.as_deref() {
+                    Some("running") => LeaseState::Held,
+                    Some(_) => LeaseState::Cancel,
+                    None => LeaseState::Revoked,
+                };
+                out.push((l.execution_id, state));
+            }
+            tx.commit().await?;
+            Ok((WorkerStatus::parse(&status).unwrap_or(WorkerStatus::Inactive), out))
+        })
+    }
+
+    /// Hands up to `max` waiting tasks from the given queues to `worker`, oldest first, if the worker
+    /// is `active` (a draining or stale worker gets nothing). They stay
+    /// `scheduled` until the worker confirms with `start`; unconfirmed ones go back to the queue when
+    /// `delivery_until` passes (see `expire_deliveries`).
+    pub async fn claim(
+        &self,
+        worker: Uuid,
+        worker_name: &str,
+        runtimes: &[Runtime],
+        max: u32,
+        now: Timestamp,
+        delivery_until: Timestamp,
+    ) -> Result<Vec<Task>> {
+        if max == 0 || runtimes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let queues = runtimes.iter().map(|r| format!("'{}'", r.as_str())).collect::<Vec<_>>().join(", ");
+        // PostgreSQL: SKIP LOCKED lets concurrent claimers pass each other. SQLite has a single
+        // writer, so the sub-select and update are already atomic.
+        let lock = match self.kind {
+            crate::BackendKind::Postgres => "FOR UPDATE SKIP LOCKED",
+            crate::BackendKind::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE executions SET lease_token = $1, worker_id = $2, worker_name = $3, delivered_at = $4,
+                lease_expires_at = $5, updated_at = $4
+             WHERE id IN (SELECT id FROM executions
+                 WHERE status = 'scheduled' AND lease_token IS NULL AND queue IN ({queues})
+                   AND not_before <= $4
+                   AND (avoid_worker IS NULL OR avoid_worker <> $2 OR not_before < $4 - {AVOID_WINDOW_MS})
+                   AND EXISTS (SELECT 1 FROM workers w WHERE w.id = $2 AND w.status = 'active')
+                 ORDER BY id LIMIT $6 {lock})
+             RETURNING id, action, parameters, attempt, max_attempts, timeout_seconds"
+        );
+        let token = Uuid::new_v4().simple().to_string();
+        let wid = worker.to_string();
+        let mut tasks: Vec<Task> = write_pool!(self, p => {
+            let rows = sqlx::query(&sql)
+                .bind(&token)
+                .bind(&wid)
+                .bind(worker_name)
+                .bind(now.millis())
+                .bind(delivery_until.millis())
+                .bind(max as i64)
+                .fetch_all(p)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Task {
+                        execution_id: uuid("executions", &r.text("id")?)?,
+                        lease_token: token.clone(),
+                        attempt: r.int("attempt")? as u32 + 1,
+                        max_attempts: r.int("max_attempts")? as u32,
+                        action: json("executions", "action", &r.text("action")?)?,
+                        parameters: json("executions", "parameters", &r.text("parameters")?)?,
+                        timeout_seconds: r.opt_big("timeout_seconds")?.map(|t| t as u64),
+                    })
+                })
+                .collect::<Result<_>>()?
+        });
+        tasks.sort_by_key(|t| t.execution_id);
+        Ok(tasks)
+    }
+
+    /// The worker confirms it is starting the task: `scheduled → running`, a new attempt, and the
+    /// lease runs until `lease_until` (extended by heartbeats). Repeating it is harmless.
+    pub async fn start(
+        &self,
+        id: Uuid,
+        token: &str,
+        actor: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Execution> {
+        let ids = id.to_string();
+        let started = write_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let attempt: Option<i32> = sqlx::query_scalar(
+                "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = $3,
+                    updated_at = $3, lease_expires_at = $4, delivered_at = NULL
+                 WHERE id = $1 AND lease_token = $2 AND status = 'scheduled' RETURNING attempt",
+            )
+            .bind(&ids)
+            .bind(token)
+            .bind(now.millis())
+            .bind(lease_until.millis())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(attempt) = attempt {
+                history!(tx, &ids, now.millis(), Some("scheduled"), "running", actor,
+                    Some(format!("attempt {attempt} started")), attempt);
+            }
+            tx.commit().await?;
+            attempt.is_some()
+        });
+        let e = self
+            .get_execution(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { what: "execution", id: ids.clone() })?;
+        if started || (e.status.is_active() && self.holds(id, token).await?) {
+            Ok(e)
+        } else {
+            Err(stale(
+                &ids,
+                format!("the execution is {} and this delivery's lease is no longer valid", e.status),
+            ))
+        }
+    }
+
+    async fn holds(&self, id: Uuid, token: &str) -> Result<bool> {
+        read_pool!(self, p => {
+            let t: Option<Option<String>> = sqlx::query_scalar("SELECT lease_token FROM executions WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(p)
+                .await?;
+            Ok(t.flatten().as_deref() == Some(token))
+        })
+    }
+
+    /// Records the outcome of the current attempt. Idempotent for the same token once terminal;
+    /// any other token is stale.
+    pub async fn complete(
+        &self,
+        id: Uuid,
+        token: &str,
+        report: &Report,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Execution> {
+        let ids = id.to_string();
+        let to = report.status;
+        let sources = status_list(ExecutionStatus::sources_of(to));
+        let sql = format!(
+            "UPDATE executions SET status = $3, exit_code = $4, stdout = $5, stderr = $6,
+                stdout_truncated = $7, stderr_truncated = $8, result = $9, error = $10,
+                finished_at = $11, updated_at = $11, lease_expires_at = NULL
+             WHERE id = $1 AND lease_token = $2 AND status IN ({sources})"
+        );
+        for _ in 0..5 {
+            let Some(before) = self.get_execution(id).await? else {
+                return Err(StoreError::NotFound { what: "execution", id: ids });
+            };
+            let holds = self.holds(id, token).await?;
+            if !holds {
+                return Err(stale(&ids, format!("the execution is {} and has a newer lease", before.status)));
+            }
+            if before.status.is_terminal() {
+                return Ok(before); // a repeated report of the same attempt
+            }
+            before.status.check(to).map_err(|source| StoreError::Transition { id: ids.clone(), source })?;
+            let done = write_pool!(self, p => {
+                let mut tx = p.begin().await?;
+                let res = sqlx::query(&sql)
+                    .bind(&ids)
+                    .bind(token)
+                    .bind(to.as_str())
+                    .bind(report.exit_code)
+                    .bind(&report.stdout)
+                    .bind(&report.stderr)
+                    .bind(report.stdout_truncated)
+                    .bind(report.stderr_truncated)
+                    .bind(report.result.as_ref().map(to_json))
+                    .bind(report.error.as_ref().map(to_json))
+                    .bind(now.millis())
+                    .execute(&mut *tx)
+                    .await?;
+                let done = res.rows_affected() == 1;
+                if done {
+                    let reason = report
+                        .error
+                        .as_ref()
+                        .and_then(|e| e.get("error"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .or_else(|| report.exit_code.map(|c| format!("exit code {c}")));
+                    history!(tx, &ids, now.millis(), Some(before.status.as_str()), to.as_str(), actor,
+                        reason, before.attempt as i32);
+                }
+                tx.commit().await?;
+                done
+            });
+            if done {
+                return self
+                    .get_execution(id)
+                    .await?
+                    .ok_or(StoreError::NotFound { what: "execution", id: ids });
+            }
+        }
+        Err(stale(&ids, "the execution kept changing while the report was applied"))
+    }
+
+    /// Stops new work for the worker at once (`inactive`, draining); its leases stay valid while it
+    /// keeps heartbeating.
+    pub async fn drain_worker(&self, worker: Uuid, now: Timestamp) -> Result<Worker> {
+        self.set_worker_down(worker, now, "draining: shutting down gracefully", false).await
+    }
+
+    /// The worker is gone for good.
+    pub async fn deregister_worker(&self, worker: Uuid, now: Timestamp) -> Result<Worker> {
+        self.set_worker_down(worker, now, "deregistered", true).await
+    }
+
+    async fn set_worker_down(
+        &self,
+        worker: Uuid,
+        now: Timestamp,
+        reason: &str,
+        gone: bool,
+    ) -> Result<Worker> {
+        let wid = worker.to_string();
+        let n = write_pool!(self, p => {
+            sqlx::query(
+                "UPDATE workers SET status = 'inactive', draining = TRUE, status_reason = $2,
+                    deregistered_at = CASE WHEN $3 THEN $4 ELSE deregistered_at END
+                 WHERE id = $1",
+            )
+            .bind(&wid)
+            .bind(reason)
+            .bind(gone)
+            .bind(now.millis())
+            .execute(p)
+            .await?
+            .rows_affected()
+        });
+        if n == 0 {
+            return Err(StoreError::NotFound { what: "worker", id: wid });
+        }
+        self.get_worker(worker).await?.ok_or(StoreError::NotFound { what: "worker", id: wid })
+    }
+
+    /// Executions a worker holds a lease on (for listing and for tests).
+    pub async fn worker_executions(&self, worker: Uuid) -> Result<Vec<Execution>> {
+        read_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {} FROM executions WHERE worker_id = $1 AND status IN ('running', 'canceling') ORDER BY id",
+                crate::executions::EXEC_COLS
+            ))
+            .bind(worker.to_string())
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(exec_from_row).collect()
+        })
+    }
+}

@@ -1,0 +1,325 @@
+//! The agent: one registration, one heartbeat loop, one poll loop, and a task per execution.
+//!
+//! Shutdown (SIGTERM/SIGINT, or `shutdown` cancelled): stop polling, tell the server we are draining
+//! (`inactive` at once: nothing new is handed to us), keep heartbeating so our leases stay valid,
+//! wait up to `shutdown_timeout` for the tasks in flight (counted exactly), then stop what is left
+//! and report it, deregister, return.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use attune_client::{wire::RegisterWorker, Client, ClientError};
+use attune_core::{ExecutionStatus, Lease, LeaseState, Report, Runtime, Task};
+use serde_json::json;
+use tokio::{sync::Notify, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::runtime::{self, RunContext};
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub server: String,
+    pub name: String,
+    pub concurrency: u32,
+    pub runtimes: Vec<Runtime>,
+    pub shutdown_timeout: Duration,
+    pub max_output: usize,
+    pub kill_grace: Duration,
+    pub labels: serde_json::Value,
+    pub scratch_dir: std::path::PathBuf,
+}
+
+struct InFlight {
+    token: String,
+    /// Stops the action (cancel requested, lease lost, or shutdown).
+    stop: CancellationToken,
+    /// Set when the lease is lost: the outcome must not be reported.
+    revoked: bool,
+    /// Set when the server asked us to cancel (as opposed to our own shutdown stopping it).
+    cancel_requested: bool,
+}
+
+struct Shared {
+    client: Client,
+    opts: WorkerOptions,
+    id: Uuid,
+    in_flight: Mutex<HashMap<Uuid, InFlight>>,
+    slot_freed: Notify,
+}
+
+pub struct Agent {
+    opts: WorkerOptions,
+    client: Client,
+}
+
+impl Agent {
+    pub fn build(opts: WorkerOptions) -> Agent {
+        let client = Client::new(&opts.server);
+        Agent { opts, client }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Some(reg) = register(&self.client, &self.opts, &shutdown).await else {
+            return Ok(()); // shut down before the server answered
+        };
+        let heartbeat_every = Duration::from_millis(reg.heartbeat_interval_ms.max(100));
+        let max_poll = Duration::from_millis(reg.max_poll_ms.max(1000));
+        let shared = Arc::new(Shared {
+            client: self.client,
+            opts: self.opts,
+            id: reg.worker.id,
+            in_flight: Mutex::new(HashMap::new()),
+            slot_freed: Notify::new(),
+        });
+        tracing::info!(
+            worker = %shared.opts.name, id = %shared.id, server = %shared.opts.server,
+            runtimes = ?shared.opts.runtimes, concurrency = shared.opts.concurrency,
+            heartbeat = ?heartbeat_every, "worker registered"
+        );
+
+        let stop_heartbeat = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), heartbeat_every, stop_heartbeat.clone()));
+        let mut tasks = JoinSet::new();
+        poll_loop(&shared, &mut tasks, max_poll, &shutdown).await;
+
+        // Draining.
+        let n = tasks.len();
+        tracing::info!(in_flight = n, timeout = ?shared.opts.shutdown_timeout, "shutting down: draining");
+        if let Err(e) = shared.client.drain(shared.id).await {
+            tracing::warn!(error = %e, "could not tell the server we are draining");
+        }
+        let drained = tokio::time::timeout(shared.opts.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            let left: Vec<Uuid> = shared.in_flight.lock().expect("in-flight lock").keys().copied().collect();
+            tracing::warn!(count = left.len(), executions = ?left, "shutdown timeout reached; stopping what is left");
+            for f in shared.in_flight.lock().expect("in-flight lock").values() {
+                f.stop.cancel();
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+        stop_heartbeat.cancel();
+        let _ = heartbeat.await;
+        if let Err(e) = shared.client.deregister(shared.id).await {
+            tracing::warn!(error = %e, "could not deregister");
+        }
+        tracing::info!(worker = %shared.opts.name, "worker stopped");
+        Ok(())
+    }
+}
+
+/// Registers, retrying with backoff while the server is unreachable.
+async fn register(
+    client: &Client,
+    opts: &WorkerOptions,
+    shutdown: &CancellationToken,
+) -> Option<attune_client::wire::Registered> {
+    let req = RegisterWorker {
+        name: opts.name.clone(),
+        host: hostname(),
+        runtimes: opts.runtimes.clone(),
+        labels: opts.labels.clone(),
+        concurrency: opts.concurrency,
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match client.register(&req).await {
+            Ok(r) => return Some(r),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot register yet");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "registration refused");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+pub(crate) fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+}
+
+async fn poll_loop(
+    shared: &Arc<Shared>,
+    tasks: &mut JoinSet<()>,
+    max_poll: Duration,
+    shutdown: &CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // Reap finished tasks.
+        while tasks.try_join_next().is_some() {}
+        let free = shared.opts.concurrency.saturating_sub(tasks.len() as u32);
+        if free == 0 {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = shared.slot_freed.notified() => continue,
+                _ = tasks.join_next() => continue,
+            }
+        }
+        let polled = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = shared.client.poll(shared.id, free, max_poll) => r,
+        };
+        match polled {
+            Ok(reply) => {
+                backoff = Duration::from_millis(100);
+                for task in reply.tasks {
+                    let s = shared.clone();
+                    tasks.spawn(run_task(s, task));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "poll failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn run_task(shared: Arc<Shared>, task: Task) {
+    let id = task.execution_id;
+    let stop = CancellationToken::new();
+    shared.in_flight.lock().expect("in-flight lock").insert(
+        id,
+        InFlight {
+            token: task.lease_token.clone(),
+            stop: stop.clone(),
+            revoked: false,
+            cancel_requested: false,
+        },
+    );
+    run_task_inner(&shared, &task, stop).await;
+    shared.in_flight.lock().expect("in-flight lock").remove(&id);
+    shared.slot_freed.notify_one();
+}
+
+async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
+    let id = task.execution_id;
+    match shared.client.start(shared.id, id, &task.lease_token).await {
+        Ok(_) => {}
+        Err(e) => {
+            // 409: canceled or re-delivered meanwhile; anything else: the delivery will expire and
+            // the task goes back to the queue.
+            tracing::info!(execution_id = %id, error = %e, "not starting");
+            return;
+        }
+    }
+    tracing::debug!(execution_id = %id, action = %task.action.action_ref, attempt = task.attempt, "running");
+    let ctx = RunContext {
+        api_url: shared.opts.server.clone(),
+        max_output: shared.opts.max_output,
+        kill_grace: shared.opts.kill_grace,
+        scratch_dir: shared.opts.scratch_dir.clone(),
+    };
+    let mut report = runtime::execute(task, &ctx, stop.clone()).await;
+    let revoked =
+        shared.in_flight.lock().expect("in-flight lock").get(&id).map(|f| f.revoked).unwrap_or(false);
+    if revoked {
+        tracing::warn!(execution_id = %id, "lease lost while running; outcome not reported");
+        return;
+    }
+    if report.status == ExecutionStatus::Canceled && stop.is_cancelled() && !cancel_requested(shared, id) {
+        // Stopped by our own shutdown, not by a cancel request.
+        report.status = ExecutionStatus::Failed;
+        report.error = Some(json!({
+            "error": format!("worker {} shut down before the action finished", shared.opts.name),
+            "failed_by": "worker_shutdown",
+            "worker": shared.opts.name,
+        }));
+    }
+    report_outcome(shared, task, report).await;
+}
+
+fn cancel_requested(shared: &Shared, id: Uuid) -> bool {
+    shared.in_flight.lock().expect("in-flight lock").get(&id).map(|f| f.cancel_requested).unwrap_or(false)
+}
+
+/// Sends the report, retrying transient failures while our lease may still be valid.
+async fn report_outcome(shared: &Shared, task: &Task, report: Report) {
+    let id = task.execution_id;
+    let mut backoff = Duration::from_millis(100);
+    for _ in 0..20 {
+        match shared.client.complete(shared.id, id, &task.lease_token, report.clone()).await {
+            Ok(e) => {
+                tracing::debug!(execution_id = %id, status = %e.status, "reported");
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(execution_id = %id, error = %e, retry_in = ?backoff, "report failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::warn!(execution_id = %id, error = %e, "report rejected");
+                return;
+            }
+        }
+    }
+    tracing::error!(execution_id = %id, "gave up reporting; the lease will expire and the server decides");
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let leases: Vec<Lease> = shared
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .iter()
+            .map(|(id, f)| Lease { execution_id: *id, lease_token: f.token.clone() })
+            .collect();
+        match shared.client.heartbeat(shared.id, leases).await {
+            Ok(reply) => {
+                let mut map = shared.in_flight.lock().expect("in-flight lock");
+                for l in reply.leases {
+                    let Some(f) = map.get_mut(&l.execution_id) else { continue };
+                    match l.state {
+                        LeaseState::Held => {}
+                        LeaseState::Cancel => {
+                            f.cancel_requested = true;
+                            if !f.stop.is_cancelled() {
+                                tracing::info!(execution_id = %l.execution_id, "cancel requested; stopping");
+                                f.stop.cancel();
+                            }
+                        }
+                        LeaseState::Revoked => {
+                            tracing::warn!(execution_id = %l.execution_id, "lease revoked; stopping");
+                            f.revoked = true;
+                            f.stop.cancel();
+                        }
+                    }
+                }
+            }
+            Err(ClientError::Api { status: 404, .. }) => {
+                tracing::error!("the server does not know this worker any more; stopping all tasks");
+                for f in shared.in_flight.lock().expect("in-flight lock").values_mut() {
+                    f.revoked = true;
+                    f.stop.cancel();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}

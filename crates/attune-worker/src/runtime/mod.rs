@@ -1,0 +1,202 @@
+//! Running one task to a `Report`: builtins in-process, everything else as a child process through
+//! `crate::process`. Output is turned into `stdout`/`result` by `attune_core::output::finalize`
+//! (the seed's de-duplication rule) and secrets are masked before anything leaves the worker.
+
+mod builtin;
+mod params;
+
+use std::{path::PathBuf, time::Duration};
+
+use attune_core::{
+    output::{finalize, mask_secrets},
+    ExecutionStatus, Report, Runtime, Task,
+};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::process::{self, Ended, Spec};
+
+/// What every run needs from the worker.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub api_url: String,
+    pub max_output: usize,
+    pub kill_grace: Duration,
+    /// Where parameter files are written.
+    pub scratch_dir: PathBuf,
+}
+
+/// The interpreter for a runtime, if it needs one.
+pub fn interpreter(rt: Runtime) -> Option<&'static str> {
+    match rt {
+        Runtime::Shell => Some("/bin/sh"),
+        Runtime::Python => Some("python3"),
+        Runtime::Node => Some("node"),
+        Runtime::Native | Runtime::Builtin => None,
+    }
+}
+
+/// The runtimes this machine can run: builtin, shell and native always; python and node when
+/// their interpreter is on `PATH`.
+pub fn detect_runtimes() -> Vec<Runtime> {
+    Runtime::ALL
+        .into_iter()
+        .filter(|rt| match interpreter(*rt) {
+            None => true,
+            Some(p) if p.starts_with('/') => std::path::Path::new(p).exists(),
+            Some(p) => on_path(p),
+        })
+        .collect()
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Runs the task; never fails: problems become a failed `Report` with the reason.
+pub async fn execute(task: &Task, ctx: &RunContext, cancel: CancellationToken) -> Report {
+    let timeout = task.timeout_seconds.map(Duration::from_secs);
+    let secrets = secret_values(task);
+    let mut report = match task.action.runtime {
+        Runtime::Builtin => builtin::run(task, timeout, cancel).await,
+        _ => run_process(task, ctx, timeout, cancel).await,
+    };
+    if !secrets.is_empty() {
+        report.stdout = mask_secrets(&report.stdout, &secrets);
+        report.stderr = mask_secrets(&report.stderr, &secrets);
+        if let Some(r) = &report.result {
+            let masked = mask_secrets(&r.to_string(), &secrets);
+            report.result = serde_json::from_str(&masked).ok().or(Some(Value::String(masked)));
+        }
+    }
+    report
+}
+
+fn secret_values(task: &Task) -> Vec<String> {
+    task.action
+        .secret_parameters()
+        .iter()
+        .filter_map(|k| task.parameters.get(k))
+        .map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+pub(crate) fn failed(error: Value) -> Report {
+    Report {
+        status: ExecutionStatus::Failed,
+        exit_code: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        result: None,
+        error: Some(error),
+    }
+}
+
+async fn run_process(
+    task: &Task,
+    ctx: &RunContext,
+    timeout: Option<Duration>,
+    cancel: CancellationToken,
+) -> Report {
+    let a = &task.action;
+    let Some(pack_dir) = &a.pack_dir else {
+        return failed(
+            json!({"error": format!("action {} has no pack directory on this worker", a.action_ref)}),
+        );
+    };
+    let actions_dir = PathBuf::from(pack_dir).join("actions");
+    let entry = actions_dir.join(&a.entry_point);
+    if !entry.is_file() {
+        return failed(json!({
+            "error": format!("entry point {} not found on this worker", entry.display()),
+            "worker_error": "entry_point_missing",
+        }));
+    }
+    let (program, args) = match interpreter(a.runtime) {
+        Some(i) => (PathBuf::from(i), vec![entry.display().to_string()]),
+        None => (entry.clone(), Vec::new()),
+    };
+    let mut env = base_env();
+    env.extend([
+        ("ATTUNE_EXECUTION_ID".to_owned(), task.execution_id.to_string()),
+        ("ATTUNE_ACTION".to_owned(), a.action_ref.to_string()),
+        ("ATTUNE_PACK".to_owned(), a.pack.to_string()),
+        ("ATTUNE_API_URL".to_owned(), ctx.api_url.clone()),
+        ("ATTUNE_ATTEMPT".to_owned(), task.attempt.to_string()),
+    ]);
+    let delivery = match params::deliver(task, &ctx.scratch_dir) {
+        Ok(d) => d,
+        Err(e) => return failed(json!({"error": format!("cannot deliver parameters: {e}")})),
+    };
+    env.extend(delivery.env.iter().cloned());
+    let spec = Spec {
+        program,
+        args,
+        cwd: actions_dir,
+        env,
+        stdin: delivery.stdin.clone(),
+        max_output: ctx.max_output,
+        kill_grace: ctx.kill_grace,
+        timeout,
+    };
+    let outcome = match process::run(spec, cancel).await {
+        Ok(o) => o,
+        Err(e) => {
+            return failed(
+                json!({"error": format!("cannot start {}: {e}", entry.display()), "worker_error": "spawn_failed"}),
+            )
+        }
+    };
+    drop(delivery); // removes the parameter file, if any
+    let fin = finalize(a.output_format, outcome.exit_code, outcome.stdout.text, |s| {
+        serde_yaml::from_str::<Value>(s).map_err(|e| e.to_string())
+    });
+    let (status, error) = match (outcome.ended, outcome.exit_code, outcome.signal) {
+        (Ended::TimedOut, ..) => (
+            ExecutionStatus::Timeout,
+            Some(
+                json!({"error": format!("timed out after {} seconds", task.timeout_seconds.unwrap_or_default()),
+                "timeout_seconds": task.timeout_seconds}),
+            ),
+        ),
+        (Ended::Canceled, ..) => {
+            (ExecutionStatus::Canceled, Some(json!({"error": "canceled while running"})))
+        }
+        (Ended::Exited, Some(0), _) => match &fin.parse_error {
+            None => (ExecutionStatus::Succeeded, None),
+            Some(e) => (ExecutionStatus::Failed, Some(json!({"error": e, "output_format": a.output_format}))),
+        },
+        (Ended::Exited, Some(code), _) => {
+            (ExecutionStatus::Failed, Some(json!({"error": format!("exit code {code}"), "exit_code": code})))
+        }
+        (Ended::Exited, None, sig) => (
+            ExecutionStatus::Failed,
+            Some(json!({"error": format!("killed by signal {}", sig.unwrap_or_default()), "signal": sig})),
+        ),
+    };
+    Report {
+        status,
+        exit_code: outcome.exit_code,
+        stdout: fin.stdout,
+        stderr: outcome.stderr.text,
+        stdout_truncated: outcome.stdout.truncated,
+        stderr_truncated: outcome.stderr.truncated,
+        result: fin.result,
+        error,
+    }
+}
+
+/// The few variables of the worker's own environment that programs reasonably expect.
+fn base_env() -> Vec<(String, String)> {
+    ["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"]
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
+        .collect()
+}
