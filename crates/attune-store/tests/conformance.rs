@@ -1,0 +1,517 @@
+//! The store's conformance suite: every test runs once on SQLite and once on PostgreSQL, each on a
+//! database of its own. Time is passed explicitly, so leases, staleness and timeouts are stepped
+//! without sleeping.
+
+use std::time::Duration;
+
+use attune_core::{
+    Action, ActionRef, ExecutionStatus, Lease, LeaseState, PackMeta, PackRef, Report, RetryPolicy, Runtime,
+    Timestamp, WorkerStatus,
+};
+use attune_store::{ExecutionFilter, LeaseOutcome, NewExecution, NewWorker, Store, StoreError, StoreOptions};
+use attune_testkit::TestDb;
+use serde_json::json;
+use uuid::Uuid;
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = attune_testkit::TestDb::sqlite();
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = attune_testkit::TestDb::postgres().await;
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrations_are_idempotent,
+    packs_upsert_by_ref,
+    submit_records_history,
+    list_filters_and_pages,
+    claim_start_complete,
+    claim_respects_runtimes_and_order,
+    draining_or_stale_workers_get_nothing,
+    stale_tokens_are_fenced,
+    unstarted_deliveries_return_without_an_attempt,
+    cancel_waiting_and_running,
+    heartbeat_extends_and_revokes,
+    expired_lease_retries_then_abandons,
+    stale_workers_become_inactive_and_recover,
+    schedule_to_start_timeout_uses_the_seed_error,
+    concurrent_claims_never_share_a_task,
+    state_survives_reopen,
+);
+
+const T0: Timestamp = Timestamp(1_800_000_000_000);
+
+fn at(secs: u64) -> Timestamp {
+    T0.plus(Duration::from_secs(secs))
+}
+
+async fn open(db: &TestDb) -> Store {
+    Store::open(&StoreOptions::new(db.url.clone())).await.expect("open store")
+}
+
+fn action(name: &str, runtime: Runtime, max_attempts: u32) -> Action {
+    Action {
+        action_ref: ActionRef::parse(&format!("t.{name}")).unwrap(),
+        pack: PackRef::parse("t").unwrap(),
+        description: String::new(),
+        runtime,
+        entry_point: "noop".into(),
+        parameters: json!({"type": "object", "properties": {"secret": {"type": "string", "secret": true}}}),
+        parameter_delivery: Default::default(),
+        parameter_format: Default::default(),
+        output_format: Default::default(),
+        timeout_seconds: None,
+        retry: RetryPolicy { max_attempts, backoff_seconds: 0 },
+        pack_dir: None,
+    }
+}
+
+async fn submit(s: &Store, a: &Action, now: Timestamp) -> Uuid {
+    let new = NewExecution {
+        action: a.clone(),
+        parameters: json!({"x": 1}),
+        timeout_seconds: None,
+        max_attempts: a.retry.max_attempts,
+        actor: "test".into(),
+        parent: None,
+        trace_id: None,
+    };
+    s.create_execution(new, now).await.unwrap().id
+}
+
+async fn worker(s: &Store, name: &str, runtimes: &[Runtime], now: Timestamp) -> Uuid {
+    let w = NewWorker {
+        name: name.into(),
+        host: "h".into(),
+        runtimes: runtimes.to_vec(),
+        labels: json!({}),
+        concurrency: 4,
+        version: "t".into(),
+    };
+    s.register_worker(&w, now).await.unwrap().id
+}
+
+fn ok_report() -> Report {
+    Report {
+        status: ExecutionStatus::Succeeded,
+        exit_code: Some(0),
+        stdout: "out".into(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        result: Some(json!({"k": "v"})),
+        error: None,
+    }
+}
+
+async fn status(s: &Store, id: Uuid) -> ExecutionStatus {
+    s.get_execution(id).await.unwrap().unwrap().status
+}
+
+/// Claims one task for `w` and returns its token.
+async fn claim_one(s: &Store, w: Uuid, now: Timestamp) -> (Uuid, String) {
+    let name = s.get_worker(w).await.unwrap().unwrap().name;
+    let t = s
+        .claim(w, &name, &[Runtime::Builtin, Runtime::Shell], 1, now, now.plus(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(t.len(), 1, "expected one task");
+    (t[0].execution_id, t[0].lease_token.clone())
+}
+
+async fn migrations_are_idempotent(db: &TestDb) {
+    let s = open(db).await;
+    s.close().await;
+    let s = open(db).await;
+    assert!(s.list_packs().await.unwrap().is_empty());
+}
+
+async fn packs_upsert_by_ref(db: &TestDb) {
+    let s = open(db).await;
+    let meta = PackMeta {
+        pack_ref: PackRef::parse("t").unwrap(),
+        label: "T".into(),
+        description: "d".into(),
+        version: "1".into(),
+        dir: Some("/x".into()),
+    };
+    let a = action("a", Runtime::Builtin, 1);
+    let b = action("b", Runtime::Shell, 1);
+    s.upsert_pack(&meta, &[a.clone(), b.clone()], at(0)).await.unwrap();
+    assert_eq!(s.list_actions(None).await.unwrap().len(), 2);
+    // Re-load with one action changed and one removed: an upsert by ref.
+    let mut a2 = a.clone();
+    a2.description = "changed".into();
+    let meta2 = PackMeta { version: "2".into(), ..meta.clone() };
+    s.upsert_pack(&meta2, &[a2.clone()], at(1)).await.unwrap();
+    let actions = s.list_actions(Some(&meta.pack_ref)).await.unwrap();
+    assert_eq!(actions, vec![a2.clone()]);
+    assert_eq!(s.get_action(&b.action_ref).await.unwrap(), None);
+    let packs = s.list_packs().await.unwrap();
+    assert_eq!(packs.len(), 1);
+    assert_eq!(packs[0].meta.version, "2");
+    assert_eq!(packs[0].actions, 1);
+}
+
+async fn submit_records_history(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 2);
+    let id = submit(&s, &a, at(0)).await;
+    let e = s.get_execution_with_history(id).await.unwrap().unwrap();
+    assert_eq!(e.status, ExecutionStatus::Scheduled);
+    assert_eq!(e.attempt, 0);
+    assert_eq!(e.max_attempts, 2);
+    assert_eq!(e.parameters, json!({"x": 1}));
+    assert_eq!(e.action.as_ref().unwrap(), &a, "the action is snapshotted");
+    let steps: Vec<_> = e.history.iter().map(|h| (h.from, h.to)).collect();
+    assert_eq!(
+        steps,
+        vec![
+            (None, ExecutionStatus::Requested),
+            (Some(ExecutionStatus::Requested), ExecutionStatus::Scheduled)
+        ]
+    );
+    assert_eq!(s.get_execution(Uuid::now_v7()).await.unwrap(), None);
+}
+
+async fn list_filters_and_pages(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let b = action("b", Runtime::Builtin, 1);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(submit(&s, if i % 2 == 0 { &a } else { &b }, at(i)).await);
+    }
+    let all = s.list_executions(&ExecutionFilter { limit: 2, ..Default::default() }).await.unwrap();
+    assert_eq!(all.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[4], ids[3]], "newest first");
+    let next = s
+        .list_executions(&ExecutionFilter { limit: 2, before: all.next, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(next.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
+    let only_a = s
+        .list_executions(&ExecutionFilter {
+            limit: 10,
+            action_ref: Some(a.action_ref.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(only_a.items.len(), 3);
+    assert_eq!(only_a.next, None);
+    s.cancel_execution(ids[0], "test", at(9)).await.unwrap();
+    let canceled = s
+        .list_executions(&ExecutionFilter {
+            limit: 10,
+            status: Some(ExecutionStatus::Canceled),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(canceled.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[0]]);
+}
+
+async fn claim_start_complete(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let w = worker(&s, "w1", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(0)).await;
+    let tasks = s.claim(w, "w1", &[Runtime::Builtin], 5, at(1), at(11)).await.unwrap();
+    assert_eq!(tasks.len(), 1);
+    let t = &tasks[0];
+    assert_eq!((t.execution_id, t.attempt, t.max_attempts), (id, 1, 1));
+    assert_eq!(t.action, a);
+    assert_eq!(status(&s, id).await, ExecutionStatus::Scheduled, "delivered, not yet started");
+    let e = s.start(id, &t.lease_token, "worker:w1", at(1), at(31)).await.unwrap();
+    assert_eq!((e.status, e.attempt, e.worker.as_deref()), (ExecutionStatus::Running, 1, Some("w1")));
+    // Starting again with the same token is harmless.
+    assert_eq!(
+        s.start(id, &t.lease_token, "worker:w1", at(2), at(32)).await.unwrap().status,
+        ExecutionStatus::Running
+    );
+    assert_eq!(s.get_worker(w).await.unwrap().unwrap().in_flight, 1);
+    let e = s.complete(id, &t.lease_token, &ok_report(), "worker:w1", at(3)).await.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Succeeded);
+    assert_eq!(e.result, Some(json!({"k": "v"})));
+    assert_eq!(e.stdout, "out");
+    assert_eq!(e.finished_at, Some(at(3)));
+    let h = s.execution_history(id).await.unwrap();
+    assert_eq!(h.last().unwrap().to, ExecutionStatus::Succeeded);
+    assert_eq!(h.last().unwrap().actor, "worker:w1");
+    assert_eq!(h.len(), 4);
+    // A repeated completion of the same attempt is idempotent and changes nothing.
+    let mut other = ok_report();
+    other.stdout = "different".into();
+    let again = s.complete(id, &t.lease_token, &other, "worker:w1", at(4)).await.unwrap();
+    assert_eq!((again.status, again.stdout.as_str()), (ExecutionStatus::Succeeded, "out"));
+    assert_eq!(s.execution_history(id).await.unwrap().len(), 4);
+    assert_eq!(s.get_worker(w).await.unwrap().unwrap().in_flight, 0);
+}
+
+async fn claim_respects_runtimes_and_order(db: &TestDb) {
+    let s = open(db).await;
+    let shell = action("sh", Runtime::Shell, 1);
+    let py = action("py", Runtime::Python, 1);
+    let w = worker(&s, "w", &[Runtime::Shell], at(0)).await;
+    let first = submit(&s, &shell, at(0)).await;
+    let _p = submit(&s, &py, at(1)).await;
+    let second = submit(&s, &shell, at(2)).await;
+    let tasks = s.claim(w, "w", &[Runtime::Shell], 10, at(3), at(13)).await.unwrap();
+    assert_eq!(
+        tasks.iter().map(|t| t.execution_id).collect::<Vec<_>>(),
+        vec![first, second],
+        "FIFO, shell only"
+    );
+    assert!(s.claim(w, "w", &[Runtime::Shell], 10, at(3), at(13)).await.unwrap().is_empty(), "nothing twice");
+}
+
+async fn draining_or_stale_workers_get_nothing(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    submit(&s, &a, at(0)).await;
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    s.drain_worker(w, at(1)).await.unwrap();
+    assert!(s.claim(w, "w", &[Runtime::Builtin], 1, at(1), at(11)).await.unwrap().is_empty());
+    // A draining worker stays inactive even while it heartbeats for its leases.
+    let (st, _) = s.heartbeat(w, &[], at(2), at(32)).await.unwrap();
+    assert_eq!(st, WorkerStatus::Inactive);
+    let w2 = worker(&s, "w2", &[Runtime::Builtin], at(0)).await;
+    s.mark_stale_workers(at(5), "stale").await.unwrap();
+    assert!(s.claim(w2, "w2", &[Runtime::Builtin], 1, at(5), at(15)).await.unwrap().is_empty());
+}
+
+async fn stale_tokens_are_fenced(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(0)).await;
+    let (_, token) = claim_one(&s, w, at(0)).await;
+    assert!(matches!(s.start(id, "bogus", "x", at(1), at(31)).await, Err(StoreError::StaleLease { .. })));
+    s.start(id, &token, "worker:w", at(1), at(31)).await.unwrap();
+    let before = s.get_execution(id).await.unwrap().unwrap();
+    let r = s.complete(id, "bogus", &ok_report(), "x", at(2)).await;
+    assert!(matches!(r, Err(StoreError::StaleLease { .. })), "{r:?}");
+    assert_eq!(s.get_execution(id).await.unwrap().unwrap(), before, "a stale report changes nothing");
+    assert!(matches!(
+        s.complete(Uuid::now_v7(), &token, &ok_report(), "x", at(2)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn unstarted_deliveries_return_without_an_attempt(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let w1 = worker(&s, "w1", &[Runtime::Builtin], at(0)).await;
+    let w2 = worker(&s, "w2", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(0)).await;
+    let t1 = s.claim(w1, "w1", &[Runtime::Builtin], 1, at(0), at(10)).await.unwrap();
+    assert_eq!(t1.len(), 1);
+    assert_eq!(s.expire_deliveries(at(5)).await.unwrap(), 0, "not yet");
+    assert_eq!(s.expire_deliveries(at(11)).await.unwrap(), 1);
+    let e = s.get_execution(id).await.unwrap().unwrap();
+    assert_eq!((e.status, e.attempt, e.worker), (ExecutionStatus::Scheduled, 0, None));
+    let t2 = s.claim(w2, "w2", &[Runtime::Builtin], 1, at(11), at(21)).await.unwrap();
+    assert_eq!(t2[0].attempt, 1, "a delivery that never started is not an attempt");
+    // The first poller's late start is refused.
+    assert!(matches!(
+        s.start(id, &t1[0].lease_token, "x", at(12), at(42)).await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    s.start(id, &t2[0].lease_token, "worker:w2", at(12), at(42)).await.unwrap();
+}
+
+async fn cancel_waiting_and_running(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let waiting = submit(&s, &a, at(0)).await;
+    let e = s.cancel_execution(waiting, "api", at(1)).await.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Canceled);
+    assert_eq!(e.error.unwrap()["canceled_by"], "api");
+    assert!(s.claim(w, "w", &[Runtime::Builtin], 1, at(1), at(11)).await.unwrap().is_empty());
+    let running = submit(&s, &a, at(2)).await;
+    let (_, token) = claim_one(&s, w, at(2)).await;
+    s.start(running, &token, "worker:w", at(2), at(32)).await.unwrap();
+    assert_eq!(s.cancel_execution(running, "api", at(3)).await.unwrap().status, ExecutionStatus::Canceling);
+    assert_eq!(s.cancel_execution(running, "api", at(3)).await.unwrap().status, ExecutionStatus::Canceling);
+    let lease = Lease { execution_id: running, lease_token: token.clone() };
+    let (_, states) = s.heartbeat(w, &[lease], at(4), at(34)).await.unwrap();
+    assert_eq!(states, vec![(running, LeaseState::Cancel)]);
+    let mut r = ok_report();
+    r.status = ExecutionStatus::Canceled;
+    assert_eq!(
+        s.complete(running, &token, &r, "worker:w", at(5)).await.unwrap().status,
+        ExecutionStatus::Canceled
+    );
+    let err = s.cancel_execution(running, "api", at(6)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Transition { .. }), "{err:?}");
+    assert!(matches!(
+        s.cancel_execution(Uuid::now_v7(), "api", at(6)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn heartbeat_extends_and_revokes(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(0)).await;
+    let (_, token) = claim_one(&s, w, at(0)).await;
+    s.start(id, &token, "worker:w", at(0), at(30)).await.unwrap();
+    let good = Lease { execution_id: id, lease_token: token.clone() };
+    let bad = Lease { execution_id: id, lease_token: "old".into() };
+    let (st, states) = s.heartbeat(w, &[good, bad], at(20), at(50)).await.unwrap();
+    assert_eq!(st, WorkerStatus::Active);
+    assert_eq!(states, vec![(id, LeaseState::Held), (id, LeaseState::Revoked)]);
+    assert!(s.expire_leases(at(40)).await.unwrap().is_empty(), "extended to 50 by the heartbeat");
+    assert_eq!(s.get_worker(w).await.unwrap().unwrap().last_heartbeat, at(20));
+    assert!(matches!(
+        s.heartbeat(Uuid::now_v7(), &[], at(20), at(50)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn expired_lease_retries_then_abandons(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 2);
+    let w1 = worker(&s, "w1", &[Runtime::Builtin], at(0)).await;
+    let w2 = worker(&s, "w2", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(0)).await;
+    let (_, t1) = claim_one(&s, w1, at(0)).await;
+    s.start(id, &t1, "worker:w1", at(0), at(30)).await.unwrap();
+    let expired = s.expire_leases(at(31)).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].outcome, LeaseOutcome::Retried { next_attempt: 2 });
+    assert_eq!(expired[0].worker, "w1");
+    assert_eq!(status(&s, id).await, ExecutionStatus::Scheduled);
+    // The failed worker is avoided for the retry; another takes it.
+    assert!(s.claim(w1, "w1", &[Runtime::Builtin], 1, at(31), at(41)).await.unwrap().is_empty());
+    let (_, t2) = claim_one(&s, w2, at(31)).await;
+    let e = s.start(id, &t2, "worker:w2", at(31), at(61)).await.unwrap();
+    assert_eq!(e.attempt, 2);
+    // The first attempt's late report is fenced off.
+    assert!(matches!(
+        s.complete(id, &t1, &ok_report(), "worker:w1", at(32)).await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    let expired = s.expire_leases(at(62)).await.unwrap();
+    assert_eq!(expired[0].outcome, LeaseOutcome::Abandoned);
+    let e = s.get_execution(id).await.unwrap().unwrap();
+    assert_eq!(e.status, ExecutionStatus::Abandoned);
+    let err = e.error.unwrap();
+    assert_eq!(err["failed_by"], "worker_heartbeat_monitor");
+    assert_eq!(err["worker"], "w2");
+    assert!(s.expire_leases(at(100)).await.unwrap().is_empty(), "each expiry happens once");
+}
+
+async fn stale_workers_become_inactive_and_recover(db: &TestDb) {
+    let s = open(db).await;
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let fresh = worker(&s, "fresh", &[Runtime::Builtin], at(25)).await;
+    let changed =
+        s.mark_stale_workers(at(30).minus(Duration::from_secs(20)), "no heartbeat for 20s").await.unwrap();
+    assert_eq!(changed, vec!["w".to_string()]);
+    let ws = s.get_worker(w).await.unwrap().unwrap();
+    assert_eq!(
+        (ws.status, ws.status_reason.as_deref()),
+        (WorkerStatus::Inactive, Some("no heartbeat for 20s"))
+    );
+    assert_eq!(s.get_worker(fresh).await.unwrap().unwrap().status, WorkerStatus::Active);
+    assert!(s.mark_stale_workers(at(10), "x").await.unwrap().is_empty(), "once");
+    let (st, _) = s.heartbeat(w, &[], at(31), at(61)).await.unwrap();
+    assert_eq!(st, WorkerStatus::Active, "a worker that heartbeats again is active again");
+    s.deregister_worker(fresh, at(32)).await.unwrap();
+    assert_eq!(s.list_workers(false).await.unwrap().len(), 1);
+    assert_eq!(s.list_workers(true).await.unwrap().len(), 2);
+}
+
+async fn schedule_to_start_timeout_uses_the_seed_error(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Python, 1);
+    let id = submit(&s, &a, at(0)).await;
+    assert!(s.fail_unstarted(Duration::from_secs(300), at(299)).await.unwrap().is_empty());
+    let failed = s.fail_unstarted(Duration::from_secs(300), at(320)).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    let e = s.get_execution(id).await.unwrap().unwrap();
+    assert_eq!(e.status, ExecutionStatus::Failed);
+    assert_eq!(
+        e.error.unwrap(),
+        json!({
+            "error": "Execution timeout: worker did not pick up task within 300 seconds (scheduled for 320 seconds)",
+            "failed_by": "execution_timeout_monitor",
+            "timeout_seconds": 300,
+            "age_seconds": 320,
+            "original_status": "scheduled"
+        })
+    );
+    let h = s.execution_history(id).await.unwrap();
+    assert_eq!(h.last().unwrap().actor, "execution_timeout_monitor");
+}
+
+async fn concurrent_claims_never_share_a_task(db: &TestDb) {
+    let s = std::sync::Arc::new(open(db).await);
+    let a = action("a", Runtime::Builtin, 1);
+    let n = 60;
+    for i in 0..n {
+        submit(&s, &a, at(i)).await;
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for k in 0..6 {
+        let s = s.clone();
+        set.spawn(async move {
+            let w = worker(&s, &format!("w{k}"), &[Runtime::Builtin], at(0)).await;
+            let mut got = Vec::new();
+            loop {
+                let t = s.claim(w, "w", &[Runtime::Builtin], 3, at(100), at(110)).await.unwrap();
+                if t.is_empty() {
+                    return got;
+                }
+                got.extend(t.into_iter().map(|t| t.execution_id));
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = set.join_next().await {
+        all.extend(r.unwrap());
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((total, all.len()), (n as usize, n as usize), "every task delivered exactly once");
+}
+
+async fn state_survives_reopen(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let waiting = submit(&s, &a, at(0)).await;
+    let running = submit(&s, &a, at(1)).await;
+    let tasks = s.claim(w, "w", &[Runtime::Builtin], 2, at(2), at(12)).await.unwrap();
+    let t = tasks.iter().find(|t| t.execution_id == running).unwrap().lease_token.clone();
+    s.start(running, &t, "worker:w", at(2), at(32)).await.unwrap();
+    s.close().await;
+    let s = open(db).await;
+    assert_eq!(status(&s, waiting).await, ExecutionStatus::Scheduled);
+    assert_eq!(status(&s, running).await, ExecutionStatus::Running);
+    // The running attempt's worker can still finish it after the restart.
+    assert_eq!(
+        s.complete(running, &t, &ok_report(), "worker:w", at(3)).await.unwrap().status,
+        ExecutionStatus::Succeeded
+    );
+}
