@@ -162,10 +162,7 @@ pub async fn action(ctx: &Ctx, c: ActionCmd) -> anyhow::Result<i32> {
 }
 
 pub async fn worker_list(ctx: &Ctx, all: bool) -> anyhow::Result<i32> {
-    let mut workers = ctx.client.list_workers().await?;
-    if !all {
-        workers.retain(|w| w.deregistered_at.is_none());
-    }
+    let workers = ctx.client.list_workers(all).await?;
     let now = Timestamp::now().millis();
     print(ctx.output, &workers, || {
         let mut t = Table::new(vec!["NAME", "STATUS", "HEARTBEAT", "IN FLIGHT", "RUNTIMES", "REASON"]);

@@ -23,7 +23,7 @@ pub struct UpArgs {
     #[arg(long)]
     listen: Option<String>,
     /// Number of workers to run in this process.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     workers: u32,
     /// Tasks each worker runs at once.
     #[arg(long)]

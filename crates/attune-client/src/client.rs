@@ -131,8 +131,9 @@ impl Client {
         self.post(&format!("/api/v1/executions/{id}/cancel"), &serde_json::json!({})).await
     }
 
-    pub async fn list_workers(&self) -> Result<Vec<Worker>, ClientError> {
-        self.get("/api/v1/workers").await
+    /// Workers; deregistered ones too with `all`.
+    pub async fn list_workers(&self, all: bool) -> Result<Vec<Worker>, ClientError> {
+        self.get(&format!("/api/v1/workers?all={all}")).await
     }
 
     pub async fn list_packs(&self) -> Result<Vec<PackSummary>, ClientError> {

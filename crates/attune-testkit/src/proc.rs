@@ -126,3 +126,37 @@ impl Drop for Proc {
         }
     }
 }
+
+/// What a one-shot command printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
+        })
+    }
+}
+
+/// Runs `program args…` to completion and returns its exit code and output.
+pub fn run_cli(program: &str, args: &[&str]) -> CliOutput {
+    #[allow(clippy::disallowed_methods)] // tests run the real binary, not an action
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("ATTUNE_SERVER");
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("start {program}: {e}"));
+    let out = child.wait_with_output().expect("wait for command");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

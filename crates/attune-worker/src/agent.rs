@@ -87,7 +87,7 @@ impl Agent {
         poll_loop(&shared, &mut tasks, max_poll, &shutdown).await;
 
         // Draining.
-        let n = tasks.len();
+        let n = shared.in_flight.lock().expect("in-flight lock").len();
         tracing::info!(in_flight = n, timeout = ?shared.opts.shutdown_timeout, "shutting down: draining");
         if let Err(e) = shared.client.drain(shared.id).await {
             tracing::warn!(error = %e, "could not tell the server we are draining");

@@ -1,0 +1,182 @@
+//! End to end, as a user does it: the real `attune` binary, started as separate processes on a
+//! random port, driven with the real CLI, stopped with real signals.
+
+use std::time::Duration;
+
+use attune_testkit::{run_cli, Proc, TestDb};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_attune");
+
+fn packs_dir() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../packs")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// `attune up` on port 0 with the repository's packs.
+fn up(extra: &[&str], data_dir: &std::path::Path) -> (Proc, String) {
+    let dd = data_dir.display().to_string();
+    let mut args = vec!["up", "--listen", "127.0.0.1:0", "--data-dir", dd.as_str()];
+    args.extend_from_slice(extra);
+    let dirs = format!("[{}]", packs_dir());
+    let p = Proc::spawn("attune up", BIN, &args, &[("ATTUNE__PACKS__DIRS", dirs.as_str())]);
+    let url = p.wait_url();
+    (p, url)
+}
+
+fn cli(url: &str, args: &[&str]) -> attune_testkit::CliOutput {
+    let mut all = vec!["--server", url];
+    all.extend_from_slice(args);
+    run_cli(BIN, &all)
+}
+
+fn echo_round_trip(url: &str) {
+    let out = cli(url, &["run", "core.echo", "message=hello e2e", "--wait", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let e = out.json();
+    assert_eq!(e["status"], "succeeded", "{e}");
+    assert_eq!(e["stdout"], "hello e2e\n");
+    assert_eq!(e["result"], Value::Null, "text output: stdout only");
+    assert_eq!(e["history"].as_array().unwrap().len(), 4, "{e}");
+    let out = cli(url, &["worker", "list", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let workers = out.json();
+    let active: Vec<_> = workers.as_array().unwrap().iter().filter(|w| w["status"] == "active").collect();
+    assert_eq!(active.len(), 1, "{workers}");
+}
+
+#[test]
+fn up_runs_an_action_on_sqlite_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, url) = up(&[], dir.path());
+    p.wait_line(Duration::from_secs(5), |l| l.contains("run core.echo message=hello --wait").then_some(()));
+    echo_round_trip(&url);
+    assert!(dir.path().join("attune.db").exists(), "SQLite lives in the data dir");
+    p.signal(Signal::SIGINT);
+    let status = p.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", p.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_an_action_on_postgres() {
+    let db = TestDb::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, url) = up(&["--database-url", &db.url], dir.path());
+    let health = cli(&url, &["action", "list", "-o", "json"]);
+    assert_eq!(health.code, 0, "{health:?}");
+    echo_round_trip(&url);
+    p.signal(Signal::SIGTERM);
+    assert!(p.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn server_and_worker_as_separate_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("a.db").display());
+    let dirs = format!("[{}]", packs_dir());
+    let server = Proc::spawn(
+        "server",
+        BIN,
+        &["server", "--listen", "127.0.0.1:0", "--database-url", &db],
+        &[("ATTUNE__PACKS__DIRS", dirs.as_str())],
+    );
+    let url = server.wait_url();
+    let mut worker = Proc::spawn("worker", BIN, &["--server", &url, "worker", "--name", "w-e2e"], &[]);
+    worker.wait_line(Duration::from_secs(30), |l| l.contains("worker registered").then_some(()));
+
+    let out = cli(&url, &["run", "core.local", "cmd=echo out; echo err >&2; exit 3", "--wait", "-o", "json"]);
+    assert_eq!(out.code, 1, "a failed execution exits 1: {out:?}");
+    let e = out.json();
+    assert_eq!((e["status"].as_str(), e["exit_code"].as_i64()), (Some("failed"), Some(3)), "{e}");
+    assert_eq!((e["stdout"].as_str(), e["stderr"].as_str()), (Some("out\n"), Some("err\n")));
+    assert_eq!(e["worker"], "w-e2e");
+    assert_eq!(e["error"]["error"], "exit code 3");
+
+    // Graceful stop: exits 0 and is shown as deregistered.
+    worker.signal(Signal::SIGTERM);
+    let status = worker.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    let out = cli(&url, &["worker", "list", "--all", "-o", "json"]);
+    let w = &out.json()[0];
+    assert_eq!((w["name"].as_str(), w["status"].as_str()), (Some("w-e2e"), Some("inactive")), "{w}");
+    assert_eq!(w["status_reason"], "deregistered");
+    drop(server);
+}
+
+#[test]
+fn cli_errors_have_exit_codes_and_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, url) = up(&[], dir.path());
+    let out = cli(&url, &["run", "core.nope", "--wait"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("unknown action core.nope"), "{}", out.stderr);
+    let out = cli(&url, &["run", "core.echo", "mesage=hi"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("mesage"), "{}", out.stderr);
+    let out = cli(&url, &["run", "core.echo", "justaword"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("key=value"), "{}", out.stderr);
+    let out = cli(&url, &["execution", "get", "nope"]);
+    assert_eq!(out.code, 2);
+    let out = cli("http://127.0.0.1:9", &["execution", "list"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("cannot reach the Attune server"), "{}", out.stderr);
+    let out = cli(&url, &["run", "core.fail", "message=boom", "--wait", "-o", "json"]);
+    assert_eq!(out.code, 1);
+    assert_eq!(out.json()["error"]["error"], "boom");
+    let before = cli(&url, &["execution", "list", "-o", "json", "--limit", "100"]).json()["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, 1, "only core.fail was accepted");
+}
+
+#[test]
+fn pack_load_is_an_upsert_and_rejects_broken_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, url) = up(&[], dir.path());
+    let pack = tempfile::tempdir().unwrap();
+    let pd = pack.path();
+    std::fs::create_dir_all(pd.join("actions")).unwrap();
+    std::fs::write(pd.join("pack.yaml"), "ref: demo\nversion: '1'\n").unwrap();
+    std::fs::write(
+        pd.join("actions/hi.yaml"),
+        "ref: hi\nruntime: shell\nentry_point: hi.sh\noutput_format: json\n",
+    )
+    .unwrap();
+    std::fs::write(pd.join("actions/hi.sh"), "echo '{\"greeting\": \"hi\"}'\n").unwrap();
+    let pds = pd.display().to_string();
+    let out = cli(&url, &["pack", "load", &pds]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = cli(&url, &["run", "demo.hi", "--wait", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let e = out.json();
+    assert_eq!(e["result"], serde_json::json!({"greeting": "hi"}), "json output parsed into result");
+    assert_eq!(e["stdout"], "", "and not stored twice");
+
+    // Re-load with a second action: an upsert.
+    std::fs::write(pd.join("actions/bye.yaml"), "ref: bye\nruntime: builtin\nentry_point: noop\n").unwrap();
+    assert_eq!(cli(&url, &["pack", "load", &pds]).code, 0);
+    let actions = cli(&url, &["action", "list", "-o", "json"]).json();
+    let demo: Vec<_> = actions.as_array().unwrap().iter().filter(|a| a["pack"] == "demo").collect();
+    assert_eq!(demo.len(), 2);
+
+    // A broken pack names the file and field and changes nothing.
+    std::fs::write(
+        pd.join("actions/bye.yaml"),
+        "ref: bye\nruntime: builtin\nentry_point: noop\ntimeout_seconds: -1\n",
+    )
+    .unwrap();
+    let out = cli(&url, &["pack", "load", &pds]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("bye.yaml: field `timeout_seconds`"), "{}", out.stderr);
+    let after = cli(&url, &["action", "list", "-o", "json"]).json();
+    assert_eq!(after, actions, "nothing changed");
+    let out = cli(&url, &["pack", "list", "-o", "json"]).json();
+    assert!(out.as_array().unwrap().iter().any(|p| p["ref"] == "demo"));
+}

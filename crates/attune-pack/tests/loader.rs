@@ -1,0 +1,158 @@
+//! The pack loader on real directories: any pack loads by `ref`; a broken one names the file and
+//! the field and yields nothing.
+
+use std::path::{Path, PathBuf};
+
+use attune_core::{OutputFormat, ParameterDelivery, Runtime};
+use attune_pack::{load_pack_dir, ParamValidator};
+use serde_json::json;
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn pack(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (rel, text) in files {
+        write(d.path(), rel, text);
+    }
+    d
+}
+
+fn repo_packs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs")
+}
+
+#[test]
+fn the_shipped_core_pack_loads() {
+    let p = load_pack_dir(&repo_packs().join("core")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.meta.pack_ref.as_str(), "core");
+    let refs: Vec<_> = p.actions.iter().map(|a| a.action_ref.to_string()).collect();
+    for r in ["core.echo", "core.sleep", "core.noop", "core.local"] {
+        assert!(refs.contains(&r.to_string()), "{r} missing from {refs:?}");
+    }
+    let noop = p.actions.iter().find(|a| a.action_ref.as_str() == "core.noop").unwrap();
+    assert_eq!(noop.runtime, Runtime::Builtin);
+    assert!(p.meta.dir.as_deref().unwrap().starts_with('/'), "the pack dir is absolute");
+}
+
+#[test]
+fn any_pack_loads_with_short_or_full_refs() {
+    let d = pack(&[
+        ("pack.yaml", "ref: mypack\nversion: 1.2\n"),
+        (
+            "actions/hello.yaml",
+            "ref: hello\nruntime: shell\nentry_point: hello.sh\noutput_format: json\nparameter_delivery: file\n\
+             parameters:\n  type: object\n  properties:\n    who: {type: string}\n",
+        ),
+        ("actions/hello.sh", "echo '{}'\n"),
+        ("actions/other.yml", "ref: mypack.other\nruntime: builtin\nentry_point: noop\n"),
+        ("actions/README.md", "not an action"),
+    ]);
+    let p = load_pack_dir(d.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.meta.version, "1.2");
+    assert_eq!(p.meta.label, "mypack");
+    let hello = &p.actions[0];
+    assert_eq!(hello.action_ref.as_str(), "mypack.hello");
+    assert_eq!(hello.output_format, OutputFormat::Json);
+    assert_eq!(hello.parameter_delivery, ParameterDelivery::File);
+    assert_eq!(
+        hello.parameters["additionalProperties"],
+        json!(false),
+        "unknown parameters refused by default"
+    );
+    assert_eq!(p.actions[1].action_ref.as_str(), "mypack.other");
+    assert_eq!(p.actions[1].parameters["properties"], json!({}));
+}
+
+fn errors_of(files: &[(&str, &str)]) -> String {
+    let d = pack(files);
+    match load_pack_dir(d.path()) {
+        Ok(p) => panic!("expected errors, loaded {} actions", p.actions.len()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn errors_name_the_file_and_the_field() {
+    let e = errors_of(&[
+        ("pack.yaml", "ref: p\n"),
+        ("actions/a.yaml", "ref: a\nruntime: rubby\nentry_point: x\n"),
+        ("actions/b.yaml", "ref: b\nruntime: builtin\nentry_point: nope\ntimeout_seconds: soon\n"),
+        ("actions/c.yaml", "ref: c\nruntime: shell\nentry_point: missing.sh\nbogus: 1\n"),
+        ("actions/d.yaml", "ref: other.d\nruntime: builtin\nentry_point: noop\n"),
+        (
+            "actions/e.yaml",
+            "runtime: builtin\nentry_point: noop\nparameters: {type: object, properties: {n: {type: wat}}}\n",
+        ),
+        ("actions/f.yaml", "ref: f\nruntime: shell\nentry_point: ../../etc/passwd\n"),
+        ("actions/g.yaml", "ref: [g\n"),
+        ("actions/h.yaml", "ref: h\nruntime: builtin\nentry_point: noop\nretry: {max_attempts: 0}\n"),
+    ]);
+    for expected in [
+        "a.yaml: field `runtime`: unknown runtime \"rubby\"",
+        "b.yaml: field `entry_point`: unknown builtin \"nope\"",
+        "b.yaml: field `timeout_seconds`",
+        "c.yaml: field `bogus`: unknown field",
+        "c.yaml: field `entry_point`",
+        "d.yaml: field `ref`: other.d belongs to pack other",
+        "e.yaml: field `ref`: is required",
+        "e.yaml: field `parameters`",
+        "f.yaml: field `entry_point`: must be a relative path",
+        "g.yaml: invalid YAML",
+        "h.yaml: field `retry`: max_attempts must be at least 1",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn a_broken_pack_loads_nothing() {
+    // One good action and one bad one: the result is an error, not a partial pack.
+    let e = errors_of(&[
+        ("pack.yaml", "ref: p\n"),
+        ("actions/good.yaml", "ref: good\nruntime: builtin\nentry_point: noop\n"),
+        ("actions/bad.yaml", "ref: bad\nruntime: builtin\n"),
+    ]);
+    assert!(e.contains("bad.yaml: field `entry_point`: is required"), "{e}");
+    assert!(!e.contains("good.yaml"), "{e}");
+}
+
+#[test]
+fn manifest_problems() {
+    let d = tempfile::tempdir().unwrap();
+    let e = load_pack_dir(d.path()).unwrap_err().to_string();
+    assert!(e.contains("pack.yaml: not found"), "{e}");
+    assert!(errors_of(&[("pack.yaml", "label: x\n")]).contains("pack.yaml: field `ref`: is required"));
+    assert!(errors_of(&[("pack.yaml", "ref: Bad Name\n")])
+        .contains("field `ref`: pack ref \"Bad Name\" is invalid"));
+    assert!(errors_of(&[("pack.yaml", "- a\n")]).contains("expected a YAML mapping"));
+    let dup = errors_of(&[
+        ("pack.yaml", "ref: p\n"),
+        ("actions/a.yaml", "ref: x\nruntime: builtin\nentry_point: noop\n"),
+        ("actions/b.yaml", "ref: p.x\nruntime: builtin\nentry_point: noop\n"),
+    ]);
+    assert!(dup.contains("p.x is defined twice"), "{dup}");
+}
+
+#[test]
+fn native_entry_points_must_be_executable() {
+    let e = errors_of(&[
+        ("pack.yaml", "ref: p\n"),
+        ("actions/n.yaml", "ref: n\nruntime: native\nentry_point: prog\n"),
+        ("actions/prog", "not executable"),
+    ]);
+    assert!(e.contains("is not executable"), "{e}");
+}
+
+#[test]
+fn parameter_validation_names_parameters() {
+    let p = load_pack_dir(&repo_packs().join("core")).unwrap();
+    let echo = p.actions.iter().find(|a| a.action_ref.as_str() == "core.echo").unwrap();
+    let v = ParamValidator::compile(&echo.parameters).unwrap();
+    assert!(v.validate(&json!({"message": "hi"})).is_ok());
+    let errs = v.validate(&json!({"mesage": "hi"})).unwrap_err().join("\n");
+    assert!(errs.contains("mesage") && errs.contains("message"), "{errs}");
+}

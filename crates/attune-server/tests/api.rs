@@ -1,0 +1,307 @@
+//! The HTTP API over real HTTP on port 0, against both backends: bad input at every door gets a
+//! precise 4xx JSON error and changes nothing; the worker protocol is fenced by lease tokens.
+
+use std::{sync::Arc, time::Duration};
+
+use attune_client::{wire::CreateExecution, Client, ClientError};
+use attune_core::{config::Settings, ExecutionStatus, Report, Runtime, Timestamp};
+use attune_server::{Server, ServerOptions};
+use attune_store::{Store, StoreOptions};
+use attune_testkit::TestDb;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(attune_testkit::TestDb::sqlite()).await; } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(attune_testkit::TestDb::postgres().await).await; } )*
+        }
+    };
+}
+
+both!(
+    bad_submissions_are_4xx_and_change_nothing,
+    bad_paths_and_methods,
+    worker_protocol_is_fenced,
+    long_poll_wakes_on_submit,
+    bad_pack_uploads_store_nothing,
+    cancel_rules,
+);
+
+struct Api {
+    url: String,
+    client: Client,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _db: TestDb,
+}
+
+impl Api {
+    async fn start(db: TestDb) -> Api {
+        let store = Arc::new(Store::open(&StoreOptions::new(db.url.clone())).await.unwrap());
+        let packs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
+        let (loaded, problems) = attune_server::packs::load_dirs(&store, &[packs]).await;
+        assert!(loaded.iter().any(|p| p.starts_with("core")), "{problems:?}");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let server = Server::build(ServerOptions::from_settings(&Settings::default()), store);
+        let task = tokio::spawn(server.run(listener, stop.clone()));
+        Api { client: Client::new(&url), http: reqwest::Client::new(), url, stop, task: Some(task), _db: db }
+    }
+
+    async fn raw(&self, method: reqwest::Method, path: &str, body: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_owned());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.raw(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn executions(&self) -> usize {
+        self.client.list_executions("limit=1000").await.unwrap().items.len()
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {v}"))
+}
+
+async fn bad_submissions_are_4xx_and_change_nothing(db: TestDb) {
+    let api = Api::start(db).await;
+    let cases: &[(&str, u16, &str)] = &[
+        (r#"{"action_ref": "core.nope"}"#, 422, "unknown_action"),
+        (r#"{"action_ref": "not a ref"}"#, 422, "invalid_action_ref"),
+        (r#"{"action_ref": "core.echo"}"#, 422, "invalid_parameters"),
+        (r#"{"action_ref": "core.echo", "parameters": {"message": 5}}"#, 422, "invalid_parameters"),
+        (
+            r#"{"action_ref": "core.echo", "parameters": {"message": "x", "extra": 1}}"#,
+            422,
+            "invalid_parameters",
+        ),
+        (r#"{"action_ref": "core.echo", "parameters": [1]}"#, 422, "invalid_parameters"),
+        (
+            r#"{"action_ref": "core.echo", "parameters": {"message": "x"}, "max_attempts": 0}"#,
+            422,
+            "invalid_max_attempts",
+        ),
+        (
+            r#"{"action_ref": "core.echo", "parameters": {"message": "x"}, "timeout_seconds": 0}"#,
+            422,
+            "invalid_timeout",
+        ),
+        (r#"{"action_ref": "core.echo", "bogus": 1}"#, 422, "invalid_body"),
+        (r#"{"action_ref": "#, 400, "malformed_json"),
+        (r#"[]"#, 422, "invalid_body"),
+    ];
+    for (body, status, expected) in cases {
+        let (s, v) = api.post("/api/v1/executions", body).await;
+        assert_eq!((s, code(&v)), (*status, *expected), "body {body}: {v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (_, v) =
+        api.post("/api/v1/executions", r#"{"action_ref": "core.echo", "parameters": {"mesage": "x"}}"#).await;
+    let details = v["error"]["details"].to_string();
+    assert!(details.contains("mesage") && details.contains("message"), "{v}");
+    // Wrong content type.
+    let resp = api.http.post(format!("{}/api/v1/executions", api.url)).body("{}").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    assert_eq!(api.executions().await, 0, "no bad request created anything");
+    api.stop().await;
+}
+
+async fn bad_paths_and_methods(db: TestDb) {
+    let api = Api::start(db).await;
+    let (s, v) = api.raw(reqwest::Method::GET, "/api/v1/executions/not-a-uuid", None).await;
+    assert_eq!((s, code(&v)), (400, "invalid_id"));
+    let (s, v) =
+        api.raw(reqwest::Method::GET, &format!("/api/v1/executions/{}", uuid::Uuid::now_v7()), None).await;
+    assert_eq!((s, code(&v)), (404, "not_found"));
+    let (s, v) = api.raw(reqwest::Method::GET, "/api/v2/nothing", None).await;
+    assert_eq!((s, code(&v)), (404, "no_route"));
+    let (s, v) = api.raw(reqwest::Method::DELETE, "/api/v1/executions", None).await;
+    assert_eq!((s, code(&v)), (405, "method_not_allowed"));
+    let (s, v) = api.raw(reqwest::Method::GET, "/api/v1/executions?status=weird", None).await;
+    assert_eq!((s, code(&v)), (400, "invalid_query"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("succeeded"), "lists the statuses: {v}");
+    let (s, v) = api.raw(reqwest::Method::GET, "/api/v1/executions?limit=0", None).await;
+    assert_eq!((s, code(&v)), (400, "invalid_query"));
+    let (s, v) = api.raw(reqwest::Method::GET, "/api/v1/actions/core.nope", None).await;
+    assert_eq!((s, code(&v)), (404, "unknown_action"));
+    let (s, _) = api.raw(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(s, 200);
+    api.stop().await;
+}
+
+fn report(status: ExecutionStatus) -> Report {
+    Report {
+        status,
+        exit_code: Some(0),
+        stdout: "done".into(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        result: None,
+        error: None,
+    }
+}
+
+async fn register(api: &Api, name: &str) -> uuid::Uuid {
+    let req = attune_client::wire::RegisterWorker {
+        name: name.into(),
+        host: "test".into(),
+        runtimes: vec![Runtime::Builtin],
+        labels: json!({}),
+        concurrency: 2,
+        version: "t".into(),
+    };
+    api.client.register(&req).await.unwrap().worker.id
+}
+
+async fn worker_protocol_is_fenced(db: TestDb) {
+    let api = Api::start(db).await;
+    let (s, v) = api
+        .post(
+            "/api/v1/worker/register",
+            r#"{"name":"w","host":"h","runtimes":[],"concurrency":1,"version":"1"}"#,
+        )
+        .await;
+    assert_eq!((s, code(&v)), (422, "invalid_registration"));
+    let (s, v) = api
+        .post(
+            "/api/v1/worker/register",
+            r#"{"name":"w","host":"h","runtimes":["cobol"],"concurrency":1,"version":"1"}"#,
+        )
+        .await;
+    assert_eq!((s, code(&v)), (422, "invalid_body"), "{v}");
+    let ghost = uuid::Uuid::now_v7();
+    let err = api.client.heartbeat(ghost, vec![]).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Api { status: 404, code, .. } if code == "unknown_worker"), "{err}");
+
+    let w = register(&api, "w1").await;
+    let e = api
+        .client
+        .create_execution(&CreateExecution { action_ref: "core.noop".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let tasks = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks;
+    assert_eq!(tasks.len(), 1);
+    let t = &tasks[0];
+    let err = api.client.start(w, e.id, "stale").await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    api.client.start(w, e.id, &t.lease_token).await.unwrap();
+    let (s, v) = api
+        .post(
+            &format!("/api/v1/worker/{w}/executions/{}/complete", e.id),
+            &json!({"lease_token": t.lease_token, "status": "running"}).to_string(),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (422, "invalid_report"));
+    let before = api.client.get_execution(e.id).await.unwrap();
+    let err = api.client.complete(w, e.id, "stale", report(ExecutionStatus::Succeeded)).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Api { status: 409, code, .. } if code == "stale_lease"), "{err}");
+    assert_eq!(api.client.get_execution(e.id).await.unwrap(), before, "a stale completion changes nothing");
+    let done =
+        api.client.complete(w, e.id, &t.lease_token, report(ExecutionStatus::Succeeded)).await.unwrap();
+    assert_eq!(done.status, ExecutionStatus::Succeeded);
+    // Idempotent for the same token.
+    let again = api.client.complete(w, e.id, &t.lease_token, report(ExecutionStatus::Failed)).await.unwrap();
+    assert_eq!(again.status, ExecutionStatus::Succeeded);
+    let hb = api
+        .client
+        .heartbeat(w, vec![attune_core::Lease { execution_id: e.id, lease_token: t.lease_token.clone() }])
+        .await
+        .unwrap();
+    assert_eq!(hb.leases[0].state, attune_core::LeaseState::Revoked, "a finished execution's lease is gone");
+    let (s, v) = api.post(&format!("/api/v1/worker/{w}/poll"), r#"{"max_tasks": 0, "wait_ms": 0}"#).await;
+    assert_eq!((s, code(&v)), (422, "invalid_poll"));
+    api.client.deregister(w).await.unwrap();
+    let ws = api.client.list_workers(false).await.unwrap();
+    assert!(ws.iter().all(|x| x.id != w), "deregistered workers are not listed by default");
+    api.stop().await;
+}
+
+async fn long_poll_wakes_on_submit(db: TestDb) {
+    let api = Api::start(db).await;
+    let w = register(&api, "w1").await;
+    let client = api.client.clone();
+    let wait = Duration::from_secs(25);
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = client.poll(w, 4, wait).await.unwrap();
+        (r, started.elapsed())
+    });
+    let e = api
+        .client
+        .create_execution(&CreateExecution { action_ref: "core.noop".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let (reply, elapsed) = poll.await.unwrap();
+    assert_eq!(reply.tasks.len(), 1);
+    assert_eq!(reply.tasks[0].execution_id, e.id);
+    assert!(elapsed < wait, "the poll returned with the task, not at the end of its wait");
+    api.stop().await;
+}
+
+async fn bad_pack_uploads_store_nothing(db: TestDb) {
+    let api = Api::start(db).await;
+    let core = api.client.list_actions().await.unwrap();
+    let mut foreign = core[0].clone();
+    foreign.action_ref = attune_core::ActionRef::parse("other.x").unwrap();
+    let up = attune_client::wire::PackUpload {
+        pack: attune_core::PackMeta {
+            pack_ref: attune_core::PackRef::parse("newpack").unwrap(),
+            label: "n".into(),
+            description: String::new(),
+            version: "1".into(),
+            dir: None,
+        },
+        actions: vec![foreign],
+    };
+    let err = api.client.upload_pack(&up).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Api { status: 422, code, .. } if code == "invalid_pack"), "{err}");
+    let packs = api.client.list_packs().await.unwrap();
+    assert!(packs.iter().all(|p| p.meta.pack_ref.as_str() != "newpack"));
+    let (s, v) = api.post("/api/v1/packs", r#"{"pack": {"ref": "Bad Ref"}, "actions": []}"#).await;
+    assert_eq!((s, code(&v)), (422, "invalid_body"), "{v}");
+    api.stop().await;
+}
+
+async fn cancel_rules(db: TestDb) {
+    let api = Api::start(db).await;
+    let e = api
+        .client
+        .create_execution(&CreateExecution {
+            action_ref: "core.sleep".into(),
+            parameters: Some(json!({"seconds": 5})),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let c = api.client.cancel_execution(e.id).await.unwrap();
+    assert_eq!(c.status, ExecutionStatus::Canceled);
+    let err = api.client.cancel_execution(e.id).await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+    let got = api.client.get_execution(e.id).await.unwrap();
+    assert_eq!(got.history.last().unwrap().to, ExecutionStatus::Canceled);
+    assert!(got.finished_at.unwrap() <= Timestamp::now());
+    api.stop().await;
+}
