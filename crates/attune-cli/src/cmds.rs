@@ -288,6 +288,13 @@ fn show_execution(ctx: &Ctx, e: &Execution) -> anyhow::Result<()> {
                     .unwrap_or_else(|| err.to_string()),
             ));
         }
+        for a in &e.attempts {
+            let err = a.error.as_ref().and_then(|e| e.get("error")).and_then(Value::as_str).unwrap_or("");
+            pairs.push((
+                "attempt",
+                format!("#{} on {} {} {err}", a.attempt, a.worker.clone().unwrap_or_default(), a.status),
+            ));
+        }
         for h in &e.history {
             let from = h.from.map(|f| f.to_string()).unwrap_or_else(|| "-".into());
             let reason = h.reason.clone().unwrap_or_default();
@@ -383,4 +390,52 @@ mod tests {
         let p = parse_params(&["a=1".into()], Some(r#"{"a": 0, "b": 2}"#)).unwrap();
         assert_eq!(p, json!({"a": 1, "b": 2}));
     }
+}
+
+#[derive(Subcommand)]
+pub enum DlqCmd {
+    /// List dead letters with their cause, newest first.
+    List {
+        /// Include those already requeued.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Submit a dead letter's execution again, as a new execution.
+    Requeue { id: String },
+}
+
+pub async fn dlq(ctx: &Ctx, c: DlqCmd) -> anyhow::Result<i32> {
+    match c {
+        DlqCmd::List { all } => {
+            let list = ctx.client.list_dead_letters(all).await?;
+            let now = Timestamp::now().millis();
+            print(ctx.output, &list, || {
+                let mut t =
+                    Table::new(vec!["ID", "EXECUTION", "ACTION", "CAUSE", "WHEN", "REQUEUED AS", "ERROR"]);
+                for d in &list {
+                    t.row(vec![
+                        d.id.to_string(),
+                        d.execution_id.to_string(),
+                        d.action_ref.to_string(),
+                        d.cause.clone(),
+                        ago(now - d.created_at.millis()),
+                        d.requeued_as.map(|u| u.to_string()).unwrap_or_default(),
+                        d.error
+                            .as_ref()
+                            .and_then(|e| e.get("error"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned(),
+                    ]);
+                }
+                t
+            })?;
+        }
+        DlqCmd::Requeue { id } => {
+            let id = id.parse().map_err(|_| usage(format!("{id:?} is not a dead letter id (a UUID)")))?;
+            let e = ctx.client.requeue_dead_letter(id).await?;
+            show_execution(ctx, &e)?;
+        }
+    }
+    Ok(0)
 }

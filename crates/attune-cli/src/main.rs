@@ -51,6 +51,9 @@ enum Command {
     /// List, show and cancel executions.
     #[command(subcommand, alias = "executions")]
     Execution(cmds::ExecutionCmd),
+    /// Dead letters: work that expired in the queue, was abandoned, or ran out of attempts.
+    #[command(subcommand)]
+    Dlq(cmds::DlqCmd),
 }
 
 #[derive(Args)]
@@ -99,6 +102,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Action(c) => cmds::action(&ctx, c).await,
         Command::Run(a) => cmds::run(&ctx, a).await,
         Command::Execution(c) => cmds::execution(&ctx, c).await,
+        Command::Dlq(c) => cmds::dlq(&ctx, c).await,
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use attune_core::{Action, Execution, Lease, PackSummary, Report, Worker};
+use attune_core::{Action, DeadLetter, Execution, Lease, PackSummary, Report, Worker};
 use reqwest::{Method, StatusCode};
 use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
@@ -193,6 +193,25 @@ impl Client {
     ) -> Result<Execution, ClientError> {
         let body = Complete { lease_token: lease_token.to_owned(), report };
         self.post(&format!("/api/v1/worker/{worker}/executions/{execution}/complete"), &body).await
+    }
+
+    /// Gives a task back that this worker cannot finish (shutting down).
+    pub async fn release(
+        &self,
+        worker: Uuid,
+        execution: Uuid,
+        lease_token: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = Start { lease_token: lease_token.to_owned() };
+        self.post(&format!("/api/v1/worker/{worker}/executions/{execution}/release"), &body).await
+    }
+
+    pub async fn list_dead_letters(&self, all: bool) -> Result<Vec<DeadLetter>, ClientError> {
+        self.get(&format!("/api/v1/dead-letters?all={all}")).await
+    }
+
+    pub async fn requeue_dead_letter(&self, id: Uuid) -> Result<Execution, ClientError> {
+        self.post(&format!("/api/v1/dead-letters/{id}/requeue"), &serde_json::json!({})).await
     }
 
     /// Stop receiving tasks; leases stay valid while heartbeats continue.

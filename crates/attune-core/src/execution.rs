@@ -40,6 +40,9 @@ pub struct Execution {
     /// Filled on `get`, empty in lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+    /// Every started attempt, oldest first. Filled on `get`, empty in lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
     /// The action definition as it was when the execution was accepted.
     #[serde(skip)]
     pub action: Option<Action>,
@@ -55,6 +58,36 @@ pub struct HistoryEntry {
     pub actor: String,
     pub reason: Option<String>,
     pub attempt: u32,
+}
+
+/// One started attempt of an execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub worker_id: Option<Uuid>,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    /// `running` while it runs; then how it ended (`succeeded`, `failed`, `timeout`, `canceled`,
+    /// `abandoned` when its worker vanished or shut down).
+    pub status: ExecutionStatus,
+    pub exit_code: Option<i32>,
+    pub error: Option<Value>,
+}
+
+/// Work that was never processed successfully: it expired in the queue (`queue_ttl`), its worker
+/// vanished on its last attempt (`abandoned`), or it failed every attempt its retry policy allowed
+/// (`retries_exhausted`). Requeueing creates a new execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub execution_id: Uuid,
+    pub action_ref: ActionRef,
+    pub cause: String,
+    pub error: Option<Value>,
+    pub created_at: Timestamp,
+    pub requeued_at: Option<Timestamp>,
+    pub requeued_as: Option<Uuid>,
 }
 
 /// What a worker reports when an attempt ends.

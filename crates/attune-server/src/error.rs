@@ -51,6 +51,9 @@ impl From<StoreError> for ApiError {
             e @ StoreError::StaleLease { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "stale_lease", e.to_string())
             }
+            e @ StoreError::AlreadyDone(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_done", e.to_string())
+            }
             e @ StoreError::Transition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
             }

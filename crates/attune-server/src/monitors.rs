@@ -5,6 +5,8 @@
 //! - schedule-to-start (seed 003): executions `scheduled` longer than `scheduled_timeout` fail.
 //!
 //! Each store call is a conditional update, so replicas running the same monitor do not clash.
+//! For one staleness window after start-up, workers and leases are not judged: workers of a server
+//! that was down need a heartbeat to show they are still there.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -16,8 +18,20 @@ use crate::Shared;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let o = shared.opts.clone();
     let mut set = JoinSet::new();
-    set.spawn(every(shared.clone(), o.heartbeat_check_interval, check_workers));
-    set.spawn(every(shared.clone(), o.heartbeat_check_interval.min(Duration::from_secs(1)), check_leases));
+    // After a (re)start, workers get one staleness window to heartbeat in before anything is
+    // judged stale: a server that was down must not blame its workers for the silence.
+    let grace = tokio::time::Instant::now() + o.staleness;
+    set.spawn(every(shared.clone(), o.heartbeat_check_interval, move |s| async move {
+        if tokio::time::Instant::now() < grace {
+            return Ok(());
+        }
+        check_workers(s).await
+    }));
+    set.spawn(every(
+        shared.clone(),
+        o.heartbeat_check_interval.min(Duration::from_secs(1)),
+        move |s| async move { check_leases(s, tokio::time::Instant::now() >= grace).await },
+    ));
     if o.enable_timeout_monitor {
         tracing::info!(
             scheduled_timeout = ?o.scheduled_timeout,
@@ -57,13 +71,13 @@ async fn check_workers(shared: Arc<Shared>) -> Result<(), attune_store::StoreErr
     Ok(())
 }
 
-async fn check_leases(shared: Arc<Shared>) -> Result<(), attune_store::StoreError> {
+async fn check_leases(shared: Arc<Shared>, after_grace: bool) -> Result<(), attune_store::StoreError> {
     let now = Timestamp::now();
     let returned = shared.store.expire_deliveries(now).await?;
     if returned > 0 {
         tracing::info!(count = returned, "tasks not started in time went back to the queue");
     }
-    let expired = shared.store.expire_leases(now).await?;
+    let expired = if after_grace { shared.store.expire_leases(now).await? } else { Vec::new() };
     for e in &expired {
         tracing::warn!(execution_id = %e.id, worker = %e.worker, outcome = ?e.outcome, "lease expired");
     }

@@ -1,7 +1,9 @@
 //! Executions: submit, read, list, cancel. The worker-facing transitions live in `workers`, the
 //! monitors' in `monitors`; all of them append to `execution_history` in the same transaction.
 
-use attune_core::{Action, ActionRef, Execution, ExecutionStatus, HistoryEntry, Timestamp, TransitionError};
+use attune_core::{
+    Action, ActionRef, Attempt, Execution, ExecutionStatus, HistoryEntry, Timestamp, TransitionError,
+};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -9,6 +11,42 @@ use crate::{
     rows::{json, opt_json, to_json, uuid, RowExt},
     Result, Store, StoreError,
 };
+
+/// Records a dead letter inside the transaction `$tx`.
+macro_rules! dead_letter {
+    ($tx:expr, $exec_id:expr, $action_ref:expr, $cause:expr, $error:expr, $at:expr) => {
+        sqlx::query(
+            "INSERT INTO dead_letters (id, execution_id, action_ref, cause, error, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind($exec_id)
+        .bind($action_ref)
+        .bind($cause)
+        .bind($error)
+        .bind($at)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+
+/// Closes the attempt row of `$attempt` inside the transaction `$tx`.
+macro_rules! end_attempt {
+    ($tx:expr, $exec_id:expr, $attempt:expr, $status:expr, $exit_code:expr, $error:expr, $at:expr) => {
+        sqlx::query(
+            "UPDATE execution_attempts SET status = $3, exit_code = $4, error = $5, finished_at = $6
+             WHERE execution_id = $1 AND attempt = $2",
+        )
+        .bind($exec_id)
+        .bind($attempt)
+        .bind($status)
+        .bind($exit_code)
+        .bind($error)
+        .bind($at)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
 
 /// Appends one history row inside the transaction `$tx`.
 macro_rules! history {
@@ -63,6 +101,7 @@ pub(crate) fn exec_from_row(r: &impl RowExt) -> Result<Execution> {
         trace_id: r.opt_text("trace_id")?,
         enforcement: r.opt_text("enforcement")?,
         history: Vec::new(),
+        attempts: Vec::new(),
         action: Some(action),
     })
 }
@@ -139,11 +178,41 @@ impl Store {
         })
     }
 
-    /// The execution with its full history, oldest first.
+    /// The execution with its full history and its attempts, oldest first.
     pub async fn get_execution_with_history(&self, id: Uuid) -> Result<Option<Execution>> {
         let Some(mut e) = self.get_execution(id).await? else { return Ok(None) };
         e.history = self.execution_history(id).await?;
+        e.attempts = self.execution_attempts(id).await?;
         Ok(Some(e))
+    }
+
+    pub async fn execution_attempts(&self, id: Uuid) -> Result<Vec<Attempt>> {
+        const T: &str = "execution_attempts";
+        read_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT attempt, worker_id, worker_name, started_at, finished_at, status, exit_code, error
+                 FROM execution_attempts WHERE execution_id = $1 ORDER BY attempt",
+            )
+            .bind(id.to_string())
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let st = r.text("status")?;
+                    Ok(Attempt {
+                        attempt: r.int("attempt")? as u32,
+                        worker: r.opt_text("worker_name")?,
+                        worker_id: r.opt_text("worker_id")?.map(|s| uuid(T, &s)).transpose()?,
+                        started_at: Timestamp(r.big("started_at")?),
+                        finished_at: r.opt_big("finished_at")?.map(Timestamp),
+                        status: ExecutionStatus::parse(&st)
+                            .ok_or_else(|| StoreError::Corrupt { table: T, message: format!("status {st:?}") })?,
+                        exit_code: r.opt_int("exit_code")?,
+                        error: opt_json(T, "error", r.opt_text("error")?)?,
+                    })
+                })
+                .collect()
+        })
     }
 
     pub async fn execution_history(&self, id: Uuid) -> Result<Vec<HistoryEntry>> {

@@ -10,6 +10,7 @@
 #[macro_use]
 mod backend;
 mod connect;
+mod deadletters;
 #[macro_use]
 mod executions;
 mod migrate;
@@ -43,6 +44,9 @@ pub enum StoreError {
     StaleLease { id: String, message: String },
     #[error("execution {id}: {source}")]
     Transition { id: String, source: TransitionError },
+    /// The request was already carried out once and cannot be repeated.
+    #[error("{0}")]
+    AlreadyDone(String),
     #[error("corrupt row in {table}: {message}")]
     Corrupt { table: &'static str, message: String },
 }

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use attune_core::{Action, ExecutionStatus, Timestamp};
+use attune_core::{ExecutionStatus, Timestamp};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    rows::{json, to_json, uuid, RowExt},
+    rows::{to_json, uuid, RowExt},
     Result, Store,
 };
 
@@ -34,9 +34,6 @@ pub struct UnstartedFailure {
     pub id: Uuid,
     pub age_seconds: u64,
 }
-
-/// id, status, lease_token, attempt, max_attempts, worker_name, action
-type LeaseRow = (String, String, String, i32, i32, Option<String>, String);
 
 impl Store {
     /// Marks `inactive` every active worker whose last heartbeat is older than `cutoff`.
@@ -74,111 +71,139 @@ impl Store {
     /// Running executions whose lease ran out (their worker stopped heartbeating): a new attempt
     /// when the retry policy allows, `abandoned` otherwise, `canceled` if a cancel was pending.
     pub async fn expire_leases(&self, now: Timestamp) -> Result<Vec<ExpiredLease>> {
-        let rows: Vec<LeaseRow> = read_pool!(self, p => {
+        let rows: Vec<(String, String)> = read_pool!(self, p => {
             let rows = sqlx::query(
-                "SELECT id, status, lease_token, attempt, max_attempts, worker_name, action FROM executions
+                "SELECT id, lease_token FROM executions
                  WHERE status IN ('running', 'canceling') AND lease_expires_at < $1 ORDER BY lease_expires_at LIMIT 500",
             )
             .bind(now.millis())
             .fetch_all(p)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok((
-                        r.text("id")?,
-                        r.text("status")?,
-                        r.text("lease_token")?,
-                        r.int("attempt")?,
-                        r.int("max_attempts")?,
-                        r.opt_text("worker_name")?,
-                        r.text("action")?,
-                    ))
-                })
-                .collect::<Result<_>>()?
+            rows.iter().map(|r| Ok((r.text("id")?, r.text("lease_token")?))).collect::<Result<_>>()?
         });
         let mut out = Vec::new();
-        for (ids, status, token, attempt, max_attempts, worker, action) in rows {
-            let worker = worker.unwrap_or_default();
-            let action: Action = json("executions", "action", &action)?;
-            let from = ExecutionStatus::parse(&status).unwrap_or(ExecutionStatus::Running);
-            let (to, outcome) = if from == ExecutionStatus::Canceling {
-                (ExecutionStatus::Canceled, LeaseOutcome::Canceled)
-            } else if attempt < max_attempts {
-                (ExecutionStatus::Scheduled, LeaseOutcome::Retried { next_attempt: attempt as u32 + 1 })
-            } else {
-                (ExecutionStatus::Abandoned, LeaseOutcome::Abandoned)
-            };
-            let reason =
-                format!("worker {worker} stopped heartbeating; its lease on attempt {attempt} expired");
-            let error = match to {
-                ExecutionStatus::Scheduled => None,
-                _ => Some(to_json(&json!({
-                    "error": reason,
-                    "failed_by": "worker_heartbeat_monitor",
-                    "worker": worker,
-                    "attempt": attempt,
-                    "max_attempts": max_attempts,
-                    "original_status": from.as_str(),
-                }))),
-            };
-            let not_before = now.plus(Duration::from_secs(action.retry.backoff_seconds)).millis();
-            let changed = write_pool!(self, p => {
-                let mut tx = p.begin().await?;
-                let res = sqlx::query(
-                    "UPDATE executions SET status = $3, updated_at = $4, lease_expires_at = NULL,
-                        lease_token = CASE WHEN $3 = 'scheduled' THEN NULL ELSE lease_token END,
-                        worker_id = CASE WHEN $3 = 'scheduled' THEN NULL ELSE worker_id END,
-                        avoid_worker = CASE WHEN $3 = 'scheduled' THEN worker_id ELSE avoid_worker END,
-                        worker_name = CASE WHEN $3 = 'scheduled' THEN NULL ELSE worker_name END,
-                        scheduled_at = CASE WHEN $3 = 'scheduled' THEN $4 ELSE scheduled_at END,
-                        not_before = CASE WHEN $3 = 'scheduled' THEN $6 ELSE not_before END,
-                        finished_at = CASE WHEN $3 = 'scheduled' THEN NULL ELSE $4 END,
-                        error = $5
-                     WHERE id = $1 AND lease_token = $2 AND status = $7",
-                )
-                .bind(&ids)
-                .bind(&token)
-                .bind(to.as_str())
-                .bind(now.millis())
-                .bind(&error)
-                .bind(not_before)
-                .bind(from.as_str())
-                .execute(&mut *tx)
+        for (ids, token) in rows {
+            let id = uuid("executions", &ids)?;
+            let lost = self
+                .lose_lease(id, &token, now, "worker_heartbeat_monitor", |w| {
+                    format!("worker {w} stopped heartbeating; its lease expired")
+                })
                 .await?;
-                let changed = res.rows_affected() == 1;
-                if changed {
-                    history!(tx, &ids, now.millis(), Some(from.as_str()), to.as_str(),
-                        "worker_heartbeat_monitor", Some(&reason), attempt);
-                }
-                tx.commit().await?;
-                changed
-            });
-            if changed {
-                out.push(ExpiredLease { id: uuid("executions", &ids)?, worker, outcome });
+            if let Some(l) = lost {
+                out.push(l);
             }
         }
         Ok(out)
+    }
+
+    /// A worker gives back a task it cannot finish (it is shutting down): treated like a lost lease,
+    /// at once. Returns `None` when the token is not current (nothing changes).
+    pub async fn release(&self, id: Uuid, token: &str, now: Timestamp) -> Result<Option<ExpiredLease>> {
+        self.lose_lease(id, token, now, "worker_shutdown", |w| {
+            format!("worker {w} shut down before the action finished")
+        })
+        .await
+    }
+
+    /// The current attempt lost its worker: `canceled` if a cancel was pending, a new attempt if
+    /// the retry policy allows (avoiding that worker), else `abandoned` and dead-lettered.
+    async fn lose_lease(
+        &self,
+        id: Uuid,
+        token: &str,
+        now: Timestamp,
+        failed_by: &str,
+        why: impl Fn(&str) -> String,
+    ) -> Result<Option<ExpiredLease>> {
+        let Some(e) = self.get_execution(id).await? else { return Ok(None) };
+        let ids = id.to_string();
+        if !e.status.is_active() {
+            return Ok(None);
+        }
+        let worker = e.worker.clone().unwrap_or_default();
+        let (attempt, max_attempts) = (e.attempt, e.max_attempts);
+        let (to, outcome) = if e.status == ExecutionStatus::Canceling {
+            (ExecutionStatus::Canceled, LeaseOutcome::Canceled)
+        } else if attempt < max_attempts {
+            (ExecutionStatus::Scheduled, LeaseOutcome::Retried { next_attempt: attempt + 1 })
+        } else {
+            (ExecutionStatus::Abandoned, LeaseOutcome::Abandoned)
+        };
+        let cause = why(&worker);
+        let reason = match outcome {
+            LeaseOutcome::Retried { next_attempt } => {
+                format!("{cause}; retrying (attempt {next_attempt} of {max_attempts})")
+            }
+            _ => cause.clone(),
+        };
+        let error_value = json!({
+            "error": cause,
+            "failed_by": failed_by,
+            "worker": worker,
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+            "original_status": e.status.as_str(),
+        });
+        let error = to_json(&error_value);
+        let backoff = e.action.as_ref().map(|a| a.retry.backoff_seconds).unwrap_or(0);
+        let not_before = now.plus(Duration::from_secs(backoff)).millis();
+        let changed = write_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let res = sqlx::query(
+                "UPDATE executions SET status = $3, updated_at = $4, lease_expires_at = NULL,
+                    lease_token = CASE WHEN $3 = 'scheduled' THEN NULL ELSE lease_token END,
+                    worker_id = CASE WHEN $3 = 'scheduled' THEN NULL ELSE worker_id END,
+                    avoid_worker = CASE WHEN $3 = 'scheduled' THEN worker_id ELSE avoid_worker END,
+                    worker_name = CASE WHEN $3 = 'scheduled' THEN NULL ELSE worker_name END,
+                    scheduled_at = CASE WHEN $3 = 'scheduled' THEN $4 ELSE scheduled_at END,
+                    not_before = CASE WHEN $3 = 'scheduled' THEN $6 ELSE not_before END,
+                    finished_at = CASE WHEN $3 = 'scheduled' THEN NULL ELSE $4 END,
+                    error = $5
+                 WHERE id = $1 AND lease_token = $2 AND status = $7",
+            )
+            .bind(&ids)
+            .bind(token)
+            .bind(to.as_str())
+            .bind(now.millis())
+            .bind(&error)
+            .bind(not_before)
+            .bind(e.status.as_str())
+            .execute(&mut *tx)
+            .await?;
+            let changed = res.rows_affected() == 1;
+            if changed {
+                history!(tx, &ids, now.millis(), Some(e.status.as_str()), to.as_str(), failed_by,
+                    Some(&reason), attempt as i32);
+                end_attempt!(tx, &ids, attempt as i32, "abandoned", None::<i32>, Some(&error), now.millis());
+                if to == ExecutionStatus::Abandoned {
+                    dead_letter!(tx, &ids, e.action_ref.as_str(), "abandoned", Some(&error), now.millis());
+                }
+            }
+            tx.commit().await?;
+            changed
+        });
+        Ok(changed.then_some(ExpiredLease { id, worker, outcome }))
     }
 
     /// Fails executions that waited in `scheduled` longer than `timeout` (seed 003's execution
     /// timeout monitor), with the seed's error object.
     pub async fn fail_unstarted(&self, timeout: Duration, now: Timestamp) -> Result<Vec<UnstartedFailure>> {
         let cutoff = now.minus(timeout).millis();
-        let rows: Vec<(String, i64, i32)> = read_pool!(self, p => {
+        let rows: Vec<(String, i64, i32, String)> = read_pool!(self, p => {
             let rows = sqlx::query(
-                "SELECT id, scheduled_at, attempt FROM executions
+                "SELECT id, scheduled_at, attempt, action_ref FROM executions
                  WHERE status = 'scheduled' AND scheduled_at < $1 ORDER BY id LIMIT 500",
             )
             .bind(cutoff)
             .fetch_all(p)
             .await?;
             rows.iter()
-                .map(|r| Ok((r.text("id")?, r.big("scheduled_at")?, r.int("attempt")?)))
+                .map(|r| Ok((r.text("id")?, r.big("scheduled_at")?, r.int("attempt")?, r.text("action_ref")?)))
                 .collect::<Result<_>>()?
         });
         let timeout_seconds = timeout.as_secs();
         let mut out = Vec::new();
-        for (ids, scheduled_at, attempt) in rows {
+        for (ids, scheduled_at, attempt, action_ref) in rows {
             let age_seconds = now.seconds_since(Timestamp(scheduled_at));
             let message = format!(
                 "Execution timeout: worker did not pick up task within {timeout_seconds} seconds (scheduled for {age_seconds} seconds)"
@@ -207,6 +232,7 @@ impl Store {
                 if changed {
                     history!(tx, &ids, now.millis(), Some("scheduled"), "failed",
                         "execution_timeout_monitor", Some(&message), attempt);
+                    dead_letter!(tx, &ids, &action_ref, "queue_ttl", Some(&error), now.millis());
                 }
                 tx.commit().await?;
                 changed

@@ -243,6 +243,14 @@ impl Store {
             if let Some(attempt) = attempt {
                 history!(tx, &ids, now.millis(), Some("scheduled"), "running", actor,
                     Some(format!("attempt {attempt} started")), attempt);
+                sqlx::query(
+                    "INSERT INTO execution_attempts (execution_id, attempt, worker_id, worker_name, started_at, status)
+                     SELECT id, attempt, worker_id, worker_name, $2, 'running' FROM executions WHERE id = $1",
+                )
+                .bind(&ids)
+                .bind(now.millis())
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
             attempt.is_some()
@@ -271,8 +279,10 @@ impl Store {
         })
     }
 
-    /// Records the outcome of the current attempt. Idempotent for the same token once terminal;
-    /// any other token is stale.
+    /// Records the outcome of the current attempt. A failed or timed-out attempt with attempts left
+    /// goes back to the queue (after the action's backoff, preferring another worker); the last one
+    /// ends the execution, and with a retry policy it is also dead-lettered (`retries_exhausted`).
+    /// Idempotent for the same token once terminal; any other token is stale.
     pub async fn complete(
         &self,
         id: Uuid,
@@ -282,14 +292,6 @@ impl Store {
         now: Timestamp,
     ) -> Result<Execution> {
         let ids = id.to_string();
-        let to = report.status;
-        let sources = status_list(ExecutionStatus::sources_of(to));
-        let sql = format!(
-            "UPDATE executions SET status = $3, exit_code = $4, stdout = $5, stderr = $6,
-                stdout_truncated = $7, stderr_truncated = $8, result = $9, error = $10,
-                finished_at = $11, updated_at = $11, lease_expires_at = NULL
-             WHERE id = $1 AND lease_token = $2 AND status IN ({sources})"
-        );
         for _ in 0..5 {
             let Some(before) = self.get_execution(id).await? else {
                 return Err(StoreError::NotFound { what: "execution", id: ids });
@@ -301,34 +303,76 @@ impl Store {
             if before.status.is_terminal() {
                 return Ok(before); // a repeated report of the same attempt
             }
-            before.status.check(to).map_err(|source| StoreError::Transition { id: ids.clone(), source })?;
+            let reported = report.status;
+            before
+                .status
+                .check(reported)
+                .map_err(|source| StoreError::Transition { id: ids.clone(), source })?;
+            let failed = matches!(reported, ExecutionStatus::Failed | ExecutionStatus::Timeout);
+            let retry =
+                failed && before.status == ExecutionStatus::Running && before.attempt < before.max_attempts;
+            let to = if retry { ExecutionStatus::Scheduled } else { reported };
+            let backoff = before.action.as_ref().map(|a| a.retry.backoff_seconds).unwrap_or(0);
+            let error_json = report.error.as_ref().map(to_json);
+            let outcome = report
+                .error
+                .as_ref()
+                .and_then(|e| e.get("error"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| report.exit_code.map(|c| format!("exit code {c}")));
+            let reason = if retry {
+                Some(format!(
+                    "attempt {} {reported}{}; retrying (attempt {} of {}){}",
+                    before.attempt,
+                    outcome.as_deref().map(|o| format!(": {o}")).unwrap_or_default(),
+                    before.attempt + 1,
+                    before.max_attempts,
+                    if backoff > 0 { format!(" in {backoff}s") } else { String::new() },
+                ))
+            } else {
+                outcome
+            };
+            let sources = status_list(ExecutionStatus::sources_of(to));
             let done = write_pool!(self, p => {
                 let mut tx = p.begin().await?;
-                let res = sqlx::query(&sql)
-                    .bind(&ids)
-                    .bind(token)
-                    .bind(to.as_str())
-                    .bind(report.exit_code)
-                    .bind(&report.stdout)
-                    .bind(&report.stderr)
-                    .bind(report.stdout_truncated)
-                    .bind(report.stderr_truncated)
-                    .bind(report.result.as_ref().map(to_json))
-                    .bind(report.error.as_ref().map(to_json))
-                    .bind(now.millis())
-                    .execute(&mut *tx)
-                    .await?;
+                let res = sqlx::query(&format!(
+                    "UPDATE executions SET status = $3, exit_code = $4, stdout = $5, stderr = $6,
+                        stdout_truncated = $7, stderr_truncated = $8, result = $9, error = $10, updated_at = $11,
+                        lease_expires_at = NULL,
+                        finished_at = CASE WHEN $12 THEN NULL ELSE $11 END,
+                        lease_token = CASE WHEN $12 THEN NULL ELSE lease_token END,
+                        avoid_worker = CASE WHEN $12 THEN worker_id ELSE avoid_worker END,
+                        worker_id = CASE WHEN $12 THEN NULL ELSE worker_id END,
+                        worker_name = CASE WHEN $12 THEN NULL ELSE worker_name END,
+                        scheduled_at = CASE WHEN $12 THEN $11 ELSE scheduled_at END,
+                        not_before = CASE WHEN $12 THEN $13 ELSE not_before END
+                     WHERE id = $1 AND lease_token = $2 AND status IN ({sources})"
+                ))
+                .bind(&ids)
+                .bind(token)
+                .bind(to.as_str())
+                .bind(report.exit_code)
+                .bind(&report.stdout)
+                .bind(&report.stderr)
+                .bind(report.stdout_truncated)
+                .bind(report.stderr_truncated)
+                .bind(report.result.as_ref().map(to_json))
+                .bind(&error_json)
+                .bind(now.millis())
+                .bind(retry)
+                .bind(now.plus(std::time::Duration::from_secs(backoff)).millis())
+                .execute(&mut *tx)
+                .await?;
                 let done = res.rows_affected() == 1;
                 if done {
-                    let reason = report
-                        .error
-                        .as_ref()
-                        .and_then(|e| e.get("error"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                        .or_else(|| report.exit_code.map(|c| format!("exit code {c}")));
                     history!(tx, &ids, now.millis(), Some(before.status.as_str()), to.as_str(), actor,
                         reason, before.attempt as i32);
+                    end_attempt!(tx, &ids, before.attempt as i32, reported.as_str(), report.exit_code,
+                        &error_json, now.millis());
+                    if failed && !retry && before.max_attempts > 1 {
+                        dead_letter!(tx, &ids, before.action_ref.as_str(), "retries_exhausted", &error_json, now.millis());
+                    }
                 }
                 tx.commit().await?;
                 done

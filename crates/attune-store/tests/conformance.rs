@@ -53,6 +53,9 @@ conformance!(
     schedule_to_start_timeout_uses_the_seed_error,
     concurrent_claims_never_share_a_task,
     state_survives_reopen,
+    failed_attempts_retry_with_backoff_then_dead_letter,
+    release_gives_the_task_back,
+    dead_letters_list_and_requeue_once,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -262,6 +265,10 @@ async fn claim_start_complete(db: &TestDb) {
     assert_eq!((again.status, again.stdout.as_str()), (ExecutionStatus::Succeeded, "out"));
     assert_eq!(s.execution_history(id).await.unwrap().len(), 4);
     assert_eq!(s.get_worker(w).await.unwrap().unwrap().in_flight, 0);
+    let attempts = s.execution_attempts(id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!((attempts[0].status, attempts[0].worker.as_deref()), (ExecutionStatus::Succeeded, Some("w1")));
+    assert_eq!((attempts[0].started_at, attempts[0].finished_at), (at(1), Some(at(3))));
 }
 
 async fn claim_respects_runtimes_and_order(db: &TestDb) {
@@ -514,4 +521,117 @@ async fn state_survives_reopen(db: &TestDb) {
         s.complete(running, &t, &ok_report(), "worker:w", at(3)).await.unwrap().status,
         ExecutionStatus::Succeeded
     );
+}
+
+fn failed_report(code: i32) -> Report {
+    Report {
+        status: ExecutionStatus::Failed,
+        exit_code: Some(code),
+        stdout: String::new(),
+        stderr: "boom".into(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        result: None,
+        error: Some(json!({"error": format!("exit code {code}")})),
+    }
+}
+
+async fn failed_attempts_retry_with_backoff_then_dead_letter(db: &TestDb) {
+    let s = open(db).await;
+    let mut a = action("a", Runtime::Builtin, 2);
+    a.retry.backoff_seconds = 5;
+    let w1 = worker(&s, "w1", &[Runtime::Builtin], at(0)).await;
+    let w2 = worker(&s, "w2", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(0)).await;
+    let (_, t1) = claim_one(&s, w1, at(0)).await;
+    s.start(id, &t1, "worker:w1", at(0), at(30)).await.unwrap();
+    let e = s.complete(id, &t1, &failed_report(1), "worker:w1", at(1)).await.unwrap();
+    assert_eq!(
+        (e.status, e.attempt, e.exit_code),
+        (ExecutionStatus::Scheduled, 1, Some(1)),
+        "back in the queue"
+    );
+    assert!(
+        s.claim(w2, "w2", &[Runtime::Builtin], 1, at(3), at(13)).await.unwrap().is_empty(),
+        "backoff honoured"
+    );
+    assert!(
+        s.claim(w1, "w1", &[Runtime::Builtin], 1, at(7), at(17)).await.unwrap().is_empty(),
+        "failed worker avoided"
+    );
+    let (_, t2) = claim_one(&s, w2, at(7)).await;
+    assert_eq!(s.start(id, &t2, "worker:w2", at(7), at(37)).await.unwrap().attempt, 2);
+    let e = s.complete(id, &t2, &failed_report(2), "worker:w2", at(8)).await.unwrap();
+    assert_eq!((e.status, e.exit_code), (ExecutionStatus::Failed, Some(2)));
+    let attempts = s.execution_attempts(id).await.unwrap();
+    let summary: Vec<_> =
+        attempts.iter().map(|a| (a.attempt, a.worker.clone().unwrap(), a.status, a.exit_code)).collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, "w1".to_string(), ExecutionStatus::Failed, Some(1)),
+            (2, "w2".to_string(), ExecutionStatus::Failed, Some(2))
+        ]
+    );
+    let dls = s.list_dead_letters(false, 10).await.unwrap();
+    assert_eq!(dls.len(), 1);
+    assert_eq!((dls[0].execution_id, dls[0].cause.as_str()), (id, "retries_exhausted"));
+    // An action without a retry policy that fails is just failed, not a dead letter.
+    let plain = action("p", Runtime::Builtin, 1);
+    let pid = submit(&s, &plain, at(9)).await;
+    let (_, t) = claim_one(&s, w1, at(9)).await;
+    s.start(pid, &t, "worker:w1", at(9), at(39)).await.unwrap();
+    assert_eq!(
+        s.complete(pid, &t, &failed_report(1), "worker:w1", at(10)).await.unwrap().status,
+        ExecutionStatus::Failed
+    );
+    assert_eq!(s.list_dead_letters(false, 10).await.unwrap().len(), 1);
+}
+
+async fn release_gives_the_task_back(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 2);
+    let w1 = worker(&s, "w1", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(0)).await;
+    let (_, t1) = claim_one(&s, w1, at(0)).await;
+    s.start(id, &t1, "worker:w1", at(0), at(30)).await.unwrap();
+    assert!(s.release(id, "stale", at(1)).await.unwrap().is_none(), "a stale token releases nothing");
+    let r = s.release(id, &t1, at(1)).await.unwrap().unwrap();
+    assert_eq!(r.outcome, LeaseOutcome::Retried { next_attempt: 2 });
+    let e = s.get_execution(id).await.unwrap().unwrap();
+    assert_eq!(
+        (e.status, e.error.unwrap()["failed_by"].as_str()),
+        (ExecutionStatus::Scheduled, Some("worker_shutdown"))
+    );
+    assert_eq!(s.execution_attempts(id).await.unwrap()[0].status, ExecutionStatus::Abandoned);
+    assert!(s.release(id, &t1, at(2)).await.unwrap().is_none(), "only once");
+}
+
+async fn dead_letters_list_and_requeue_once(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Python, 1);
+    let id = submit(&s, &a, at(0)).await;
+    s.fail_unstarted(Duration::from_secs(10), at(11)).await.unwrap();
+    let b = action("b", Runtime::Builtin, 1);
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let bid = submit(&s, &b, at(1)).await;
+    let (_, t) = claim_one(&s, w, at(1)).await;
+    s.start(bid, &t, "worker:w", at(1), at(31)).await.unwrap();
+    s.expire_leases(at(40)).await.unwrap();
+    let dls = s.list_dead_letters(false, 10).await.unwrap();
+    let causes: Vec<_> = dls.iter().map(|d| (d.execution_id, d.cause.as_str())).collect();
+    assert_eq!(causes, vec![(bid, "abandoned"), (id, "queue_ttl")], "newest first, with causes");
+    assert_eq!(dls[1].error.as_ref().unwrap()["failed_by"], "execution_timeout_monitor");
+    let new = s.requeue_dead_letter(dls[1].id, "dlq_requeue", at(50)).await.unwrap();
+    assert_eq!((new.status, new.parent, new.attempt), (ExecutionStatus::Scheduled, Some(id), 0));
+    assert_eq!(new.parameters, json!({"x": 1}));
+    assert!(matches!(s.requeue_dead_letter(dls[1].id, "x", at(51)).await, Err(StoreError::AlreadyDone(_))));
+    assert!(matches!(
+        s.requeue_dead_letter(Uuid::now_v7(), "x", at(51)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.list_dead_letters(false, 10).await.unwrap().len(), 1, "requeued ones are hidden");
+    let all = s.list_dead_letters(true, 10).await.unwrap();
+    assert_eq!(all.iter().find(|d| d.execution_id == id).unwrap().requeued_as, Some(new.id));
+    assert_eq!(status(&s, id).await, ExecutionStatus::Failed, "the original stays terminal");
 }

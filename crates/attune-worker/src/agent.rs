@@ -13,7 +13,6 @@ use std::{
 
 use attune_client::{wire::RegisterWorker, Client, ClientError};
 use attune_core::{ExecutionStatus, Lease, LeaseState, Report, Runtime, Task};
-use serde_json::json;
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -228,7 +227,7 @@ async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
         kill_grace: shared.opts.kill_grace,
         scratch_dir: shared.opts.scratch_dir.clone(),
     };
-    let mut report = runtime::execute(task, &ctx, stop.clone()).await;
+    let report = runtime::execute(task, &ctx, stop.clone()).await;
     let revoked =
         shared.in_flight.lock().expect("in-flight lock").get(&id).map(|f| f.revoked).unwrap_or(false);
     if revoked {
@@ -236,13 +235,15 @@ async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
         return;
     }
     if report.status == ExecutionStatus::Canceled && stop.is_cancelled() && !cancel_requested(shared, id) {
-        // Stopped by our own shutdown, not by a cancel request.
-        report.status = ExecutionStatus::Failed;
-        report.error = Some(json!({
-            "error": format!("worker {} shut down before the action finished", shared.opts.name),
-            "failed_by": "worker_shutdown",
-            "worker": shared.opts.name,
-        }));
+        // Stopped by our own shutdown, not by a cancel request: give it back so that the server
+        // retries it elsewhere (or abandons it when no attempts are left).
+        match shared.client.release(shared.id, id, &task.lease_token).await {
+            Ok(r) => tracing::warn!(execution_id = %id, outcome = %r["outcome"], "released unfinished task"),
+            Err(e) => {
+                tracing::warn!(execution_id = %id, error = %e, "could not release; its lease will expire")
+            }
+        }
+        return;
     }
     report_outcome(shared, task, report).await;
 }

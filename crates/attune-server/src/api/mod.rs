@@ -1,6 +1,7 @@
 //! The routes of API v1 and of the worker protocol.
 
 mod catalog;
+mod deadletters;
 mod executions;
 mod worker;
 
@@ -21,6 +22,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/executions", post(executions::create).get(executions::list))
         .route("/api/v1/executions/{id}", get(executions::get))
         .route("/api/v1/executions/{id}/cancel", post(executions::cancel))
+        .route("/api/v1/dead-letters", get(deadletters::list))
+        .route("/api/v1/dead-letters/{id}/requeue", post(deadletters::requeue))
         .route("/api/v1/workers", get(catalog::workers))
         .route("/api/v1/packs", get(catalog::packs).post(catalog::load_pack))
         .route("/api/v1/actions", get(catalog::actions))
@@ -30,6 +33,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/worker/{id}/poll", post(worker::poll))
         .route("/api/v1/worker/{id}/executions/{execution}/start", post(worker::start))
         .route("/api/v1/worker/{id}/executions/{execution}/complete", post(worker::complete))
+        .route("/api/v1/worker/{id}/executions/{execution}/release", post(worker::release))
         .route("/api/v1/worker/{id}/drain", post(worker::drain))
         .route("/api/v1/worker/{id}/deregister", post(worker::deregister))
         .fallback(not_found)

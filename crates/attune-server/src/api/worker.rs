@@ -167,6 +167,29 @@ pub async fn complete(
     Ok(Json(super::executions::present(e)))
 }
 
+/// The worker gives a task back (it is shutting down and cannot finish it): another attempt if the
+/// retry policy allows, `abandoned` otherwise. A stale token changes nothing (409).
+pub async fn release(
+    state: State,
+    Path((id, execution)): Path<(String, String)>,
+    Body(s): Body<Start>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let _ = parse_id("worker", &id)?;
+    let execution = parse_id("execution", &execution)?;
+    match state.store.release(execution, &s.lease_token, Timestamp::now()).await? {
+        Some(l) => {
+            tracing::info!(execution_id = %execution, worker = %l.worker, outcome = ?l.outcome, "task released");
+            state.work_available.notify_waiters();
+            Ok(Json(serde_json::json!({"released": true, "outcome": format!("{:?}", l.outcome)})))
+        }
+        None => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "stale_lease",
+            format!("execution {execution}: this lease is not current; nothing to release"),
+        )),
+    }
+}
+
 pub async fn drain(state: State, Path(id): Path<String>) -> Result<Json<Worker>, ApiError> {
     let id = parse_id("worker", &id)?;
     let w = state.store.drain_worker(id, Timestamp::now()).await?;

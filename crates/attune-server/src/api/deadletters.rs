@@ -1,0 +1,44 @@
+//! Dead letters: work that was never processed successfully, listed with its cause; requeueing
+//! submits it again as a new execution.
+
+use attune_core::{DeadLetter, Execution, Timestamp};
+use axum::{
+    extract::{rejection::QueryRejection, Path, Query},
+    http::StatusCode,
+    Json,
+};
+use serde::Deserialize;
+
+use super::{executions::present, State};
+use crate::{error::parse_id, ApiError};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    all: bool,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    state: State,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000"));
+    }
+    Ok(Json(state.store.list_dead_letters(q.all, limit).await?))
+}
+
+pub async fn requeue(
+    state: State,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Execution>), ApiError> {
+    let id = parse_id("dead letter", &id)?;
+    let e = state.store.requeue_dead_letter(id, "dlq_requeue", Timestamp::now()).await?;
+    state.work_available.notify_waiters();
+    tracing::info!(dead_letter = %id, execution_id = %e.id, "dead letter requeued");
+    Ok((StatusCode::CREATED, Json(present(e))))
+}

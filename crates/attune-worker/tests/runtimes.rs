@@ -1,0 +1,343 @@
+//! Runtimes against real processes: every runtime and output format, every parameter delivery and
+//! format, secret masking, capture caps, timeouts that take background children with them,
+//! cancellation, and malformed output.
+
+use std::{path::Path, time::Duration};
+
+use attune_core::{
+    Action, ActionRef, ExecutionStatus, OutputFormat, PackRef, ParameterDelivery, ParameterFormat, Report,
+    RetryPolicy, Runtime, Task,
+};
+use attune_worker::runtime::{execute, RunContext};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn ctx(scratch: &Path) -> RunContext {
+    RunContext {
+        api_url: "http://127.0.0.1:1".into(),
+        max_output: 1024 * 1024,
+        kill_grace: Duration::from_millis(500),
+        scratch_dir: scratch.to_path_buf(),
+    }
+}
+
+fn examples() -> attune_pack::LoadedPack {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs/examples");
+    attune_pack::load_pack_dir(&dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn task(action: Action, parameters: Value) -> Task {
+    Task {
+        execution_id: Uuid::now_v7(),
+        lease_token: "t".into(),
+        attempt: 1,
+        max_attempts: 1,
+        timeout_seconds: action.timeout_seconds,
+        action,
+        parameters,
+    }
+}
+
+async fn run_example(name: &str, parameters: Value) -> Report {
+    let pack = examples();
+    let a =
+        pack.actions.into_iter().find(|a| a.action_ref.name() == name).unwrap_or_else(|| panic!("no {name}"));
+    let scratch = tempfile::tempdir().unwrap();
+    execute(&task(a, parameters), &ctx(scratch.path()), CancellationToken::new()).await
+}
+
+/// A throw-away action around a script written for the test.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("actions")).unwrap();
+        Scratch { dir }
+    }
+
+    fn action(&self, runtime: Runtime, file: &str, body: &str) -> Action {
+        let p = self.dir.path().join("actions").join(file);
+        std::fs::write(&p, body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Action {
+            action_ref: ActionRef::parse("scratch.a").unwrap(),
+            pack: PackRef::parse("scratch").unwrap(),
+            description: String::new(),
+            runtime,
+            entry_point: file.into(),
+            parameters: json!({"type": "object"}),
+            parameter_delivery: ParameterDelivery::Stdin,
+            parameter_format: ParameterFormat::Json,
+            output_format: OutputFormat::Text,
+            timeout_seconds: None,
+            retry: RetryPolicy::default(),
+            pack_dir: Some(self.dir.path().display().to_string()),
+        }
+    }
+
+    async fn run(&self, a: Action, params: Value) -> Report {
+        execute(&task(a, params), &ctx(self.dir.path()), CancellationToken::new()).await
+    }
+}
+
+#[tokio::test]
+async fn python_json_goes_to_result_and_stdout_is_empty() {
+    let r = run_example("python_json", json!({"name": "ops", "count": 4})).await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
+    assert_eq!(r.result, Some(json!({"greeting": "hello ops", "sum": 10})));
+    assert_eq!(r.stdout, "");
+}
+
+#[tokio::test]
+async fn node_jsonl_is_an_array() {
+    let r = run_example("node_jsonl", json!({"lines": 3})).await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
+    assert_eq!(
+        r.result,
+        Some(json!([{"line": 0, "square": 0}, {"line": 1, "square": 1}, {"line": 2, "square": 4}]))
+    );
+    assert_eq!(r.stdout, "");
+}
+
+#[tokio::test]
+async fn shell_yaml_is_parsed() {
+    let r = run_example("shell_yaml", json!({"service": "db"})).await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
+    assert_eq!(r.result, Some(json!({"service": "db", "status": "ok", "checks": ["disk", "memory"]})));
+}
+
+#[tokio::test]
+async fn native_text_keeps_stdout_and_no_result() {
+    let r = run_example("native_uname", json!({})).await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
+    assert_eq!(r.stdout.trim(), "Linux");
+    assert_eq!(r.result, None);
+}
+
+#[tokio::test]
+async fn list_example_and_dotenv_example() {
+    let r = run_example("list_example", json!({"count": 2})).await;
+    assert_eq!(r.result, Some(json!([{"id": 1, "name": "item-1"}, {"id": 2, "name": "item-2"}])), "{r:?}");
+    let r = run_example(
+        "dotenv_params",
+        json!({"greeting": "it's \"quoted\"\nand $HOME", "db": {"host": "h", "port": 5}}),
+    )
+    .await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
+    assert_eq!(r.stdout, "greeting=it's \"quoted\"\nand $HOME\ndb=h:5\n");
+}
+
+#[tokio::test]
+async fn every_runtime_with_every_output_format() {
+    let s = Scratch::new();
+    let outputs = [
+        (OutputFormat::Text, "a b", None),
+        (OutputFormat::Json, r#"{"k": [1, 2]}"#, Some(json!({"k": [1, 2]}))),
+        (OutputFormat::Yaml, "k: [1, 2]", Some(json!({"k": [1, 2]}))),
+        (OutputFormat::Jsonl, "{\"k\": 1}\n{\"k\": 2}", Some(json!([{"k": 1}, {"k": 2}]))),
+    ];
+    for (format, text, expected) in outputs {
+        let escaped = serde_json::to_string(text).unwrap();
+        let programs = [
+            (Runtime::Shell, "p.sh", format!("printf '%s\\n' {}\n", shell_quote(text))),
+            (Runtime::Python, "p.py", format!("print({escaped})\n")),
+            (Runtime::Node, "p.js", format!("console.log({escaped});\n")),
+            (Runtime::Native, "p.bin", format!("#!/bin/sh\nprintf '%s\\n' {}\n", shell_quote(text))),
+        ];
+        for (rt, file, body) in programs {
+            let mut a = s.action(rt, file, &body);
+            a.output_format = format;
+            let r = s.run(a, json!({})).await;
+            assert_eq!(r.status, ExecutionStatus::Succeeded, "{rt} {format:?}: {r:?}");
+            assert_eq!(r.result, expected, "{rt} {format:?}");
+            let expected_stdout = if expected.is_some() { String::new() } else { format!("{text}\n") };
+            assert_eq!(
+                r.stdout, expected_stdout,
+                "{rt} {format:?}: stdout holds the text only for text output"
+            );
+        }
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[tokio::test]
+async fn every_delivery_with_every_format() {
+    let s = Scratch::new();
+    let params = json!({"msg": "hi there", "n": 2, "nested": {"k": "v"}});
+    let readers = [
+        (ParameterDelivery::Stdin, "cat"),
+        (ParameterDelivery::File, "cat \"$ATTUNE_PARAMETERS_FILE\"; ls -l \"$ATTUNE_PARAMETERS_FILE\" >&2"),
+        (ParameterDelivery::Env, "printf '%s' \"$ATTUNE_PARAMETERS\""),
+    ];
+    for (delivery, reader) in readers {
+        for format in [ParameterFormat::Json, ParameterFormat::Yaml, ParameterFormat::Dotenv] {
+            let mut a = s.action(Runtime::Shell, "read.sh", &format!("{reader}\n"));
+            a.parameter_delivery = delivery;
+            a.parameter_format = format;
+            let r = s.run(a, params.clone()).await;
+            assert_eq!(r.status, ExecutionStatus::Succeeded, "{delivery:?} {format:?}: {r:?}");
+            let got = r.stdout;
+            match format {
+                ParameterFormat::Json => assert_eq!(serde_json::from_str::<Value>(&got).unwrap(), params),
+                ParameterFormat::Yaml => assert_eq!(serde_yaml::from_str::<Value>(&got).unwrap(), params),
+                ParameterFormat::Dotenv => assert_eq!(got, "msg='hi there'\nn='2'\nnested__k='v'\n"),
+            }
+            if delivery == ParameterDelivery::File {
+                assert!(r.stderr.starts_with("-r--------"), "mode 0400: {}", r.stderr);
+            }
+        }
+    }
+    // env delivery also sets one variable per flattened key.
+    let mut a = s.action(
+        Runtime::Shell,
+        "env.sh",
+        "printf '%s|%s|%s' \"$ATTUNE_PARAM_MSG\" \"$ATTUNE_PARAM_N\" \"$ATTUNE_PARAM_NESTED__K\"\n",
+    );
+    a.parameter_delivery = ParameterDelivery::Env;
+    assert_eq!(s.run(a, params).await.stdout, "hi there|2|v");
+    // The parameter file is gone afterwards.
+    let left: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("params-"))
+        .collect();
+    assert!(left.is_empty(), "parameter files left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn secrets_are_masked_and_kept_out_of_the_environment() {
+    let r = run_example("secret", json!({"user": "ann", "password": "hunter2-secret"})).await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
+    assert!(r.stdout.contains("ann") && r.stdout.contains("********"), "{}", r.stdout);
+    assert!(!r.stdout.contains("hunter2-secret"));
+
+    let s = Scratch::new();
+    let mut a = s.action(Runtime::Shell, "leak.sh", "env; echo \"$0 $*\"; cat; echo hunter2-secret >&2\n");
+    a.parameters = json!({"type": "object", "properties": {"password": {"type": "string", "secret": true}}});
+    a.parameter_delivery = ParameterDelivery::Env;
+    let r = s.run(a, json!({"password": "hunter2-secret", "other": "x"})).await;
+    assert!(!r.stdout.contains("hunter2-secret") && !r.stderr.contains("hunter2-secret"), "{r:?}");
+    assert!(r.stdout.contains("ATTUNE_PARAM_OTHER=x"), "non-secret parameters are in the environment");
+    assert!(!r.stdout.contains("ATTUNE_PARAM_PASSWORD"), "secret parameters are not: {}", r.stdout);
+    assert!(r.stdout.contains("{\"password\":\"********\"}"), "the secret arrived on stdin: {}", r.stdout);
+}
+
+#[tokio::test]
+async fn output_beyond_the_cap_is_truncated_and_recorded() {
+    let s = Scratch::new();
+    let a = s.action(Runtime::Shell, "big.sh", "head -c 5000000 /dev/zero | tr '\\0' a; echo done >&2\n");
+    let r = s.run(a, json!({})).await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded, "{:?}", r.error);
+    assert!(r.stdout_truncated);
+    assert_eq!(r.stdout.len(), 1024 * 1024);
+    assert!(!r.stderr_truncated);
+    assert_eq!(r.stderr, "done\n");
+}
+
+fn gone(pid: i32) -> bool {
+    // A zombie waiting for its (re)parent to reap it is dead too.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(false)
+        }
+    }
+}
+
+async fn wait_gone(pid: i32) {
+    attune_testkit::wait_for(&format!("process {pid} to be gone"), Duration::from_secs(10), || async move {
+        gone(pid).then_some(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_group_including_background_children() {
+    let s = Scratch::new();
+    let pidfile = s.dir.path().join("bg.pid");
+    let body = format!("sleep 300 &\necho $! > {}\ntrap '' TERM\nsleep 300\n", pidfile.display());
+    let mut a = s.action(Runtime::Shell, "slow.sh", &body);
+    a.timeout_seconds = Some(1);
+    let started = std::time::Instant::now();
+    let r = s.run(a, json!({})).await;
+    assert_eq!(r.status, ExecutionStatus::Timeout, "{r:?}");
+    assert_eq!(r.error.as_ref().unwrap()["timeout_seconds"], 1);
+    assert!(started.elapsed() < Duration::from_secs(60), "did not wait for the 300 s sleep");
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    wait_gone(pid).await;
+}
+
+#[tokio::test]
+async fn the_examples_slow_action_times_out() {
+    let r = run_example("slow", json!({})).await;
+    assert_eq!(r.status, ExecutionStatus::Timeout, "{r:?}");
+    let pid: i32 = r.stdout.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    wait_gone(pid).await;
+}
+
+#[tokio::test]
+async fn cancellation_stops_the_process_group() {
+    let s = Scratch::new();
+    let pidfile = s.dir.path().join("c.pid");
+    let a =
+        s.action(Runtime::Shell, "c.sh", &format!("sleep 300 &\necho $! > {}\nwait\n", pidfile.display()));
+    let cancel = CancellationToken::new();
+    let t = task(a, json!({}));
+    let c = ctx(s.dir.path());
+    let run = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { execute(&t, &c, cancel).await }
+    });
+    let pid: i32 = attune_testkit::wait_for("the pid file", Duration::from_secs(10), || {
+        let p = pidfile.clone();
+        async move { std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse().ok()) }
+    })
+    .await;
+    cancel.cancel();
+    let r = run.await.unwrap();
+    assert_eq!(r.status, ExecutionStatus::Canceled, "{r:?}");
+    wait_gone(pid).await;
+}
+
+#[tokio::test]
+async fn malformed_output_fails_with_the_format_and_keeps_stdout() {
+    let s = Scratch::new();
+    for (format, text) in [
+        (OutputFormat::Json, "{not json"),
+        (OutputFormat::Yaml, "key: [unclosed"),
+        (OutputFormat::Jsonl, "{\"ok\": 1}\nnot json"),
+    ] {
+        let mut a = s.action(Runtime::Shell, "bad.sh", &format!("printf '%s\\n' {}\n", shell_quote(text)));
+        a.output_format = format;
+        let r = s.run(a, json!({})).await;
+        assert_eq!(r.status, ExecutionStatus::Failed, "{format:?}");
+        assert_eq!(r.stdout, format!("{text}\n"), "raw stdout kept");
+        assert_eq!(r.result, None);
+        let err = r.error.unwrap();
+        assert!(err["error"].as_str().unwrap().contains("not valid"), "{format:?}: {err}");
+    }
+    // Not parsed at all on a non-zero exit.
+    let mut a = s.action(Runtime::Shell, "exit.sh", "echo '{\"a\": 1}'; exit 4\n");
+    a.output_format = OutputFormat::Json;
+    let r = s.run(a, json!({})).await;
+    assert_eq!((r.status, r.exit_code, r.result.clone()), (ExecutionStatus::Failed, Some(4), None));
+    assert_eq!(r.stdout, "{\"a\": 1}\n");
+}
+
+#[tokio::test]
+async fn missing_entry_points_and_interpreters_fail_clearly() {
+    let s = Scratch::new();
+    let mut a = s.action(Runtime::Shell, "x.sh", "true\n");
+    a.entry_point = "gone.sh".into();
+    let r = s.run(a, json!({})).await;
+    assert_eq!(r.status, ExecutionStatus::Failed);
+    assert!(r.error.unwrap()["error"].as_str().unwrap().contains("not found on this worker"));
+}
