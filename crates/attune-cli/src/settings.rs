@@ -23,9 +23,10 @@ impl Override {
     }
 }
 
+/// Settings from the file, the environment and the flags; any problem is a usage error (exit 2).
 pub fn load(file: Option<&Path>, flags: Vec<Override>) -> anyhow::Result<Settings> {
     let env: Vec<(String, String)> = std::env::vars().collect();
-    load_from(file, &env, flags)
+    load_from(file, &env, flags).map_err(|e| crate::cmds::UsageError(format!("{e:#}")).into())
 }
 
 pub fn load_from(

@@ -180,3 +180,23 @@ fn pack_load_is_an_upsert_and_rejects_broken_packs() {
     let out = cli(&url, &["pack", "list", "-o", "json"]).json();
     assert!(out.as_array().unwrap().iter().any(|p| p["ref"] == "demo"));
 }
+
+#[test]
+fn examples_python_json_shows_the_parsed_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, url) = up(&[], dir.path());
+    let out = cli(&url, &["run", "examples.python_json", "name=ops", "count=3", "--wait", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let e = out.json();
+    assert_eq!(e["result"], serde_json::json!({"greeting": "hello ops", "sum": 6}));
+    assert_eq!(e["stdout"], "");
+    let out =
+        cli(&url, &["run", "examples.secret", "user=ann", "password=s3cr3t-value", "--wait", "-o", "json"]);
+    let e = out.json();
+    assert_eq!(e["parameters"]["password"], "********", "masked in the API");
+    assert!(!out.stdout.contains("s3cr3t-value"), "{}", out.stdout);
+    let out = cli(&url, &["run", "examples.flaky", "failures=1", "--wait", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let e = out.json();
+    assert_eq!((e["attempt"].as_u64(), e["attempts"].as_array().map(Vec::len)), (Some(2), Some(2)), "{e}");
+}

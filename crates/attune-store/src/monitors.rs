@@ -68,6 +68,28 @@ impl Store {
         })
     }
 
+    /// Puts back tasks just handed out under `token` whose poller is known to be gone (its
+    /// connection closed before the answer could be sent). Not an attempt.
+    pub async fn unclaim(&self, ids: &[Uuid], token: &str, now: Timestamp) -> Result<u64> {
+        let mut n = 0;
+        for id in ids {
+            n += write_pool!(self, p => {
+                sqlx::query(
+                    "UPDATE executions SET lease_token = NULL, lease_expires_at = NULL, delivered_at = NULL,
+                        worker_id = NULL, worker_name = NULL, updated_at = $3
+                     WHERE id = $1 AND lease_token = $2 AND status = 'scheduled'",
+                )
+                .bind(id.to_string())
+                .bind(token)
+                .bind(now.millis())
+                .execute(p)
+                .await?
+                .rows_affected()
+            });
+        }
+        Ok(n)
+    }
+
     /// Running executions whose lease ran out (their worker stopped heartbeating): a new attempt
     /// when the retry policy allows, `abandoned` otherwise, `canceled` if a cancel was pending.
     pub async fn expire_leases(&self, now: Timestamp) -> Result<Vec<ExpiredLease>> {

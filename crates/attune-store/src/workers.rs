@@ -25,7 +25,8 @@ pub struct NewWorker {
 }
 
 /// A retried attempt is kept from the worker that lost the previous one for this long after it
-/// becomes eligible; after that any worker may take it (the failed worker may be the only one left).
+/// becomes eligible, unless no other active worker serves its queue; after that any worker may take
+/// it (the failed worker may be the only one left).
 const AVOID_WINDOW_MS: i64 = 10_000;
 
 const WORKER_COLS: &str = "w.id, w.name, w.host, w.runtimes, w.labels, w.concurrency, w.version, w.status, \
@@ -181,7 +182,9 @@ impl Store {
              WHERE id IN (SELECT id FROM executions
                  WHERE status = 'scheduled' AND lease_token IS NULL AND queue IN ({queues})
                    AND not_before <= $4
-                   AND (avoid_worker IS NULL OR avoid_worker <> $2 OR not_before < $4 - {AVOID_WINDOW_MS})
+                   AND (avoid_worker IS NULL OR avoid_worker <> $2 OR not_before < $4 - {AVOID_WINDOW_MS}
+                        OR NOT EXISTS (SELECT 1 FROM workers o WHERE o.status = 'active' AND o.id <> $2
+                                       AND o.runtimes LIKE '%\"' || executions.queue || '\"%'))
                    AND EXISTS (SELECT 1 FROM workers w WHERE w.id = $2 AND w.status = 'active')
                  ORDER BY id LIMIT $6 {lock})
              RETURNING id, action, parameters, attempt, max_attempts, timeout_seconds"

@@ -30,8 +30,8 @@ impl Proc {
         #[allow(clippy::disallowed_methods)] // tests start the real binary, not an action
         let mut cmd = std::process::Command::new(program);
         cmd.args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

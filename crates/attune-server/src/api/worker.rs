@@ -106,16 +106,13 @@ pub async fn poll(
     let w = worker(&state, id).await?;
     let wait = Duration::from_millis(p.wait_ms).min(state.opts.max_poll);
     let deadline = tokio::time::Instant::now() + wait;
+    let mut parked = false;
     loop {
         // Register interest before looking, so a submit between the look and the wait is not missed.
         let notified = state.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let now = Timestamp::now();
-        let tasks = state
-            .store
-            .claim(id, &w.name, &w.runtimes, p.max_tasks, now, now.plus(state.opts.delivery_timeout))
-            .await?;
+        let tasks = claim_for_live_poller(&state, id, &w, p.max_tasks).await?;
         if !tasks.is_empty() {
             for t in &tasks {
                 tracing::debug!(execution_id = %t.execution_id, worker = %w.name, "task delivered");
@@ -125,11 +122,56 @@ pub async fn poll(
         if tokio::time::Instant::now() >= deadline {
             return Ok(Json(PollReply { tasks: Vec::new() }));
         }
+        if !parked {
+            parked = true;
+            tracing::debug!(worker = %w.name, "poll waiting for work");
+        }
         let recheck = (tokio::time::Instant::now() + POLL_RECHECK).min(deadline);
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep_until(recheck) => {}
             _ = state.shutdown.cancelled() => return Ok(Json(PollReply { tasks: Vec::new() })),
+        }
+    }
+}
+
+/// Claims in a task of its own and hands the result over a channel. If the poller's connection
+/// closes meanwhile, axum drops this handler, the hand-over fails, and the tasks go straight back
+/// to the queue instead of waiting for `delivery_timeout` (seed 004: a reply to a dead caller must
+/// not swallow the work).
+async fn claim_for_live_poller(
+    state: &std::sync::Arc<Shared>,
+    id: Uuid,
+    w: &Worker,
+    max: u32,
+) -> Result<Vec<attune_core::Task>, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let shared = state.clone();
+    let (name, runtimes) = (w.name.clone(), w.runtimes.clone());
+    // Owned by the hand-over: it ends when the claim is delivered or undone.
+    tokio::spawn(async move {
+        let now = Timestamp::now();
+        let claimed =
+            shared.store.claim(id, &name, &runtimes, max, now, now.plus(shared.opts.delivery_timeout)).await;
+        if let Err(Ok(tasks)) = tx.send(claimed) {
+            if let Some(token) = tasks.first().map(|t| t.lease_token.clone()) {
+                let ids: Vec<Uuid> = tasks.iter().map(|t| t.execution_id).collect();
+                match shared.store.unclaim(&ids, &token, Timestamp::now()).await {
+                    Ok(n) => {
+                        tracing::info!(worker = %name, count = n, "poller went away; tasks back in the queue")
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker = %name, error = %e, "could not put tasks back; delivery timeout will")
+                    }
+                }
+                shared.work_available.notify_waiters();
+            }
+        }
+    });
+    match rx.await {
+        Ok(r) => Ok(r?),
+        Err(_) => {
+            Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "internal", "claim interrupted"))
         }
     }
 }

@@ -1,0 +1,477 @@
+//! Failure semantics, proven with real processes really killed: the chaos suite of issue 4.
+//! Heartbeats are 1 s, so a worker is stale after 3 s; every wait is a condition with a deadline.
+
+use std::time::{Duration, Instant};
+
+use attune_client::{wire::CreateExecution, Client};
+use attune_core::{Execution, ExecutionStatus, WorkerStatus};
+use attune_testkit::{wait_for, Proc, TestDb};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_attune");
+
+fn packs_dir() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../packs")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// Settings every process of these tests shares: fast heartbeats and checks.
+fn fast_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("ATTUNE__WORKER__HEARTBEAT_INTERVAL".to_string(), "1s".to_string()),
+        ("ATTUNE__EXECUTOR__HEARTBEAT_CHECK_INTERVAL".into(), "250ms".into()),
+        ("ATTUNE__EXECUTOR__DELIVERY_TIMEOUT".into(), "2s".into()),
+        ("ATTUNE__PACKS__DIRS".into(), format!("[{}]", packs_dir())),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Proc {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Proc::spawn(name, BIN, args, &env)
+}
+
+struct Cluster {
+    server: Proc,
+    url: String,
+    client: Client,
+    db_url: String,
+    env: Vec<(String, String)>,
+    _db: TestDb,
+}
+
+impl Cluster {
+    fn start(db: TestDb, extra: &[(&str, &str)]) -> Cluster {
+        let env = fast_env(extra);
+        let server = spawn("server", &["server", "--listen", "127.0.0.1:0", "--database-url", &db.url], &env);
+        let url = server.wait_url();
+        Cluster { client: Client::new(&url), server, url, db_url: db.url.clone(), env, _db: db }
+    }
+
+    /// Starts a worker process and waits until it has registered.
+    fn worker(&self, name: &str, extra: &[(&str, &str)]) -> Proc {
+        let mut env = self.env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let w = spawn(name, &["--server", &self.url, "worker", "--name", name], &env);
+        w.wait_line(Duration::from_secs(30), |l| l.contains("worker registered").then_some(()));
+        w
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same port and database.
+    fn restart_server(&mut self) {
+        self.server.signal(Signal::SIGKILL);
+        self.server.wait_exit(Duration::from_secs(10));
+        let listen = self.url.trim_start_matches("http://").to_owned();
+        self.server = spawn(
+            "server (restarted)",
+            &["server", "--listen", &listen, "--database-url", &self.db_url],
+            &self.env,
+        );
+        self.server.wait_url();
+    }
+
+    async fn submit(&self, action: &str, parameters: Value, max_attempts: Option<u32>) -> Execution {
+        let req = CreateExecution {
+            action_ref: action.into(),
+            parameters: Some(parameters),
+            max_attempts,
+            timeout_seconds: None,
+        };
+        self.client.create_execution(&req).await.unwrap()
+    }
+
+    async fn get(&self, id: Uuid) -> Execution {
+        self.client.get_execution(id).await.unwrap()
+    }
+
+    async fn wait_status(
+        &self,
+        id: Uuid,
+        pred: impl Fn(&Execution) -> bool,
+        what: &str,
+        timeout: Duration,
+    ) -> Execution {
+        wait_for(what, timeout, || async {
+            let e = self.client.get_execution(id).await.ok()?;
+            pred(&e).then_some(e)
+        })
+        .await
+    }
+
+    async fn worker_status(&self, name: &str) -> Option<WorkerStatus> {
+        let ws = self.client.list_workers(true).await.ok()?;
+        ws.into_iter().filter(|w| w.name == name).max_by_key(|w| w.registered_at).map(|w| w.status)
+    }
+}
+
+fn running_on(e: &Execution) -> Option<String> {
+    (e.status == ExecutionStatus::Running).then(|| e.worker.clone()).flatten()
+}
+
+/// 1. kill -9 of a worker running core.sleep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_is_detected_and_its_task_retried_or_abandoned() {
+    let c = Cluster::start(TestDb::sqlite(), &[]);
+    let mut w1 = c.worker("w1", &[("ATTUNE__WORKER__CONCURRENCY", "1")]);
+    let e = c.submit("core.sleep", json!({"seconds": 4}), Some(2)).await;
+    c.wait_status(e.id, |e| running_on(e).is_some(), "running on w1", Duration::from_secs(10)).await;
+    let _w2 = c.worker("w2", &[("ATTUNE__WORKER__CONCURRENCY", "1")]);
+    w1.signal(Signal::SIGKILL);
+    w1.wait_exit(Duration::from_secs(5));
+    let killed = Instant::now();
+    wait_for("w1 inactive", Duration::from_secs(10), || async {
+        (c.worker_status("w1").await == Some(WorkerStatus::Inactive)).then_some(())
+    })
+    .await;
+    let detected = killed.elapsed();
+    // 3 heartbeats (3 s) + one check (250 ms), plus scheduling slack.
+    assert!(detected < Duration::from_millis(4500), "w1 marked inactive after {detected:?}");
+    let done =
+        c.wait_status(e.id, |e| e.status.is_terminal(), "the retry to finish", Duration::from_secs(20)).await;
+    assert_eq!(
+        (done.status, done.attempt, done.worker.as_deref()),
+        (ExecutionStatus::Succeeded, 2, Some("w2"))
+    );
+    let full = c.get(e.id).await;
+    assert_eq!(full.attempts[0].status, ExecutionStatus::Abandoned);
+    assert_eq!(full.attempts[0].worker.as_deref(), Some("w1"));
+    println!("kill -9 detected in {detected:?}");
+
+    // With one attempt, the execution is abandoned with the reason.
+    let mut w3 = c.worker("w3", &[("ATTUNE__WORKER__CONCURRENCY", "1")]);
+    let mut e2 = c.submit("core.sleep", json!({"seconds": 30}), Some(1)).await;
+    // w2 and w3 both poll; kill whichever got it.
+    let on = c
+        .wait_status(e2.id, |e| running_on(e).is_some(), "running", Duration::from_secs(10))
+        .await
+        .worker
+        .unwrap();
+    if on == "w3" {
+        w3.signal(Signal::SIGKILL);
+        w3.wait_exit(Duration::from_secs(5));
+    } else {
+        drop(_w2);
+    }
+    e2 = c.wait_status(e2.id, |e| e.status.is_terminal(), "abandoned", Duration::from_secs(15)).await;
+    assert_eq!(e2.status, ExecutionStatus::Abandoned);
+    let err = e2.error.unwrap();
+    assert_eq!(err["failed_by"], "worker_heartbeat_monitor");
+    assert_eq!(err["worker"], on.as_str());
+    let dl = c.client.list_dead_letters(false).await.unwrap();
+    assert!(dl.iter().any(|d| d.execution_id == e2.id && d.cause == "abandoned"), "{dl:?}");
+}
+
+/// 2. SIGTERM of a worker with a task in flight: graceful drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_worker() {
+    let c = Cluster::start(TestDb::sqlite(), &[]);
+    let mut w1 = c.worker("w1", &[]);
+    let e = c.submit("core.sleep", json!({"seconds": 3}), None).await;
+    c.wait_status(e.id, |e| running_on(e).is_some(), "running", Duration::from_secs(10)).await;
+    w1.signal(Signal::SIGTERM);
+    let sent = Instant::now();
+    wait_for("w1 inactive", Duration::from_secs(5), || async {
+        (c.worker_status("w1").await == Some(WorkerStatus::Inactive)).then_some(())
+    })
+    .await;
+    assert!(sent.elapsed() < Duration::from_secs(1), "inactive after {:?}", sent.elapsed());
+    let later = c.submit("core.noop", json!({}), None).await;
+    let done =
+        c.wait_status(e.id, |e| e.status.is_terminal(), "in-flight task", Duration::from_secs(15)).await;
+    assert_eq!((done.status, done.worker.as_deref()), (ExecutionStatus::Succeeded, Some("w1")));
+    let status = w1.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(
+        c.get(later.id).await.status,
+        ExecutionStatus::Scheduled,
+        "a draining worker receives nothing new"
+    );
+    let _w2 = c.worker("w2", &[]);
+    let later =
+        c.wait_status(later.id, |e| e.status.is_terminal(), "later on w2", Duration::from_secs(10)).await;
+    assert_eq!(later.worker.as_deref(), Some("w2"));
+}
+
+/// 2b. SIGTERM with a shutdown timeout shorter than the task: reported and retried elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_shutdown_timeout_releases_the_task() {
+    let c = Cluster::start(TestDb::sqlite(), &[]);
+    let mut w1 = c.worker("w1", &[("ATTUNE__WORKER__SHUTDOWN_TIMEOUT", "1s")]);
+    let e = c.submit("core.sleep", json!({"seconds": 3}), Some(2)).await;
+    c.wait_status(e.id, |e| running_on(e).is_some(), "running", Duration::from_secs(10)).await;
+    w1.signal(Signal::SIGTERM);
+    assert!(w1.wait_exit(Duration::from_secs(10)).success());
+    let released = c.get(e.id).await;
+    assert_eq!(released.status, ExecutionStatus::Scheduled, "given back at once, not after a lease expiry");
+    assert_eq!(released.error.as_ref().unwrap()["failed_by"], "worker_shutdown");
+    let _w2 = c.worker("w2", &[]);
+    let done = c.wait_status(e.id, |e| e.status.is_terminal(), "retry on w2", Duration::from_secs(15)).await;
+    assert_eq!(
+        (done.status, done.attempt, done.worker.as_deref()),
+        (ExecutionStatus::Succeeded, 2, Some("w2"))
+    );
+}
+
+/// 3. No worker for the action's runtime: failed with the seed's error object after scheduled_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstartable_work_fails_with_the_seed_error() {
+    let c = Cluster::start(
+        TestDb::sqlite(),
+        &[
+            ("ATTUNE__EXECUTOR__SCHEDULED_TIMEOUT", "2s"),
+            ("ATTUNE__EXECUTOR__TIMEOUT_CHECK_INTERVAL", "250ms"),
+        ],
+    );
+    let _w = c.worker("builtin-only", &[("ATTUNE__WORKER__RUNTIMES", "[builtin]")]);
+    let e = c.submit("core.echo", json!({"message": "nobody runs shell here"}), None).await;
+    let ok = c.submit("core.noop", json!({}), None).await;
+    let done = c.wait_status(e.id, |e| e.status.is_terminal(), "the timeout", Duration::from_secs(15)).await;
+    assert_eq!(done.status, ExecutionStatus::Failed);
+    let err = done.error.unwrap();
+    let msg = err["error"].as_str().unwrap();
+    assert!(
+        msg.starts_with("Execution timeout: worker did not pick up task within 2 seconds (scheduled for "),
+        "{msg}"
+    );
+    assert_eq!(err["failed_by"], "execution_timeout_monitor");
+    assert_eq!(err["timeout_seconds"], 2);
+    assert!(err["age_seconds"].as_u64().unwrap() >= 2);
+    assert_eq!(err["original_status"], "scheduled");
+    assert_eq!(
+        c.wait_status(ok.id, |e| e.status.is_terminal(), "noop", Duration::from_secs(5)).await.status,
+        ExecutionStatus::Succeeded
+    );
+    let dl = c.client.list_dead_letters(false).await.unwrap();
+    let entry = dl.iter().find(|d| d.execution_id == e.id).expect("dead-lettered");
+    assert_eq!(entry.cause, "queue_ttl");
+}
+
+/// 4. A frozen worker loses its task, comes back, and its late report changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_worker_comes_back_but_its_late_report_is_fenced() {
+    let c = Cluster::start(TestDb::sqlite(), &[]);
+    let w1 = c.worker("w1", &[]);
+    let e = c.submit("core.local", json!({"cmd": "sleep 4; echo first"}), Some(2)).await;
+    c.wait_status(e.id, |e| running_on(e).as_deref() == Some("w1"), "running on w1", Duration::from_secs(10))
+        .await;
+    w1.signal(Signal::SIGSTOP);
+    let _w2 = c.worker("w2", &[]);
+    c.wait_status(
+        e.id,
+        |e| e.attempt == 2 && running_on(e).as_deref() == Some("w2"),
+        "attempt 2 on w2",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(c.worker_status("w1").await, Some(WorkerStatus::Inactive));
+    w1.signal(Signal::SIGCONT);
+    wait_for("w1 active again", Duration::from_secs(10), || async {
+        (c.worker_status("w1").await == Some(WorkerStatus::Active)).then_some(())
+    })
+    .await;
+    let done =
+        c.wait_status(e.id, |e| e.status.is_terminal(), "attempt 2 done", Duration::from_secs(20)).await;
+    assert_eq!(
+        (done.status, done.attempt, done.worker.as_deref()),
+        (ExecutionStatus::Succeeded, 2, Some("w2"))
+    );
+    let full = c.get(e.id).await;
+    let succeeded = full.history.iter().filter(|h| h.to == ExecutionStatus::Succeeded).count();
+    assert_eq!(succeeded, 1, "{:?}", full.history);
+    assert_eq!(full.attempts[0].status, ExecutionStatus::Abandoned, "attempt 1 stays lost");
+    // w1 learned its lease was gone (revoked on its first heartbeat back) or was refused (409).
+    w1.wait_line(Duration::from_secs(10), |l| {
+        (l.contains("lease revoked") || l.contains("lease lost") || l.contains("report rejected"))
+            .then_some(())
+    });
+}
+
+/// 5. A poller whose connection drops mid-poll does not swallow the next task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_poll_does_not_swallow_work() {
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(
+        TestDb::sqlite(),
+        &[
+            ("ATTUNE__EXECUTOR__DELIVERY_TIMEOUT", "30s"),
+            ("RUST_LOG", "info,attune_server::api::worker=debug"),
+        ],
+    );
+    // A worker that long-polls over a raw connection and then vanishes without a FIN from its
+    // application (the socket is closed under it).
+    let reg = c
+        .client
+        .register(&attune_client::wire::RegisterWorker {
+            name: "ghost".into(),
+            host: "h".into(),
+            runtimes: vec![attune_core::Runtime::Builtin],
+            labels: json!({}),
+            concurrency: 1,
+            version: "t".into(),
+        })
+        .await
+        .unwrap();
+    let addr = c.url.trim_start_matches("http://").to_owned();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = r#"{"max_tasks": 1, "wait_ms": 30000}"#;
+    let req = format!(
+        "POST /api/v1/worker/{}/poll HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        reg.worker.id,
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    sock.flush().await.unwrap();
+    // Once the poll is parked in the server, drop the connection.
+    c.server.wait_line(Duration::from_secs(10), |l| {
+        (l.contains("poll waiting for work") && l.contains("ghost")).then_some(())
+    });
+    drop(sock);
+    let _w = c.worker("real", &[]);
+    let e = c.submit("core.noop", json!({}), None).await;
+    let submitted = Instant::now();
+    let done =
+        c.wait_status(e.id, |e| e.status.is_terminal(), "the real worker", Duration::from_secs(20)).await;
+    let took = submitted.elapsed();
+    assert_eq!((done.status, done.worker.as_deref()), (ExecutionStatus::Succeeded, Some("real")));
+    assert!(took < Duration::from_secs(1), "started by another worker after {took:?}");
+}
+
+/// 6. The server killed and restarted with work scheduled and running: nothing lost, nothing twice.
+async fn server_restart(db: TestDb) {
+    let mut c = Cluster::start(db, &[]);
+    let _w = c.worker("w1", &[("ATTUNE__WORKER__CONCURRENCY", "2")]);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(c.submit("core.sleep", json!({"seconds": 3}), None).await.id);
+    }
+    for _ in 0..4 {
+        ids.push(c.submit("core.sleep", json!({"seconds": 0.5}), None).await.id);
+    }
+    wait_for("two running", Duration::from_secs(10), || async {
+        let l = c.client.list_executions("status=running").await.ok()?;
+        (l.items.len() == 2).then_some(())
+    })
+    .await;
+    c.restart_server();
+    c.client = Client::new(&c.url);
+    for id in &ids {
+        let e = c
+            .wait_status(*id, |e| e.status.is_terminal(), "terminal after restart", Duration::from_secs(60))
+            .await;
+        assert_eq!(e.status, ExecutionStatus::Succeeded, "{e:?}");
+        let full = c.get(*id).await;
+        assert_eq!(full.attempts.len(), 1, "ran once: {:?}", full.attempts);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_loses_nothing_on_sqlite() {
+    server_restart(TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_loses_nothing_on_postgres() {
+    server_restart(TestDb::postgres().await).await;
+}
+
+/// Executions not yet terminal (scheduled, running, canceling, requested).
+async fn open_count(c: &Client) -> Option<usize> {
+    let mut n = 0;
+    for s in ["requested", "scheduled", "running", "canceling"] {
+        n += c.list_executions(&format!("status={s}&limit=1000")).await.ok()?.items.len();
+    }
+    Some(n)
+}
+
+/// 7. A soak: 1,000 executions while a worker is killed every 1.5 s and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_with_workers_killed_and_replaced() {
+    const N: usize = 1000;
+    let c = Cluster::start(TestDb::sqlite(), &[]);
+    let conc = [("ATTUNE__WORKER__CONCURRENCY", "8")];
+    let mut workers: Vec<Proc> = (0..3).map(|i| c.worker(&format!("soak-{i}"), &conc)).collect();
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(N);
+    for _ in 0..N {
+        ids.push(c.submit("core.sleep", json!({"seconds": 0.2}), Some(3)).await.id);
+    }
+    let bound = Duration::from_secs(120);
+    let mut kills = 0;
+    let mut next = 3;
+    loop {
+        let open = open_count(&c.client).await.unwrap_or(usize::MAX);
+        if open == 0 {
+            break;
+        }
+        assert!(started.elapsed() < bound, "{open} executions still open after {bound:?}");
+        let mut victim = workers.remove(0);
+        victim.signal(Signal::SIGKILL);
+        victim.wait_exit(Duration::from_secs(5));
+        kills += 1;
+        workers.push(c.worker(&format!("soak-{next}"), &conc));
+        next += 1;
+        let until = Instant::now() + Duration::from_millis(1500);
+        wait_for("the next kill or the end", Duration::from_secs(3), || async {
+            (Instant::now() >= until || open_count(&c.client).await == Some(0)).then_some(())
+        })
+        .await;
+    }
+    let elapsed = started.elapsed();
+    let (mut succeeded, mut abandoned, mut other, mut retried) = (0, 0, 0, 0);
+    for id in &ids {
+        let e = c.get(*id).await;
+        assert!(e.status.is_terminal(), "{e:?}");
+        let wins = e.attempts.iter().filter(|a| a.status == ExecutionStatus::Succeeded).count();
+        let recorded = e.history.iter().filter(|h| h.to == ExecutionStatus::Succeeded).count();
+        assert!(wins <= 1 && recorded <= 1, "succeeded twice: {e:?}");
+        // Attempts of one execution never overlap: each ended before the next started.
+        for pair in e.attempts.windows(2) {
+            let end = pair[0].finished_at.expect("an earlier attempt has ended");
+            assert!(end <= pair[1].started_at, "overlapping attempts: {:?}", e.attempts);
+        }
+        if e.attempts.len() > 1 {
+            retried += 1;
+        }
+        match e.status {
+            ExecutionStatus::Succeeded => succeeded += 1,
+            ExecutionStatus::Abandoned => abandoned += 1,
+            _ => other += 1,
+        }
+    }
+    println!(
+        "soak: {N} executions, {kills} workers killed, all terminal in {elapsed:.1?}: \
+         {succeeded} succeeded, {abandoned} abandoned, {other} other, {retried} needed a retry"
+    );
+    assert_eq!(succeeded + abandoned + other, N);
+    assert_eq!(other, 0, "only successes or abandonment after 3 lost attempts");
+    assert!(kills >= 2, "the soak killed workers while work was running");
+}
+
+/// 8. Bad configuration is refused with the key named, before anything starts.
+#[test]
+fn bad_configuration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, "worker:\n  heartbeat_intervl: 1s\n").unwrap();
+    let fs = f.display().to_string();
+    let out = attune_testkit::run_cli(BIN, &["--config", &fs, "server", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("heartbeat_intervl"), "{}", out.stderr);
+    std::fs::write(&f, "executor:\n  scheduled_timeout: soon\n").unwrap();
+    let out = attune_testkit::run_cli(BIN, &["--config", &fs, "worker"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("invalid duration"), "{}", out.stderr);
+    let out = attune_testkit::run_cli(BIN, &["--config", "/nonexistent/attune.yaml", "server"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("/nonexistent/attune.yaml"), "{}", out.stderr);
+    let out = attune_testkit::run_cli(BIN, &["server", "--database-url", "mysql://x"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("unsupported URL scheme"), "{}", out.stderr);
+}
