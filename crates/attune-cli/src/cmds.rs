@@ -74,9 +74,13 @@ pub struct RunArgs {
     /// Kill the action after this many seconds (overrides the action's timeout_seconds).
     #[arg(long)]
     timeout: Option<u64>,
-    /// Attempts in all, if a worker dies while running it (overrides the action's retry policy).
+    /// Attempts in all: a failed, timed-out or lost attempt is retried until this many (overrides
+    /// the action's retry policy).
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Seconds to wait before a retry (overrides the action's retry policy).
+    #[arg(long)]
+    backoff: Option<u64>,
 }
 
 pub async fn pack(ctx: &Ctx, c: PackCmd) -> anyhow::Result<i32> {
@@ -214,6 +218,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
         parameters: Some(parameters),
         timeout_seconds: a.timeout,
         max_attempts: a.max_attempts,
+        backoff_seconds: a.backoff,
     };
     let e = ctx.client.create_execution(&req).await?;
     if !a.wait {

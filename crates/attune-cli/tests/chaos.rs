@@ -83,6 +83,7 @@ impl Cluster {
             parameters: Some(parameters),
             max_attempts,
             timeout_seconds: None,
+            backoff_seconds: None,
         };
         self.client.create_execution(&req).await.unwrap()
     }
@@ -474,4 +475,65 @@ fn bad_configuration_is_refused() {
     let out = attune_testkit::run_cli(BIN, &["server", "--database-url", "mysql://x"]);
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("unsupported URL scheme"), "{}", out.stderr);
+}
+
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(false)
+        }
+    }
+}
+
+async fn pid_from(file: &std::path::Path) -> i32 {
+    wait_for("the action's pid file", Duration::from_secs(10), || async {
+        std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok())
+    })
+    .await
+}
+
+/// Cancel of a running execution reaches the worker with its next heartbeat; the process group dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_action() {
+    let c = Cluster::start(TestDb::sqlite(), &[]);
+    let _w = c.worker("w1", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let e = c.submit("core.local", json!({ "cmd": cmd }), None).await;
+    let pid = pid_from(&pidfile).await;
+    let out = attune_testkit::run_cli(
+        BIN,
+        &["--server", &c.url, "execution", "cancel", &e.id.to_string(), "-o", "json"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["status"], "canceling");
+    let done = c.wait_status(e.id, |e| e.status.is_terminal(), "canceled", Duration::from_secs(10)).await;
+    assert_eq!(done.status, ExecutionStatus::Canceled);
+    wait_for("the action's process to be gone", Duration::from_secs(10), || async {
+        gone(pid).then_some(())
+    })
+    .await;
+}
+
+/// A second signal stops the worker at once, and the actions it was running with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once() {
+    let c = Cluster::start(TestDb::sqlite(), &[]);
+    let mut w = c.worker("w1", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    c.submit("core.local", json!({ "cmd": cmd }), Some(1)).await;
+    let pid = pid_from(&pidfile).await;
+    w.signal(Signal::SIGTERM);
+    w.wait_line(Duration::from_secs(10), |l| l.contains("draining").then_some(()));
+    w.signal(Signal::SIGTERM);
+    let status = w.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    wait_for("the action's process to be gone", Duration::from_secs(10), || async {
+        gone(pid).then_some(())
+    })
+    .await;
 }

@@ -43,6 +43,9 @@ pub struct CreateExecution {
     /// Overrides the action's `retry.max_attempts`.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Overrides the action's `retry.backoff_seconds`.
+    #[serde(default)]
+    pub backoff_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

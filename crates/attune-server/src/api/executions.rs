@@ -23,6 +23,8 @@ use crate::{
 
 /// Most attempts an execution may ask for.
 const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Longest backoff between attempts an execution may ask for (a day).
+const MAX_BACKOFF_SECONDS: u64 = 86_400;
 
 /// What people see: secrets masked.
 pub(crate) fn present(mut e: Execution) -> Execution {
@@ -86,6 +88,18 @@ pub async fn create(state: State, Body(req): Body<CreateExecution>) -> Result<im
         ));
     }
     let timeout_seconds = req.timeout_seconds.or(action.timeout_seconds);
+    let mut action = action;
+    if let Some(b) = req.backoff_seconds {
+        if b > MAX_BACKOFF_SECONDS {
+            return Err(ApiError::unprocessable(
+                "invalid_backoff",
+                format!("backoff_seconds must be at most {MAX_BACKOFF_SECONDS}"),
+            ));
+        }
+        // The execution keeps its own snapshot of the action, retry policy included.
+        action.retry.backoff_seconds = b;
+    }
+    action.retry.max_attempts = max_attempts;
     let new = NewExecution {
         action,
         parameters,
