@@ -230,27 +230,19 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
     Ok(if e.status == attune_core::ExecutionStatus::Succeeded { 0 } else { 1 })
 }
 
-/// Polls until the execution is terminal; shows a progress line on a terminal (stderr).
+/// Long-polls until the execution is terminal; shows a progress line on a terminal (stderr).
 async fn wait(ctx: &Ctx, mut e: Execution) -> anyhow::Result<Execution> {
     let tty = std::io::stderr().is_terminal();
     let spinner = ['|', '/', '-', '\\'];
     let started = std::time::Instant::now();
-    let mut delay = Duration::from_millis(20);
+    let step = if tty { Duration::from_millis(250) } else { Duration::from_secs(30) };
     let mut i = 0;
     while !e.status.is_terminal() {
         if tty {
-            eprint!(
-                "\r{} {} {} ({:.0}s)   ",
-                spinner[i % 4],
-                e.id,
-                e.status,
-                started.elapsed().as_secs_f64()
-            );
+            eprint!("\r{} {} {} ({:.0}s)   ", spinner[i % 4], e.id, e.status, started.elapsed().as_secs_f64());
             i += 1;
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
-        e = match ctx.client.get_execution(e.id).await {
+        e = match ctx.client.wait_execution(e.id, false, step).await {
             Ok(e) => e,
             Err(err) if err.is_transient() => {
                 if tty {

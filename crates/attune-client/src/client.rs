@@ -127,6 +127,19 @@ impl Client {
         self.get(&format!("/api/v1/executions?{query}")).await
     }
 
+    /// Waits (up to `timeout`, at most 60 s) until the execution has started (`until_running`) or
+    /// ended, and returns it as it is then.
+    pub async fn wait_execution(&self, id: Uuid, until_running: bool, timeout: Duration) -> Result<Execution, ClientError> {
+        let until = if until_running { "running" } else { "terminal" };
+        let path = format!("/api/v1/executions/{id}/wait?until={until}&timeout_ms={}", timeout.as_millis());
+        self.call::<(), Execution>(Method::GET, &path, None, timeout + Duration::from_secs(10)).await
+    }
+
+    /// Executions by status and workers by status.
+    pub async fn stats(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/api/v1/stats").await
+    }
+
     pub async fn cancel_execution(&self, id: Uuid) -> Result<Execution, ClientError> {
         self.post(&format!("/api/v1/executions/{id}/cancel"), &serde_json::json!({})).await
     }

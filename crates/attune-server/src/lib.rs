@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use attune_core::{config::Settings, ActionRef};
+use attune_core::{config::Settings, ActionRef, ExecutionStatus};
 use attune_pack::ParamValidator;
 use attune_store::Store;
 use serde_json::Value;
@@ -61,7 +61,19 @@ pub(crate) struct Shared {
     pub work_available: Notify,
     pub validators: Mutex<HashMap<ActionRef, (Value, Arc<ParamValidator>)>>,
     pub worker_names: Mutex<HashMap<Uuid, String>>,
+    /// Every status change this server made, for waiters (`GET …/wait`) in this process.
+    pub changes: tokio::sync::broadcast::Sender<(Uuid, ExecutionStatus)>,
     pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn changed(&self, id: Uuid, status: ExecutionStatus) {
+        // No receivers is fine: nobody is waiting.
+        let _ = self.changes.send((id, status));
+        if status == ExecutionStatus::Scheduled {
+            self.work_available.notify_waiters();
+        }
+    }
 }
 
 pub struct Server {
@@ -77,6 +89,7 @@ impl Server {
                 work_available: Notify::new(),
                 validators: Mutex::new(HashMap::new()),
                 worker_names: Mutex::new(HashMap::new()),
+                changes: tokio::sync::broadcast::channel(4096).0,
                 shutdown: CancellationToken::new(),
             }),
         }

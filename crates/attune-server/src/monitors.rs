@@ -80,6 +80,7 @@ async fn check_leases(shared: Arc<Shared>, after_grace: bool) -> Result<(), attu
     let expired = if after_grace { shared.store.expire_leases(now).await? } else { Vec::new() };
     for e in &expired {
         tracing::warn!(execution_id = %e.id, worker = %e.worker, outcome = ?e.outcome, "lease expired");
+        shared.changed(e.id, e.status());
     }
     if returned > 0 || !expired.is_empty() {
         shared.work_available.notify_waiters();
@@ -91,6 +92,7 @@ async fn check_unstarted(shared: Arc<Shared>) -> Result<(), attune_store::StoreE
     let failed = shared.store.fail_unstarted(shared.opts.scheduled_timeout, Timestamp::now()).await?;
     for f in failed {
         tracing::warn!(execution_id = %f.id, age_seconds = f.age_seconds, "no worker started the execution in time; failed");
+        shared.changed(f.id, attune_core::ExecutionStatus::Failed);
     }
     Ok(())
 }

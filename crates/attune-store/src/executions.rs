@@ -288,6 +288,21 @@ impl Store {
         Ok(Page { items, next })
     }
 
+    /// How many executions are in each status.
+    pub async fn count_by_status(&self) -> Result<Vec<(ExecutionStatus, u64)>> {
+        read_pool!(self, p => {
+            let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM executions GROUP BY status").fetch_all(p).await?;
+            rows.iter()
+                .map(|r| {
+                    let s = r.text("status")?;
+                    let st = ExecutionStatus::parse(&s)
+                        .ok_or_else(|| StoreError::Corrupt { table: "executions", message: format!("status {s:?}") })?;
+                    Ok((st, r.big("n")? as u64))
+                })
+                .collect()
+        })
+    }
+
     /// Cancels a waiting execution at once; asks the worker to stop a running one (`canceling`,
     /// delivered with its next heartbeat). Canceling a canceling execution changes nothing.
     pub async fn cancel_execution(&self, id: Uuid, actor: &str, now: Timestamp) -> Result<Execution> {

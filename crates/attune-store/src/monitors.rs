@@ -29,6 +29,17 @@ pub struct ExpiredLease {
     pub outcome: LeaseOutcome,
 }
 
+impl ExpiredLease {
+    /// The execution's status afterwards.
+    pub fn status(&self) -> ExecutionStatus {
+        match self.outcome {
+            LeaseOutcome::Retried { .. } => ExecutionStatus::Scheduled,
+            LeaseOutcome::Abandoned => ExecutionStatus::Abandoned,
+            LeaseOutcome::Canceled => ExecutionStatus::Canceled,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnstartedFailure {
     pub id: Uuid,

@@ -42,6 +42,20 @@ pub async fn workers(
     Ok(Json(state.store.list_workers(q.all).await?))
 }
 
+/// Counts for dashboards and benchmarks: executions by status, workers by status.
+pub async fn stats(state: State) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut executions = serde_json::Map::new();
+    for (st, n) in state.store.count_by_status().await? {
+        executions.insert(st.as_str().to_owned(), n.into());
+    }
+    let workers = state.store.list_workers(false).await?;
+    let active = workers.iter().filter(|w| w.status == attune_core::WorkerStatus::Active).count();
+    Ok(Json(serde_json::json!({
+        "executions": executions,
+        "workers": {"active": active, "inactive": workers.len() - active},
+    })))
+}
+
 pub async fn packs(state: State) -> Result<Json<Vec<PackSummary>>, ApiError> {
     Ok(Json(state.store.list_packs().await?))
 }

@@ -110,7 +110,7 @@ pub async fn create(state: State, Body(req): Body<CreateExecution>) -> Result<im
         trace_id: None,
     };
     let e = state.store.create_execution(new, Timestamp::now()).await?;
-    state.work_available.notify_waiters();
+    state.changed(e.id, e.status);
     tracing::debug!(execution_id = %e.id, action = %e.action_ref, "execution accepted");
     let location = format!("/api/v1/executions/{}", e.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(present(e))))
@@ -160,6 +160,65 @@ pub async fn get(state: State, Path(id): Path<String>) -> Result<Json<Execution>
 pub async fn cancel(state: State, Path(id): Path<String>) -> Result<Json<Execution>, ApiError> {
     let id = parse_id("execution", &id)?;
     let e = state.store.cancel_execution(id, "api", Timestamp::now()).await?;
+    state.changed(id, e.status);
     tracing::info!(execution_id = %id, status = %e.status, "cancel requested");
     Ok(Json(present(e)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// `running` (started, or already past it) or `terminal` (default).
+    until: Option<String>,
+    /// Longest wait in milliseconds (default 30000, at most 60000).
+    timeout_ms: Option<u64>,
+}
+
+/// Long poll for a change: returns the execution as soon as it has started (`until=running`) or
+/// ended (`until=terminal`), or as it is when the wait runs out.
+pub async fn wait(
+    state: State,
+    Path(id): Path<String>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Json<Execution>, ApiError> {
+    let id = parse_id("execution", &id)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let until_running = match q.until.as_deref() {
+        None | Some("terminal") => false,
+        Some("running") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request("invalid_query", format!("until must be running or terminal, not {other:?}")))
+        }
+    };
+    let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(60_000));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let done = |s: ExecutionStatus| s.is_terminal() || (until_running && s != ExecutionStatus::Scheduled && s != ExecutionStatus::Requested);
+    // Subscribe before looking, so a change between the look and the wait is not missed.
+    let mut rx = state.changes.subscribe();
+    loop {
+        let e = state
+            .store
+            .get_execution_with_history(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("not_found", format!("execution {id} not found")))?;
+        if done(e.status) || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(present(e)));
+        }
+        // Until an event about this execution (or a lag, or the periodic re-check for changes made
+        // by another replica).
+        let recheck = (tokio::time::Instant::now() + std::time::Duration::from_secs(1)).min(deadline);
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Ok((eid, _)) if eid != id => continue,
+                    _ => break,
+                },
+                _ = tokio::time::sleep_until(recheck) => break,
+                _ = state.shutdown.cancelled() => break,
+            }
+        }
+        if state.shutdown.is_cancelled() {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down"));
+        }
+    }
 }

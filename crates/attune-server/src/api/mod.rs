@@ -22,6 +22,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/executions", post(executions::create).get(executions::list))
         .route("/api/v1/executions/{id}", get(executions::get))
         .route("/api/v1/executions/{id}/cancel", post(executions::cancel))
+        .route("/api/v1/executions/{id}/wait", get(executions::wait))
+        .route("/api/v1/stats", get(catalog::stats))
         .route("/api/v1/dead-letters", get(deadletters::list))
         .route("/api/v1/dead-letters/{id}/requeue", post(deadletters::requeue))
         .route("/api/v1/workers", get(catalog::workers))

@@ -186,6 +186,7 @@ pub async fn start(
     let actor = actor(&state, id).await?;
     let now = Timestamp::now();
     let e = state.store.start(execution, &s.lease_token, &actor, now, now.plus(state.opts.staleness)).await?;
+    state.changed(execution, e.status);
     tracing::debug!(execution_id = %execution, %actor, attempt = e.attempt, "execution started");
     Ok(Json(e))
 }
@@ -205,6 +206,7 @@ pub async fn complete(
     }
     let actor = actor(&state, id).await?;
     let e = state.store.complete(execution, &c.lease_token, &c.report, &actor, Timestamp::now()).await?;
+    state.changed(execution, e.status);
     tracing::debug!(execution_id = %execution, %actor, status = %e.status, "execution finished");
     Ok(Json(super::executions::present(e)))
 }
@@ -221,7 +223,7 @@ pub async fn release(
     match state.store.release(execution, &s.lease_token, Timestamp::now()).await? {
         Some(l) => {
             tracing::info!(execution_id = %execution, worker = %l.worker, outcome = ?l.outcome, "task released");
-            state.work_available.notify_waiters();
+            state.changed(execution, l.status());
             Ok(Json(serde_json::json!({"released": true, "outcome": format!("{:?}", l.outcome)})))
         }
         None => Err(ApiError::new(

@@ -1,0 +1,129 @@
+//! `attune-bench`: starts its own Attune (server and worker processes — this binary re-executes
+//! itself as `attune`) on SQLite and on PostgreSQL, runs each workload, runs the same workloads on
+//! Celery when asked, and prints one Markdown table plus a JSON file. It reports numbers; it asserts
+//! nothing (tests do that).
+
+mod celery;
+mod cluster;
+mod report;
+mod workloads;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Benchmark Attune against the machine's limits and Celery")]
+pub struct Args {
+    /// Smaller counts (about two minutes).
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// The counts of the issue: 20,000 no-ops, a 100,000 backlog (about ten minutes).
+    #[arg(long)]
+    full: bool,
+    /// Backends to measure: sqlite, postgres.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<String>,
+    /// PostgreSQL server for the postgres backend (a database is created per run and dropped).
+    #[arg(long, env = "ATTUNE_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432")]
+    pg: String,
+    /// Skip the Celery comparison.
+    #[arg(long)]
+    no_celery: bool,
+    /// Worker processes (Attune and Celery alike).
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Tasks each Attune worker process runs at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u32,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/bench/latest.json")]
+    out: PathBuf,
+}
+
+/// Counts for one run.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Sizes {
+    pub noop: usize,
+    pub shell: usize,
+    pub latency: usize,
+    pub backlog: usize,
+    pub backlog_measured: usize,
+    pub kills: usize,
+    pub spawn_seconds: f64,
+}
+
+impl Args {
+    fn sizes(&self) -> Sizes {
+        if self.full {
+            Sizes {
+                noop: 20_000,
+                shell: 5_000,
+                latency: 1_000,
+                backlog: 100_000,
+                backlog_measured: 20_000,
+                kills: 5,
+                spawn_seconds: 5.0,
+            }
+        } else {
+            Sizes {
+                noop: 5_000,
+                shell: 2_000,
+                latency: 300,
+                backlog: 20_000,
+                backlog_measured: 5_000,
+                kills: 3,
+                spawn_seconds: 2.0,
+            }
+        }
+    }
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(cluster::ROLE_ARG) {
+        // Re-executed as `attune …` by the benchmark itself.
+        let args = std::iter::once("attune".to_string()).chain(argv[2..].iter().cloned());
+        std::process::exit(attune_cli::run_from(args));
+    }
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("benchmark failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let sizes = args.sizes();
+    let mode = if args.full { "full" } else { "quick" };
+    eprintln!("attune-bench ({mode}): {sizes:?}, {} worker processes × {} slots", args.workers, args.concurrency);
+    let mut results = report::Results::new(mode, &args, sizes);
+    let spawn = workloads::raw_spawn_rate(sizes.spawn_seconds);
+    eprintln!("raw `sh -c 'echo hello'` spawn rate on 2 threads: {spawn:.0}/s");
+    results.spawn_rate = spawn;
+    for backend in &args.backends {
+        let r = workloads::run_backend(backend, &args, sizes, spawn).await?;
+        results.backends.push(r);
+    }
+    if !args.no_celery {
+        match celery::run(&args, sizes).await {
+            Ok(c) => results.celery = Some(c),
+            Err(e) => {
+                eprintln!("celery comparison skipped: {e:#}");
+                results.celery_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+    let table = results.markdown();
+    println!("{table}");
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
+    eprintln!("results written to {}", args.out.display());
+    Ok(())
+}

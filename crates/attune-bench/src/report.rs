@@ -1,0 +1,188 @@
+//! The results: one JSON document and one Markdown table, side by side with the targets.
+
+use serde::Serialize;
+
+use crate::{Args, Sizes};
+
+#[derive(Debug, Serialize)]
+pub struct BackendResult {
+    pub backend: String,
+    pub noop_per_sec: Option<f64>,
+    pub shell_per_sec: Option<f64>,
+    pub shell_vs_spawn: Option<f64>,
+    /// p50, p95, p99 in ms.
+    pub submit_to_start_ms: Option<[f64; 3]>,
+    pub submit_to_finish_ms: Option<[f64; 3]>,
+    pub backlog_per_sec: Option<f64>,
+    pub detection_seconds: Vec<f64>,
+    pub idle_server_rss_mb: Option<f64>,
+    pub idle_worker_rss_mb: Option<f64>,
+}
+
+impl BackendResult {
+    pub fn new(backend: &str) -> Self {
+        BackendResult {
+            backend: backend.to_owned(),
+            noop_per_sec: None,
+            shell_per_sec: None,
+            shell_vs_spawn: None,
+            submit_to_start_ms: None,
+            submit_to_finish_ms: None,
+            backlog_per_sec: None,
+            detection_seconds: Vec::new(),
+            idle_server_rss_mb: None,
+            idle_worker_rss_mb: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CeleryResult {
+    pub version: String,
+    pub noop_per_sec: f64,
+    pub shell_per_sec: f64,
+    pub worker_processes: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub mode: String,
+    pub sizes: Sizes,
+    pub machine: String,
+    pub worker_processes: u32,
+    pub worker_concurrency: u32,
+    pub spawn_rate: f64,
+    pub backends: Vec<BackendResult>,
+    pub celery: Option<CeleryResult>,
+    pub celery_error: Option<String>,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn f(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "–".into())
+}
+
+fn pcts(v: Option<[f64; 3]>) -> String {
+    v.map(|[a, b, c]| format!("{a:.2} / {b:.2} / {c:.2}")).unwrap_or_else(|| "–".into())
+}
+
+impl Results {
+    pub fn new(mode: &str, args: &Args, sizes: Sizes) -> Self {
+        Results {
+            mode: mode.to_owned(),
+            sizes,
+            machine: machine(),
+            worker_processes: args.workers,
+            worker_concurrency: args.concurrency,
+            spawn_rate: 0.0,
+            backends: Vec::new(),
+            celery: None,
+            celery_error: None,
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        out += &format!(
+            "\n### attune-bench ({}) — {}; {} worker processes × {} slots\n\n",
+            self.mode, self.machine, self.worker_processes, self.worker_concurrency
+        );
+        out += "| measure | target |";
+        for b in &self.backends {
+            out += &format!(" Attune {} |", b.backend);
+        }
+        if self.celery.is_some() {
+            out += " Celery (Redis) |";
+        }
+        out += "\n|---|---|";
+        for _ in &self.backends {
+            out += "---|";
+        }
+        if self.celery.is_some() {
+            out += "---|";
+        }
+        out += "\n";
+        let c = self.celery.as_ref();
+        let mut row = |name: &str, target: &str, cells: Vec<String>, celery: Option<String>| {
+            out += &format!("| {name} | {target} |");
+            for x in cells {
+                out += &format!(" {x} |");
+            }
+            if let Some(cv) = celery {
+                out += &format!(" {cv} |");
+            } else if c.is_some() {
+                out += " |";
+            }
+            out += "\n";
+        };
+        let b = &self.backends;
+        row(
+            &format!("builtin no-op, executions/s ({})", self.sizes.noop),
+            "≥ 3,000 SQLite, ≥ 2,000 PG, ≥ 2× Celery",
+            b.iter().map(|x| f(x.noop_per_sec, 0)).collect(),
+            c.map(|c| format!("{:.0}", c.noop_per_sec)),
+        );
+        row(
+            &format!("shell `core.echo`, executions/s ({})", self.sizes.shell),
+            "",
+            b.iter().map(|x| f(x.shell_per_sec, 0)).collect(),
+            c.map(|c| format!("{:.0}", c.shell_per_sec)),
+        );
+        row(
+            &format!("… as share of raw `sh -c` spawns ({:.0}/s)", self.spawn_rate),
+            "≥ 60 %",
+            b.iter().map(|x| x.shell_vs_spawn.map(|r| format!("{:.0} %", r * 100.0)).unwrap_or_default()).collect(),
+            c.map(|c| format!("{:.0} %", c.shell_per_sec / self.spawn_rate * 100.0)),
+        );
+        row(
+            "submit→start ms, p50 / p95 / p99",
+            "p50 ≤ 2, p99 ≤ 10",
+            b.iter().map(|x| pcts(x.submit_to_start_ms)).collect(),
+            None,
+        );
+        row("submit→finish ms, p50 / p95 / p99", "", b.iter().map(|x| pcts(x.submit_to_finish_ms)).collect(), None);
+        row(
+            &format!("no-op executions/s with {} queued", self.sizes.backlog),
+            "≥ 80 % of empty queue",
+            b.iter()
+                .map(|x| match (x.backlog_per_sec, x.noop_per_sec) {
+                    (Some(bl), Some(n)) => format!("{bl:.0} ({:.0} %)", bl / n * 100.0),
+                    _ => "–".into(),
+                })
+                .collect(),
+            None,
+        );
+        row(
+            "dead worker (kill -9) → redelivered, s, p50 / max (1 s heartbeats)",
+            "≤ 4 s",
+            b.iter()
+                .map(|x| {
+                    let mut v = x.detection_seconds.clone();
+                    v.sort_by(|a, b| a.total_cmp(b));
+                    match (v.get(v.len() / 2), v.last()) {
+                        (Some(m), Some(mx)) => format!("{m:.2} / {mx:.2}"),
+                        _ => "–".into(),
+                    }
+                })
+                .collect(),
+            None,
+        );
+        row("idle server RSS, MB", "≤ 40", b.iter().map(|x| f(x.idle_server_rss_mb, 1)).collect(), None);
+        row("idle worker RSS, MB", "≤ 20", b.iter().map(|x| f(x.idle_worker_rss_mb, 1)).collect(), None);
+        if let Some(c) = &self.celery {
+            out += &format!("\nCelery {} with Redis, {} prefork worker processes.\n", c.version, c.worker_processes);
+        }
+        if let Some(e) = &self.celery_error {
+            out += &format!("\nCelery not measured: {e}\n");
+        }
+        out
+    }
+}
