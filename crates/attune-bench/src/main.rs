@@ -100,7 +100,10 @@ fn main() {
 async fn run(args: Args) -> anyhow::Result<()> {
     let sizes = args.sizes();
     let mode = if args.full { "full" } else { "quick" };
-    eprintln!("attune-bench ({mode}): {sizes:?}, {} worker processes × {} slots", args.workers, args.concurrency);
+    eprintln!(
+        "attune-bench ({mode}): {sizes:?}, {} worker processes × {} slots",
+        args.workers, args.concurrency
+    );
     let mut results = report::Results::new(mode, &args, sizes);
     let spawn = workloads::raw_spawn_rate(sizes.spawn_seconds);
     eprintln!("raw `sh -c 'echo hello'` spawn rate on 2 threads: {spawn:.0}/s");

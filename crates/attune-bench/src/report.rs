@@ -60,7 +60,11 @@ pub struct Results {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{cores} cores, {cpu}")
@@ -139,7 +143,9 @@ impl Results {
         row(
             &format!("… as share of raw `sh -c` spawns ({:.0}/s)", self.spawn_rate),
             "≥ 60 %",
-            b.iter().map(|x| x.shell_vs_spawn.map(|r| format!("{:.0} %", r * 100.0)).unwrap_or_default()).collect(),
+            b.iter()
+                .map(|x| x.shell_vs_spawn.map(|r| format!("{:.0} %", r * 100.0)).unwrap_or_default())
+                .collect(),
             c.map(|c| format!("{:.0} %", c.shell_per_sec / self.spawn_rate * 100.0)),
         );
         row(
@@ -148,7 +154,12 @@ impl Results {
             b.iter().map(|x| pcts(x.submit_to_start_ms)).collect(),
             None,
         );
-        row("submit→finish ms, p50 / p95 / p99", "", b.iter().map(|x| pcts(x.submit_to_finish_ms)).collect(), None);
+        row(
+            "submit→finish ms, p50 / p95 / p99",
+            "",
+            b.iter().map(|x| pcts(x.submit_to_finish_ms)).collect(),
+            None,
+        );
         row(
             &format!("no-op executions/s with {} queued", self.sizes.backlog),
             "≥ 80 % of empty queue",
@@ -178,7 +189,10 @@ impl Results {
         row("idle server RSS, MB", "≤ 40", b.iter().map(|x| f(x.idle_server_rss_mb, 1)).collect(), None);
         row("idle worker RSS, MB", "≤ 20", b.iter().map(|x| f(x.idle_worker_rss_mb, 1)).collect(), None);
         if let Some(c) = &self.celery {
-            out += &format!("\nCelery {} with Redis, {} prefork worker processes.\n", c.version, c.worker_processes);
+            out += &format!(
+                "\nCelery {} with Redis, {} prefork worker processes.\n",
+                c.version, c.worker_processes
+            );
         }
         if let Some(e) = &self.celery_error {
             out += &format!("\nCelery not measured: {e}\n");

@@ -44,7 +44,8 @@ pub async fn submit_many(client: &Client, n: usize, action: &str, params: Value)
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..SUBMITTERS {
-        let (client, next, params, action) = (client.clone(), next.clone(), params.clone(), action.to_owned());
+        let (client, next, params, action) =
+            (client.clone(), next.clone(), params.clone(), action.to_owned());
         set.spawn(async move {
             let req = CreateExecution {
                 action_ref: action,
@@ -104,7 +105,11 @@ async fn latency(c: &Cluster, n: usize) -> anyhow::Result<([f64; 3], [f64; 3])> 
         let e = c.client.create_execution(&req).await?;
         let s = c.client.wait_execution(e.id, true, Duration::from_secs(10)).await?;
         let t_start = t0.elapsed();
-        let f = if s.status.is_terminal() { s } else { c.client.wait_execution(e.id, false, Duration::from_secs(10)).await? };
+        let f = if s.status.is_terminal() {
+            s
+        } else {
+            c.client.wait_execution(e.id, false, Duration::from_secs(10)).await?
+        };
         let t_end = t0.elapsed();
         if f.status != ExecutionStatus::Succeeded {
             bail!("latency probe {} ended {}", e.id, f.status);

@@ -239,7 +239,13 @@ async fn wait(ctx: &Ctx, mut e: Execution) -> anyhow::Result<Execution> {
     let mut i = 0;
     while !e.status.is_terminal() {
         if tty {
-            eprint!("\r{} {} {} ({:.0}s)   ", spinner[i % 4], e.id, e.status, started.elapsed().as_secs_f64());
+            eprint!(
+                "\r{} {} {} ({:.0}s)   ",
+                spinner[i % 4],
+                e.id,
+                e.status,
+                started.elapsed().as_secs_f64()
+            );
             i += 1;
         }
         e = match ctx.client.wait_execution(e.id, false, step).await {

@@ -129,7 +129,12 @@ impl Client {
 
     /// Waits (up to `timeout`, at most 60 s) until the execution has started (`until_running`) or
     /// ended, and returns it as it is then.
-    pub async fn wait_execution(&self, id: Uuid, until_running: bool, timeout: Duration) -> Result<Execution, ClientError> {
+    pub async fn wait_execution(
+        &self,
+        id: Uuid,
+        until_running: bool,
+        timeout: Duration,
+    ) -> Result<Execution, ClientError> {
         let until = if until_running { "running" } else { "terminal" };
         let path = format!("/api/v1/executions/{id}/wait?until={until}&timeout_ms={}", timeout.as_millis());
         self.call::<(), Execution>(Method::GET, &path, None, timeout + Duration::from_secs(10)).await

@@ -30,43 +30,6 @@ macro_rules! dead_letter {
     };
 }
 
-/// Closes the attempt row of `$attempt` inside the transaction `$tx`.
-macro_rules! end_attempt {
-    ($tx:expr, $exec_id:expr, $attempt:expr, $status:expr, $exit_code:expr, $error:expr, $at:expr) => {
-        sqlx::query(
-            "UPDATE execution_attempts SET status = $3, exit_code = $4, error = $5, finished_at = $6
-             WHERE execution_id = $1 AND attempt = $2",
-        )
-        .bind($exec_id)
-        .bind($attempt)
-        .bind($status)
-        .bind($exit_code)
-        .bind($error)
-        .bind($at)
-        .execute(&mut *$tx)
-        .await?
-    };
-}
-
-/// Appends one history row inside the transaction `$tx`.
-macro_rules! history {
-    ($tx:expr, $id:expr, $at:expr, $from:expr, $to:expr, $actor:expr, $reason:expr, $attempt:expr) => {
-        sqlx::query(
-            "INSERT INTO execution_history (execution_id, at, from_status, to_status, actor, reason, attempt)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind($id)
-        .bind($at)
-        .bind($from)
-        .bind($to)
-        .bind($actor)
-        .bind($reason)
-        .bind($attempt)
-        .execute(&mut *$tx)
-        .await?
-    };
-}
-
 pub(crate) const EXEC_COLS: &str = "id, action_ref, action, parameters, status, result, stdout, stderr, \
     stdout_truncated, stderr_truncated, exit_code, error, worker_id, worker_name, attempt, max_attempts, \
     timeout_seconds, created_at, updated_at, started_at, finished_at, parent, trace_id, enforcement";
@@ -140,32 +103,60 @@ impl Store {
         let id = Uuid::now_v7();
         let ids = id.to_string();
         let at = now.millis();
-        let max_attempts = new.max_attempts.max(1) as i32;
+        let max_attempts = new.max_attempts.max(1);
+        let reason = format!("parameters valid; queued for a {} worker", new.action.runtime);
+        // One statement: the `executions_accepted` trigger writes both history rows.
         write_pool!(self, p => {
-            let mut tx = p.begin().await?;
             sqlx::query(
                 "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
-                    timeout_seconds, not_before, created_at, updated_at, scheduled_at, parent, trace_id)
-                 VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $8, $8, $8, $9, $10)",
+                    timeout_seconds, not_before, created_at, updated_at, scheduled_at, parent, trace_id,
+                    transition_actor, transition_reason)
+                 VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $8, $8, $8, $9, $10, $11, $12)",
             )
             .bind(&ids)
             .bind(new.action.action_ref.as_str())
             .bind(new.action.runtime.as_str())
             .bind(to_json(&new.action))
             .bind(to_json(&new.parameters))
-            .bind(max_attempts)
+            .bind(max_attempts as i32)
             .bind(new.timeout_seconds.map(|t| t as i64))
             .bind(at)
             .bind(new.parent.map(|u| u.to_string()))
             .bind(&new.trace_id)
-            .execute(&mut *tx)
+            .bind(&new.actor)
+            .bind(&reason)
+            .execute(p)
             .await?;
-            history!(tx, &ids, at, None::<&str>, "requested", &new.actor, Some("accepted"), 0i32);
-            let reason = format!("parameters valid; queued for a {} worker", new.action.runtime);
-            history!(tx, &ids, at, Some("requested"), "scheduled", &new.actor, Some(reason), 0i32);
-            tx.commit().await?;
         });
-        self.get_execution(id).await?.ok_or(StoreError::NotFound { what: "execution", id: ids })
+        // Everything the row holds is known here; no need to read it back.
+        Ok(Execution {
+            id,
+            action_ref: new.action.action_ref.clone(),
+            parameters: new.parameters,
+            status: ExecutionStatus::Scheduled,
+            result: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            exit_code: None,
+            error: None,
+            worker: None,
+            worker_id: None,
+            attempt: 0,
+            max_attempts,
+            timeout_seconds: new.timeout_seconds,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            parent: new.parent,
+            trace_id: new.trace_id,
+            enforcement: None,
+            history: Vec::new(),
+            attempts: Vec::new(),
+            action: Some(new.action),
+        })
     }
 
     pub async fn get_execution(&self, id: Uuid) -> Result<Option<Execution>> {
@@ -325,14 +316,13 @@ impl Store {
                     "original_status": from.as_str()}))
             });
             let changed = write_pool!(self, p => {
-                let mut tx = p.begin().await?;
-                let res = sqlx::query(
+                sqlx::query(
                     "UPDATE executions SET status = $2, updated_at = $3,
                         finished_at = CASE WHEN $2 = 'canceled' THEN $3 ELSE finished_at END,
                         error = COALESCE($4, error),
                         lease_token = CASE WHEN $2 = 'canceled' THEN NULL ELSE lease_token END,
                         lease_expires_at = CASE WHEN $2 = 'canceled' THEN NULL ELSE lease_expires_at END,
-                        delivered_at = NULL
+                        delivered_at = NULL, transition_actor = $6, transition_reason = 'cancel requested'
                      WHERE id = $1 AND status = $5",
                 )
                 .bind(&ids)
@@ -340,15 +330,11 @@ impl Store {
                 .bind(at)
                 .bind(error)
                 .bind(from.as_str())
-                .execute(&mut *tx)
-                .await?;
-                let changed = res.rows_affected() == 1;
-                if changed {
-                    history!(tx, &ids, at, Some(from.as_str()), to.as_str(), actor,
-                        Some("cancel requested"), current.attempt as i32);
-                }
-                tx.commit().await?;
-                changed
+                .bind(actor)
+                .execute(p)
+                .await?
+                .rows_affected()
+                    == 1
             });
             if changed {
                 return self

@@ -6,10 +6,12 @@ use crate::{BackendKind, Result, Store};
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_attempts_dead_letters.sql")),
+    (3, include_str!("../migrations/sqlite/0003_transition_triggers.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_attempts_dead_letters.sql")),
+    (3, include_str!("../migrations/postgres/0003_transition_triggers.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

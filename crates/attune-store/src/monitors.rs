@@ -191,7 +191,7 @@ impl Store {
                     scheduled_at = CASE WHEN $3 = 'scheduled' THEN $4 ELSE scheduled_at END,
                     not_before = CASE WHEN $3 = 'scheduled' THEN $6 ELSE not_before END,
                     finished_at = CASE WHEN $3 = 'scheduled' THEN NULL ELSE $4 END,
-                    error = $5
+                    error = $5, transition_actor = $8, transition_reason = $9, attempt_outcome = 'abandoned'
                  WHERE id = $1 AND lease_token = $2 AND status = $7",
             )
             .bind(&ids)
@@ -201,16 +201,13 @@ impl Store {
             .bind(&error)
             .bind(not_before)
             .bind(e.status.as_str())
+            .bind(failed_by)
+            .bind(&reason)
             .execute(&mut *tx)
             .await?;
             let changed = res.rows_affected() == 1;
-            if changed {
-                history!(tx, &ids, now.millis(), Some(e.status.as_str()), to.as_str(), failed_by,
-                    Some(&reason), attempt as i32);
-                end_attempt!(tx, &ids, attempt as i32, "abandoned", None::<i32>, Some(&error), now.millis());
-                if to == ExecutionStatus::Abandoned {
-                    dead_letter!(tx, &ids, e.action_ref.as_str(), "abandoned", Some(&error), now.millis());
-                }
+            if changed && to == ExecutionStatus::Abandoned {
+                dead_letter!(tx, &ids, e.action_ref.as_str(), "abandoned", Some(&error), now.millis());
             }
             tx.commit().await?;
             changed
@@ -236,7 +233,7 @@ impl Store {
         });
         let timeout_seconds = timeout.as_secs();
         let mut out = Vec::new();
-        for (ids, scheduled_at, attempt, action_ref) in rows {
+        for (ids, scheduled_at, _attempt, action_ref) in rows {
             let age_seconds = now.seconds_since(Timestamp(scheduled_at));
             let message = format!(
                 "Execution timeout: worker did not pick up task within {timeout_seconds} seconds (scheduled for {age_seconds} seconds)"
@@ -252,19 +249,19 @@ impl Store {
                 let mut tx = p.begin().await?;
                 let res = sqlx::query(
                     "UPDATE executions SET status = 'failed', error = $2, finished_at = $3, updated_at = $3,
-                        lease_token = NULL, lease_expires_at = NULL, delivered_at = NULL
+                        lease_token = NULL, lease_expires_at = NULL, delivered_at = NULL,
+                        transition_actor = 'execution_timeout_monitor', transition_reason = $5
                      WHERE id = $1 AND status = 'scheduled' AND scheduled_at = $4",
                 )
                 .bind(&ids)
                 .bind(&error)
                 .bind(now.millis())
                 .bind(scheduled_at)
+                .bind(&message)
                 .execute(&mut *tx)
                 .await?;
                 let changed = res.rows_affected() == 1;
                 if changed {
-                    history!(tx, &ids, now.millis(), Some("scheduled"), "failed",
-                        "execution_timeout_monitor", Some(&message), attempt);
                     dead_letter!(tx, &ids, &action_ref, "queue_ttl", Some(&error), now.millis());
                 }
                 tx.commit().await?;

@@ -66,8 +66,3 @@ pub(crate) fn uuid(table: &'static str, s: &str) -> Result<uuid::Uuid> {
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("serialising plain data to JSON cannot fail")
 }
-
-/// `'a', 'b'` for an `IN (…)` list of statuses (static strings, never user input).
-pub(crate) fn status_list(sts: &[attune_core::ExecutionStatus]) -> String {
-    sts.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
-}

@@ -9,8 +9,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    executions::exec_from_row,
-    rows::{json, status_list, to_json, uuid, RowExt},
+    executions::{exec_from_row, EXEC_COLS},
+    rows::{json, to_json, uuid, RowExt},
     Result, Store, StoreError,
 };
 
@@ -230,39 +230,32 @@ impl Store {
         lease_until: Timestamp,
     ) -> Result<Execution> {
         let ids = id.to_string();
-        let started = write_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            let attempt: Option<i32> = sqlx::query_scalar(
+        // One statement: the `executions_transition` and `executions_attempt_started` triggers
+        // write the history row and the attempt row.
+        let started: Option<Execution> = write_pool!(self, p => {
+            let row = sqlx::query(&format!(
                 "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = $3,
-                    updated_at = $3, lease_expires_at = $4, delivered_at = NULL
-                 WHERE id = $1 AND lease_token = $2 AND status = 'scheduled' RETURNING attempt",
-            )
+                    updated_at = $3, lease_expires_at = $4, delivered_at = NULL, transition_actor = $5,
+                    transition_reason = 'attempt ' || (attempt + 1) || ' started', attempt_outcome = NULL
+                 WHERE id = $1 AND lease_token = $2 AND status = 'scheduled' RETURNING {EXEC_COLS}"
+            ))
             .bind(&ids)
             .bind(token)
             .bind(now.millis())
             .bind(lease_until.millis())
-            .fetch_optional(&mut *tx)
+            .bind(actor)
+            .fetch_optional(p)
             .await?;
-            if let Some(attempt) = attempt {
-                history!(tx, &ids, now.millis(), Some("scheduled"), "running", actor,
-                    Some(format!("attempt {attempt} started")), attempt);
-                sqlx::query(
-                    "INSERT INTO execution_attempts (execution_id, attempt, worker_id, worker_name, started_at, status)
-                     SELECT id, attempt, worker_id, worker_name, $2, 'running' FROM executions WHERE id = $1",
-                )
-                .bind(&ids)
-                .bind(now.millis())
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            attempt.is_some()
+            row.map(|r| exec_from_row(&r)).transpose()?
         });
+        if let Some(e) = started {
+            return Ok(e);
+        }
         let e = self
             .get_execution(id)
             .await?
             .ok_or_else(|| StoreError::NotFound { what: "execution", id: ids.clone() })?;
-        if started || (e.status.is_active() && self.holds(id, token).await?) {
+        if e.status.is_active() && self.holds(id, token).await? {
             Ok(e)
         } else {
             Err(stale(
@@ -296,26 +289,45 @@ impl Store {
     ) -> Result<Execution> {
         let ids = id.to_string();
         for _ in 0..5 {
-            let Some(before) = self.get_execution(id).await? else {
+            let current: Option<(String, Option<String>, i32, i32, String)> = read_pool!(self, p => {
+                let row = sqlx::query(
+                    "SELECT status, lease_token, attempt, max_attempts, action FROM executions WHERE id = $1",
+                )
+                .bind(&ids)
+                .fetch_optional(p)
+                .await?;
+                row.map(|r| -> Result<_> {
+                    Ok((r.text("status")?, r.opt_text("lease_token")?, r.int("attempt")?, r.int("max_attempts")?, r.text("action")?))
+                })
+                .transpose()?
+            });
+            let Some((status, lease, attempt, max_attempts, action)) = current else {
                 return Err(StoreError::NotFound { what: "execution", id: ids });
             };
-            let holds = self.holds(id, token).await?;
-            if !holds {
-                return Err(stale(&ids, format!("the execution is {} and has a newer lease", before.status)));
+            let from = ExecutionStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+                table: "executions",
+                message: format!("status {status:?}"),
+            })?;
+            if lease.as_deref() != Some(token) {
+                return Err(stale(&ids, format!("the execution is {from} and has a newer lease")));
             }
-            if before.status.is_terminal() {
-                return Ok(before); // a repeated report of the same attempt
+            if from.is_terminal() {
+                // A repeated report of the same attempt.
+                return self
+                    .get_execution(id)
+                    .await?
+                    .ok_or(StoreError::NotFound { what: "execution", id: ids });
             }
             let reported = report.status;
-            before
-                .status
-                .check(reported)
-                .map_err(|source| StoreError::Transition { id: ids.clone(), source })?;
+            from.check(reported).map_err(|source| StoreError::Transition { id: ids.clone(), source })?;
             let failed = matches!(reported, ExecutionStatus::Failed | ExecutionStatus::Timeout);
-            let retry =
-                failed && before.status == ExecutionStatus::Running && before.attempt < before.max_attempts;
+            let retry = failed && from == ExecutionStatus::Running && attempt < max_attempts;
             let to = if retry { ExecutionStatus::Scheduled } else { reported };
-            let backoff = before.action.as_ref().map(|a| a.retry.backoff_seconds).unwrap_or(0);
+            let backoff = if retry {
+                json::<attune_core::Action>("executions", "action", &action)?.retry.backoff_seconds
+            } else {
+                0
+            };
             let error_json = report.error.as_ref().map(to_json);
             let outcome = report
                 .error
@@ -326,20 +338,18 @@ impl Store {
                 .or_else(|| report.exit_code.map(|c| format!("exit code {c}")));
             let reason = if retry {
                 Some(format!(
-                    "attempt {} {reported}{}; retrying (attempt {} of {}){}",
-                    before.attempt,
+                    "attempt {attempt} {reported}{}; retrying (attempt {} of {max_attempts}){}",
                     outcome.as_deref().map(|o| format!(": {o}")).unwrap_or_default(),
-                    before.attempt + 1,
-                    before.max_attempts,
+                    attempt + 1,
                     if backoff > 0 { format!(" in {backoff}s") } else { String::new() },
                 ))
             } else {
                 outcome
             };
-            let sources = status_list(ExecutionStatus::sources_of(to));
-            let done = write_pool!(self, p => {
+            let dead = failed && !retry && max_attempts > 1;
+            let done: Option<Execution> = write_pool!(self, p => {
                 let mut tx = p.begin().await?;
-                let res = sqlx::query(&format!(
+                let row = sqlx::query(&format!(
                     "UPDATE executions SET status = $3, exit_code = $4, stdout = $5, stderr = $6,
                         stdout_truncated = $7, stderr_truncated = $8, result = $9, error = $10, updated_at = $11,
                         lease_expires_at = NULL,
@@ -349,8 +359,9 @@ impl Store {
                         worker_id = CASE WHEN $12 THEN NULL ELSE worker_id END,
                         worker_name = CASE WHEN $12 THEN NULL ELSE worker_name END,
                         scheduled_at = CASE WHEN $12 THEN $11 ELSE scheduled_at END,
-                        not_before = CASE WHEN $12 THEN $13 ELSE not_before END
-                     WHERE id = $1 AND lease_token = $2 AND status IN ({sources})"
+                        not_before = CASE WHEN $12 THEN $13 ELSE not_before END,
+                        transition_actor = $15, transition_reason = $16, attempt_outcome = $17
+                     WHERE id = $1 AND lease_token = $2 AND status = $14 RETURNING {EXEC_COLS}"
                 ))
                 .bind(&ids)
                 .bind(token)
@@ -365,26 +376,21 @@ impl Store {
                 .bind(now.millis())
                 .bind(retry)
                 .bind(now.plus(std::time::Duration::from_secs(backoff)).millis())
-                .execute(&mut *tx)
+                .bind(from.as_str())
+                .bind(actor)
+                .bind(&reason)
+                .bind(reported.as_str())
+                .fetch_optional(&mut *tx)
                 .await?;
-                let done = res.rows_affected() == 1;
-                if done {
-                    history!(tx, &ids, now.millis(), Some(before.status.as_str()), to.as_str(), actor,
-                        reason, before.attempt as i32);
-                    end_attempt!(tx, &ids, before.attempt as i32, reported.as_str(), report.exit_code,
-                        &error_json, now.millis());
-                    if failed && !retry && before.max_attempts > 1 {
-                        dead_letter!(tx, &ids, before.action_ref.as_str(), "retries_exhausted", &error_json, now.millis());
-                    }
+                let e = row.map(|r| exec_from_row(&r)).transpose()?;
+                if let (Some(e), true) = (&e, dead) {
+                    dead_letter!(tx, &ids, e.action_ref.as_str(), "retries_exhausted", &error_json, now.millis());
                 }
                 tx.commit().await?;
-                done
+                e
             });
-            if done {
-                return self
-                    .get_execution(id)
-                    .await?
-                    .ok_or(StoreError::NotFound { what: "execution", id: ids });
+            if let Some(e) = done {
+                return Ok(e);
             }
         }
         Err(stale(&ids, "the execution kept changing while the report was applied"))
@@ -433,8 +439,7 @@ impl Store {
     pub async fn worker_executions(&self, worker: Uuid) -> Result<Vec<Execution>> {
         read_pool!(self, p => {
             let rows = sqlx::query(&format!(
-                "SELECT {} FROM executions WHERE worker_id = $1 AND status IN ('running', 'canceling') ORDER BY id",
-                crate::executions::EXEC_COLS
+                "SELECT {EXEC_COLS} FROM executions WHERE worker_id = $1 AND status IN ('running', 'canceling') ORDER BY id"
             ))
             .bind(worker.to_string())
             .fetch_all(p)

@@ -187,12 +187,18 @@ pub async fn wait(
         None | Some("terminal") => false,
         Some("running") => true,
         Some(other) => {
-            return Err(ApiError::bad_request("invalid_query", format!("until must be running or terminal, not {other:?}")))
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("until must be running or terminal, not {other:?}"),
+            ))
         }
     };
     let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(60_000));
     let deadline = tokio::time::Instant::now() + timeout;
-    let done = |s: ExecutionStatus| s.is_terminal() || (until_running && s != ExecutionStatus::Scheduled && s != ExecutionStatus::Requested);
+    let done = |s: ExecutionStatus| {
+        s.is_terminal()
+            || (until_running && s != ExecutionStatus::Scheduled && s != ExecutionStatus::Requested)
+    };
     // Subscribe before looking, so a change between the look and the wait is not missed.
     let mut rx = state.changes.subscribe();
     loop {
@@ -218,7 +224,11 @@ pub async fn wait(
             }
         }
         if state.shutdown.is_cancelled() {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down"));
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ));
         }
     }
 }
