@@ -213,6 +213,18 @@ impl Client {
         self.post(&format!("/api/v1/worker/{worker}/executions/{execution}/complete"), &body).await
     }
 
+    pub async fn start_batch(&self, worker: Uuid, leases: Vec<Lease>) -> Result<BatchReply, ClientError> {
+        self.post(&format!("/api/v1/worker/{worker}/start-batch"), &StartBatch { leases }).await
+    }
+
+    pub async fn complete_batch(
+        &self,
+        worker: Uuid,
+        reports: Vec<CompleteItem>,
+    ) -> Result<BatchReply, ClientError> {
+        self.post(&format!("/api/v1/worker/{worker}/complete-batch"), &CompleteBatch { reports }).await
+    }
+
     /// Gives a task back that this worker cannot finish (shutting down).
     pub async fn release(
         &self,

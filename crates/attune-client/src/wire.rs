@@ -140,3 +140,41 @@ pub struct Complete {
     #[serde(flatten)]
     pub report: Report,
 }
+
+/// Several `start`s in one request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartBatch {
+    pub leases: Vec<Lease>,
+}
+
+/// Several `complete`s in one request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBatch {
+    pub reports: Vec<CompleteItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompleteItem {
+    pub execution_id: Uuid,
+    pub lease_token: String,
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+/// Per item of a batch: the execution's status afterwards, or the error (as a single request
+/// would have answered it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchItemResult {
+    pub execution_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<attune_core::ExecutionStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchReply {
+    pub results: Vec<BatchItemResult>,
+}

@@ -39,6 +39,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+    /// The error as it appears in a batch reply.
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code.to_owned(),
+            message: self.message.clone(),
+            details: self.details.clone(),
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {

@@ -265,6 +265,55 @@ impl Store {
         }
     }
 
+    /// `start` for many tasks at once (one statement per distinct token). Returns, per lease, the
+    /// execution's status afterwards or why it cannot start.
+    pub async fn start_many(
+        &self,
+        leases: &[Lease],
+        actor: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Vec<(Uuid, Result<ExecutionStatus>)>> {
+        let mut by_token: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for l in leases {
+            by_token.entry(l.lease_token.as_str()).or_default().push(l.execution_id.to_string());
+        }
+        let mut started = std::collections::HashSet::new();
+        for (token, ids) in by_token {
+            let list = ids.iter().map(|i| format!("'{i}'")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = $2,
+                    updated_at = $2, lease_expires_at = $3, delivered_at = NULL, transition_actor = $4,
+                    transition_reason = 'attempt ' || (attempt + 1) || ' started', attempt_outcome = NULL
+                 WHERE id IN ({list}) AND lease_token = $1 AND status = 'scheduled' RETURNING id"
+            );
+            let got: Vec<String> = write_pool!(self, p => {
+                sqlx::query_scalar(&sql)
+                    .bind(token)
+                    .bind(now.millis())
+                    .bind(lease_until.millis())
+                    .bind(actor)
+                    .fetch_all(p)
+                    .await?
+            });
+            started.extend(got);
+        }
+        let mut out = Vec::with_capacity(leases.len());
+        for l in leases {
+            if started.contains(&l.execution_id.to_string()) {
+                out.push((l.execution_id, Ok(ExecutionStatus::Running)));
+            } else {
+                // Not started now: a repeat (fine) or stale (refused), as `start` decides.
+                let r = self
+                    .start(l.execution_id, &l.lease_token, actor, now, lease_until)
+                    .await
+                    .map(|e| e.status);
+                out.push((l.execution_id, r));
+            }
+        }
+        Ok(out)
+    }
+
     async fn holds(&self, id: Uuid, token: &str) -> Result<bool> {
         read_pool!(self, p => {
             let t: Option<Option<String>> = sqlx::query_scalar("SELECT lease_token FROM executions WHERE id = $1")
@@ -347,9 +396,7 @@ impl Store {
                 outcome
             };
             let dead = failed && !retry && max_attempts > 1;
-            let done: Option<Execution> = write_pool!(self, p => {
-                let mut tx = p.begin().await?;
-                let row = sqlx::query(&format!(
+            let complete_sql = format!(
                     "UPDATE executions SET status = $3, exit_code = $4, stdout = $5, stderr = $6,
                         stdout_truncated = $7, stderr_truncated = $8, result = $9, error = $10, updated_at = $11,
                         lease_expires_at = NULL,
@@ -362,7 +409,11 @@ impl Store {
                         not_before = CASE WHEN $12 THEN $13 ELSE not_before END,
                         transition_actor = $15, transition_reason = $16, attempt_outcome = $17
                      WHERE id = $1 AND lease_token = $2 AND status = $14 RETURNING {EXEC_COLS}"
-                ))
+            );
+            let done: Option<Execution> = write_pool!(self, p => {
+                // A transaction only when a dead letter is written with the transition.
+                let mut tx = if dead { Some(p.begin().await?) } else { None };
+                let q = sqlx::query(&complete_sql)
                 .bind(&ids)
                 .bind(token)
                 .bind(to.as_str())
@@ -379,14 +430,18 @@ impl Store {
                 .bind(from.as_str())
                 .bind(actor)
                 .bind(&reason)
-                .bind(reported.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+                .bind(reported.as_str());
+                let row = match tx.as_mut() {
+                    Some(tx) => q.fetch_optional(&mut **tx).await?,
+                    None => q.fetch_optional(p).await?,
+                };
                 let e = row.map(|r| exec_from_row(&r)).transpose()?;
-                if let (Some(e), true) = (&e, dead) {
-                    dead_letter!(tx, &ids, e.action_ref.as_str(), "retries_exhausted", &error_json, now.millis());
+                if let Some(mut tx) = tx {
+                    if let Some(e) = &e {
+                        dead_letter!(tx, &ids, e.action_ref.as_str(), "retries_exhausted", &error_json, now.millis());
+                    }
+                    tx.commit().await?;
                 }
-                tx.commit().await?;
                 e
             });
             if let Some(e) = done {

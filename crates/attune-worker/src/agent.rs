@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use attune_client::{wire::RegisterWorker, Client, ClientError};
+use attune_client::{
+    wire::{CompleteItem, RegisterWorker},
+    Client, ClientError,
+};
 use attune_core::{ExecutionStatus, Lease, LeaseState, Report, Runtime, Task};
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -42,12 +45,17 @@ struct InFlight {
     cancel_requested: bool,
 }
 
+/// A finished task's report on its way to the reporter, and where to say how it went.
+type Outgoing = (CompleteItem, tokio::sync::oneshot::Sender<Result<ExecutionStatus, String>>);
+
 struct Shared {
     client: Client,
     opts: WorkerOptions,
     id: Uuid,
     in_flight: Mutex<HashMap<Uuid, InFlight>>,
     slot_freed: Notify,
+    /// Reports go through one reporter that sends whatever has accumulated as one batch.
+    reports: tokio::sync::mpsc::UnboundedSender<Outgoing>,
 }
 
 pub struct Agent {
@@ -67,13 +75,17 @@ impl Agent {
         };
         let heartbeat_every = Duration::from_millis(reg.heartbeat_interval_ms.max(100));
         let max_poll = Duration::from_millis(reg.max_poll_ms.max(1000));
+        let (reports, outgoing) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             client: self.client,
             opts: self.opts,
             id: reg.worker.id,
             in_flight: Mutex::new(HashMap::new()),
             slot_freed: Notify::new(),
+            reports,
         });
+        let stop_reporter = CancellationToken::new();
+        let reporter = tokio::spawn(reporter_loop(shared.clone(), outgoing, stop_reporter.clone()));
         tracing::info!(
             worker = %shared.opts.name, id = %shared.id, server = %shared.opts.server,
             runtimes = ?shared.opts.runtimes, concurrency = shared.opts.concurrency,
@@ -103,6 +115,9 @@ impl Agent {
             }
             while tasks.join_next().await.is_some() {}
         }
+        // Every task has ended and had its report acknowledged (or given up on).
+        stop_reporter.cancel();
+        let _ = reporter.await;
         stop_heartbeat.cancel();
         let _ = heartbeat.await;
         if let Err(e) = shared.client.deregister(shared.id).await {
@@ -175,7 +190,7 @@ async fn poll_loop(
         match polled {
             Ok(reply) => {
                 backoff = Duration::from_millis(100);
-                for task in reply.tasks {
+                for task in start_all(shared, reply.tasks).await {
                     let s = shared.clone();
                     tasks.spawn(run_task(s, task));
                 }
@@ -188,6 +203,33 @@ async fn poll_loop(
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// Confirms every task of a poll reply with one request; returns those that may run. A task that
+/// cannot start (canceled or re-delivered meanwhile) is dropped; one whose confirmation was lost
+/// goes back to the queue when its delivery times out.
+async fn start_all(shared: &Shared, tasks: Vec<Task>) -> Vec<Task> {
+    if tasks.is_empty() {
+        return tasks;
+    }
+    let leases = tasks
+        .iter()
+        .map(|t| Lease { execution_id: t.execution_id, lease_token: t.lease_token.clone() })
+        .collect();
+    match shared.client.start_batch(shared.id, leases).await {
+        Ok(reply) => {
+            let ok: std::collections::HashSet<Uuid> =
+                reply.results.iter().filter(|r| r.status.is_some()).map(|r| r.execution_id).collect();
+            for r in reply.results.iter().filter(|r| r.status.is_none()) {
+                tracing::info!(execution_id = %r.execution_id, error = ?r.error, "not starting");
+            }
+            tasks.into_iter().filter(|t| ok.contains(&t.execution_id)).collect()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, count = tasks.len(), "could not confirm tasks; they will be redelivered");
+            Vec::new()
         }
     }
 }
@@ -211,15 +253,6 @@ async fn run_task(shared: Arc<Shared>, task: Task) {
 
 async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
     let id = task.execution_id;
-    match shared.client.start(shared.id, id, &task.lease_token).await {
-        Ok(_) => {}
-        Err(e) => {
-            // 409: canceled or re-delivered meanwhile; anything else: the delivery will expire and
-            // the task goes back to the queue.
-            tracing::info!(execution_id = %id, error = %e, "not starting");
-            return;
-        }
-    }
     tracing::debug!(execution_id = %id, action = %task.action.action_ref, attempt = task.attempt, "running");
     let ctx = RunContext {
         api_url: shared.opts.server.clone(),
@@ -252,28 +285,88 @@ fn cancel_requested(shared: &Shared, id: Uuid) -> bool {
     shared.in_flight.lock().expect("in-flight lock").get(&id).map(|f| f.cancel_requested).unwrap_or(false)
 }
 
-/// Sends the report, retrying transient failures while our lease may still be valid.
+/// Hands the report to the reporter and waits until the server has it.
 async fn report_outcome(shared: &Shared, task: &Task, report: Report) {
     let id = task.execution_id;
-    let mut backoff = Duration::from_millis(100);
-    for _ in 0..20 {
-        match shared.client.complete(shared.id, id, &task.lease_token, report.clone()).await {
-            Ok(e) => {
-                tracing::debug!(execution_id = %id, status = %e.status, "reported");
-                return;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let item = CompleteItem { execution_id: id, lease_token: task.lease_token.clone(), report };
+    if shared.reports.send((item, tx)).is_err() {
+        tracing::error!(execution_id = %id, "reporter gone; the lease will expire and the server decides");
+        return;
+    }
+    match rx.await {
+        Ok(Ok(status)) => tracing::debug!(execution_id = %id, %status, "reported"),
+        Ok(Err(e)) => tracing::warn!(execution_id = %id, error = %e, "report rejected"),
+        Err(_) => {
+            tracing::error!(execution_id = %id, "report lost; the lease will expire and the server decides")
+        }
+    }
+}
+
+/// Sends reports in batches: whatever has accumulated while the previous batch was in flight goes
+/// in the next request. Transient failures are retried while our leases may still be valid.
+async fn reporter_loop(
+    shared: Arc<Shared>,
+    mut outgoing: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+    stop: CancellationToken,
+) {
+    const MAX_BATCH: usize = 512;
+    loop {
+        let first = tokio::select! {
+            biased;
+            x = outgoing.recv() => x,
+            _ = stop.cancelled() => None,
+        };
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match outgoing.try_recv() {
+                Ok(x) => batch.push(x),
+                Err(_) => break,
             }
-            Err(e) if e.is_transient() => {
-                tracing::warn!(execution_id = %id, error = %e, retry_in = ?backoff, "report failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        let items: Vec<CompleteItem> = batch.iter().map(|(i, _)| i.clone()).collect();
+        let mut backoff = Duration::from_millis(100);
+        let mut answer = Err("not sent".to_string());
+        for _ in 0..20 {
+            match shared.client.complete_batch(shared.id, items.clone()).await {
+                Ok(reply) => {
+                    answer = Ok(reply);
+                    break;
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, count = items.len(), retry_in = ?backoff, "report failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    answer = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        match answer {
+            Ok(reply) => {
+                let mut by_id: HashMap<Uuid, _> =
+                    reply.results.into_iter().map(|r| (r.execution_id, r)).collect();
+                for (item, tx) in batch {
+                    let r = match by_id.remove(&item.execution_id) {
+                        Some(r) => match (r.status, r.error) {
+                            (Some(s), _) => Ok(s),
+                            (None, e) => Err(e.map(|e| e.message).unwrap_or_else(|| "rejected".into())),
+                        },
+                        None => Err("no answer for this report".into()),
+                    };
+                    let _ = tx.send(r);
+                }
             }
             Err(e) => {
-                tracing::warn!(execution_id = %id, error = %e, "report rejected");
-                return;
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(e.clone()));
+                }
             }
         }
     }
-    tracing::error!(execution_id = %id, "gave up reporting; the lease will expire and the server decides");
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {

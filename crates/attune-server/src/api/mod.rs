@@ -36,6 +36,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/worker/{id}/executions/{execution}/start", post(worker::start))
         .route("/api/v1/worker/{id}/executions/{execution}/complete", post(worker::complete))
         .route("/api/v1/worker/{id}/executions/{execution}/release", post(worker::release))
+        .route("/api/v1/worker/{id}/start-batch", post(worker::start_batch))
+        .route("/api/v1/worker/{id}/complete-batch", post(worker::complete_batch))
         .route("/api/v1/worker/{id}/drain", post(worker::drain))
         .route("/api/v1/worker/{id}/deregister", post(worker::deregister))
         .fallback(not_found)

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use attune_client::wire::{
-    Complete, Heartbeat, HeartbeatReply, LeaseReply, Poll, PollReply, RegisterWorker, Registered, Start,
+    BatchItemResult, BatchReply, Complete, CompleteBatch, Heartbeat, HeartbeatReply, LeaseReply, Poll,
+    PollReply, RegisterWorker, Registered, Start, StartBatch,
 };
 use attune_core::{Execution, Timestamp, Worker};
 use attune_store::NewWorker;
@@ -209,6 +210,72 @@ pub async fn complete(
     state.changed(execution, e.status);
     tracing::debug!(execution_id = %execution, %actor, status = %e.status, "execution finished");
     Ok(Json(super::executions::present(e)))
+}
+
+/// Maximum items in one batch request.
+const MAX_BATCH: usize = 4096;
+
+/// `start` for every task of a poll reply at once.
+pub async fn start_batch(
+    state: State,
+    Path(id): Path<String>,
+    Body(b): Body<StartBatch>,
+) -> Result<Json<BatchReply>, ApiError> {
+    let id = parse_id("worker", &id)?;
+    if b.leases.len() > MAX_BATCH {
+        return Err(ApiError::unprocessable("invalid_batch", format!("at most {MAX_BATCH} items per batch")));
+    }
+    let actor = actor(&state, id).await?;
+    let now = Timestamp::now();
+    let results = state.store.start_many(&b.leases, &actor, now, now.plus(state.opts.staleness)).await?;
+    let results = results
+        .into_iter()
+        .map(|(execution_id, r)| match r {
+            Ok(status) => {
+                state.changed(execution_id, status);
+                BatchItemResult { execution_id, status: Some(status), error: None }
+            }
+            Err(e) => BatchItemResult { execution_id, status: None, error: Some(ApiError::from(e).detail()) },
+        })
+        .collect();
+    Ok(Json(BatchReply { results }))
+}
+
+/// `complete` for several executions at once; each item is applied (and may fail) on its own.
+pub async fn complete_batch(
+    state: State,
+    Path(id): Path<String>,
+    Body(b): Body<CompleteBatch>,
+) -> Result<Json<BatchReply>, ApiError> {
+    let id = parse_id("worker", &id)?;
+    if b.reports.len() > MAX_BATCH {
+        return Err(ApiError::unprocessable("invalid_batch", format!("at most {MAX_BATCH} items per batch")));
+    }
+    let actor = actor(&state, id).await?;
+    let mut results = Vec::with_capacity(b.reports.len());
+    for item in b.reports {
+        let execution_id = item.execution_id;
+        let r = if !item.report.is_valid_outcome() {
+            Err(ApiError::unprocessable(
+                "invalid_report",
+                format!("status must be succeeded, failed, timeout or canceled, not {}", item.report.status),
+            ))
+        } else {
+            state
+                .store
+                .complete(execution_id, &item.lease_token, &item.report, &actor, Timestamp::now())
+                .await
+                .map_err(ApiError::from)
+        };
+        results.push(match r {
+            Ok(e) => {
+                state.changed(execution_id, e.status);
+                BatchItemResult { execution_id, status: Some(e.status), error: None }
+            }
+            Err(e) => BatchItemResult { execution_id, status: None, error: Some(e.detail()) },
+        });
+    }
+    Ok(Json(BatchReply { results }))
 }
 
 /// The worker gives a task back (it is shutting down and cannot finish it): another attempt if the
