@@ -7,6 +7,7 @@ mod api;
 mod error;
 mod monitors;
 pub mod packs;
+mod submit;
 
 use std::{
     collections::HashMap,
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     pub work_available: Notify,
     pub validators: Mutex<HashMap<ActionRef, (Value, Arc<ParamValidator>)>>,
     pub worker_names: Mutex<HashMap<Uuid, String>>,
+    /// Validated submissions on their way to the batching insert (`submit`).
+    pub submissions: tokio::sync::mpsc::Sender<submit::Pending>,
     /// Every status change this server made, for waiters (`GET …/wait`) in this process.
     pub changes: tokio::sync::broadcast::Sender<(Uuid, ExecutionStatus)>,
     pub shutdown: CancellationToken,
@@ -78,12 +81,16 @@ impl Shared {
 
 pub struct Server {
     shared: Arc<Shared>,
+    submissions: tokio::sync::mpsc::Receiver<submit::Pending>,
 }
 
 impl Server {
     pub fn build(opts: ServerOptions, store: Arc<Store>) -> Server {
+        let (submissions, rx) = submit::channel();
         Server {
+            submissions: rx,
             shared: Arc::new(Shared {
+                submissions,
                 store,
                 opts,
                 work_available: Notify::new(),
@@ -101,6 +108,7 @@ impl Server {
         let shared = self.shared;
         let mut tasks = JoinSet::new();
         tasks.spawn(monitors::run(shared.clone()));
+        tasks.spawn(submit::run(shared.clone(), self.submissions));
         let stop = shared.shutdown.clone();
         let forward = shutdown.clone();
         tasks.spawn(async move {

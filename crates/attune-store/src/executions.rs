@@ -100,63 +100,87 @@ pub struct Page<T> {
 impl Store {
     /// Persists a new execution as `requested`, then `scheduled` on its runtime's queue.
     pub async fn create_execution(&self, new: NewExecution, now: Timestamp) -> Result<Execution> {
-        let id = Uuid::now_v7();
-        let ids = id.to_string();
+        let mut v = self.create_executions(vec![new], now).await?;
+        Ok(v.pop().expect("one execution in, one out"))
+    }
+
+    /// Persists several new executions with one statement (one commit); the `executions_accepted`
+    /// trigger writes their history rows. Used by the server to group concurrent submissions.
+    pub async fn create_executions(&self, news: Vec<NewExecution>, now: Timestamp) -> Result<Vec<Execution>> {
+        if news.is_empty() {
+            return Ok(Vec::new());
+        }
+        const COLS: usize = 12;
         let at = now.millis();
-        let max_attempts = new.max_attempts.max(1);
-        let reason = format!("parameters valid; queued for a {} worker", new.action.runtime);
-        // One statement: the `executions_accepted` trigger writes both history rows.
+        let rows: Vec<String> = (0..news.len())
+            .map(|i| {
+                let b = i * COLS;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, 'scheduled', ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 8, b + 8, b + 8, b + 9, b + 10,
+                    b + 11, b + 12
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
+                timeout_seconds, not_before, created_at, updated_at, scheduled_at, parent, trace_id,
+                transition_actor, transition_reason) VALUES {}",
+            rows.join(", ")
+        );
+        let ids: Vec<Uuid> = news.iter().map(|_| Uuid::now_v7()).collect();
         write_pool!(self, p => {
-            sqlx::query(
-                "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
-                    timeout_seconds, not_before, created_at, updated_at, scheduled_at, parent, trace_id,
-                    transition_actor, transition_reason)
-                 VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $8, $8, $8, $9, $10, $11, $12)",
-            )
-            .bind(&ids)
-            .bind(new.action.action_ref.as_str())
-            .bind(new.action.runtime.as_str())
-            .bind(to_json(&new.action))
-            .bind(to_json(&new.parameters))
-            .bind(max_attempts as i32)
-            .bind(new.timeout_seconds.map(|t| t as i64))
-            .bind(at)
-            .bind(new.parent.map(|u| u.to_string()))
-            .bind(&new.trace_id)
-            .bind(&new.actor)
-            .bind(&reason)
-            .execute(p)
-            .await?;
+            let mut q = sqlx::query(&sql);
+            for (id, new) in ids.iter().zip(&news) {
+                q = q
+                    .bind(id.to_string())
+                    .bind(new.action.action_ref.as_str())
+                    .bind(new.action.runtime.as_str())
+                    .bind(to_json(&new.action))
+                    .bind(to_json(&new.parameters))
+                    .bind(new.max_attempts.max(1) as i32)
+                    .bind(new.timeout_seconds.map(|t| t as i64))
+                    .bind(at)
+                    .bind(new.parent.map(|u| u.to_string()))
+                    .bind(new.trace_id.clone())
+                    .bind(new.actor.clone())
+                    .bind(format!("parameters valid; queued for a {} worker", new.action.runtime));
+            }
+            q.execute(p).await?;
         });
-        // Everything the row holds is known here; no need to read it back.
-        Ok(Execution {
-            id,
-            action_ref: new.action.action_ref.clone(),
-            parameters: new.parameters,
-            status: ExecutionStatus::Scheduled,
-            result: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            exit_code: None,
-            error: None,
-            worker: None,
-            worker_id: None,
-            attempt: 0,
-            max_attempts,
-            timeout_seconds: new.timeout_seconds,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-            parent: new.parent,
-            trace_id: new.trace_id,
-            enforcement: None,
-            history: Vec::new(),
-            attempts: Vec::new(),
-            action: Some(new.action),
-        })
+        // Everything the rows hold is known here; no need to read them back.
+        Ok(ids
+            .into_iter()
+            .zip(news)
+            .map(|(id, new)| Execution {
+                id,
+                action_ref: new.action.action_ref.clone(),
+                parameters: new.parameters,
+                status: ExecutionStatus::Scheduled,
+                result: None,
+                stdout: String::new(),
+                stderr: String::new(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+                exit_code: None,
+                error: None,
+                worker: None,
+                worker_id: None,
+                attempt: 0,
+                max_attempts: new.max_attempts.max(1),
+                timeout_seconds: new.timeout_seconds,
+                created_at: now,
+                updated_at: now,
+                started_at: None,
+                finished_at: None,
+                parent: new.parent,
+                trace_id: new.trace_id,
+                enforcement: None,
+                history: Vec::new(),
+                attempts: Vec::new(),
+                action: Some(new.action),
+            })
+            .collect())
     }
 
     pub async fn get_execution(&self, id: Uuid) -> Result<Option<Execution>> {

@@ -2,6 +2,8 @@
 //! and the fenced `start`/`complete` reports. A report whose lease token is not the execution's
 //! current one is rejected with `StaleLease` and changes nothing.
 
+use std::collections::HashMap;
+
 use attune_core::{
     Execution, ExecutionStatus, Lease, LeaseState, Report, Runtime, Task, Timestamp, Worker, WorkerStatus,
 };
@@ -296,11 +298,11 @@ impl Store {
                     .fetch_all(p)
                     .await?
             });
-            started.extend(got);
+            started.extend(got.into_iter().map(|id| (id, token.to_owned())));
         }
         let mut out = Vec::with_capacity(leases.len());
         for l in leases {
-            if started.contains(&l.execution_id.to_string()) {
+            if started.contains(&(l.execution_id.to_string(), l.lease_token.clone())) {
                 out.push((l.execution_id, Ok(ExecutionStatus::Running)));
             } else {
                 // Not started now: a repeat (fine) or stale (refused), as `start` decides.
@@ -338,99 +340,24 @@ impl Store {
     ) -> Result<Execution> {
         let ids = id.to_string();
         for _ in 0..5 {
-            let current: Option<(String, Option<String>, i32, i32, String)> = read_pool!(self, p => {
-                let row = sqlx::query(
-                    "SELECT status, lease_token, attempt, max_attempts, action FROM executions WHERE id = $1",
-                )
-                .bind(&ids)
-                .fetch_optional(p)
-                .await?;
-                row.map(|r| -> Result<_> {
-                    Ok((r.text("status")?, r.opt_text("lease_token")?, r.int("attempt")?, r.int("max_attempts")?, r.text("action")?))
-                })
-                .transpose()?
-            });
-            let Some((status, lease, attempt, max_attempts, action)) = current else {
+            let current = self.completion_rows(std::slice::from_ref(&ids)).await?.pop();
+            let Some(row) = current else {
                 return Err(StoreError::NotFound { what: "execution", id: ids });
             };
-            let from = ExecutionStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
-                table: "executions",
-                message: format!("status {status:?}"),
-            })?;
-            if lease.as_deref() != Some(token) {
-                return Err(stale(&ids, format!("the execution is {from} and has a newer lease")));
-            }
-            if from.is_terminal() {
-                // A repeated report of the same attempt.
-                return self
-                    .get_execution(id)
-                    .await?
-                    .ok_or(StoreError::NotFound { what: "execution", id: ids });
-            }
-            let reported = report.status;
-            from.check(reported).map_err(|source| StoreError::Transition { id: ids.clone(), source })?;
-            let failed = matches!(reported, ExecutionStatus::Failed | ExecutionStatus::Timeout);
-            let retry = failed && from == ExecutionStatus::Running && attempt < max_attempts;
-            let to = if retry { ExecutionStatus::Scheduled } else { reported };
-            let backoff = if retry {
-                json::<attune_core::Action>("executions", "action", &action)?.retry.backoff_seconds
-            } else {
-                0
+            let plan = match row.plan(token, report)? {
+                Planned::Apply(plan) => plan,
+                Planned::AlreadyDone => {
+                    return self
+                        .get_execution(id)
+                        .await?
+                        .ok_or(StoreError::NotFound { what: "execution", id: ids });
+                }
             };
-            let error_json = report.error.as_ref().map(to_json);
-            let outcome = report
-                .error
-                .as_ref()
-                .and_then(|e| e.get("error"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .or_else(|| report.exit_code.map(|c| format!("exit code {c}")));
-            let reason = if retry {
-                Some(format!(
-                    "attempt {attempt} {reported}{}; retrying (attempt {} of {max_attempts}){}",
-                    outcome.as_deref().map(|o| format!(": {o}")).unwrap_or_default(),
-                    attempt + 1,
-                    if backoff > 0 { format!(" in {backoff}s") } else { String::new() },
-                ))
-            } else {
-                outcome
-            };
-            let dead = failed && !retry && max_attempts > 1;
-            let complete_sql = format!(
-                    "UPDATE executions SET status = $3, exit_code = $4, stdout = $5, stderr = $6,
-                        stdout_truncated = $7, stderr_truncated = $8, result = $9, error = $10, updated_at = $11,
-                        lease_expires_at = NULL,
-                        finished_at = CASE WHEN $12 THEN NULL ELSE $11 END,
-                        lease_token = CASE WHEN $12 THEN NULL ELSE lease_token END,
-                        avoid_worker = CASE WHEN $12 THEN worker_id ELSE avoid_worker END,
-                        worker_id = CASE WHEN $12 THEN NULL ELSE worker_id END,
-                        worker_name = CASE WHEN $12 THEN NULL ELSE worker_name END,
-                        scheduled_at = CASE WHEN $12 THEN $11 ELSE scheduled_at END,
-                        not_before = CASE WHEN $12 THEN $13 ELSE not_before END,
-                        transition_actor = $15, transition_reason = $16, attempt_outcome = $17
-                     WHERE id = $1 AND lease_token = $2 AND status = $14 RETURNING {EXEC_COLS}"
-            );
+            let sql = complete_sql();
             let done: Option<Execution> = write_pool!(self, p => {
                 // A transaction only when a dead letter is written with the transition.
-                let mut tx = if dead { Some(p.begin().await?) } else { None };
-                let q = sqlx::query(&complete_sql)
-                .bind(&ids)
-                .bind(token)
-                .bind(to.as_str())
-                .bind(report.exit_code)
-                .bind(&report.stdout)
-                .bind(&report.stderr)
-                .bind(report.stdout_truncated)
-                .bind(report.stderr_truncated)
-                .bind(report.result.as_ref().map(to_json))
-                .bind(&error_json)
-                .bind(now.millis())
-                .bind(retry)
-                .bind(now.plus(std::time::Duration::from_secs(backoff)).millis())
-                .bind(from.as_str())
-                .bind(actor)
-                .bind(&reason)
-                .bind(reported.as_str());
+                let mut tx = if plan.dead { Some(p.begin().await?) } else { None };
+                let q = bind_completion(sqlx::query(&sql), &ids, token, report, &plan, actor, now);
                 let row = match tx.as_mut() {
                     Some(tx) => q.fetch_optional(&mut **tx).await?,
                     None => q.fetch_optional(p).await?,
@@ -438,7 +365,7 @@ impl Store {
                 let e = row.map(|r| exec_from_row(&r)).transpose()?;
                 if let Some(mut tx) = tx {
                     if let Some(e) = &e {
-                        dead_letter!(tx, &ids, e.action_ref.as_str(), "retries_exhausted", &error_json, now.millis());
+                        dead_letter!(tx, &ids, e.action_ref.as_str(), "retries_exhausted", &plan.error_json, now.millis());
                     }
                     tx.commit().await?;
                 }
@@ -449,6 +376,82 @@ impl Store {
             }
         }
         Err(stale(&ids, "the execution kept changing while the report was applied"))
+    }
+
+    /// `complete` for many reports in one transaction (one commit). Reports that cannot be applied
+    /// directly (stale, repeated, raced) are handed to `complete` one by one, which answers them as
+    /// a single report would be answered.
+    pub async fn complete_many(
+        &self,
+        items: &[(Uuid, String, Report)],
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Vec<(Uuid, Result<Execution>)>> {
+        let ids: Vec<String> = items.iter().map(|(id, _, _)| id.to_string()).collect();
+        let rows: HashMap<String, CompletionRow> =
+            self.completion_rows(&ids).await?.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let mut plans = Vec::new();
+        for (i, (_, token, report)) in items.iter().enumerate() {
+            if let Some(row) = rows.get(&ids[i]) {
+                if let Ok(Planned::Apply(plan)) = row.plan(token, report) {
+                    plans.push((i, plan));
+                }
+            }
+        }
+        let mut done: HashMap<usize, Execution> = HashMap::new();
+        if !plans.is_empty() {
+            let sql = complete_sql();
+            write_pool!(self, p => {
+                let mut tx = p.begin().await?;
+                for (i, plan) in &plans {
+                    let (_, token, report) = &items[*i];
+                    let q = bind_completion(sqlx::query(&sql), &ids[*i], token, report, plan, actor, now);
+                    if let Some(row) = q.fetch_optional(&mut *tx).await? {
+                        let e = exec_from_row(&row)?;
+                        if plan.dead {
+                            dead_letter!(tx, &ids[*i], e.action_ref.as_str(), "retries_exhausted", &plan.error_json, now.millis());
+                        }
+                        done.insert(*i, e);
+                    }
+                }
+                tx.commit().await?;
+            });
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, (id, token, report)) in items.iter().enumerate() {
+            let r = match done.remove(&i) {
+                Some(e) => Ok(e),
+                None => self.complete(*id, token, report, actor, now).await,
+            };
+            out.push((*id, r));
+        }
+        Ok(out)
+    }
+
+    async fn completion_rows(&self, ids: &[String]) -> Result<Vec<CompletionRow>> {
+        let list = ids.iter().map(|i| format!("'{}'", i.replace('\'', ""))).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT id, status, lease_token, attempt, max_attempts, action FROM executions WHERE id IN ({list})"
+        );
+        read_pool!(self, p => {
+            let rows = sqlx::query(&sql).fetch_all(p).await?;
+            rows.iter()
+                .map(|r| {
+                    let status = r.text("status")?;
+                    Ok(CompletionRow {
+                        id: r.text("id")?,
+                        status: ExecutionStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+                            table: "executions",
+                            message: format!("status {status:?}"),
+                        })?,
+                        lease: r.opt_text("lease_token")?,
+                        attempt: r.int("attempt")?,
+                        max_attempts: r.int("max_attempts")?,
+                        action: r.text("action")?,
+                    })
+                })
+                .collect()
+        })
     }
 
     /// Stops new work for the worker at once (`inactive`, draining); its leases stay valid while it
@@ -502,4 +505,134 @@ impl Store {
             rows.iter().map(exec_from_row).collect()
         })
     }
+}
+
+/// What `complete` needs to know about an execution before changing it.
+struct CompletionRow {
+    id: String,
+    status: ExecutionStatus,
+    lease: Option<String>,
+    attempt: i32,
+    max_attempts: i32,
+    action: String,
+}
+
+enum Planned {
+    Apply(CompletionPlan),
+    /// The execution already ended under this lease: a repeated report.
+    AlreadyDone,
+}
+
+/// How one report changes its execution.
+struct CompletionPlan {
+    from: ExecutionStatus,
+    to: ExecutionStatus,
+    retry: bool,
+    backoff: u64,
+    dead: bool,
+    reason: Option<String>,
+    error_json: Option<String>,
+}
+
+impl CompletionRow {
+    /// Decides the transition: the reported outcome, or back to the queue when attempts are left.
+    fn plan(&self, token: &str, report: &Report) -> Result<Planned> {
+        let from = self.status;
+        if self.lease.as_deref() != Some(token) {
+            return Err(stale(&self.id, format!("the execution is {from} and has a newer lease")));
+        }
+        if from.is_terminal() {
+            return Ok(Planned::AlreadyDone);
+        }
+        let reported = report.status;
+        from.check(reported).map_err(|source| StoreError::Transition { id: self.id.clone(), source })?;
+        let (attempt, max_attempts) = (self.attempt, self.max_attempts);
+        let failed = matches!(reported, ExecutionStatus::Failed | ExecutionStatus::Timeout);
+        let retry = failed && from == ExecutionStatus::Running && attempt < max_attempts;
+        let backoff = if retry {
+            json::<attune_core::Action>("executions", "action", &self.action)?.retry.backoff_seconds
+        } else {
+            0
+        };
+        let outcome = report
+            .error
+            .as_ref()
+            .and_then(|e| e.get("error"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| report.exit_code.map(|c| format!("exit code {c}")));
+        let reason = if retry {
+            Some(format!(
+                "attempt {attempt} {reported}{}; retrying (attempt {} of {max_attempts}){}",
+                outcome.as_deref().map(|o| format!(": {o}")).unwrap_or_default(),
+                attempt + 1,
+                if backoff > 0 { format!(" in {backoff}s") } else { String::new() },
+            ))
+        } else {
+            outcome
+        };
+        Ok(Planned::Apply(CompletionPlan {
+            from,
+            to: if retry { ExecutionStatus::Scheduled } else { reported },
+            retry,
+            backoff,
+            dead: failed && !retry && max_attempts > 1,
+            reason,
+            error_json: report.error.as_ref().map(to_json),
+        }))
+    }
+}
+
+fn complete_sql() -> String {
+    format!(
+        "UPDATE executions SET status = $3, exit_code = $4, stdout = $5, stderr = $6,
+            stdout_truncated = $7, stderr_truncated = $8, result = $9, error = $10, updated_at = $11,
+            lease_expires_at = NULL,
+            finished_at = CASE WHEN $12 THEN NULL ELSE $11 END,
+            lease_token = CASE WHEN $12 THEN NULL ELSE lease_token END,
+            avoid_worker = CASE WHEN $12 THEN worker_id ELSE avoid_worker END,
+            worker_id = CASE WHEN $12 THEN NULL ELSE worker_id END,
+            worker_name = CASE WHEN $12 THEN NULL ELSE worker_name END,
+            scheduled_at = CASE WHEN $12 THEN $11 ELSE scheduled_at END,
+            not_before = CASE WHEN $12 THEN $13 ELSE not_before END,
+            transition_actor = $15, transition_reason = $16, attempt_outcome = $17
+         WHERE id = $1 AND lease_token = $2 AND status = $14 RETURNING {EXEC_COLS}"
+    )
+}
+
+/// Binds `complete_sql`'s parameters (works for either backend's query type).
+fn bind_completion<'q, DB>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    id: &str,
+    token: &str,
+    report: &Report,
+    plan: &CompletionPlan,
+    actor: &str,
+    now: Timestamp,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i32>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(id.to_owned())
+        .bind(token.to_owned())
+        .bind(plan.to.as_str().to_owned())
+        .bind(report.exit_code)
+        .bind(report.stdout.clone())
+        .bind(report.stderr.clone())
+        .bind(report.stdout_truncated)
+        .bind(report.stderr_truncated)
+        .bind(report.result.as_ref().map(to_json))
+        .bind(plan.error_json.clone())
+        .bind(now.millis())
+        .bind(plan.retry)
+        .bind(now.plus(std::time::Duration::from_secs(plan.backoff)).millis())
+        .bind(plan.from.as_str().to_owned())
+        .bind(actor.to_owned())
+        .bind(plan.reason.clone())
+        .bind(report.status.as_str().to_owned())
 }

@@ -56,6 +56,7 @@ conformance!(
     failed_attempts_retry_with_backoff_then_dead_letter,
     release_gives_the_task_back,
     dead_letters_list_and_requeue_once,
+    batches_behave_like_single_calls,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -634,4 +635,52 @@ async fn dead_letters_list_and_requeue_once(db: &TestDb) {
     let all = s.list_dead_letters(true, 10).await.unwrap();
     assert_eq!(all.iter().find(|d| d.execution_id == id).unwrap().requeued_as, Some(new.id));
     assert_eq!(status(&s, id).await, ExecutionStatus::Failed, "the original stays terminal");
+}
+
+async fn batches_behave_like_single_calls(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 2);
+    let news: Vec<NewExecution> = (0..5)
+        .map(|i| NewExecution {
+            action: a.clone(),
+            parameters: json!({"i": i}),
+            timeout_seconds: Some(9),
+            max_attempts: 2,
+            actor: "api".into(),
+            parent: None,
+            trace_id: None,
+        })
+        .collect();
+    let created = s.create_executions(news, at(0)).await.unwrap();
+    assert_eq!(created.len(), 5);
+    for (i, e) in created.iter().enumerate() {
+        let stored = s.get_execution_with_history(e.id).await.unwrap().unwrap();
+        assert_eq!((stored.parameters.clone(), stored.timeout_seconds), (json!({"i": i}), Some(9)));
+        assert_eq!(stored.history.len(), 2);
+    }
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let tasks = s.claim(w, "w", &[Runtime::Builtin], 5, at(1), at(11)).await.unwrap();
+    let leases: Vec<Lease> =
+        tasks.iter().map(|t| Lease { execution_id: t.execution_id, lease_token: t.lease_token.clone() }).collect();
+    let mut with_stale = leases.clone();
+    with_stale.push(Lease { execution_id: created[0].id, lease_token: "stale".into() });
+    let started = s.start_many(&with_stale, "worker:w", at(1), at(31)).await.unwrap();
+    assert_eq!(started.len(), 6);
+    assert!(started[..5].iter().all(|(_, r)| matches!(r, Ok(ExecutionStatus::Running))), "{started:?}");
+    assert!(matches!(started[5].1, Err(StoreError::StaleLease { .. })));
+    let tok = leases[0].lease_token.clone();
+    let items = vec![
+        (leases[0].execution_id, tok.clone(), ok_report()),
+        (leases[1].execution_id, tok.clone(), failed_report(1)),
+        (leases[2].execution_id, "stale".to_string(), ok_report()),
+        (leases[0].execution_id, tok.clone(), ok_report()),
+    ];
+    let done = s.complete_many(&items, "worker:w", at(2)).await.unwrap();
+    assert_eq!(done[0].1.as_ref().unwrap().status, ExecutionStatus::Succeeded);
+    assert_eq!(done[1].1.as_ref().unwrap().status, ExecutionStatus::Scheduled, "retried: 1 of 2 attempts");
+    assert!(matches!(done[2].1, Err(StoreError::StaleLease { .. })));
+    assert_eq!(done[3].1.as_ref().unwrap().status, ExecutionStatus::Succeeded, "a repeat is idempotent");
+    assert_eq!(status(&s, leases[2].execution_id).await, ExecutionStatus::Running, "the stale report changed nothing");
+    let h = s.execution_history(leases[0].execution_id).await.unwrap();
+    assert_eq!(h.iter().filter(|x| x.to == ExecutionStatus::Succeeded).count(), 1);
 }

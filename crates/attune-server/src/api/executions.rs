@@ -109,8 +109,7 @@ pub async fn create(state: State, Body(req): Body<CreateExecution>) -> Result<im
         parent: None,
         trace_id: None,
     };
-    let e = state.store.create_execution(new, Timestamp::now()).await?;
-    state.changed(e.id, e.status);
+    let e = crate::submit::submit(&state, new).await?;
     tracing::debug!(execution_id = %e.id, action = %e.action_ref, "execution accepted");
     let location = format!("/api/v1/executions/{}", e.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(present(e))))

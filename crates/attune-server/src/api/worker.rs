@@ -253,26 +253,29 @@ pub async fn complete_batch(
     }
     let actor = actor(&state, id).await?;
     let mut results = Vec::with_capacity(b.reports.len());
+    let mut valid = Vec::with_capacity(b.reports.len());
     for item in b.reports {
-        let execution_id = item.execution_id;
-        let r = if !item.report.is_valid_outcome() {
-            Err(ApiError::unprocessable(
+        if item.report.is_valid_outcome() {
+            valid.push((item.execution_id, item.lease_token, item.report));
+        } else {
+            let e = ApiError::unprocessable(
                 "invalid_report",
                 format!("status must be succeeded, failed, timeout or canceled, not {}", item.report.status),
-            ))
-        } else {
-            state
-                .store
-                .complete(execution_id, &item.lease_token, &item.report, &actor, Timestamp::now())
-                .await
-                .map_err(ApiError::from)
-        };
+            );
+            results.push(BatchItemResult {
+                execution_id: item.execution_id,
+                status: None,
+                error: Some(e.detail()),
+            });
+        }
+    }
+    for (execution_id, r) in state.store.complete_many(&valid, &actor, Timestamp::now()).await? {
         results.push(match r {
             Ok(e) => {
                 state.changed(execution_id, e.status);
                 BatchItemResult { execution_id, status: Some(e.status), error: None }
             }
-            Err(e) => BatchItemResult { execution_id, status: None, error: Some(e.detail()) },
+            Err(e) => BatchItemResult { execution_id, status: None, error: Some(ApiError::from(e).detail()) },
         });
     }
     Ok(Json(BatchReply { results }))
