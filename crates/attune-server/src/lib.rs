@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     /// Woken whenever a task may have become available (submit, retry, delivery expiry).
     pub work_available: Notify,
     pub validators: Mutex<HashMap<ActionRef, (Value, Arc<ParamValidator>)>>,
+    /// Recently read actions (see `ACTION_CACHE_TTL`), so that a submission costs no extra read.
+    pub actions: Mutex<HashMap<ActionRef, (std::time::Instant, attune_core::Action)>>,
     pub worker_names: Mutex<HashMap<Uuid, String>>,
     /// Validated submissions on their way to the batching insert (`submit`).
     pub submissions: tokio::sync::mpsc::Sender<submit::Pending>,
@@ -69,7 +71,34 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
 }
 
+/// How long a submission may use an action definition read earlier. A pack loaded through this
+/// server is seen at once; one loaded through another replica within this long.
+pub const ACTION_CACHE_TTL: Duration = Duration::from_secs(2);
+
 impl Shared {
+    /// The action, from the cache when it is fresh enough.
+    pub(crate) async fn action(
+        &self,
+        r: &ActionRef,
+    ) -> Result<Option<attune_core::Action>, attune_store::StoreError> {
+        if let Some((at, a)) = self.actions.lock().expect("action cache lock").get(r) {
+            if at.elapsed() < ACTION_CACHE_TTL {
+                return Ok(Some(a.clone()));
+            }
+        }
+        let a = self.store.get_action(r).await?;
+        let mut cache = self.actions.lock().expect("action cache lock");
+        match &a {
+            Some(a) => {
+                cache.insert(r.clone(), (std::time::Instant::now(), a.clone()));
+            }
+            None => {
+                cache.remove(r);
+            }
+        }
+        Ok(a)
+    }
+
     pub(crate) fn changed(&self, id: Uuid, status: ExecutionStatus) {
         // No receivers is fine: nobody is waiting.
         let _ = self.changes.send((id, status));
@@ -95,6 +124,7 @@ impl Server {
                 opts,
                 work_available: Notify::new(),
                 validators: Mutex::new(HashMap::new()),
+                actions: Mutex::new(HashMap::new()),
                 worker_names: Mutex::new(HashMap::new()),
                 changes: tokio::sync::broadcast::channel(4096).0,
                 shutdown: CancellationToken::new(),

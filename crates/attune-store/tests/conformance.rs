@@ -660,8 +660,10 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
     }
     let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
     let tasks = s.claim(w, "w", &[Runtime::Builtin], 5, at(1), at(11)).await.unwrap();
-    let leases: Vec<Lease> =
-        tasks.iter().map(|t| Lease { execution_id: t.execution_id, lease_token: t.lease_token.clone() }).collect();
+    let leases: Vec<Lease> = tasks
+        .iter()
+        .map(|t| Lease { execution_id: t.execution_id, lease_token: t.lease_token.clone() })
+        .collect();
     let mut with_stale = leases.clone();
     with_stale.push(Lease { execution_id: created[0].id, lease_token: "stale".into() });
     let started = s.start_many(&with_stale, "worker:w", at(1), at(31)).await.unwrap();
@@ -680,7 +682,11 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
     assert_eq!(done[1].1.as_ref().unwrap().status, ExecutionStatus::Scheduled, "retried: 1 of 2 attempts");
     assert!(matches!(done[2].1, Err(StoreError::StaleLease { .. })));
     assert_eq!(done[3].1.as_ref().unwrap().status, ExecutionStatus::Succeeded, "a repeat is idempotent");
-    assert_eq!(status(&s, leases[2].execution_id).await, ExecutionStatus::Running, "the stale report changed nothing");
+    assert_eq!(
+        status(&s, leases[2].execution_id).await,
+        ExecutionStatus::Running,
+        "the stale report changed nothing"
+    );
     let h = s.execution_history(leases[0].execution_id).await.unwrap();
     assert_eq!(h.iter().filter(|x| x.to == ExecutionStatus::Succeeded).count(), 1);
 }

@@ -91,6 +91,7 @@ pub async fn load_pack(
     }
     state.store.upsert_pack(&up.pack, &up.actions, Timestamp::now()).await?;
     state.validators.lock().expect("validator cache lock").retain(|r, _| r.pack() != up.pack.pack_ref);
+    state.actions.lock().expect("action cache lock").retain(|r, _| r.pack() != up.pack.pack_ref);
     tracing::info!(pack = %up.pack.pack_ref, actions = up.actions.len(), "pack loaded");
     Ok((
         StatusCode::OK,

@@ -60,7 +60,7 @@ fn validator(shared: &Shared, action: &Action) -> Result<Arc<ParamValidator>, Ap
 pub async fn create(state: State, Body(req): Body<CreateExecution>) -> Result<impl IntoResponse, ApiError> {
     let action_ref = ActionRef::parse(&req.action_ref)
         .map_err(|e| ApiError::unprocessable("invalid_action_ref", e.to_string()))?;
-    let action = state.store.get_action(&action_ref).await?.ok_or_else(|| {
+    let action = state.action(&action_ref).await?.ok_or_else(|| {
         ApiError::unprocessable(
             "unknown_action",
             format!("unknown action {action_ref}; `attune action list` shows the loaded actions"),
