@@ -1,6 +1,6 @@
-//! The one execution state machine. Every status change anywhere in Attune is checked here first:
-//! the store asks `ExecutionStatus::sources_of(to)` to build its conditional updates, so a transition
-//! this module forbids cannot happen in the database either.
+//! The one execution state machine. Every status change anywhere in Attune is checked here first
+//! (`check`, `can_become`) against the status the store read; the store's update is conditional on
+//! that status, so a transition this module forbids cannot happen in the database either.
 //!
 //! ```text
 //! requested ─► scheduled ─► running ─► succeeded | failed | timeout | abandoned

@@ -3,9 +3,11 @@
 //!
 //! Both backends run the same SQL text (written with `$N` placeholders, which both accept) through
 //! the `write!`/`read!` dispatch macros in `backend`; the few statements that differ by dialect say so
-//! where they are. Every status change is a conditional `UPDATE … WHERE status IN (sources)` built from
-//! `ExecutionStatus::sources_of`, plus a history row, in one transaction: two replicas (or a monitor and
-//! a worker) racing on the same execution cannot both win.
+//! where they are. Every status change is checked by the core state machine against the status it
+//! was read in and written as one conditional `UPDATE … WHERE status = <that status>` (plus the lease
+//! token where one is involved); triggers (migration 0003) append the history row and the attempt row
+//! in the same statement. Two replicas (or a monitor and a worker) racing on the same execution
+//! cannot both win.
 
 #[macro_use]
 mod backend;
