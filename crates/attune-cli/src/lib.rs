@@ -22,7 +22,7 @@ use output::Format;
     after_help = "Start everything on one machine:  attune up\nThen try:                         attune run core.echo message=hello --wait"
 )]
 pub struct Cli {
-    /// Server to talk to.
+    /// Server to talk to (for `attune worker`, a comma-separated list of replicas to fail over between).
     #[arg(long, global = true, env = "ATTUNE_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
     /// Output format.
@@ -96,7 +96,8 @@ where
 }
 
 async fn dispatch(cli: Cli) -> i32 {
-    let ctx = Ctx { client: attune_client::Client::new(&cli.server), output: cli.output };
+    let first = cli.server.split(',').next().unwrap_or_default().trim().to_owned();
+    let ctx = Ctx { client: attune_client::Client::new(&first), output: cli.output };
     let config = cli.config.as_deref();
     let result = match cli.command {
         Command::Up(a) => roles::up(config, a).await,

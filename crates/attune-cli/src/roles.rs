@@ -105,9 +105,14 @@ async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))
 }
 
-fn worker_options(s: &Settings, server: &str, name: String, scratch: std::path::PathBuf) -> WorkerOptions {
+fn worker_options(
+    s: &Settings,
+    servers: Vec<String>,
+    name: String,
+    scratch: std::path::PathBuf,
+) -> WorkerOptions {
     WorkerOptions {
-        server: server.to_owned(),
+        servers,
         name,
         concurrency: s.worker.concurrency,
         runtimes: s.worker.runtimes.clone().unwrap_or_else(attune_worker::detect_runtimes),
@@ -152,7 +157,7 @@ pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
     let runtimes = s.worker.runtimes.clone().unwrap_or_else(attune_worker::detect_runtimes);
     for i in 1..=a.workers {
         let name = format!("{host}-up-{i}");
-        let opts = worker_options(&s, &url, name, s.data_dir.join("tmp"));
+        let opts = worker_options(&s, vec![url.clone()], name, s.data_dir.join("tmp"));
         workers.spawn(Agent::build(opts).run(worker_stop.clone()));
     }
 
@@ -251,10 +256,15 @@ pub async fn worker(config: Option<&Path>, server: &str, a: WorkerArgs) -> anyho
     init_logging(&s);
     let name =
         s.worker.name.clone().unwrap_or_else(|| format!("{}-{}", attune_worker_host(), std::process::id()));
-    let server = s.worker.servers.first().cloned().unwrap_or_else(|| server.to_owned());
+    // Several servers (replicas): `--server http://a:8080,http://b:8080` or `worker.servers`.
+    let servers = if s.worker.servers.is_empty() {
+        server.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect()
+    } else {
+        s.worker.servers.clone()
+    };
     let scratch = std::env::temp_dir().join(format!("attune-{name}"));
     let (stop, signals) = on_signals();
-    Agent::build(worker_options(&s, &server, name, scratch)).run(stop).await?;
+    Agent::build(worker_options(&s, servers, name, scratch)).run(stop).await?;
     signals.abort();
     Ok(0)
 }

@@ -7,6 +7,7 @@ mod api;
 mod error;
 mod monitors;
 pub mod packs;
+mod replicas;
 mod submit;
 
 use std::{
@@ -67,7 +68,9 @@ pub(crate) struct Shared {
     /// Validated submissions on their way to the batching insert (`submit`).
     pub submissions: tokio::sync::mpsc::Sender<submit::Pending>,
     /// Every status change this server made, for waiters (`GET …/wait`) in this process.
-    pub changes: tokio::sync::broadcast::Sender<(Uuid, ExecutionStatus)>,
+    pub changes: tokio::sync::broadcast::Sender<Uuid>,
+    /// Monitors judge workers and leases only after this instant.
+    pub judge_after: Mutex<tokio::time::Instant>,
     pub shutdown: CancellationToken,
 }
 
@@ -99,12 +102,38 @@ impl Shared {
         Ok(a)
     }
 
-    pub(crate) fn changed(&self, id: Uuid, status: ExecutionStatus) {
-        // No receivers is fine: nobody is waiting.
-        let _ = self.changes.send((id, status));
-        if status == ExecutionStatus::Scheduled {
-            self.work_available.notify_waiters();
+    /// Status changes made by this server: wakes local waiters and polls, and (on PostgreSQL) tells
+    /// the other replicas. A failed notification only costs the others their one-second re-check.
+    pub(crate) async fn changed(&self, changes: &[(Uuid, ExecutionStatus)]) {
+        if changes.is_empty() {
+            return;
         }
+        for (id, _) in changes {
+            // No receivers is fine: nobody is waiting.
+            let _ = self.changes.send(*id);
+        }
+        let work = changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled);
+        if work {
+            self.work_available.notify_waiters();
+            if let Err(e) = self.store.notify_work().await {
+                tracing::debug!(error = %e, "could not notify other replicas of work");
+            }
+        }
+        let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
+        if let Err(e) = self.store.notify_changed(&ids).await {
+            tracing::debug!(error = %e, "could not notify other replicas of changes");
+        }
+    }
+
+    /// Whether the monitors may judge workers and leases now (see `monitors`).
+    pub(crate) fn may_judge(&self) -> bool {
+        tokio::time::Instant::now() >= *self.judge_after.lock().expect("judge lock")
+    }
+
+    /// No judging for one staleness window from now: workers need a heartbeat to show they are
+    /// alive after the server (or its database) was away.
+    pub(crate) fn hold_judgement(&self) {
+        *self.judge_after.lock().expect("judge lock") = tokio::time::Instant::now() + self.opts.staleness;
     }
 }
 
@@ -116,6 +145,7 @@ pub struct Server {
 impl Server {
     pub fn build(opts: ServerOptions, store: Arc<Store>) -> Server {
         let (submissions, rx) = submit::channel();
+        let judge_after = tokio::time::Instant::now() + opts.staleness;
         Server {
             submissions: rx,
             shared: Arc::new(Shared {
@@ -127,6 +157,7 @@ impl Server {
                 actions: Mutex::new(HashMap::new()),
                 worker_names: Mutex::new(HashMap::new()),
                 changes: tokio::sync::broadcast::channel(4096).0,
+                judge_after: Mutex::new(judge_after),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -139,6 +170,7 @@ impl Server {
         let mut tasks = JoinSet::new();
         tasks.spawn(monitors::run(shared.clone()));
         tasks.spawn(submit::run(shared.clone(), self.submissions));
+        tasks.spawn(replicas::listen(shared.clone()));
         let stop = shared.shutdown.clone();
         let forward = shutdown.clone();
         tasks.spawn(async move {

@@ -18,11 +18,11 @@ use crate::Shared;
 pub(crate) async fn run(shared: Arc<Shared>) {
     let o = shared.opts.clone();
     let mut set = JoinSet::new();
-    // After a (re)start, workers get one staleness window to heartbeat in before anything is
-    // judged stale: a server that was down must not blame its workers for the silence.
-    let grace = tokio::time::Instant::now() + o.staleness;
-    set.spawn(every(shared.clone(), o.heartbeat_check_interval, move |s| async move {
-        if tokio::time::Instant::now() < grace {
+    // After a (re)start, or after the database was unreachable, workers get one staleness window
+    // to heartbeat in before anything is judged stale (`Shared::hold_judgement`): a server that was
+    // away must not blame its workers for the silence.
+    set.spawn(every(shared.clone(), o.heartbeat_check_interval, |s| async move {
+        if !s.may_judge() {
             return Ok(());
         }
         check_workers(s).await
@@ -30,7 +30,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     set.spawn(every(
         shared.clone(),
         o.heartbeat_check_interval.min(Duration::from_secs(1)),
-        move |s| async move { check_leases(s, tokio::time::Instant::now() >= grace).await },
+        |s| async move {
+            let judge = s.may_judge();
+            check_leases(s, judge).await
+        },
     ));
     if o.enable_timeout_monitor {
         tracing::info!(
@@ -57,6 +60,7 @@ where
         }
         if let Err(e) = f(shared.clone()).await {
             tracing::warn!(error = %e, "monitor check failed; will retry");
+            shared.hold_judgement();
         }
     }
 }
@@ -80,19 +84,22 @@ async fn check_leases(shared: Arc<Shared>, after_grace: bool) -> Result<(), attu
     let expired = if after_grace { shared.store.expire_leases(now).await? } else { Vec::new() };
     for e in &expired {
         tracing::warn!(execution_id = %e.id, worker = %e.worker, outcome = ?e.outcome, "lease expired");
-        shared.changed(e.id, e.status());
     }
-    if returned > 0 || !expired.is_empty() {
+    let changes: Vec<_> = expired.iter().map(|e| (e.id, e.status())).collect();
+    shared.changed(&changes).await;
+    if returned > 0 {
         shared.work_available.notify_waiters();
+        let _ = shared.store.notify_work().await;
     }
     Ok(())
 }
 
 async fn check_unstarted(shared: Arc<Shared>) -> Result<(), attune_store::StoreError> {
     let failed = shared.store.fail_unstarted(shared.opts.scheduled_timeout, Timestamp::now()).await?;
-    for f in failed {
+    for f in &failed {
         tracing::warn!(execution_id = %f.id, age_seconds = f.age_seconds, "no worker started the execution in time; failed");
-        shared.changed(f.id, attune_core::ExecutionStatus::Failed);
     }
+    let changes: Vec<_> = failed.iter().map(|f| (f.id, attune_core::ExecutionStatus::Failed)).collect();
+    shared.changed(&changes).await;
     Ok(())
 }

@@ -53,10 +53,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Pending>) {
         let (news, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         match shared.store.create_executions(news, Timestamp::now()).await {
             Ok(created) => {
+                let changes: Vec<_> = created.iter().map(|e| (e.id, e.status)).collect();
                 for (e, reply) in created.into_iter().zip(replies) {
-                    shared.changed(e.id, e.status);
                     let _ = reply.send(Ok(e));
                 }
+                shared.changed(&changes).await;
             }
             Err(e) => {
                 let err = ApiError::from(e);

@@ -17,6 +17,7 @@ mod deadletters;
 mod executions;
 mod migrate;
 mod monitors;
+mod notify;
 mod packs;
 mod rows;
 mod workers;
@@ -24,6 +25,7 @@ mod workers;
 pub use connect::{redact, BackendKind, StoreOptions};
 pub use executions::{ExecutionFilter, NewExecution, Page};
 pub use monitors::{ExpiredLease, LeaseOutcome, UnstartedFailure};
+pub use notify::{Listener, Notice};
 pub use workers::NewWorker;
 
 use attune_core::TransitionError;

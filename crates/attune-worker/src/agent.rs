@@ -24,7 +24,9 @@ use crate::runtime::{self, RunContext};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    pub server: String,
+    /// Server URLs; the first is preferred, the others are failed over to (any replica will do:
+    /// leases live in the database).
+    pub servers: Vec<String>,
     pub name: String,
     pub concurrency: u32,
     pub runtimes: Vec<Runtime>,
@@ -49,7 +51,9 @@ struct InFlight {
 type Outgoing = (CompleteItem, tokio::sync::oneshot::Sender<Result<ExecutionStatus, String>>);
 
 struct Shared {
-    client: Client,
+    clients: Vec<Client>,
+    /// Index of the server in use.
+    current: std::sync::atomic::AtomicUsize,
     opts: WorkerOptions,
     id: Uuid,
     in_flight: Mutex<HashMap<Uuid, InFlight>>,
@@ -60,24 +64,41 @@ struct Shared {
 
 pub struct Agent {
     opts: WorkerOptions,
-    client: Client,
+    clients: Vec<Client>,
+}
+
+impl Shared {
+    fn client(&self) -> &Client {
+        &self.clients[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()]
+    }
+
+    /// After a transient failure: move on to the next server, if there is one.
+    fn fail_over(&self) {
+        if self.clients.len() > 1 {
+            let next =
+                (self.current.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1) % self.clients.len();
+            tracing::warn!(server = %self.clients[next].base_url(), "failing over to the next server");
+        }
+    }
 }
 
 impl Agent {
     pub fn build(opts: WorkerOptions) -> Agent {
-        let client = Client::new(&opts.server);
-        Agent { opts, client }
+        let clients = opts.servers.iter().map(|s| Client::new(s)).collect();
+        Agent { opts, clients }
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Some(reg) = register(&self.client, &self.opts, &shutdown).await else {
-            return Ok(()); // shut down before the server answered
+        anyhow::ensure!(!self.clients.is_empty(), "no server URL given");
+        let Some((reg, current)) = register(&self.clients, &self.opts, &shutdown).await else {
+            return Ok(()); // shut down before a server answered
         };
         let heartbeat_every = Duration::from_millis(reg.heartbeat_interval_ms.max(100));
         let max_poll = Duration::from_millis(reg.max_poll_ms.max(1000));
         let (reports, outgoing) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            client: self.client,
+            clients: self.clients,
+            current: std::sync::atomic::AtomicUsize::new(current),
             opts: self.opts,
             id: reg.worker.id,
             in_flight: Mutex::new(HashMap::new()),
@@ -87,7 +108,7 @@ impl Agent {
         let stop_reporter = CancellationToken::new();
         let reporter = tokio::spawn(reporter_loop(shared.clone(), outgoing, stop_reporter.clone()));
         tracing::info!(
-            worker = %shared.opts.name, id = %shared.id, server = %shared.opts.server,
+            worker = %shared.opts.name, id = %shared.id, server = %shared.client().base_url(),
             runtimes = ?shared.opts.runtimes, concurrency = shared.opts.concurrency,
             heartbeat = ?heartbeat_every, "worker registered"
         );
@@ -100,7 +121,7 @@ impl Agent {
         // Draining.
         let n = shared.in_flight.lock().expect("in-flight lock").len();
         tracing::info!(in_flight = n, timeout = ?shared.opts.shutdown_timeout, "shutting down: draining");
-        if let Err(e) = shared.client.drain(shared.id).await {
+        if let Err(e) = shared.client().drain(shared.id).await {
             tracing::warn!(error = %e, "could not tell the server we are draining");
         }
         let drained = tokio::time::timeout(shared.opts.shutdown_timeout, async {
@@ -120,7 +141,7 @@ impl Agent {
         let _ = reporter.await;
         stop_heartbeat.cancel();
         let _ = heartbeat.await;
-        if let Err(e) = shared.client.deregister(shared.id).await {
+        if let Err(e) = shared.client().deregister(shared.id).await {
             tracing::warn!(error = %e, "could not deregister");
         }
         tracing::info!(worker = %shared.opts.name, "worker stopped");
@@ -128,12 +149,13 @@ impl Agent {
     }
 }
 
-/// Registers, retrying with backoff while the server is unreachable.
+/// Registers with the first server that answers, trying them in turn with backoff; returns the
+/// registration and the index of that server.
 async fn register(
-    client: &Client,
+    clients: &[Client],
     opts: &WorkerOptions,
     shutdown: &CancellationToken,
-) -> Option<attune_client::wire::Registered> {
+) -> Option<(attune_client::wire::Registered, usize)> {
     let req = RegisterWorker {
         name: opts.name.clone(),
         host: hostname(),
@@ -143,9 +165,12 @@ async fn register(
         version: env!("CARGO_PKG_VERSION").into(),
     };
     let mut backoff = Duration::from_millis(200);
+    let mut i = 0;
     loop {
+        let client = &clients[i % clients.len()];
+        i += 1;
         match client.register(&req).await {
-            Ok(r) => return Some(r),
+            Ok(r) => return Some((r, (i - 1) % clients.len())),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot register yet");
             }
@@ -185,7 +210,7 @@ async fn poll_loop(
         }
         let polled = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = shared.client.poll(shared.id, free, max_poll) => r,
+            r = shared.client().poll(shared.id, free, max_poll) => r,
         };
         match polled {
             Ok(reply) => {
@@ -197,6 +222,9 @@ async fn poll_loop(
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "poll failed");
+                if e.is_transient() {
+                    shared.fail_over();
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -218,7 +246,7 @@ async fn start_all(shared: &Shared, tasks: Vec<Task>) -> Vec<Task> {
         .iter()
         .map(|t| Lease { execution_id: t.execution_id, lease_token: t.lease_token.clone() })
         .collect();
-    match shared.client.start_batch(shared.id, leases).await {
+    match shared.client().start_batch(shared.id, leases).await {
         Ok(reply) => {
             let ok: std::collections::HashSet<Uuid> =
                 reply.results.iter().filter(|r| r.status.is_some()).map(|r| r.execution_id).collect();
@@ -255,7 +283,7 @@ async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
     let id = task.execution_id;
     tracing::debug!(execution_id = %id, action = %task.action.action_ref, attempt = task.attempt, "running");
     let ctx = RunContext {
-        api_url: shared.opts.server.clone(),
+        api_url: shared.client().base_url().to_owned(),
         max_output: shared.opts.max_output,
         kill_grace: shared.opts.kill_grace,
         scratch_dir: shared.opts.scratch_dir.clone(),
@@ -270,7 +298,7 @@ async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
     if report.status == ExecutionStatus::Canceled && stop.is_cancelled() && !cancel_requested(shared, id) {
         // Stopped by our own shutdown, not by a cancel request: give it back so that the server
         // retries it elsewhere (or abandons it when no attempts are left).
-        match shared.client.release(shared.id, id, &task.lease_token).await {
+        match shared.client().release(shared.id, id, &task.lease_token).await {
             Ok(r) => tracing::warn!(execution_id = %id, outcome = %r["outcome"], "released unfinished task"),
             Err(e) => {
                 tracing::warn!(execution_id = %id, error = %e, "could not release; its lease will expire")
@@ -329,13 +357,14 @@ async fn reporter_loop(
         let mut backoff = Duration::from_millis(100);
         let mut answer = Err("not sent".to_string());
         for _ in 0..20 {
-            match shared.client.complete_batch(shared.id, items.clone()).await {
+            match shared.client().complete_batch(shared.id, items.clone()).await {
                 Ok(reply) => {
                     answer = Ok(reply);
                     break;
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, count = items.len(), retry_in = ?backoff, "report failed; retrying");
+                    shared.fail_over();
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -384,7 +413,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
             .iter()
             .map(|(id, f)| Lease { execution_id: *id, lease_token: f.token.clone() })
             .collect();
-        match shared.client.heartbeat(shared.id, leases).await {
+        match shared.client().heartbeat(shared.id, leases).await {
             Ok(reply) => {
                 let mut map = shared.in_flight.lock().expect("in-flight lock");
                 for l in reply.leases {
@@ -413,7 +442,12 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
                     f.stop.cancel();
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                if e.is_transient() {
+                    shared.fail_over();
+                }
+            }
         }
     }
 }

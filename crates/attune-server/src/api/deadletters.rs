@@ -38,7 +38,7 @@ pub async fn requeue(
 ) -> Result<(StatusCode, Json<Execution>), ApiError> {
     let id = parse_id("dead letter", &id)?;
     let e = state.store.requeue_dead_letter(id, "dlq_requeue", Timestamp::now()).await?;
-    state.changed(e.id, e.status);
+    state.changed(&[(e.id, e.status)]).await;
     tracing::info!(dead_letter = %id, execution_id = %e.id, "dead letter requeued");
     Ok((StatusCode::CREATED, Json(present(e))))
 }

@@ -159,7 +159,7 @@ pub async fn get(state: State, Path(id): Path<String>) -> Result<Json<Execution>
 pub async fn cancel(state: State, Path(id): Path<String>) -> Result<Json<Execution>, ApiError> {
     let id = parse_id("execution", &id)?;
     let e = state.store.cancel_execution(id, "api", Timestamp::now()).await?;
-    state.changed(id, e.status);
+    state.changed(&[(id, e.status)]).await;
     tracing::info!(execution_id = %id, status = %e.status, "cancel requested");
     Ok(Json(present(e)))
 }
@@ -215,7 +215,7 @@ pub async fn wait(
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Ok((eid, _)) if eid != id => continue,
+                    Ok(eid) if eid != id => continue,
                     _ => break,
                 },
                 _ = tokio::time::sleep_until(recheck) => break,

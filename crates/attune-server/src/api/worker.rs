@@ -187,7 +187,7 @@ pub async fn start(
     let actor = actor(&state, id).await?;
     let now = Timestamp::now();
     let e = state.store.start(execution, &s.lease_token, &actor, now, now.plus(state.opts.staleness)).await?;
-    state.changed(execution, e.status);
+    state.changed(&[(execution, e.status)]).await;
     tracing::debug!(execution_id = %execution, %actor, attempt = e.attempt, "execution started");
     Ok(Json(e))
 }
@@ -207,7 +207,7 @@ pub async fn complete(
     }
     let actor = actor(&state, id).await?;
     let e = state.store.complete(execution, &c.lease_token, &c.report, &actor, Timestamp::now()).await?;
-    state.changed(execution, e.status);
+    state.changed(&[(execution, e.status)]).await;
     tracing::debug!(execution_id = %execution, %actor, status = %e.status, "execution finished");
     Ok(Json(super::executions::present(e)))
 }
@@ -228,16 +228,15 @@ pub async fn start_batch(
     let actor = actor(&state, id).await?;
     let now = Timestamp::now();
     let results = state.store.start_many(&b.leases, &actor, now, now.plus(state.opts.staleness)).await?;
+    let changes: Vec<_> = results.iter().filter_map(|(id, r)| r.as_ref().ok().map(|s| (*id, *s))).collect();
     let results = results
         .into_iter()
         .map(|(execution_id, r)| match r {
-            Ok(status) => {
-                state.changed(execution_id, status);
-                BatchItemResult { execution_id, status: Some(status), error: None }
-            }
+            Ok(status) => BatchItemResult { execution_id, status: Some(status), error: None },
             Err(e) => BatchItemResult { execution_id, status: None, error: Some(ApiError::from(e).detail()) },
         })
         .collect();
+    state.changed(&changes).await;
     Ok(Json(BatchReply { results }))
 }
 
@@ -269,15 +268,17 @@ pub async fn complete_batch(
             });
         }
     }
+    let mut changes = Vec::new();
     for (execution_id, r) in state.store.complete_many(&valid, &actor, Timestamp::now()).await? {
         results.push(match r {
             Ok(e) => {
-                state.changed(execution_id, e.status);
+                changes.push((execution_id, e.status));
                 BatchItemResult { execution_id, status: Some(e.status), error: None }
             }
             Err(e) => BatchItemResult { execution_id, status: None, error: Some(ApiError::from(e).detail()) },
         });
     }
+    state.changed(&changes).await;
     Ok(Json(BatchReply { results }))
 }
 
@@ -293,7 +294,7 @@ pub async fn release(
     match state.store.release(execution, &s.lease_token, Timestamp::now()).await? {
         Some(l) => {
             tracing::info!(execution_id = %execution, worker = %l.worker, outcome = ?l.outcome, "task released");
-            state.changed(execution, l.status());
+            state.changed(&[(execution, l.status())]).await;
             Ok(Json(serde_json::json!({"released": true, "outcome": format!("{:?}", l.outcome)})))
         }
         None => Err(ApiError::new(
