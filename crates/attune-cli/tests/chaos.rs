@@ -10,33 +10,9 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_attune");
+mod common;
 
-fn packs_dir() -> String {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../packs")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
-}
-
-/// Settings every process of these tests shares: fast heartbeats and checks.
-fn fast_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("ATTUNE__WORKER__HEARTBEAT_INTERVAL".to_string(), "1s".to_string()),
-        ("ATTUNE__EXECUTOR__HEARTBEAT_CHECK_INTERVAL".into(), "250ms".into()),
-        ("ATTUNE__EXECUTOR__DELIVERY_TIMEOUT".into(), "2s".into()),
-        ("ATTUNE__PACKS__DIRS".into(), format!("[{}]", packs_dir())),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
-}
-
-fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Proc {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Proc::spawn(name, BIN, args, &env)
-}
+use common::{fast_env, spawn, BIN};
 
 struct Cluster {
     server: Proc,

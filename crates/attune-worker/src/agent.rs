@@ -69,14 +69,23 @@ pub struct Agent {
 
 impl Shared {
     fn client(&self) -> &Client {
-        &self.clients[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()]
+        &self.clients[self.server()]
     }
 
-    /// After a transient failure: move on to the next server, if there is one.
-    fn fail_over(&self) {
-        if self.clients.len() > 1 {
-            let next =
-                (self.current.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1) % self.clients.len();
+    /// Index of the server in use.
+    fn server(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()
+    }
+
+    /// After a transient failure talking to server `failed`: move on to the next server, unless
+    /// another loop (poll, heartbeat, reporter) already moved away from it.
+    fn fail_over(&self, failed: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.clients.len() < 2 {
+            return;
+        }
+        let next = (failed + 1) % self.clients.len();
+        if self.current.compare_exchange(failed, next, Relaxed, Relaxed).is_ok() {
             tracing::warn!(server = %self.clients[next].base_url(), "failing over to the next server");
         }
     }
@@ -208,9 +217,10 @@ async fn poll_loop(
                 _ = tasks.join_next() => continue,
             }
         }
+        let server = shared.server();
         let polled = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = shared.client().poll(shared.id, free, max_poll) => r,
+            r = shared.clients[server].poll(shared.id, free, max_poll) => r,
         };
         match polled {
             Ok(reply) => {
@@ -223,7 +233,7 @@ async fn poll_loop(
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "poll failed");
                 if e.is_transient() {
-                    shared.fail_over();
+                    shared.fail_over(server);
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -242,24 +252,40 @@ async fn start_all(shared: &Shared, tasks: Vec<Task>) -> Vec<Task> {
     if tasks.is_empty() {
         return tasks;
     }
-    let leases = tasks
+    let leases: Vec<Lease> = tasks
         .iter()
         .map(|t| Lease { execution_id: t.execution_id, lease_token: t.lease_token.clone() })
         .collect();
-    match shared.client().start_batch(shared.id, leases).await {
-        Ok(reply) => {
-            let ok: std::collections::HashSet<Uuid> =
-                reply.results.iter().filter(|r| r.status.is_some()).map(|r| r.execution_id).collect();
-            for r in reply.results.iter().filter(|r| r.status.is_none()) {
-                tracing::info!(execution_id = %r.execution_id, error = ?r.error, "not starting");
+    // Starting is idempotent for the same lease token, so a confirmation whose answer was lost (the
+    // server died after committing it) is simply sent again, to whichever server is up.
+    let mut backoff = Duration::from_millis(50);
+    let mut reply = None;
+    for _ in 0..8 {
+        let server = shared.server();
+        match shared.clients[server].start_batch(shared.id, leases.clone()).await {
+            Ok(r) => {
+                reply = Some(r);
+                break;
             }
-            tasks.into_iter().filter(|t| ok.contains(&t.execution_id)).collect()
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, count = tasks.len(), "could not confirm tasks; they will be redelivered");
-            Vec::new()
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, count = leases.len(), "could not confirm tasks; retrying");
+                shared.fail_over(server);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, count = leases.len(), "tasks refused; they will be redelivered");
+                break;
+            }
         }
     }
+    let Some(reply) = reply else { return Vec::new() };
+    let ok: std::collections::HashSet<Uuid> =
+        reply.results.iter().filter(|r| r.status.is_some()).map(|r| r.execution_id).collect();
+    for r in reply.results.iter().filter(|r| r.status.is_none()) {
+        tracing::info!(execution_id = %r.execution_id, error = ?r.error, "not starting");
+    }
+    tasks.into_iter().filter(|t| ok.contains(&t.execution_id)).collect()
 }
 
 async fn run_task(shared: Arc<Shared>, task: Task) {
@@ -357,14 +383,15 @@ async fn reporter_loop(
         let mut backoff = Duration::from_millis(100);
         let mut answer = Err("not sent".to_string());
         for _ in 0..20 {
-            match shared.client().complete_batch(shared.id, items.clone()).await {
+            let server = shared.server();
+            match shared.clients[server].complete_batch(shared.id, items.clone()).await {
                 Ok(reply) => {
                     answer = Ok(reply);
                     break;
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, count = items.len(), retry_in = ?backoff, "report failed; retrying");
-                    shared.fail_over();
+                    shared.fail_over(server);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -413,7 +440,8 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
             .iter()
             .map(|(id, f)| Lease { execution_id: *id, lease_token: f.token.clone() })
             .collect();
-        match shared.client().heartbeat(shared.id, leases).await {
+        let server = shared.server();
+        match shared.clients[server].heartbeat(shared.id, leases).await {
             Ok(reply) => {
                 let mut map = shared.in_flight.lock().expect("in-flight lock");
                 for l in reply.leases {
@@ -445,7 +473,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed");
                 if e.is_transient() {
-                    shared.fail_over();
+                    shared.fail_over(server);
                 }
             }
         }
