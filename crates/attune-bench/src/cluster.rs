@@ -84,7 +84,7 @@ pub struct Cluster {
     pub workers: Vec<Process>,
     pub url: String,
     pub client: Client,
-
+    pub db_url: String,
     env: Vec<(String, String)>,
     drop_db: Option<(String, String)>,
     _dir: tempdir::Dir,
@@ -141,11 +141,47 @@ impl Cluster {
             workers: Vec::new(),
             client: Client::new(&url),
             url,
+            db_url,
 
             env,
             drop_db,
             _dir: tempdir::Dir(dir),
         })
+    }
+
+    /// A second server process on the same database (a replica); returns its process and URL.
+    pub async fn add_replica(&self) -> anyhow::Result<(Process, String)> {
+        let envs: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (p, rx) = spawn(&["server", "--listen", "127.0.0.1:0", "--database-url", &self.db_url], &envs)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).context("the replica did not say where it listens")?;
+            if let Some(i) = line.find("http://127.0.0.1:") {
+                break line[i..].trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Ok((p, url))
+    }
+
+    /// Starts a worker process polling `server` (another replica) and waits until it is active.
+    pub async fn add_worker_on(&mut self, server: &str, concurrency: u32) -> anyhow::Result<()> {
+        let before = self.active_workers().await?;
+        let name = format!("bench-replica-w{}", self.workers.len());
+        let c = concurrency.to_string();
+        let envs: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (p, rx) = spawn(&["--server", server, "worker", "--name", &name, "--concurrency", &c], &envs)?;
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        self.workers.push(p);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.active_workers().await? <= before {
+            if Instant::now() > deadline {
+                bail!("worker did not register");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Starts `n` worker processes with `concurrency` slots and waits until all are active.

@@ -14,6 +14,8 @@ pub struct BackendResult {
     pub submit_to_start_ms: Option<[f64; 3]>,
     pub submit_to_finish_ms: Option<[f64; 3]>,
     pub backlog_per_sec: Option<f64>,
+    /// Submit on one replica → started by a worker polling another (PostgreSQL), p50/p95/p99 ms.
+    pub cross_replica_start_ms: Option<[f64; 3]>,
     pub detection_seconds: Vec<f64>,
     pub idle_server_rss_mb: Option<f64>,
     pub idle_worker_rss_mb: Option<f64>,
@@ -29,6 +31,7 @@ impl BackendResult {
             submit_to_start_ms: None,
             submit_to_finish_ms: None,
             backlog_per_sec: None,
+            cross_replica_start_ms: None,
             detection_seconds: Vec::new(),
             idle_server_rss_mb: None,
             idle_worker_rss_mb: None,
@@ -169,6 +172,12 @@ impl Results {
                     _ => "–".into(),
                 })
                 .collect(),
+            None,
+        );
+        row(
+            "submit on replica A → started via replica B, ms, p50 / p95 / p99",
+            "",
+            b.iter().map(|x| pcts(x.cross_replica_start_ms)).collect(),
             None,
         );
         row(

@@ -157,6 +157,13 @@ pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> an
         let done = c.wait_terminal(c0 + s.backlog_measured as u64, Duration::from_secs(600)).await?;
         r.backlog_per_sec = Some(s.backlog_measured as f64 / done.duration_since(t0).as_secs_f64());
     }
+    if backend == "postgres" {
+        eprintln!("[{backend}] cross-replica wake-up, {} executions", s.latency / 4);
+        let mut c = Cluster::start(backend, &args.pg).await?;
+        let (_replica, url_b) = c.add_replica().await?;
+        c.add_worker_on(&url_b, args.concurrency).await?;
+        r.cross_replica_start_ms = Some(cross_replica(&c, &url_b, s.latency / 4).await?);
+    }
     eprintln!("[{backend}] dead-worker detection, {} kills", s.kills);
     {
         let mut c = Cluster::start(backend, &args.pg).await?;
@@ -165,6 +172,26 @@ pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> an
         r.detection_seconds = secs;
     }
     Ok(r)
+}
+
+/// Submit on replica A, started by a worker long-polling on replica B (woken by LISTEN/NOTIFY);
+/// measured as A's submit to B's `wait` answer.
+async fn cross_replica(c: &Cluster, url_b: &str, n: usize) -> anyhow::Result<[f64; 3]> {
+    let b = Client::new(url_b);
+    let req = CreateExecution { action_ref: "core.noop".into(), ..Default::default() };
+    let mut ms = Vec::with_capacity(n);
+    for i in 0..n + 10 {
+        let t0 = Instant::now();
+        let e = c.client.create_execution(&req).await?;
+        let s = b.wait_execution(e.id, true, Duration::from_secs(10)).await?;
+        if s.status == ExecutionStatus::Scheduled {
+            bail!("execution {} did not start within 10 s", e.id);
+        }
+        if i >= 10 {
+            ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(summary(ms))
 }
 
 /// kill -9 of the worker running a task, to the moment another worker starts it: worker A runs

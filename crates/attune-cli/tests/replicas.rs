@@ -109,7 +109,8 @@ async fn killing_a_replica_loses_nothing() {
     let w1 = worker("w1", &both_a, &env);
     let _w2 = worker("w2", &both_a, &env);
     let client_b = Client::new(&url_b);
-    let ids = submit_round_robin(std::slice::from_ref(&client_b), 300, "core.sleep", json!({"seconds": 0.2})).await;
+    let ids =
+        submit_round_robin(std::slice::from_ref(&client_b), 300, "core.sleep", json!({"seconds": 0.2})).await;
     wait_for("work running", Duration::from_secs(10), || async {
         let s = client_b.stats().await.ok()?;
         (s["executions"]["succeeded"].as_u64().unwrap_or(0) > 20).then_some(())

@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub submissions: tokio::sync::mpsc::Sender<submit::Pending>,
     /// Every status change this server made, for waiters (`GET …/wait`) in this process.
     pub changes: tokio::sync::broadcast::Sender<Uuid>,
+    /// Changes to announce to the other replicas: (ids, whether work was queued).
+    pub notices: tokio::sync::mpsc::UnboundedSender<(Vec<Uuid>, bool)>,
     /// Monitors judge workers and leases only after this instant.
     pub judge_after: Mutex<tokio::time::Instant>,
     pub shutdown: CancellationToken,
@@ -115,13 +117,10 @@ impl Shared {
         let work = changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled);
         if work {
             self.work_available.notify_waiters();
-            if let Err(e) = self.store.notify_work().await {
-                tracing::debug!(error = %e, "could not notify other replicas of work");
-            }
         }
-        let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
-        if let Err(e) = self.store.notify_changed(&ids).await {
-            tracing::debug!(error = %e, "could not notify other replicas of changes");
+        if self.store.kind() == attune_store::BackendKind::Postgres {
+            // Sent by `replicas::notify`, off the request's path.
+            let _ = self.notices.send((changes.iter().map(|(id, _)| *id).collect(), work));
         }
     }
 
@@ -140,14 +139,17 @@ impl Shared {
 pub struct Server {
     shared: Arc<Shared>,
     submissions: tokio::sync::mpsc::Receiver<submit::Pending>,
+    notices: tokio::sync::mpsc::UnboundedReceiver<(Vec<Uuid>, bool)>,
 }
 
 impl Server {
     pub fn build(opts: ServerOptions, store: Arc<Store>) -> Server {
         let (submissions, rx) = submit::channel();
         let judge_after = tokio::time::Instant::now() + opts.staleness;
+        let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
         Server {
             submissions: rx,
+            notices: notices_rx,
             shared: Arc::new(Shared {
                 submissions,
                 store,
@@ -158,6 +160,7 @@ impl Server {
                 worker_names: Mutex::new(HashMap::new()),
                 changes: tokio::sync::broadcast::channel(4096).0,
                 judge_after: Mutex::new(judge_after),
+                notices,
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -171,6 +174,7 @@ impl Server {
         tasks.spawn(monitors::run(shared.clone()));
         tasks.spawn(submit::run(shared.clone(), self.submissions));
         tasks.spawn(replicas::listen(shared.clone()));
+        tasks.spawn(replicas::notify(shared.clone(), self.notices));
         let stop = shared.shutdown.clone();
         let forward = shutdown.clone();
         tasks.spawn(async move {

@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use attune_store::Notice;
+use uuid::Uuid;
 
 use crate::Shared;
 
@@ -43,6 +44,37 @@ pub(crate) async fn listen(shared: Arc<Shared>) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Sends this replica's changes to the others, coalescing whatever accumulated meanwhile into one
+/// `attune_work` and as few `attune_changed` notifications as the ids need.
+pub(crate) async fn notify(
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Vec<Uuid>, bool)>,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            x = rx.recv() => x,
+            _ = shared.shutdown.cancelled() => None,
+        };
+        let Some((mut ids, mut work)) = first else { return };
+        while let Ok((more, w)) = rx.try_recv() {
+            ids.extend(more);
+            work |= w;
+            if ids.len() >= 5_000 {
+                break;
+            }
+        }
+        if work {
+            if let Err(e) = shared.store.notify_work().await {
+                tracing::debug!(error = %e, "could not notify other replicas of work");
+            }
+        }
+        if let Err(e) = shared.store.notify_changed(&ids).await {
+            tracing::debug!(error = %e, "could not notify other replicas of changes");
         }
     }
 }
