@@ -79,6 +79,22 @@ fn spawn(
     Ok((Process { child }, rx))
 }
 
+/// A server process on port 0; returns it with the URL it printed. Its output keeps being drained
+/// so that it never blocks on a full pipe.
+fn start_server(db_url: &str, envs: &[(&str, &str)]) -> anyhow::Result<(Process, String)> {
+    let (p, rx) = spawn(&["server", "--listen", "127.0.0.1:0", "--database-url", db_url], envs)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).context("the server did not say where it listens")?;
+        if let Some(i) = line.find("http://127.0.0.1:") {
+            break line[i..].trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    Ok((p, url))
+}
+
 pub struct Cluster {
     pub server: Process,
     pub workers: Vec<Process>,
@@ -125,17 +141,7 @@ impl Cluster {
             ("ATTUNE__DATABASE__MAX_CONNECTIONS".into(), "16".into()),
         ];
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let (server, rx) = spawn(&["server", "--listen", "127.0.0.1:0", "--database-url", &db_url], &envs)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let url = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).context("the server did not say where it listens")?;
-            if let Some(i) = line.find("http://127.0.0.1:") {
-                break line[i..].trim().to_owned();
-            }
-        };
-        // Keep draining the server's output so it never blocks on a full pipe.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
+        let (server, url) = start_server(&db_url, &envs)?;
         Ok(Cluster {
             server,
             workers: Vec::new(),
@@ -152,17 +158,7 @@ impl Cluster {
     /// A second server process on the same database (a replica); returns its process and URL.
     pub async fn add_replica(&self) -> anyhow::Result<(Process, String)> {
         let envs: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let (p, rx) = spawn(&["server", "--listen", "127.0.0.1:0", "--database-url", &self.db_url], &envs)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let url = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).context("the replica did not say where it listens")?;
-            if let Some(i) = line.find("http://127.0.0.1:") {
-                break line[i..].trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || while rx.recv().is_ok() {});
-        Ok((p, url))
+        start_server(&self.db_url, &envs)
     }
 
     /// Starts a worker process polling `server` (another replica) and waits until it is active.

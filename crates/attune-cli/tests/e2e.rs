@@ -7,16 +7,9 @@ use attune_testkit::{run_cli, Proc, TestDb};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_attune");
+mod common;
 
-fn packs_dir() -> String {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../packs")
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
-}
+use common::{packs_dir, BIN};
 
 /// `attune up` on port 0 with the repository's packs.
 fn up(extra: &[&str], data_dir: &std::path::Path) -> (Proc, String) {
