@@ -5,6 +5,7 @@
 
 mod api;
 mod error;
+mod metrics;
 mod monitors;
 pub mod packs;
 mod replicas;
@@ -69,6 +70,7 @@ pub(crate) struct Shared {
     pub submissions: tokio::sync::mpsc::Sender<submit::Pending>,
     /// Every status change this server made, for waiters (`GET …/wait`) in this process.
     pub changes: tokio::sync::broadcast::Sender<Uuid>,
+    pub metrics: metrics::Metrics,
     /// Changes to announce to the other replicas: (ids, whether work was queued).
     pub notices: tokio::sync::mpsc::UnboundedSender<(Vec<Uuid>, bool)>,
     /// Monitors judge workers and leases only after this instant.
@@ -160,6 +162,7 @@ impl Server {
                 worker_names: Mutex::new(HashMap::new()),
                 changes: tokio::sync::broadcast::channel(4096).0,
                 judge_after: Mutex::new(judge_after),
+                metrics: metrics::Metrics::default(),
                 notices,
                 shutdown: CancellationToken::new(),
             }),

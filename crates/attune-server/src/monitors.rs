@@ -69,7 +69,9 @@ async fn check_workers(shared: Arc<Shared>) -> Result<(), attune_store::StoreErr
     let staleness = shared.opts.staleness;
     let cutoff = Timestamp::now().minus(staleness);
     let reason = format!("no heartbeat for {}s", staleness.as_secs_f64());
-    for name in shared.store.mark_stale_workers(cutoff, &reason).await? {
+    let stale = shared.store.mark_stale_workers(cutoff, &reason).await?;
+    crate::metrics::Metrics::add(&shared.metrics.workers_went_inactive, stale.len() as u64);
+    for name in stale {
         tracing::warn!(worker = %name, staleness = ?staleness, "worker heartbeat is stale; marked inactive");
     }
     Ok(())
@@ -84,6 +86,10 @@ async fn check_leases(shared: Arc<Shared>, after_grace: bool) -> Result<(), attu
     let expired = if after_grace { shared.store.expire_leases(now).await? } else { Vec::new() };
     for e in &expired {
         tracing::warn!(execution_id = %e.id, worker = %e.worker, outcome = ?e.outcome, "lease expired");
+        crate::metrics::Metrics::add(&shared.metrics.lease_expiries, 1);
+        if matches!(e.outcome, attune_store::LeaseOutcome::Retried { .. }) {
+            crate::metrics::Metrics::add(&shared.metrics.retries, 1);
+        }
     }
     let changes: Vec<_> = expired.iter().map(|e| (e.id, e.status())).collect();
     shared.changed(&changes).await;
@@ -96,6 +102,7 @@ async fn check_leases(shared: Arc<Shared>, after_grace: bool) -> Result<(), attu
 
 async fn check_unstarted(shared: Arc<Shared>) -> Result<(), attune_store::StoreError> {
     let failed = shared.store.fail_unstarted(shared.opts.scheduled_timeout, Timestamp::now()).await?;
+    crate::metrics::Metrics::add(&shared.metrics.schedule_to_start_timeouts, failed.len() as u64);
     for f in &failed {
         tracing::warn!(execution_id = %f.id, age_seconds = f.age_seconds, "no worker started the execution in time; failed");
     }

@@ -31,6 +31,7 @@ both!(
     long_poll_wakes_on_submit,
     bad_pack_uploads_store_nothing,
     cancel_rules,
+    metrics_parse_and_move,
 );
 
 struct Api {
@@ -303,5 +304,69 @@ async fn cancel_rules(db: TestDb) {
     let got = api.client.get_execution(e.id).await.unwrap();
     assert_eq!(got.history.last().unwrap().to, ExecutionStatus::Canceled);
     assert!(got.finished_at.unwrap() <= Timestamp::now());
+    api.stop().await;
+}
+
+/// Samples of `name` in the exposition, with their labels.
+fn samples(text: &str, name: &str) -> Vec<(std::collections::HashMap<String, String>, f64)> {
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition");
+    scrape
+        .samples
+        .into_iter()
+        .filter(|s| s.metric == name)
+        .map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            (s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), v)
+        })
+        .collect()
+}
+
+async fn metrics_parse_and_move(db: TestDb) {
+    let api = Api::start(db).await;
+    let text =
+        || async { api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap() };
+    let before = text().await;
+    assert!(samples(&before, "attune_executions_finished_total").is_empty());
+    let w = register(&api, "w1").await;
+    let e = api
+        .client
+        .create_execution(&CreateExecution { action_ref: "core.noop".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let waiting = text().await;
+    let depth = samples(&waiting, "attune_queue_depth");
+    assert_eq!(depth.len(), 1);
+    assert_eq!((depth[0].0["queue"].as_str(), depth[0].1), ("builtin", 1.0));
+    let t = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
+    let lease = attune_core::Lease { execution_id: e.id, lease_token: t.lease_token.clone() };
+    api.client.start_batch(w, vec![lease]).await.unwrap();
+    let item = attune_client::wire::CompleteItem {
+        execution_id: e.id,
+        lease_token: t.lease_token,
+        report: report(ExecutionStatus::Succeeded),
+    };
+    api.client.complete_batch(w, vec![item]).await.unwrap();
+    let after = text().await;
+    let done = samples(&after, "attune_executions_finished_total");
+    assert_eq!(done.len(), 1, "{after}");
+    assert_eq!(
+        (done[0].0["action"].as_str(), done[0].0["status"].as_str(), done[0].1),
+        ("core.noop", "succeeded", 1.0)
+    );
+    let events = samples(&after, "attune_worker_events_total");
+    assert!(events.iter().any(|(l, v)| l["event"] == "registered" && *v == 1.0), "{events:?}");
+    let starts = samples(&after, "attune_submit_to_start_seconds_count");
+    assert_eq!(starts.first().map(|s| s.1), Some(1.0), "{after}");
+    let runs = samples(&after, "attune_run_duration_seconds_count");
+    assert_eq!(runs.first().map(|s| s.1), Some(1.0));
+    let hb = samples(&after, "attune_worker_heartbeat_age_seconds");
+    assert_eq!(hb.len(), 1);
+    assert!(samples(&after, "attune_queue_depth").is_empty(), "the queue is empty again");
     api.stop().await;
 }

@@ -81,6 +81,17 @@ pub struct NewExecution {
     pub trace_id: Option<String>,
 }
 
+/// See `Store::metrics_snapshot`.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSnapshot {
+    /// (action_ref, status, count)
+    pub executions: Vec<(String, String, u64)>,
+    /// (queue, waiting and undelivered, oldest scheduled_at)
+    pub queues: Vec<(String, u64, Option<Timestamp>)>,
+    /// (cause, count)
+    pub dead_letters: Vec<(String, u64)>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionFilter {
     pub status: Option<ExecutionStatus>,
@@ -301,6 +312,33 @@ impl Store {
             None
         };
         Ok(Page { items, next })
+    }
+
+    /// What `/metrics` reports from the database: executions by (action, status), the queues'
+    /// depth and oldest waiting task, dead letters by cause.
+    pub async fn metrics_snapshot(&self) -> Result<MetricsSnapshot> {
+        read_pool!(self, p => {
+            let mut snap = MetricsSnapshot::default();
+            for r in sqlx::query("SELECT action_ref, status, COUNT(*) AS n FROM executions GROUP BY action_ref, status")
+                .fetch_all(p)
+                .await?
+            {
+                snap.executions.push((r.text("action_ref")?, r.text("status")?, r.big("n")? as u64));
+            }
+            for r in sqlx::query(
+                "SELECT queue, COUNT(*) AS n, MIN(scheduled_at) AS oldest FROM executions
+                 WHERE status = 'scheduled' AND lease_token IS NULL GROUP BY queue",
+            )
+            .fetch_all(p)
+            .await?
+            {
+                snap.queues.push((r.text("queue")?, r.big("n")? as u64, r.opt_big("oldest")?.map(Timestamp)));
+            }
+            for r in sqlx::query("SELECT cause, COUNT(*) AS n FROM dead_letters GROUP BY cause").fetch_all(p).await? {
+                snap.dead_letters.push((r.text("cause")?, r.big("n")? as u64));
+            }
+            Ok(snap)
+        })
     }
 
     /// How many executions are in each status.

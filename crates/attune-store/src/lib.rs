@@ -23,7 +23,7 @@ mod rows;
 mod workers;
 
 pub use connect::{redact, BackendKind, StoreOptions};
-pub use executions::{ExecutionFilter, NewExecution, Page};
+pub use executions::{ExecutionFilter, MetricsSnapshot, NewExecution, Page};
 pub use monitors::{ExpiredLease, LeaseOutcome, UnstartedFailure};
 pub use notify::{Listener, Notice};
 pub use workers::NewWorker;

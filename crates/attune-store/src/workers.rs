@@ -2,7 +2,7 @@
 //! and the fenced `start`/`complete` reports. A report whose lease token is not the execution's
 //! current one is rejected with `StaleLease` and changes nothing.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use attune_core::{
     Execution, ExecutionStatus, Lease, LeaseState, Report, Runtime, Task, Timestamp, Worker, WorkerStatus,
@@ -268,14 +268,16 @@ impl Store {
     }
 
     /// `start` for many tasks at once (one statement per distinct token). Returns, per lease, the
-    /// execution's status afterwards or why it cannot start.
+    /// execution's status afterwards or why it cannot start; and, for those started now, how long
+    /// each had waited since it was (last) scheduled.
     pub async fn start_many(
         &self,
         leases: &[Lease],
         actor: &str,
         now: Timestamp,
         lease_until: Timestamp,
-    ) -> Result<Vec<(Uuid, Result<ExecutionStatus>)>> {
+    ) -> Result<(Vec<(Uuid, Result<ExecutionStatus>)>, Vec<Duration>)> {
+        let mut waited = Vec::new();
         let mut by_token: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         for l in leases {
             by_token.entry(l.lease_token.as_str()).or_default().push(l.execution_id.to_string());
@@ -287,18 +289,24 @@ impl Store {
                 "UPDATE executions SET status = 'running', attempt = attempt + 1, started_at = $2,
                     updated_at = $2, lease_expires_at = $3, delivered_at = NULL, transition_actor = $4,
                     transition_reason = 'attempt ' || (attempt + 1) || ' started', attempt_outcome = NULL
-                 WHERE id IN ({list}) AND lease_token = $1 AND status = 'scheduled' RETURNING id"
+                 WHERE id IN ({list}) AND lease_token = $1 AND status = 'scheduled' RETURNING id, scheduled_at"
             );
-            let got: Vec<String> = write_pool!(self, p => {
-                sqlx::query_scalar(&sql)
+            let got: Vec<(String, Option<i64>)> = write_pool!(self, p => {
+                let rows = sqlx::query(&sql)
                     .bind(token)
                     .bind(now.millis())
                     .bind(lease_until.millis())
                     .bind(actor)
                     .fetch_all(p)
-                    .await?
+                    .await?;
+                rows.iter().map(|r| Ok((r.text("id")?, r.opt_big("scheduled_at")?))).collect::<Result<_>>()?
             });
-            started.extend(got.into_iter().map(|id| (id, token.to_owned())));
+            for (id, scheduled_at) in got {
+                if let Some(at) = scheduled_at {
+                    waited.push(Duration::from_millis(now.millis().saturating_sub(at).max(0) as u64));
+                }
+                started.insert((id, token.to_owned()));
+            }
         }
         let mut out = Vec::with_capacity(leases.len());
         for l in leases {
@@ -313,7 +321,7 @@ impl Store {
                 out.push((l.execution_id, r));
             }
         }
-        Ok(out)
+        Ok((out, waited))
     }
 
     async fn holds(&self, id: Uuid, token: &str) -> Result<bool> {

@@ -666,7 +666,8 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
         .collect();
     let mut with_stale = leases.clone();
     with_stale.push(Lease { execution_id: created[0].id, lease_token: "stale".into() });
-    let started = s.start_many(&with_stale, "worker:w", at(1), at(31)).await.unwrap();
+    let (started, waited) = s.start_many(&with_stale, "worker:w", at(1), at(31)).await.unwrap();
+    assert_eq!(waited, vec![Duration::from_secs(1); 5], "each waited since it was scheduled at 0");
     assert_eq!(started.len(), 6);
     assert!(started[..5].iter().all(|(_, r)| matches!(r, Ok(ExecutionStatus::Running))), "{started:?}");
     assert!(matches!(started[5].1, Err(StoreError::StaleLease { .. })));

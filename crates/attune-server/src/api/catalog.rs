@@ -56,6 +56,14 @@ pub async fn stats(state: State) -> Result<Json<serde_json::Value>, ApiError> {
     })))
 }
 
+/// Prometheus text format.
+pub async fn metrics(state: State) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let snap = state.store.metrics_snapshot().await?;
+    let workers = state.store.list_workers(false).await?;
+    let body = crate::metrics::render(&state.metrics, &snap, &workers, Timestamp::now());
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
+}
+
 pub async fn packs(state: State) -> Result<Json<Vec<PackSummary>>, ApiError> {
     Ok(Json(state.store.list_packs().await?))
 }

@@ -19,6 +19,7 @@ pub(crate) type State = axum::extract::State<Arc<Shared>>;
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(catalog::health))
+        .route("/metrics", get(catalog::metrics))
         .route("/api/v1/executions", post(executions::create).get(executions::list))
         .route("/api/v1/executions/{id}", get(executions::get))
         .route("/api/v1/executions/{id}/cancel", post(executions::cancel))

@@ -52,6 +52,7 @@ pub async fn register(state: State, Body(req): Body<RegisterWorker>) -> Result<J
         version: req.version,
     };
     let worker = state.store.register_worker(&w, Timestamp::now()).await?;
+    crate::metrics::Metrics::add(&state.metrics.workers_registered, 1);
     state.worker_names.lock().expect("names lock").insert(worker.id, worker.name.clone());
     tracing::info!(worker = %worker.name, id = %worker.id, runtimes = ?worker.runtimes, "worker registered");
     let o = &state.opts;
@@ -227,7 +228,11 @@ pub async fn start_batch(
     }
     let actor = actor(&state, id).await?;
     let now = Timestamp::now();
-    let results = state.store.start_many(&b.leases, &actor, now, now.plus(state.opts.staleness)).await?;
+    let (results, waited) =
+        state.store.start_many(&b.leases, &actor, now, now.plus(state.opts.staleness)).await?;
+    for w in waited {
+        state.metrics.submit_to_start.observe(w);
+    }
     let changes: Vec<_> = results.iter().filter_map(|(id, r)| r.as_ref().ok().map(|s| (*id, *s))).collect();
     let results = results
         .into_iter()
@@ -272,6 +277,7 @@ pub async fn complete_batch(
     for (execution_id, r) in state.store.complete_many(&valid, &actor, Timestamp::now()).await? {
         results.push(match r {
             Ok(e) => {
+                state.metrics.finished(&e, Timestamp::now());
                 changes.push((execution_id, e.status));
                 BatchItemResult { execution_id, status: Some(e.status), error: None }
             }
@@ -315,6 +321,7 @@ pub async fn drain(state: State, Path(id): Path<String>) -> Result<Json<Worker>,
 pub async fn deregister(state: State, Path(id): Path<String>) -> Result<Json<Worker>, ApiError> {
     let id = parse_id("worker", &id)?;
     let w = state.store.deregister_worker(id, Timestamp::now()).await?;
+    crate::metrics::Metrics::add(&state.metrics.workers_deregistered, 1);
     tracing::info!(worker = %w.name, "worker deregistered");
     Ok(Json(w))
 }

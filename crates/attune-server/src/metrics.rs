@@ -1,0 +1,210 @@
+//! `GET /metrics` in the Prometheus text format. What the database knows (executions by action and
+//! status, queue depth and oldest waiting age, workers and their heartbeat age, dead letters) is
+//! read at scrape time, so every replica reports the same; what happens inside this process
+//! (worker lifecycle events, lease expiries, retries, timeouts, latency histograms) is counted here
+//! and is per replica, as Prometheus expects of counters.
+
+use std::{
+    fmt::Write,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Mutex,
+    },
+    time::Duration,
+};
+
+use attune_core::{ExecutionStatus, Timestamp};
+
+/// Bucket bounds, in seconds.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const DURATION_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+pub(crate) struct Histogram {
+    bounds: &'static [f64],
+    /// Per bound (not cumulative), then the sum and the count.
+    inner: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram { bounds, inner: Mutex::new((vec![0; bounds.len()], 0.0, 0)) }
+    }
+
+    pub(crate) fn observe(&self, d: Duration) {
+        let v = d.as_secs_f64();
+        let mut g = self.inner.lock().expect("histogram lock");
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            g.0[i] += 1;
+        }
+        g.1 += v;
+        g.2 += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let g = self.inner.lock().expect("histogram lock");
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, n) in self.bounds.iter().zip(&g.0) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let _ =
+            writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", g.2, g.1, g.2);
+    }
+}
+
+/// Counters and histograms of this process.
+pub(crate) struct Metrics {
+    pub workers_registered: AtomicU64,
+    pub workers_deregistered: AtomicU64,
+    pub workers_went_inactive: AtomicU64,
+    pub lease_expiries: AtomicU64,
+    pub retries: AtomicU64,
+    pub schedule_to_start_timeouts: AtomicU64,
+    pub submit_to_start: Histogram,
+    pub run_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            workers_registered: AtomicU64::new(0),
+            workers_deregistered: AtomicU64::new(0),
+            workers_went_inactive: AtomicU64::new(0),
+            lease_expiries: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            schedule_to_start_timeouts: AtomicU64::new(0),
+            submit_to_start: Histogram::new(LATENCY_BUCKETS),
+            run_duration: Histogram::new(DURATION_BUCKETS),
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    /// Records what a finished (or retried) execution tells: run duration, retries.
+    pub(crate) fn finished(&self, e: &attune_core::Execution, now: Timestamp) {
+        if e.status == ExecutionStatus::Scheduled {
+            Self::add(&self.retries, 1);
+        }
+        if let Some(started) = e.started_at {
+            let end = e.finished_at.unwrap_or(now);
+            self.run_duration.observe(Duration::from_millis(end.0.saturating_sub(started.0).max(0) as u64));
+        }
+    }
+}
+
+/// Escapes a label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+}
+
+pub(crate) fn render(
+    m: &Metrics,
+    snap: &attune_store::MetricsSnapshot,
+    workers: &[attune_core::Worker],
+    now: Timestamp,
+) -> String {
+    let mut out = String::new();
+    out += "# HELP attune_executions_finished_total Executions that reached a terminal status, by action and status.\n";
+    out += "# TYPE attune_executions_finished_total counter\n";
+    for (action, status, n) in snap.executions.iter().filter(|(_, s, _)| is_terminal(s)) {
+        let _ = writeln!(
+            out,
+            "attune_executions_finished_total{{action=\"{}\",status=\"{}\"}} {n}",
+            label(action),
+            label(status)
+        );
+    }
+    out += "# HELP attune_executions_open Executions not yet terminal, by action and status.\n";
+    out += "# TYPE attune_executions_open gauge\n";
+    for (action, status, n) in snap.executions.iter().filter(|(_, s, _)| !is_terminal(s)) {
+        let _ = writeln!(
+            out,
+            "attune_executions_open{{action=\"{}\",status=\"{}\"}} {n}",
+            label(action),
+            label(status)
+        );
+    }
+    out += "# HELP attune_queue_depth Tasks waiting for a worker, by queue (runtime).\n# TYPE attune_queue_depth gauge\n";
+    for (q, n, _) in &snap.queues {
+        let _ = writeln!(out, "attune_queue_depth{{queue=\"{}\"}} {n}", label(q));
+    }
+    out += "# HELP attune_queue_oldest_age_seconds Age of the oldest waiting task, by queue.\n";
+    out += "# TYPE attune_queue_oldest_age_seconds gauge\n";
+    for (q, _, oldest) in &snap.queues {
+        let age = oldest.map(|o| (now.0 - o.0).max(0) as f64 / 1000.0).unwrap_or(0.0);
+        let _ = writeln!(out, "attune_queue_oldest_age_seconds{{queue=\"{}\"}} {age}", label(q));
+    }
+    out +=
+        "# HELP attune_dead_letters_total Dead letters by cause.\n# TYPE attune_dead_letters_total counter\n";
+    for (cause, n) in &snap.dead_letters {
+        let _ = writeln!(out, "attune_dead_letters_total{{cause=\"{}\"}} {n}", label(cause));
+    }
+    out += "# HELP attune_workers Registered workers by status.\n# TYPE attune_workers gauge\n";
+    for st in ["active", "inactive"] {
+        let n = workers.iter().filter(|w| w.status.as_str() == st).count();
+        let _ = writeln!(out, "attune_workers{{status=\"{st}\"}} {n}");
+    }
+    out += "# HELP attune_worker_heartbeat_age_seconds Seconds since each worker's last heartbeat.\n";
+    out += "# TYPE attune_worker_heartbeat_age_seconds gauge\n";
+    for w in workers {
+        let age = (now.0 - w.last_heartbeat.0).max(0) as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "attune_worker_heartbeat_age_seconds{{worker=\"{}\",status=\"{}\"}} {age}",
+            label(&w.name),
+            w.status
+        );
+    }
+    out += "# HELP attune_worker_events_total Worker lifecycle events seen by this server.\n";
+    out += "# TYPE attune_worker_events_total counter\n";
+    for (event, c) in [
+        ("registered", &m.workers_registered),
+        ("deregistered", &m.workers_deregistered),
+        ("went_inactive", &m.workers_went_inactive),
+    ] {
+        let _ = writeln!(out, "attune_worker_events_total{{event=\"{event}\"}} {}", c.load(Relaxed));
+    }
+    counter(
+        &mut out,
+        "attune_lease_expiries_total",
+        "Leases that expired because their worker stopped heartbeating (this server's monitor).",
+        m.lease_expiries.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "attune_retries_total",
+        "Attempts put back in the queue for another try (this server).",
+        m.retries.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "attune_schedule_to_start_timeouts_total",
+        "Executions failed because no worker started them within scheduled_timeout (this server's monitor).",
+        m.schedule_to_start_timeouts.load(Relaxed),
+    );
+    m.submit_to_start.render(
+        &mut out,
+        "attune_submit_to_start_seconds",
+        "Time from being (re)scheduled to running, seen by this server.",
+    );
+    m.run_duration.render(
+        &mut out,
+        "attune_run_duration_seconds",
+        "Time from running to the end of the attempt, seen by this server.",
+    );
+    out
+}
+
+fn is_terminal(s: &str) -> bool {
+    ExecutionStatus::parse(s).map(ExecutionStatus::is_terminal).unwrap_or(false)
+}
