@@ -32,6 +32,7 @@ both!(
     bad_pack_uploads_store_nothing,
     cancel_rules,
     metrics_parse_and_move,
+    events_stream_in_order_and_resume,
 );
 
 struct Api {
@@ -368,5 +369,125 @@ async fn metrics_parse_and_move(db: TestDb) {
     let hb = samples(&after, "attune_worker_heartbeat_age_seconds");
     assert_eq!(hb.len(), 1);
     assert!(samples(&after, "attune_queue_depth").is_empty(), "the queue is empty again");
+    api.stop().await;
+}
+
+/// One SSE event: (id, event name, data as JSON).
+type SseEvent = (String, String, Value);
+
+/// Reads SSE events from `path` until `until` says stop (or 15 s pass).
+async fn read_sse(
+    api: &Api,
+    path: &str,
+    last_id: Option<&str>,
+    until: impl Fn(&[SseEvent]) -> bool,
+) -> Vec<SseEvent> {
+    let mut req = api.http.get(format!("{}{path}", api.url));
+    if let Some(id) = last_id {
+        req = req.header("Last-Event-ID", id);
+    }
+    let mut resp = req.send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (mut buf, mut events) = (String::new(), Vec::new());
+    while !until(&events) {
+        let chunk =
+            tokio::time::timeout_at(deadline, resp.chunk()).await.expect("events in time").unwrap().unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut name, mut data) = (String::new(), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    name = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            if !name.is_empty() {
+                events.push((id, name, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+    events
+}
+
+async fn run_one_noop(api: &Api, w: uuid::Uuid) -> uuid::Uuid {
+    let e = api
+        .client
+        .create_execution(&CreateExecution { action_ref: "core.noop".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let t = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
+    api.client.start(w, e.id, &t.lease_token).await.unwrap();
+    api.client.complete(w, e.id, &t.lease_token, report(ExecutionStatus::Succeeded)).await.unwrap();
+    e.id
+}
+
+async fn events_stream_in_order_and_resume(db: TestDb) {
+    let api = Api::start(db).await;
+    let w = register(&api, "w1").await;
+    let (s, v) = api.raw(reqwest::Method::GET, "/api/v1/events?kind=bogus", None).await;
+    assert_eq!((s, code(&v)), (400, "invalid_query"));
+    let (s, v) = api.raw(reqwest::Method::GET, "/api/v1/events?after=nonsense", None).await;
+    assert_eq!((s, code(&v)), (400, "invalid_cursor"));
+    // A fresh database: from the start of the stream, this execution's whole life, in order.
+    let id = run_one_noop(&api, w).await;
+    let events = read_sse(&api, "/api/v1/events?kind=execution&after=0-0", None, |ev| {
+        ev.iter().any(|e| e.1 == "ExecutionCompleted")
+    })
+    .await;
+    let mine: Vec<&SseEvent> = events.iter().filter(|e| e.2["execution_id"] == id.to_string()).collect();
+    let names: Vec<&str> = mine.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["ExecutionRequested", "ExecutionScheduled", "ExecutionRunning", "ExecutionCompleted"]
+    );
+    let done = mine.last().unwrap();
+    assert_eq!(
+        (done.2["status"].as_str(), done.2["action_ref"].as_str()),
+        (Some("succeeded"), Some("core.noop"))
+    );
+    // Resume after the Running event: exactly what came after it, nothing missed.
+    let running_id = mine[2].0.clone();
+    let resumed = read_sse(&api, "/api/v1/events?kind=execution", Some(&running_id), |ev| {
+        ev.iter().any(|e| e.1 == "ExecutionCompleted")
+    })
+    .await;
+    assert_eq!(resumed[0].1, "ExecutionCompleted");
+    assert_eq!(resumed[0].2["execution_id"], id.to_string());
+    // Worker events are in the stream too.
+    let workers = read_sse(&api, "/api/v1/events?kind=worker&after=0-0", None, |ev| !ev.is_empty()).await;
+    assert_eq!((workers[0].1.as_str(), workers[0].2["worker"].as_str()), ("WorkerRegistered", Some("w1")));
+    // A live subscriber sees a later execution as it happens.
+    let later = tokio::spawn({
+        let url = api.url.clone();
+        async move {
+            let http = reqwest::Client::new();
+            let mut resp = http.get(format!("{url}/api/v1/events?kind=execution")).send().await.unwrap();
+            let mut text = String::new();
+            while !text.contains("ExecutionCompleted") {
+                let c = tokio::time::timeout(Duration::from_secs(15), resp.chunk())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                text.push_str(&String::from_utf8_lossy(&c));
+            }
+            text
+        }
+    });
+    // If the subscriber connected after a submit, it waits for the next one: submit until seen.
+    let mut submitted = vec![run_one_noop(&api, w).await];
+    while !later.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !later.is_finished() {
+            submitted.push(run_one_noop(&api, w).await);
+        }
+    }
+    let text = later.await.unwrap();
+    assert!(submitted.iter().any(|id| text.contains(&id.to_string())), "{text}");
     api.stop().await;
 }

@@ -13,6 +13,7 @@
 mod backend;
 mod connect;
 mod deadletters;
+mod events;
 #[macro_use]
 mod executions;
 mod migrate;
@@ -23,6 +24,7 @@ mod rows;
 mod workers;
 
 pub use connect::{redact, BackendKind, StoreOptions};
+pub use events::{Event, EventCursor};
 pub use executions::{ExecutionFilter, MetricsSnapshot, NewExecution, Page};
 pub use monitors::{ExpiredLease, LeaseOutcome, UnstartedFailure};
 pub use notify::{Listener, Notice};

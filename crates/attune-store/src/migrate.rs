@@ -8,12 +8,14 @@ const SQLITE: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_attempts_dead_letters.sql")),
     (3, include_str!("../migrations/sqlite/0003_transition_triggers.sql")),
     (4, include_str!("../migrations/sqlite/0004_ready_index.sql")),
+    (5, include_str!("../migrations/sqlite/0005_worker_events.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
     (2, include_str!("../migrations/postgres/0002_attempts_dead_letters.sql")),
     (3, include_str!("../migrations/postgres/0003_transition_triggers.sql")),
     (4, include_str!("../migrations/postgres/0004_ready_index.sql")),
+    (5, include_str!("../migrations/postgres/0005_worker_events.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

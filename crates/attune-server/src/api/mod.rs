@@ -2,6 +2,7 @@
 
 mod catalog;
 mod deadletters;
+mod events;
 mod executions;
 mod worker;
 
@@ -25,6 +26,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/executions/{id}/cancel", post(executions::cancel))
         .route("/api/v1/executions/{id}/wait", get(executions::wait))
         .route("/api/v1/stats", get(catalog::stats))
+        .route("/api/v1/events", get(events::events))
         .route("/api/v1/dead-letters", get(deadletters::list))
         .route("/api/v1/dead-letters/{id}/requeue", post(deadletters::requeue))
         .route("/api/v1/workers", get(catalog::workers))
