@@ -56,6 +56,12 @@ pub enum ExecutionCmd {
     Get { id: String },
     /// Cancel an execution: at once if it has not started, via its worker if it is running.
     Cancel { id: String },
+    /// Print an execution's output; with --follow, as it is produced, until the execution ends.
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 #[derive(Args)]
@@ -367,6 +373,7 @@ pub async fn execution(ctx: &Ctx, c: ExecutionCmd) -> anyhow::Result<i32> {
             let e = ctx.client.get_execution(parse_uuid(&id)?).await?;
             show_execution(ctx, &e)?;
         }
+        ExecutionCmd::Logs { id, follow } => return logs(ctx, parse_uuid(&id)?, follow).await,
         ExecutionCmd::Cancel { id } => {
             let e = ctx.client.cancel_execution(parse_uuid(&id)?).await?;
             show_execution(ctx, &e)?;
@@ -441,4 +448,37 @@ pub async fn dlq(ctx: &Ctx, c: DlqCmd) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Streams an execution's output: the chunks its worker sent while running; for an execution that
+/// ended without streaming (short actions), the stdout and stderr it ended with.
+async fn logs(ctx: &Ctx, id: Uuid, follow: bool) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let mut after = 0;
+    let mut printed = false;
+    loop {
+        let l = ctx.client.execution_logs(id, after).await?;
+        for c in &l.chunks {
+            if c.stream == "stderr" {
+                eprint!("{}", c.text);
+            } else {
+                print!("{}", c.text);
+            }
+            printed = true;
+        }
+        std::io::stdout().flush().ok();
+        after = l.next;
+        if l.chunks.is_empty() && (l.status.is_terminal() || !follow) {
+            if !printed && l.status.is_terminal() {
+                let e = ctx.client.get_execution(id).await?;
+                print!("{}", e.stdout);
+                eprint!("{}", e.stderr);
+            }
+            return Ok(0);
+        }
+        if l.chunks.is_empty() {
+            // Until more output or the end: a long poll on the execution, at most half a second.
+            let _ = ctx.client.wait_execution(id, false, Duration::from_millis(500)).await;
+        }
+    }
 }

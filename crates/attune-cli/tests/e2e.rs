@@ -193,3 +193,23 @@ fn examples_python_json_shows_the_parsed_result() {
     let e = out.json();
     assert_eq!((e["attempt"].as_u64(), e["attempts"].as_array().map(Vec::len)), (Some(2), Some(2)), "{e}");
 }
+
+#[test]
+fn logs_follow_prints_output_while_the_action_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, url) = up(&[], dir.path());
+    let out = cli(&url, &["run", "core.local", "cmd=echo first; sleep 3; echo second", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = out.json()["id"].as_str().unwrap().to_owned();
+    let mut follow =
+        Proc::spawn("logs --follow", BIN, &["--server", &url, "execution", "logs", &id, "--follow"], &[]);
+    follow.wait_line(Duration::from_secs(10), |l| (l == "first").then_some(()));
+    let status =
+        cli(&url, &["execution", "get", &id, "-o", "json"]).json()["status"].as_str().unwrap().to_owned();
+    assert_eq!(status, "running", "the first line arrived while the action was still running");
+    follow.wait_line(Duration::from_secs(10), |l| (l == "second").then_some(()));
+    assert!(follow.wait_exit(Duration::from_secs(10)).success(), "--follow ends with the execution");
+    // Without --follow, after the end: the same output.
+    let out = cli(&url, &["execution", "logs", &id]);
+    assert_eq!(out.stdout, "first\nsecond\n");
+}

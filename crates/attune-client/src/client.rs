@@ -140,6 +140,23 @@ impl Client {
         self.call::<(), Execution>(Method::GET, &path, None, timeout + Duration::from_secs(10)).await
     }
 
+    /// Output chunks stored after `after`.
+    pub async fn execution_logs(&self, id: Uuid, after: i64) -> Result<Logs, ClientError> {
+        self.get(&format!("/api/v1/executions/{id}/logs?after={after}")).await
+    }
+
+    /// Sends output of a running attempt.
+    pub async fn append_logs(
+        &self,
+        worker: Uuid,
+        execution: Uuid,
+        lease_token: &str,
+        chunks: Vec<attune_core::LogChunk>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = AppendLogs { lease_token: lease_token.to_owned(), chunks };
+        self.post(&format!("/api/v1/worker/{worker}/executions/{execution}/logs"), &body).await
+    }
+
     /// Executions by status and workers by status.
     pub async fn stats(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/api/v1/stats").await

@@ -178,3 +178,20 @@ pub struct BatchItemResult {
 pub struct BatchReply {
     pub results: Vec<BatchItemResult>,
 }
+
+/// Output chunks of a running attempt (worker → server).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendLogs {
+    pub lease_token: String,
+    pub chunks: Vec<attune_core::LogChunk>,
+}
+
+/// `GET /api/v1/executions/{id}/logs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Logs {
+    pub chunks: Vec<attune_core::LogChunk>,
+    /// Pass as `after` for what follows.
+    pub next: i64,
+    pub status: attune_core::ExecutionStatus,
+}

@@ -121,3 +121,16 @@ impl Report {
         )
     }
 }
+
+/// A piece of an action's output, sent while it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// Cursor: pass the last one seen as `after` to get what follows (set by the server).
+    #[serde(default)]
+    pub seq: i64,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    #[serde(default)]
+    pub at: Timestamp,
+    pub text: String,
+}

@@ -15,7 +15,7 @@ pub mod worker;
 pub use action::{
     Action, OutputFormat, PackMeta, PackSummary, ParameterDelivery, ParameterFormat, RetryPolicy, Runtime,
 };
-pub use execution::{Attempt, DeadLetter, Execution, HistoryEntry, Report};
+pub use execution::{Attempt, DeadLetter, Execution, HistoryEntry, LogChunk, Report};
 pub use lease::{Lease, LeaseState, Task};
 pub use names::{ActionRef, NameError, PackRef};
 pub use status::{ExecutionStatus, TransitionError, WorkerStatus};

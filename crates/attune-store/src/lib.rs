@@ -16,6 +16,7 @@ mod deadletters;
 mod events;
 #[macro_use]
 mod executions;
+mod logs;
 mod migrate;
 mod monitors;
 mod notify;

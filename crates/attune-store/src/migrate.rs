@@ -9,6 +9,7 @@ const SQLITE: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_transition_triggers.sql")),
     (4, include_str!("../migrations/sqlite/0004_ready_index.sql")),
     (5, include_str!("../migrations/sqlite/0005_worker_events.sql")),
+    (6, include_str!("../migrations/sqlite/0006_execution_logs.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -16,6 +17,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (3, include_str!("../migrations/postgres/0003_transition_triggers.sql")),
     (4, include_str!("../migrations/postgres/0004_ready_index.sql")),
     (5, include_str!("../migrations/postgres/0005_worker_events.sql")),
+    (6, include_str!("../migrations/postgres/0006_execution_logs.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

@@ -308,13 +308,23 @@ async fn run_task(shared: Arc<Shared>, task: Task) {
 async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
     let id = task.execution_id;
     tracing::debug!(execution_id = %id, action = %task.action.action_ref, attempt = task.attempt, "running");
+    let (tap, output) = tokio::sync::mpsc::unbounded_channel();
     let ctx = RunContext {
         api_url: shared.client().base_url().to_owned(),
         max_output: shared.opts.max_output,
         kill_grace: shared.opts.kill_grace,
         scratch_dir: shared.opts.scratch_dir.clone(),
+        tap: Some(tap),
     };
-    let report = runtime::execute(task, &ctx, stop.clone()).await;
+    let forwarder = forward_output(shared, task, output);
+    let (report, ()) = tokio::join!(
+        async {
+            let r = runtime::execute(task, &ctx, stop.clone()).await;
+            drop(ctx); // closes the tap, so the forwarder flushes and ends
+            r
+        },
+        forwarder
+    );
     let revoked =
         shared.in_flight.lock().expect("in-flight lock").get(&id).map(|f| f.revoked).unwrap_or(false);
     if revoked {
@@ -337,6 +347,72 @@ async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
 
 fn cancel_requested(shared: &Shared, id: Uuid) -> bool {
     shared.in_flight.lock().expect("in-flight lock").get(&id).map(|f| f.cancel_requested).unwrap_or(false)
+}
+
+/// Sends an action's output to the server while it runs: complete lines, every 250 ms, secrets
+/// masked. Ends (after a last flush) when the process's output is closed; an action that ends
+/// within the first 250 ms streams nothing (its report carries the output). Best effort: a failure
+/// only costs the live view; the final stdout/stderr come with the report.
+async fn forward_output(
+    shared: &Shared,
+    task: &Task,
+    mut output: tokio::sync::mpsc::UnboundedReceiver<(&'static str, Vec<u8>)>,
+) {
+    let secrets = runtime::secret_values(task);
+    let mut pending: HashMap<&'static str, Vec<u8>> = HashMap::new();
+    let every = Duration::from_millis(250);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open = true;
+    let mut refused = false;
+    let mut sent_any = false;
+    while open {
+        tokio::select! {
+            m = output.recv() => match m {
+                Some((stream, bytes)) => {
+                    pending.entry(stream).or_default().extend_from_slice(&bytes);
+                    continue;
+                }
+                None => open = false,
+            },
+            _ = tick.tick() => {}
+        }
+        if !open && !sent_any {
+            // Finished before anything was streamed: the report carries all of it.
+            return;
+        }
+        let mut chunks = Vec::new();
+        for stream in ["stdout", "stderr"] {
+            let Some(buf) = pending.get_mut(stream) else { continue };
+            // Whole lines only (so a secret is not split across chunks), everything at the end.
+            let cut = if open {
+                buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0)
+            } else {
+                buf.len()
+            };
+            if cut == 0 {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&buf[..cut]).into_owned();
+            buf.drain(..cut);
+            chunks.push(attune_core::LogChunk {
+                seq: 0,
+                stream: stream.to_owned(),
+                at: attune_core::Timestamp::now(),
+                text: attune_core::output::mask_secrets(&text, &secrets),
+            });
+        }
+        if chunks.is_empty() || refused {
+            continue;
+        }
+        sent_any = true;
+        if let Err(e) =
+            shared.client().append_logs(shared.id, task.execution_id, &task.lease_token, chunks).await
+        {
+            tracing::debug!(execution_id = %task.execution_id, error = %e, "live output not sent");
+            refused = e.status() == Some(409);
+        }
+    }
 }
 
 /// Hands the report to the reporter and waits until the server has it.

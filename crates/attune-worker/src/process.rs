@@ -24,7 +24,11 @@ pub struct Spec {
     /// Between SIGTERM and SIGKILL when the process must stop.
     pub kill_grace: Duration,
     pub timeout: Option<Duration>,
+    /// Receives each piece of output as it is read (`"stdout"`/`"stderr"`, bytes), within the caps.
+    pub tap: Option<Tap>,
 }
+
+pub type Tap = tokio::sync::mpsc::UnboundedSender<(&'static str, Vec<u8>)>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -114,8 +118,8 @@ pub async fn run(spec: Spec, cancel: CancellationToken) -> std::io::Result<Outco
             let _ = pipe.shutdown().await;
         });
     }
-    let out = tokio::spawn(capture(child.stdout.take(), spec.max_output));
-    let err = tokio::spawn(capture(child.stderr.take(), spec.max_output));
+    let out = tokio::spawn(capture(child.stdout.take(), spec.max_output, "stdout", spec.tap.clone()));
+    let err = tokio::spawn(capture(child.stderr.take(), spec.max_output, "stderr", spec.tap.clone()));
 
     let timeout = async {
         match spec.timeout {
@@ -158,7 +162,12 @@ fn empty() -> Captured {
     Captured { text: String::new(), truncated: false, total_bytes: 0 }
 }
 
-async fn capture<R: AsyncRead + Unpin>(pipe: Option<R>, cap: usize) -> Captured {
+async fn capture<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    cap: usize,
+    stream: &'static str,
+    tap: Option<Tap>,
+) -> Captured {
     let Some(mut pipe) = pipe else { return empty() };
     let mut kept = Vec::new();
     let mut total: u64 = 0;
@@ -169,7 +178,11 @@ async fn capture<R: AsyncRead + Unpin>(pipe: Option<R>, cap: usize) -> Captured 
             Ok(n) => {
                 total += n as u64;
                 let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
+                let take = n.min(room);
+                kept.extend_from_slice(&buf[..take]);
+                if let (Some(tap), true) = (&tap, take > 0) {
+                    let _ = tap.send((stream, buf[..take].to_vec()));
+                }
             }
         }
     }

@@ -19,6 +19,7 @@ fn ctx(scratch: &Path) -> RunContext {
         max_output: 1024 * 1024,
         kill_grace: Duration::from_millis(500),
         scratch_dir: scratch.to_path_buf(),
+        tap: None,
     }
 }
 

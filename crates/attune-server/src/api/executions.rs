@@ -231,3 +231,29 @@ pub async fn wait(
         }
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    after: Option<i64>,
+}
+
+/// Output chunks streamed by the worker while the action runs, after a cursor.
+pub async fn logs(
+    state: State,
+    Path(id): Path<String>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Json<attune_client::wire::Logs>, ApiError> {
+    let id = parse_id("execution", &id)?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    // Status first: chunks stored before a terminal status are all there once it is seen.
+    let e = state
+        .store
+        .get_execution(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("not_found", format!("execution {id} not found")))?;
+    let after = q.after.unwrap_or(0);
+    let chunks = state.store.logs_after(id, after, 1000).await?;
+    let next = chunks.last().map(|c| c.seq).unwrap_or(after);
+    Ok(Json(attune_client::wire::Logs { chunks, next, status: e.status }))
+}

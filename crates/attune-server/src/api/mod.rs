@@ -25,6 +25,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/executions/{id}", get(executions::get))
         .route("/api/v1/executions/{id}/cancel", post(executions::cancel))
         .route("/api/v1/executions/{id}/wait", get(executions::wait))
+        .route("/api/v1/executions/{id}/logs", get(executions::logs))
+        .route("/api/v1/worker/{id}/executions/{execution}/logs", post(worker::append_logs))
         .route("/api/v1/stats", get(catalog::stats))
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/dead-letters", get(deadletters::list))

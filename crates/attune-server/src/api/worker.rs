@@ -213,6 +213,21 @@ pub async fn complete(
     Ok(Json(super::executions::present(e)))
 }
 
+/// Output of a running attempt; refused (409) when the lease is not current.
+pub async fn append_logs(
+    state: State,
+    Path((id, execution)): Path<(String, String)>,
+    Body(b): Body<attune_client::wire::AppendLogs>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let _ = parse_id("worker", &id)?;
+    let execution = parse_id("execution", &execution)?;
+    if b.chunks.iter().any(|c| c.stream != "stdout" && c.stream != "stderr") {
+        return Err(ApiError::unprocessable("invalid_logs", "stream must be stdout or stderr"));
+    }
+    state.store.append_logs(execution, &b.lease_token, &b.chunks, Timestamp::now()).await?;
+    Ok(Json(serde_json::json!({"stored": b.chunks.len()})))
+}
+
 /// Maximum items in one batch request.
 const MAX_BATCH: usize = 4096;
 

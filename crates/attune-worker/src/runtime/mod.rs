@@ -24,6 +24,8 @@ pub struct RunContext {
     pub kill_grace: Duration,
     /// Where parameter files are written.
     pub scratch_dir: PathBuf,
+    /// Receives output while the process runs (for live logs).
+    pub tap: Option<crate::process::Tap>,
 }
 
 /// The interpreter for a runtime, if it needs one.
@@ -74,7 +76,8 @@ pub async fn execute(task: &Task, ctx: &RunContext, cancel: CancellationToken) -
     report
 }
 
-fn secret_values(task: &Task) -> Vec<String> {
+/// The values of the task's secret parameters, to be masked wherever output goes.
+pub fn secret_values(task: &Task) -> Vec<String> {
     task.action
         .secret_parameters()
         .iter()
@@ -145,6 +148,7 @@ async fn run_process(
         max_output: ctx.max_output,
         kill_grace: ctx.kill_grace,
         timeout,
+        tap: ctx.tap.clone(),
     };
     let outcome = match process::run(spec, cancel).await {
         Ok(o) => o,
