@@ -10,6 +10,7 @@ const SQLITE: &[(i64, &str)] = &[
     (4, include_str!("../migrations/sqlite/0004_ready_index.sql")),
     (5, include_str!("../migrations/sqlite/0005_worker_events.sql")),
     (6, include_str!("../migrations/sqlite/0006_execution_logs.sql")),
+    (7, include_str!("../migrations/sqlite/0007_drop_ready_index.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
