@@ -10,12 +10,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 /// Every 4xx/5xx body: `{"error": {"code", "message", "details"?}}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `not_found`, `invalid_parameters`, `stale_lease`, …
     pub code: String,
@@ -24,14 +24,14 @@ pub struct ErrorDetail {
     pub details: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: String,
     pub version: String,
     pub database: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateExecution {
     pub action_ref: String,
@@ -48,7 +48,7 @@ pub struct CreateExecution {
     pub backoff_seconds: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecutionList {
     pub items: Vec<Execution>,
     /// Cursor for the next page (`?before=`), absent on the last page.
@@ -56,13 +56,13 @@ pub struct ExecutionList {
 }
 
 /// A whole pack, as read by `attune-pack`, uploaded by `attune pack load`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackUpload {
     pub pack: PackMeta,
     pub actions: Vec<Action>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackLoaded {
     #[serde(rename = "ref")]
     pub pack_ref: String,
@@ -71,7 +71,7 @@ pub struct PackLoaded {
 
 // ---- worker protocol ----
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterWorker {
     pub name: String,
@@ -84,7 +84,7 @@ pub struct RegisterWorker {
 }
 
 /// The worker's id and the timing it must follow.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Registered {
     pub worker: Worker,
     pub heartbeat_interval_ms: u64,
@@ -96,26 +96,26 @@ pub struct Registered {
     pub max_poll_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     #[serde(default)]
     pub leases: Vec<Lease>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LeaseReply {
     pub execution_id: Uuid,
     pub state: LeaseState,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatReply {
     pub status: WorkerStatus,
     pub leases: Vec<LeaseReply>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Poll {
     pub max_tasks: u32,
@@ -123,18 +123,18 @@ pub struct Poll {
     pub wait_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PollReply {
     pub tasks: Vec<Task>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Start {
     pub lease_token: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Complete {
     pub lease_token: String,
     #[serde(flatten)]
@@ -142,20 +142,20 @@ pub struct Complete {
 }
 
 /// Several `start`s in one request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartBatch {
     pub leases: Vec<Lease>,
 }
 
 /// Several `complete`s in one request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBatch {
     pub reports: Vec<CompleteItem>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompleteItem {
     pub execution_id: Uuid,
     pub lease_token: String,
@@ -165,7 +165,7 @@ pub struct CompleteItem {
 
 /// Per item of a batch: the execution's status afterwards, or the error (as a single request
 /// would have answered it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchItemResult {
     pub execution_id: Uuid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,13 +174,13 @@ pub struct BatchItemResult {
     pub error: Option<ErrorDetail>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReply {
     pub results: Vec<BatchItemResult>,
 }
 
 /// Output chunks of a running attempt (worker → server).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendLogs {
     pub lease_token: String,
@@ -188,7 +188,7 @@ pub struct AppendLogs {
 }
 
 /// `GET /api/v1/executions/{id}/logs`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Logs {
     pub chunks: Vec<attune_core::LogChunk>,
     /// Pass as `after` for what follows.

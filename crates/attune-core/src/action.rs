@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use crate::names::{ActionRef, PackRef};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Runtime {
     /// In-process in the worker (`core.noop`, `core.sleep`).
@@ -42,7 +44,7 @@ impl std::fmt::Display for Runtime {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParameterDelivery {
     #[default]
@@ -51,7 +53,7 @@ pub enum ParameterDelivery {
     Env,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParameterFormat {
     #[default]
@@ -60,7 +62,7 @@ pub enum ParameterFormat {
     Dotenv,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
     #[default]
@@ -70,7 +72,7 @@ pub enum OutputFormat {
     Jsonl,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Total attempts, including the first. 1 means no retry.
@@ -92,7 +94,7 @@ impl Default for RetryPolicy {
 }
 
 /// A loaded action, as stored and as handed to workers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Action {
     #[serde(rename = "ref")]
     pub action_ref: ActionRef,
@@ -156,7 +158,7 @@ impl Action {
 }
 
 /// A pack's manifest (`pack.yaml`) as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackMeta {
     #[serde(rename = "ref")]
     pub pack_ref: PackRef,
@@ -172,7 +174,7 @@ pub struct PackMeta {
 }
 
 /// A loaded pack as listed: its manifest, how many actions it has, when it was last loaded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackSummary {
     #[serde(flatten)]
     pub meta: PackMeta,

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::{action::Action, names::ActionRef, status::ExecutionStatus, time::Timestamp};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Execution {
     pub id: Uuid,
     pub action_ref: ActionRef,
@@ -49,7 +49,7 @@ pub struct Execution {
 }
 
 /// One transition, appended by the store in the same transaction as the change itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub at: Timestamp,
     pub from: Option<ExecutionStatus>,
@@ -61,7 +61,7 @@ pub struct HistoryEntry {
 }
 
 /// One started attempt of an execution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub attempt: u32,
     pub worker: Option<String>,
@@ -78,7 +78,7 @@ pub struct Attempt {
 /// Work that was never processed successfully: it expired in the queue (`queue_ttl`), its worker
 /// vanished on its last attempt (`abandoned`), or it failed every attempt its retry policy allowed
 /// (`retries_exhausted`). Requeueing creates a new execution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: Uuid,
     pub execution_id: Uuid,
@@ -91,7 +91,7 @@ pub struct DeadLetter {
 }
 
 /// What a worker reports when an attempt ends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Report {
     /// One of `succeeded`, `failed`, `timeout`, `canceled`.
     pub status: ExecutionStatus,
@@ -123,7 +123,7 @@ impl Report {
 }
 
 /// A piece of an action's output, sent while it runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogChunk {
     /// Cursor: pass the last one seen as `after` to get what follows (set by the server).
     #[serde(default)]

@@ -92,6 +92,23 @@ macro_rules! string_name {
 string_name!(PackRef);
 string_name!(ActionRef);
 
+/// Both names are strings in the API documents.
+macro_rules! string_schema {
+    ($t:ty, $example:expr) => {
+        impl utoipa::PartialSchema for $t {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .examples([serde_json::json!($example)])
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $t {}
+    };
+}
+string_schema!(PackRef, "core");
+string_schema!(ActionRef, "core.echo");
+
 #[cfg(test)]
 mod tests {
     use super::*;

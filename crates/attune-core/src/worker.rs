@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::{action::Runtime, status::WorkerStatus, time::Timestamp};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Worker {
     pub id: Uuid,
     pub name: String,

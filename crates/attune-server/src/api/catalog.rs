@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::State;
 use crate::{error::Body, ApiError};
 
+#[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, body = attune_client::wire::Health), (status = 503, description = "Database unavailable or shutting down", body = attune_client::wire::ErrorBody)))]
 pub async fn health(state: State) -> Result<Json<Health>, ApiError> {
     // Touch the database so that a health check fails when it is gone.
     state.store.list_packs().await?;
@@ -34,6 +35,7 @@ pub struct WorkersQuery {
     all: bool,
 }
 
+#[utoipa::path(get, path = "/api/v1/workers", tag = "workers", params(("all" = Option<bool>, Query, description = "include deregistered workers")), responses((status = 200, body = Vec<attune_core::Worker>), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody)))]
 pub async fn workers(
     state: State,
     q: Result<Query<WorkersQuery>, axum::extract::rejection::QueryRejection>,
@@ -43,6 +45,7 @@ pub async fn workers(
 }
 
 /// Counts for dashboards and benchmarks: executions by status, workers by status.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "meta", responses((status = 200, description = "Executions and workers by status", body = Object)))]
 pub async fn stats(state: State) -> Result<Json<serde_json::Value>, ApiError> {
     let mut executions = serde_json::Map::new();
     for (st, n) in state.store.count_by_status().await? {
@@ -57,6 +60,7 @@ pub async fn stats(state: State) -> Result<Json<serde_json::Value>, ApiError> {
 }
 
 /// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics(state: State) -> Result<impl axum::response::IntoResponse, ApiError> {
     let snap = state.store.metrics_snapshot().await?;
     let workers = state.store.list_workers(false).await?;
@@ -64,12 +68,14 @@ pub async fn metrics(state: State) -> Result<impl axum::response::IntoResponse, 
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
 }
 
+#[utoipa::path(get, path = "/api/v1/packs", tag = "packs", responses((status = 200, body = Vec<attune_core::PackSummary>)))]
 pub async fn packs(state: State) -> Result<Json<Vec<PackSummary>>, ApiError> {
     Ok(Json(state.store.list_packs().await?))
 }
 
 /// Upsert of a whole pack read by `attune pack load`. Checked again here: refs belong to the pack,
 /// schemas compile, no duplicates; nothing is stored unless all of it is right.
+#[utoipa::path(post, path = "/api/v1/packs", tag = "packs", request_body = attune_client::wire::PackUpload, responses((status = 200, body = attune_client::wire::PackLoaded), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
 pub async fn load_pack(
     state: State,
     Body(up): Body<PackUpload>,
@@ -110,10 +116,12 @@ pub async fn load_pack(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/actions", tag = "packs", responses((status = 200, body = Vec<attune_core::Action>)))]
 pub async fn actions(state: State) -> Result<Json<Vec<Action>>, ApiError> {
     Ok(Json(state.store.list_actions(None).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/actions/{action_ref}", tag = "packs", params(("action_ref" = String, Path, description = "PACK.NAME")), responses((status = 200, body = attune_core::Action), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
 pub async fn action(state: State, Path(r): Path<String>) -> Result<Json<Action>, ApiError> {
     let r = ActionRef::parse(&r).map_err(|e| ApiError::bad_request("invalid_action_ref", e.to_string()))?;
     match state.store.get_action(&r).await? {

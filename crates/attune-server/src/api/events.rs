@@ -83,6 +83,7 @@ impl Follow {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "executions", params(("kind" = Option<String>, Query, description = "execution or worker"), ("action" = Option<String>, Query), ("after" = Option<String>, Query, description = "resume cursor, like Last-Event-ID")), responses((status = 200, description = "Server-Sent Events; data is an event object", content_type = "text/event-stream", body = String), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody)))]
 pub async fn events(
     state: State,
     headers: HeaderMap,

@@ -57,6 +57,7 @@ fn validator(shared: &Shared, action: &Action) -> Result<Arc<ParamValidator>, Ap
     Ok(v)
 }
 
+#[utoipa::path(post, path = "/api/v1/executions", tag = "executions", request_body = attune_client::wire::CreateExecution, responses((status = 201, description = "Accepted", body = attune_core::Execution), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody), (status = 503, description = "Database unavailable or shutting down", body = attune_client::wire::ErrorBody)))]
 pub async fn create(state: State, Body(req): Body<CreateExecution>) -> Result<impl IntoResponse, ApiError> {
     let action_ref = ActionRef::parse(&req.action_ref)
         .map_err(|e| ApiError::unprocessable("invalid_action_ref", e.to_string()))?;
@@ -124,6 +125,7 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/executions", tag = "executions", params(("status" = Option<String>, Query), ("action_ref" = Option<String>, Query), ("before" = Option<String>, Query, description = "cursor: an execution id"), ("limit" = Option<u32>, Query)), responses((status = 200, body = attune_client::wire::ExecutionList), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody)))]
 pub async fn list(
     state: State,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -148,6 +150,7 @@ pub async fn list(
     Ok(Json(ExecutionList { items: page.items.into_iter().map(present).collect(), next: page.next }))
 }
 
+#[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions", params(("id" = String, Path, description = "UUID")), responses((status = 200, description = "With history and attempts", body = attune_core::Execution), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
 pub async fn get(state: State, Path(id): Path<String>) -> Result<Json<Execution>, ApiError> {
     let id = parse_id("execution", &id)?;
     match state.store.get_execution_with_history(id).await? {
@@ -156,6 +159,7 @@ pub async fn get(state: State, Path(id): Path<String>) -> Result<Json<Execution>
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", params(("id" = String, Path, description = "UUID")), responses((status = 200, body = attune_core::Execution), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 409, description = "Stale lease or invalid transition", body = attune_client::wire::ErrorBody)))]
 pub async fn cancel(state: State, Path(id): Path<String>) -> Result<Json<Execution>, ApiError> {
     let id = parse_id("execution", &id)?;
     let e = state.store.cancel_execution(id, "api", Timestamp::now()).await?;
@@ -175,6 +179,7 @@ pub struct WaitQuery {
 
 /// Long poll for a change: returns the execution as soon as it has started (`until=running`) or
 /// ended (`until=terminal`), or as it is when the wait runs out.
+#[utoipa::path(get, path = "/api/v1/executions/{id}/wait", tag = "executions", params(("id" = String, Path, description = "UUID"), ("until" = Option<String>, Query, description = "running or terminal"), ("timeout_ms" = Option<u64>, Query)), responses((status = 200, body = attune_core::Execution), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
 pub async fn wait(
     state: State,
     Path(id): Path<String>,
@@ -239,6 +244,7 @@ pub struct LogsQuery {
 }
 
 /// Output chunks streamed by the worker while the action runs, after a cursor.
+#[utoipa::path(get, path = "/api/v1/executions/{id}/logs", tag = "executions", params(("id" = String, Path, description = "UUID"), ("after" = Option<i64>, Query)), responses((status = 200, body = attune_client::wire::Logs), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
 pub async fn logs(
     state: State,
     Path(id): Path<String>,

@@ -17,9 +17,62 @@ use crate::{ApiError, Shared};
 
 pub(crate) type State = axum::extract::State<Arc<Shared>>;
 
+/// The OpenAPI document, generated from the handlers' `#[utoipa::path]` attributes and the types'
+/// `ToSchema` derives. A test checks that every documented operation is routed.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Attune API",
+        version = "1",
+        description = "Run actions on a fleet of workers. Errors are {\"error\": {\"code\", \"message\", \"details\"?}} with a 4xx for the client's mistakes."
+    ),
+    paths(
+        catalog::health,
+        catalog::metrics,
+        catalog::stats,
+        catalog::workers,
+        catalog::packs,
+        catalog::load_pack,
+        catalog::actions,
+        catalog::action,
+        executions::create,
+        executions::list,
+        executions::get,
+        executions::cancel,
+        executions::wait,
+        executions::logs,
+        events::events,
+        deadletters::list,
+        deadletters::requeue,
+        worker::register,
+        worker::heartbeat,
+        worker::poll,
+        worker::start,
+        worker::complete,
+        worker::append_logs,
+        worker::start_batch,
+        worker::complete_batch,
+        worker::release,
+        worker::drain,
+        worker::deregister,
+    ),
+    components(schemas(attune_client::wire::ErrorBody, attune_client::wire::ErrorDetail))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
+async fn docs() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("docs.html"))
+}
+
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(catalog::health))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/docs", get(docs))
         .route("/metrics", get(catalog::metrics))
         .route("/api/v1/executions", post(executions::create).get(executions::list))
         .route("/api/v1/executions/{id}", get(executions::get))

@@ -29,6 +29,7 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+#[utoipa::path(post, path = "/api/v1/worker/register", tag = "worker protocol", request_body = attune_client::wire::RegisterWorker, responses((status = 200, body = attune_client::wire::Registered), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
 pub async fn register(state: State, Body(req): Body<RegisterWorker>) -> Result<Json<Registered>, ApiError> {
     let bad = |m: &str| ApiError::unprocessable("invalid_registration", m.to_owned());
     if req.name.trim().is_empty() || req.name.len() > MAX_NAME {
@@ -81,6 +82,7 @@ async fn worker(shared: &Shared, id: Uuid) -> Result<Worker, ApiError> {
     })
 }
 
+#[utoipa::path(post, path = "/api/v1/worker/{id}/heartbeat", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_client::wire::Heartbeat, responses((status = 200, body = attune_client::wire::HeartbeatReply), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
 pub async fn heartbeat(
     state: State,
     Path(id): Path<String>,
@@ -96,6 +98,7 @@ pub async fn heartbeat(
 }
 
 /// Long poll: returns as soon as there is work for this worker, or empty after the wait.
+#[utoipa::path(post, path = "/api/v1/worker/{id}/poll", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_client::wire::Poll, responses((status = 200, body = attune_client::wire::PollReply), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
 pub async fn poll(
     state: State,
     Path(id): Path<String>,
@@ -178,6 +181,7 @@ async fn claim_for_live_poller(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/start", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_client::wire::Start, responses((status = 200, body = attune_core::Execution), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 409, description = "Stale lease or invalid transition", body = attune_client::wire::ErrorBody)))]
 pub async fn start(
     state: State,
     Path((id, execution)): Path<(String, String)>,
@@ -193,6 +197,7 @@ pub async fn start(
     Ok(Json(e))
 }
 
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/complete", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_client::wire::Complete, responses((status = 200, body = attune_core::Execution), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 409, description = "Stale lease or invalid transition", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
 pub async fn complete(
     state: State,
     Path((id, execution)): Path<(String, String)>,
@@ -214,6 +219,7 @@ pub async fn complete(
 }
 
 /// Output of a running attempt; refused (409) when the lease is not current.
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/logs", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_client::wire::AppendLogs, responses((status = 200, body = Object), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 409, description = "Stale lease or invalid transition", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
 pub async fn append_logs(
     state: State,
     Path((id, execution)): Path<(String, String)>,
@@ -232,6 +238,7 @@ pub async fn append_logs(
 const MAX_BATCH: usize = 4096;
 
 /// `start` for every task of a poll reply at once.
+#[utoipa::path(post, path = "/api/v1/worker/{id}/start-batch", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_client::wire::StartBatch, responses((status = 200, body = attune_client::wire::BatchReply), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
 pub async fn start_batch(
     state: State,
     Path(id): Path<String>,
@@ -261,6 +268,7 @@ pub async fn start_batch(
 }
 
 /// `complete` for several executions at once; each item is applied (and may fail) on its own.
+#[utoipa::path(post, path = "/api/v1/worker/{id}/complete-batch", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_client::wire::CompleteBatch, responses((status = 200, body = attune_client::wire::BatchReply), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
 pub async fn complete_batch(
     state: State,
     Path(id): Path<String>,
@@ -305,6 +313,7 @@ pub async fn complete_batch(
 
 /// The worker gives a task back (it is shutting down and cannot finish it): another attempt if the
 /// retry policy allows, `abandoned` otherwise. A stale token changes nothing (409).
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/release", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_client::wire::Start, responses((status = 200, body = Object), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 409, description = "Stale lease or invalid transition", body = attune_client::wire::ErrorBody)))]
 pub async fn release(
     state: State,
     Path((id, execution)): Path<(String, String)>,
@@ -326,6 +335,7 @@ pub async fn release(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/worker/{id}/drain", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), responses((status = 200, body = attune_core::Worker), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
 pub async fn drain(state: State, Path(id): Path<String>) -> Result<Json<Worker>, ApiError> {
     let id = parse_id("worker", &id)?;
     let w = state.store.drain_worker(id, Timestamp::now()).await?;
@@ -333,6 +343,7 @@ pub async fn drain(state: State, Path(id): Path<String>) -> Result<Json<Worker>,
     Ok(Json(w))
 }
 
+#[utoipa::path(post, path = "/api/v1/worker/{id}/deregister", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), responses((status = 200, body = attune_core::Worker), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
 pub async fn deregister(state: State, Path(id): Path<String>) -> Result<Json<Worker>, ApiError> {
     let id = parse_id("worker", &id)?;
     let w = state.store.deregister_worker(id, Timestamp::now()).await?;
