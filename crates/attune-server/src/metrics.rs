@@ -114,25 +114,19 @@ pub(crate) fn render(
     now: Timestamp,
 ) -> String {
     let mut out = String::new();
-    out += "# HELP attune_executions_finished_total Executions that reached a terminal status, by action and status.\n";
-    out += "# TYPE attune_executions_finished_total counter\n";
-    for (action, status, n) in snap.executions.iter().filter(|(_, s, _)| is_terminal(s)) {
-        let _ = writeln!(
-            out,
-            "attune_executions_finished_total{{action=\"{}\",status=\"{}\"}} {n}",
-            label(action),
-            label(status)
-        );
-    }
-    out += "# HELP attune_executions_open Executions not yet terminal, by action and status.\n";
-    out += "# TYPE attune_executions_open gauge\n";
-    for (action, status, n) in snap.executions.iter().filter(|(_, s, _)| !is_terminal(s)) {
-        let _ = writeln!(
-            out,
-            "attune_executions_open{{action=\"{}\",status=\"{}\"}} {n}",
-            label(action),
-            label(status)
-        );
+    for (name, kind, help, terminal) in [
+        (
+            "attune_executions_finished_total",
+            "counter",
+            "Executions that reached a terminal status, by action and status.",
+            true,
+        ),
+        ("attune_executions_open", "gauge", "Executions not yet terminal, by action and status.", false),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (action, status, n) in snap.executions.iter().filter(|(_, s, _)| is_terminal(s) == terminal) {
+            let _ = writeln!(out, "{name}{{action=\"{}\",status=\"{}\"}} {n}", label(action), label(status));
+        }
     }
     out += "# HELP attune_queue_depth Tasks waiting for a worker, by queue (runtime).\n# TYPE attune_queue_depth gauge\n";
     for (q, n, _) in &snap.queues {

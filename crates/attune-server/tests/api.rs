@@ -167,6 +167,13 @@ fn report(status: ExecutionStatus) -> Report {
     }
 }
 
+async fn submit_noop(api: &Api) -> attune_core::Execution {
+    api.client
+        .create_execution(&CreateExecution { action_ref: "core.noop".into(), ..Default::default() })
+        .await
+        .unwrap()
+}
+
 async fn register(api: &Api, name: &str) -> uuid::Uuid {
     let req = attune_client::wire::RegisterWorker {
         name: name.into(),
@@ -200,11 +207,7 @@ async fn worker_protocol_is_fenced(db: TestDb) {
     assert!(matches!(&err, ClientError::Api { status: 404, code, .. } if code == "unknown_worker"), "{err}");
 
     let w = register(&api, "w1").await;
-    let e = api
-        .client
-        .create_execution(&CreateExecution { action_ref: "core.noop".into(), ..Default::default() })
-        .await
-        .unwrap();
+    let e = submit_noop(&api).await;
     let tasks = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks;
     assert_eq!(tasks.len(), 1);
     let t = &tasks[0];
@@ -252,11 +255,7 @@ async fn long_poll_wakes_on_submit(db: TestDb) {
         let r = client.poll(w, 4, wait).await.unwrap();
         (r, started.elapsed())
     });
-    let e = api
-        .client
-        .create_execution(&CreateExecution { action_ref: "core.noop".into(), ..Default::default() })
-        .await
-        .unwrap();
+    let e = submit_noop(&api).await;
     let (reply, elapsed) = poll.await.unwrap();
     assert_eq!(reply.tasks.len(), 1);
     assert_eq!(reply.tasks[0].execution_id, e.id);
@@ -336,11 +335,7 @@ async fn metrics_parse_and_move(db: TestDb) {
     let before = text().await;
     assert!(samples(&before, "attune_executions_finished_total").is_empty());
     let w = register(&api, "w1").await;
-    let e = api
-        .client
-        .create_execution(&CreateExecution { action_ref: "core.noop".into(), ..Default::default() })
-        .await
-        .unwrap();
+    let e = submit_noop(&api).await;
     let waiting = text().await;
     let depth = samples(&waiting, "attune_queue_depth");
     assert_eq!(depth.len(), 1);
@@ -416,11 +411,7 @@ async fn read_sse(
 }
 
 async fn run_one_noop(api: &Api, w: uuid::Uuid) -> uuid::Uuid {
-    let e = api
-        .client
-        .create_execution(&CreateExecution { action_ref: "core.noop".into(), ..Default::default() })
-        .await
-        .unwrap();
+    let e = submit_noop(api).await;
     let t = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
     api.client.start(w, e.id, &t.lease_token).await.unwrap();
     api.client.complete(w, e.id, &t.lease_token, report(ExecutionStatus::Succeeded)).await.unwrap();
