@@ -219,21 +219,21 @@ impl Store {
     /// timeout monitor), with the seed's error object.
     pub async fn fail_unstarted(&self, timeout: Duration, now: Timestamp) -> Result<Vec<UnstartedFailure>> {
         let cutoff = now.minus(timeout).millis();
-        let rows: Vec<(String, i64, i32, String)> = read_pool!(self, p => {
+        let rows: Vec<(String, i64, String)> = read_pool!(self, p => {
             let rows = sqlx::query(
-                "SELECT id, scheduled_at, attempt, action_ref FROM executions
+                "SELECT id, scheduled_at, action_ref FROM executions
                  WHERE status = 'scheduled' AND scheduled_at < $1 ORDER BY id LIMIT 500",
             )
             .bind(cutoff)
             .fetch_all(p)
             .await?;
             rows.iter()
-                .map(|r| Ok((r.text("id")?, r.big("scheduled_at")?, r.int("attempt")?, r.text("action_ref")?)))
+                .map(|r| Ok((r.text("id")?, r.big("scheduled_at")?, r.text("action_ref")?)))
                 .collect::<Result<_>>()?
         });
         let timeout_seconds = timeout.as_secs();
         let mut out = Vec::new();
-        for (ids, scheduled_at, _attempt, action_ref) in rows {
+        for (ids, scheduled_at, action_ref) in rows {
             let age_seconds = now.seconds_since(Timestamp(scheduled_at));
             let message = format!(
                 "Execution timeout: worker did not pick up task within {timeout_seconds} seconds (scheduled for {age_seconds} seconds)"

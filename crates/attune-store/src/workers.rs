@@ -500,19 +500,6 @@ impl Store {
         }
         self.get_worker(worker).await?.ok_or(StoreError::NotFound { what: "worker", id: wid })
     }
-
-    /// Executions a worker holds a lease on (for listing and for tests).
-    pub async fn worker_executions(&self, worker: Uuid) -> Result<Vec<Execution>> {
-        read_pool!(self, p => {
-            let rows = sqlx::query(&format!(
-                "SELECT {EXEC_COLS} FROM executions WHERE worker_id = $1 AND status IN ('running', 'canceling') ORDER BY id"
-            ))
-            .bind(worker.to_string())
-            .fetch_all(p)
-            .await?;
-            rows.iter().map(exec_from_row).collect()
-        })
-    }
 }
 
 /// What `complete` needs to know about an execution before changing it.
