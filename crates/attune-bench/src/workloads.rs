@@ -7,8 +7,9 @@ use std::{
 };
 
 use anyhow::bail;
-use attune_client::{wire::CreateExecution, Client};
+use attune_client::Client;
 use attune_core::ExecutionStatus;
+use attune_wire::CreateExecution;
 use serde_json::{json, Value};
 
 use crate::{cluster::Cluster, report::BackendResult, Args, Sizes};

@@ -3,8 +3,8 @@
 use std::{io::IsTerminal, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use attune_client::wire::{CreateExecution, PackUpload};
 use attune_core::{Execution, Timestamp};
+use attune_wire::{CreateExecution, PackUpload};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 use uuid::Uuid;

@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use attune_client::{wire::CreateExecution, Client};
+use attune_client::Client;
 use attune_core::{Execution, ExecutionStatus, WorkerStatus};
 use attune_testkit::{wait_for, Proc, TestDb};
+use attune_wire::CreateExecution;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -285,7 +286,7 @@ async fn a_dropped_poll_does_not_swallow_work() {
     // application (the socket is closed under it).
     let reg = c
         .client
-        .register(&attune_client::wire::RegisterWorker {
+        .register(&attune_wire::RegisterWorker {
             name: "ghost".into(),
             host: "h".into(),
             runtimes: vec![attune_core::Runtime::Builtin],

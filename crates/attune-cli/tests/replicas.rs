@@ -6,9 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use attune_client::{wire::CreateExecution, Client};
+use attune_client::Client;
 use attune_core::{Execution, ExecutionStatus};
 use attune_testkit::{wait_for, TestDb};
+use attune_wire::CreateExecution;
 use common::{fast_env, server, worker, PrivatePostgres};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};

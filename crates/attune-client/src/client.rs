@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
 
-use crate::wire::*;
+use attune_wire::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

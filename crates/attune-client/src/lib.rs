@@ -1,7 +1,7 @@
-//! The HTTP edge shared by the server, the worker and the CLI: the JSON shapes of API v1 and the
-//! worker protocol (`wire`), and a typed client for them (`Client`). Nothing else in Attune knows URLs.
+//! A typed HTTP client for API v1 and the worker protocol (`Client`), used by the worker and the
+//! CLI. The JSON shapes are `attune_wire`'s; the URLs are known here and in
+//! the server's routes only.
 
 mod client;
-pub mod wire;
 
 pub use client::{Client, ClientError};

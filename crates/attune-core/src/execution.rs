@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use crate::{action::Action, names::ActionRef, status::ExecutionStatus, time::Timestamp};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Execution {
     pub id: Uuid,
     pub action_ref: ActionRef,
@@ -48,8 +49,19 @@ pub struct Execution {
     pub action: Option<Action>,
 }
 
+impl Execution {
+    /// The execution as people may see it: secret parameters masked.
+    pub fn masked(mut self) -> Execution {
+        if let Some(a) = &self.action {
+            self.parameters = a.mask_parameters(&self.parameters);
+        }
+        self
+    }
+}
+
 /// One transition, appended by the store in the same transaction as the change itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEntry {
     pub at: Timestamp,
     pub from: Option<ExecutionStatus>,
@@ -61,7 +73,8 @@ pub struct HistoryEntry {
 }
 
 /// One started attempt of an execution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attempt {
     pub attempt: u32,
     pub worker: Option<String>,
@@ -78,7 +91,8 @@ pub struct Attempt {
 /// Work that was never processed successfully: it expired in the queue (`queue_ttl`), its worker
 /// vanished on its last attempt (`abandoned`), or it failed every attempt its retry policy allowed
 /// (`retries_exhausted`). Requeueing creates a new execution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
     pub id: Uuid,
     pub execution_id: Uuid,
@@ -91,7 +105,8 @@ pub struct DeadLetter {
 }
 
 /// What a worker reports when an attempt ends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Report {
     /// One of `succeeded`, `failed`, `timeout`, `canceled`.
     pub status: ExecutionStatus,
@@ -123,7 +138,8 @@ impl Report {
 }
 
 /// A piece of an action's output, sent while it runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogChunk {
     /// Cursor: pass the last one seen as `after` to get what follows (set by the server).
     #[serde(default)]

@@ -9,7 +9,8 @@ use crate::action::Action;
 
 /// A task handed to a worker: the execution, its action snapshot and the lease token that fences
 /// every later report about it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Task {
     pub execution_id: Uuid,
     pub lease_token: String,
@@ -22,14 +23,16 @@ pub struct Task {
 }
 
 /// A lease a worker says it holds, as sent in its heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Lease {
     pub execution_id: Uuid,
     pub lease_token: String,
 }
 
 /// What the server thinks of a lease the worker reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseState {
     /// Extended; keep going.

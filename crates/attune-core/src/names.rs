@@ -14,9 +14,16 @@ pub enum NameError {
     Action(String),
 }
 
+/// Longest pack name, and longest action name within a pack.
+pub const MAX_SEGMENT: usize = 64;
+/// The pack name rule as a regular expression (for the API documents).
+pub const PACK_PATTERN: &str = "^[a-z][a-z0-9_-]{0,63}$";
+/// The action ref rule as a regular expression (for the API documents).
+pub const ACTION_PATTERN: &str = "^[a-z][a-z0-9_-]{0,63}\\.[a-z][a-z0-9_-]{0,63}$";
+
 fn valid_segment(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 64
+        && s.len() <= MAX_SEGMENT
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
@@ -91,23 +98,6 @@ macro_rules! string_name {
 }
 string_name!(PackRef);
 string_name!(ActionRef);
-
-/// Both names are strings in the API documents.
-macro_rules! string_schema {
-    ($t:ty, $example:expr) => {
-        impl utoipa::PartialSchema for $t {
-            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                utoipa::openapi::ObjectBuilder::new()
-                    .schema_type(utoipa::openapi::schema::Type::String)
-                    .examples([serde_json::json!($example)])
-                    .into()
-            }
-        }
-        impl utoipa::ToSchema for $t {}
-    };
-}
-string_schema!(PackRef, "core");
-string_schema!(ActionRef, "core.echo");
 
 #[cfg(test)]
 mod tests {

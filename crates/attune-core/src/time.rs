@@ -41,15 +41,3 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
         Ok(Timestamp(dt.timestamp_millis()))
     }
 }
-
-/// An RFC 3339 date-time string in the API documents.
-impl utoipa::PartialSchema for Timestamp {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime)))
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for Timestamp {}

@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use crate::{action::Runtime, status::WorkerStatus, time::Timestamp};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Worker {
     pub id: Uuid,
     pub name: String,

@@ -3,8 +3,10 @@
 //! and a pack with any problem yields no actions at all (it is loaded whole or not at all).
 //! Also home of parameter validation against an action's JSON Schema.
 
+mod check;
 mod load;
 mod schema;
 
+pub use check::{check_action, check_pack, entry_point_is_contained, Problem};
 pub use load::{discover, load_pack_dir, LoadedPack, PackError, PackErrors};
 pub use schema::{default_schema, ParamValidator};

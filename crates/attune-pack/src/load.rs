@@ -13,13 +13,16 @@ use std::{
 };
 
 use attune_core::{
-    action::BUILTINS, Action, ActionRef, OutputFormat, PackMeta, PackRef, ParameterDelivery, ParameterFormat,
-    RetryPolicy, Runtime,
+    Action, ActionRef, OutputFormat, PackMeta, PackRef, ParameterDelivery, ParameterFormat, RetryPolicy,
+    Runtime,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::schema::{default_schema, ParamValidator};
+use crate::{
+    check::{check_action, check_parameters},
+    schema::default_schema,
+};
 
 #[derive(Debug, Clone)]
 pub struct LoadedPack {
@@ -260,14 +263,7 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
     let action_ref = doc.string("ref", true).and_then(|r| {
         let full = if r.contains('.') { r.clone() } else { format!("{}.{r}", pack.pack_ref) };
         match ActionRef::parse(&full) {
-            Ok(a) if a.pack() == pack.pack_ref => Some(a),
-            Ok(a) => {
-                doc.err(
-                    "ref",
-                    format!("{a} belongs to pack {}, but this is pack {}", a.pack(), pack.pack_ref),
-                );
-                None
-            }
+            Ok(a) => Some(a),
             Err(e) => {
                 doc.err("ref", e.to_string());
                 None
@@ -284,9 +280,6 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         }
     });
     let entry_point = doc.string("entry_point", true);
-    if let (Some(rt), Some(ep)) = (runtime, &entry_point) {
-        check_entry_point(&mut doc, rt, ep, &dir_abs.join("actions"));
-    }
     let mut parameters = match doc.map.get("parameters").cloned() {
         None | Some(Value::Null) => default_schema(),
         Some(v) => v,
@@ -296,9 +289,6 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         obj.entry("additionalProperties").or_insert(Value::Bool(false));
         obj.entry("properties").or_insert_with(|| Value::Object(Map::new()));
     }
-    if let Err(e) = ParamValidator::compile(&parameters) {
-        doc.err("parameters", e);
-    }
     let parameter_delivery: ParameterDelivery =
         doc.typed("parameter_delivery", "stdin, file or env").unwrap_or_default();
     let parameter_format: ParameterFormat =
@@ -306,23 +296,21 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
     let output_format: OutputFormat =
         doc.typed("output_format", "text, json, yaml or jsonl").unwrap_or_default();
     let timeout_seconds: Option<u64> = doc.typed("timeout_seconds", "a whole number of seconds");
-    if timeout_seconds == Some(0) {
-        doc.err("timeout_seconds", "must be at least 1");
-    }
     let retry: RetryPolicy =
         doc.typed("retry", "a mapping with max_attempts (>= 1) and backoff_seconds").unwrap_or_default();
-    if retry.max_attempts == 0 {
-        doc.err("retry", "max_attempts must be at least 1");
-    }
-    if errors.len() > before {
+    let (Some(action_ref), Some(runtime), Some(entry_point)) = (action_ref, runtime, entry_point) else {
+        // Not an action yet; still report what can be checked on its own.
+        if let Some(p) = check_parameters(&parameters) {
+            doc.err(p.field, p.message);
+        }
         return None;
-    }
-    Some(Action {
-        action_ref: action_ref?,
+    };
+    let action = Action {
+        action_ref,
         pack: pack.pack_ref.clone(),
         description,
-        runtime: runtime?,
-        entry_point: entry_point?,
+        runtime,
+        entry_point,
         parameters,
         parameter_delivery,
         parameter_format,
@@ -330,30 +318,25 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         timeout_seconds,
         retry,
         pack_dir: pack.dir.clone(),
-    })
+    };
+    let problems = check_action(&pack.pack_ref, &action);
+    let entry_ok = !problems.iter().any(|p| p.field == "entry_point");
+    for p in problems {
+        doc.err(p.field, p.message);
+    }
+    if entry_ok && action.runtime != Runtime::Builtin {
+        check_entry_file(&mut doc, action.runtime, &dir_abs.join("actions").join(&action.entry_point));
+    }
+    (doc.errors.len() == before).then_some(action)
 }
 
-fn check_entry_point(doc: &mut Doc<'_>, rt: Runtime, ep: &str, actions_dir: &Path) {
-    if rt == Runtime::Builtin {
-        if !BUILTINS.contains(&ep) {
-            doc.err("entry_point", format!("unknown builtin {ep:?}; builtins are: {}", BUILTINS.join(", ")));
-        }
-        return;
-    }
-    let p = Path::new(ep);
-    if ep.is_empty()
-        || p.is_absolute()
-        || p.components().any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        doc.err("entry_point", "must be a relative path inside the pack's actions/ directory");
-        return;
-    }
-    let full = actions_dir.join(p);
+/// What only the directory can tell: the entry point exists (and a native one is executable).
+fn check_entry_file(doc: &mut Doc<'_>, rt: Runtime, full: &Path) {
     if !full.is_file() {
         doc.err("entry_point", format!("{} does not exist", full.display()));
         return;
     }
-    if rt == Runtime::Native && !is_executable(&full) {
+    if rt == Runtime::Native && !is_executable(full) {
         doc.err("entry_point", format!("{} is not executable (chmod +x it)", full.display()));
     }
 }

@@ -1,8 +1,10 @@
 //! `ApiError`: the one place where failures become HTTP responses. Client faults get a 4xx with a
 //! precise message; anything else is logged once here and answered with a generic 500.
 
-use attune_client::wire::{ErrorBody, ErrorDetail};
 use attune_store::StoreError;
+use attune_wire::{ErrorBody, ErrorDetail};
+
+use crate::submission::SubmitError;
 use axum::{
     extract::{rejection::JsonRejection, FromRequest, Request},
     http::StatusCode,
@@ -32,6 +34,9 @@ impl ApiError {
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
+    pub fn shutting_down() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down")
+    }
     pub fn with_details(mut self, details: Vec<String>) -> Self {
         self.details = details;
         self
@@ -51,30 +56,51 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        ApiError::from(&e)
+    }
+}
+
+impl From<&StoreError> for ApiError {
+    fn from(e: &StoreError) -> Self {
         match e {
             StoreError::NotFound { what, id } => {
-                let code = if what == "worker" { "unknown_worker" } else { "not_found" };
+                let code = if *what == "worker" { "unknown_worker" } else { "not_found" };
                 ApiError::not_found(code, format!("{what} {id} not found"))
             }
-            e @ StoreError::StaleLease { .. } => {
+            StoreError::StaleLease { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "stale_lease", e.to_string())
             }
-            e @ StoreError::AlreadyDone(_) => {
-                ApiError::new(StatusCode::CONFLICT, "already_done", e.to_string())
-            }
-            e @ StoreError::Transition { .. } => {
+            StoreError::AlreadyDone(_) => ApiError::new(StatusCode::CONFLICT, "already_done", e.to_string()),
+            StoreError::Transition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
             }
+            StoreError::BadReport { .. } => ApiError::unprocessable("invalid_report", e.to_string()),
             e => {
                 tracing::error!(error = %e, "store failure");
                 let status = match e {
-                    StoreError::Database(sqlx_err) if is_unavailable(&sqlx_err) => {
+                    StoreError::Database(sqlx_err) if is_unavailable(sqlx_err) => {
                         StatusCode::SERVICE_UNAVAILABLE
                     }
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 ApiError::new(status, "internal", "internal error; see the server log")
             }
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::UnknownAction(_) => ApiError::unprocessable("unknown_action", e.to_string()),
+            SubmitError::BrokenAction { .. } => ApiError::unprocessable("invalid_action", e.to_string()),
+            SubmitError::Parameters { ref details, .. } => {
+                let details = details.clone();
+                ApiError::unprocessable("invalid_parameters", e.to_string()).with_details(details)
+            }
+            SubmitError::Invalid(i) => ApiError::unprocessable(i.code, i.message),
+            SubmitError::Store(s) => ApiError::from(&*s),
+            SubmitError::ShuttingDown => ApiError::shutting_down(),
         }
     }
 }

@@ -5,11 +5,12 @@
 
 mod api;
 mod error;
+mod group;
 mod metrics;
 mod monitors;
 pub mod packs;
 mod replicas;
-mod submit;
+mod submission;
 
 use std::{
     collections::HashMap,
@@ -17,10 +18,8 @@ use std::{
     time::Duration,
 };
 
-use attune_core::{config::Settings, ActionRef, ExecutionStatus};
-use attune_pack::ParamValidator;
+use attune_core::{config::Settings, ExecutionStatus};
 use attune_store::Store;
-use serde_json::Value;
 use tokio::{net::TcpListener, sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -39,6 +38,9 @@ pub struct ServerOptions {
     pub timeout_check_interval: Duration,
     pub enable_timeout_monitor: bool,
     pub max_poll: Duration,
+    /// How often a waiting poll or `…/wait` looks again without being woken (catches changes made
+    /// by another replica whose notification was lost). Tests set it long to prove the wake-ups.
+    pub recheck: Duration,
 }
 
 impl ServerOptions {
@@ -52,6 +54,7 @@ impl ServerOptions {
             timeout_check_interval: s.executor.timeout_check_interval,
             enable_timeout_monitor: s.executor.enable_timeout_monitor,
             max_poll: s.server.max_poll,
+            recheck: Duration::from_secs(1),
         }
     }
 }
@@ -62,12 +65,10 @@ pub(crate) struct Shared {
     pub opts: ServerOptions,
     /// Woken whenever a task may have become available (submit, retry, delivery expiry).
     pub work_available: Notify,
-    pub validators: Mutex<HashMap<ActionRef, (Value, Arc<ParamValidator>)>>,
-    /// Recently read actions (see `ACTION_CACHE_TTL`), so that a submission costs no extra read.
-    pub actions: Mutex<HashMap<ActionRef, (std::time::Instant, attune_core::Action)>>,
+    /// The one way new executions are accepted.
+    pub submissions: submission::Submissions,
+    /// Names of workers that called, by id (for history entries and logs).
     pub worker_names: Mutex<HashMap<Uuid, String>>,
-    /// Validated submissions on their way to the batching insert (`submit`).
-    pub submissions: tokio::sync::mpsc::Sender<submit::Pending>,
     /// Every status change this server made, for waiters (`GET …/wait`) in this process.
     pub changes: tokio::sync::broadcast::Sender<Uuid>,
     pub metrics: metrics::Metrics,
@@ -78,34 +79,7 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
 }
 
-/// How long a submission may use an action definition read earlier. A pack loaded through this
-/// server is seen at once; one loaded through another replica within this long.
-pub const ACTION_CACHE_TTL: Duration = Duration::from_secs(2);
-
 impl Shared {
-    /// The action, from the cache when it is fresh enough.
-    pub(crate) async fn action(
-        &self,
-        r: &ActionRef,
-    ) -> Result<Option<attune_core::Action>, attune_store::StoreError> {
-        if let Some((at, a)) = self.actions.lock().expect("action cache lock").get(r) {
-            if at.elapsed() < ACTION_CACHE_TTL {
-                return Ok(Some(a.clone()));
-            }
-        }
-        let a = self.store.get_action(r).await?;
-        let mut cache = self.actions.lock().expect("action cache lock");
-        match &a {
-            Some(a) => {
-                cache.insert(r.clone(), (std::time::Instant::now(), a.clone()));
-            }
-            None => {
-                cache.remove(r);
-            }
-        }
-        Ok(a)
-    }
-
     /// Status changes made by this server: wakes local waiters and polls, and (on PostgreSQL) tells
     /// the other replicas. A failed notification only costs the others their one-second re-check.
     pub(crate) async fn changed(&self, changes: &[(Uuid, ExecutionStatus)]) {
@@ -140,25 +114,23 @@ impl Shared {
 
 pub struct Server {
     shared: Arc<Shared>,
-    submissions: tokio::sync::mpsc::Receiver<submit::Pending>,
+    inserts: submission::Inserts,
     notices: tokio::sync::mpsc::UnboundedReceiver<(Vec<Uuid>, bool)>,
 }
 
 impl Server {
     pub fn build(opts: ServerOptions, store: Arc<Store>) -> Server {
-        let (submissions, rx) = submit::channel();
+        let (submissions, inserts) = submission::Submissions::new(store.clone());
         let judge_after = tokio::time::Instant::now() + opts.staleness;
         let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
         Server {
-            submissions: rx,
+            inserts,
             notices: notices_rx,
             shared: Arc::new(Shared {
                 submissions,
                 store,
                 opts,
                 work_available: Notify::new(),
-                validators: Mutex::new(HashMap::new()),
-                actions: Mutex::new(HashMap::new()),
                 worker_names: Mutex::new(HashMap::new()),
                 changes: tokio::sync::broadcast::channel(4096).0,
                 judge_after: Mutex::new(judge_after),
@@ -175,7 +147,7 @@ impl Server {
         let shared = self.shared;
         let mut tasks = JoinSet::new();
         tasks.spawn(monitors::run(shared.clone()));
-        tasks.spawn(submit::run(shared.clone(), self.submissions));
+        tasks.spawn(submission::run(shared.clone(), self.inserts));
         tasks.spawn(replicas::listen(shared.clone()));
         tasks.spawn(replicas::notify(shared.clone(), self.notices));
         let stop = shared.shutdown.clone();

@@ -62,6 +62,8 @@ pub(crate) struct Metrics {
     pub lease_expiries: AtomicU64,
     pub retries: AtomicU64,
     pub schedule_to_start_timeouts: AtomicU64,
+    /// Worker polls waiting for work on this server right now.
+    pub polls_waiting: AtomicU64,
     pub submit_to_start: Histogram,
     pub run_duration: Histogram,
 }
@@ -75,6 +77,7 @@ impl Default for Metrics {
             lease_expiries: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             schedule_to_start_timeouts: AtomicU64::new(0),
+            polls_waiting: AtomicU64::new(0),
             submit_to_start: Histogram::new(LATENCY_BUCKETS),
             run_duration: Histogram::new(DURATION_BUCKETS),
         }
@@ -87,7 +90,8 @@ impl Metrics {
     }
 
     /// Records what a finished (or retried) execution tells: run duration, retries.
-    pub(crate) fn finished(&self, e: &attune_core::Execution, now: Timestamp) {
+    /// An attempt ended (a report was applied): a retry, or the run's duration.
+    pub(crate) fn finished(&self, e: &attune_store::Applied, now: Timestamp) {
         if e.status == ExecutionStatus::Scheduled {
             Self::add(&self.retries, 1);
         }
@@ -185,6 +189,12 @@ pub(crate) fn render(
         "attune_schedule_to_start_timeouts_total",
         "Executions failed because no worker started them within scheduled_timeout (this server's monitor).",
         m.schedule_to_start_timeouts.load(Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP attune_polls_waiting Worker polls waiting for work on this server (idle worker slots asking).\n\
+         # TYPE attune_polls_waiting gauge\nattune_polls_waiting {}",
+        m.polls_waiting.load(Relaxed)
     );
     m.submit_to_start.render(
         &mut out,

@@ -83,15 +83,17 @@ async fn check_leases(shared: Arc<Shared>, after_grace: bool) -> Result<(), attu
     if returned > 0 {
         tracing::info!(count = returned, "tasks not started in time went back to the queue");
     }
-    let expired = if after_grace { shared.store.expire_leases(now).await? } else { Vec::new() };
+    let expired =
+        if after_grace { shared.store.expire_leases(now, shared.opts.staleness).await? } else { Vec::new() };
     for e in &expired {
-        tracing::warn!(execution_id = %e.id, worker = %e.worker, outcome = ?e.outcome, "lease expired");
+        let worker = e.worker.as_deref().unwrap_or_default();
+        tracing::warn!(execution_id = %e.id, worker, status = %e.status, "lease expired");
         crate::metrics::Metrics::add(&shared.metrics.lease_expiries, 1);
-        if matches!(e.outcome, attune_store::LeaseOutcome::Retried { .. }) {
+        if e.status == attune_core::ExecutionStatus::Scheduled {
             crate::metrics::Metrics::add(&shared.metrics.retries, 1);
         }
     }
-    let changes: Vec<_> = expired.iter().map(|e| (e.id, e.status())).collect();
+    let changes: Vec<_> = expired.iter().map(|e| (e.id, e.status)).collect();
     shared.changed(&changes).await;
     if returned > 0 {
         shared.work_available.notify_waiters();
@@ -104,9 +106,9 @@ async fn check_unstarted(shared: Arc<Shared>) -> Result<(), attune_store::StoreE
     let failed = shared.store.fail_unstarted(shared.opts.scheduled_timeout, Timestamp::now()).await?;
     crate::metrics::Metrics::add(&shared.metrics.schedule_to_start_timeouts, failed.len() as u64);
     for f in &failed {
-        tracing::warn!(execution_id = %f.id, age_seconds = f.age_seconds, "no worker started the execution in time; failed");
+        tracing::warn!(execution_id = %f.id, action = %f.action_ref, "no worker started the execution in time; failed");
     }
-    let changes: Vec<_> = failed.iter().map(|f| (f.id, attune_core::ExecutionStatus::Failed)).collect();
+    let changes: Vec<_> = failed.iter().map(|f| (f.id, f.status)).collect();
     shared.changed(&changes).await;
     Ok(())
 }

@@ -54,19 +54,21 @@ pub(crate) async fn notify(
     shared: Arc<Shared>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<(Vec<Uuid>, bool)>,
 ) {
+    let mut batch = Vec::new();
     loop {
-        let first = tokio::select! {
+        let n = tokio::select! {
             biased;
-            x = rx.recv() => x,
-            _ = shared.shutdown.cancelled() => None,
+            n = rx.recv_many(&mut batch, 256) => n,
+            _ = shared.shutdown.cancelled() => 0,
         };
-        let Some((mut ids, mut work)) = first else { return };
-        while let Ok((more, w)) = rx.try_recv() {
+        if n == 0 {
+            return;
+        }
+        let mut work = false;
+        let mut ids = Vec::new();
+        for (more, w) in batch.drain(..) {
             ids.extend(more);
             work |= w;
-            if ids.len() >= 5_000 {
-                break;
-            }
         }
         if work {
             if let Err(e) = shared.store.notify_work().await {

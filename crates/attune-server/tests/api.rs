@@ -3,11 +3,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use attune_client::{wire::CreateExecution, Client, ClientError};
+use attune_client::{Client, ClientError};
 use attune_core::{config::Settings, ExecutionStatus, Report, Runtime, Timestamp};
 use attune_server::{Server, ServerOptions};
 use attune_store::{Store, StoreOptions};
 use attune_testkit::TestDb;
+use attune_wire::CreateExecution;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +48,10 @@ struct Api {
 
 impl Api {
     async fn start(db: TestDb) -> Api {
+        Api::start_with(db, |_| {}).await
+    }
+
+    async fn start_with(db: TestDb, tune: impl FnOnce(&mut ServerOptions)) -> Api {
         let store = Arc::new(Store::open(&StoreOptions::new(db.url.clone())).await.unwrap());
         let packs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
         let (loaded, problems) = attune_server::packs::load_dirs(&store, &[packs]).await;
@@ -54,7 +59,9 @@ impl Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
-        let server = Server::build(ServerOptions::from_settings(&Settings::default()), store);
+        let mut opts = ServerOptions::from_settings(&Settings::default());
+        tune(&mut opts);
+        let server = Server::build(opts, store);
         let task = tokio::spawn(server.run(listener, stop.clone()));
         Api { client: Client::new(&url), http: reqwest::Client::new(), url, stop, task: Some(task), _db: db }
     }
@@ -175,7 +182,7 @@ async fn submit_noop(api: &Api) -> attune_core::Execution {
 }
 
 async fn register(api: &Api, name: &str) -> uuid::Uuid {
-    let req = attune_client::wire::RegisterWorker {
+    let req = attune_wire::RegisterWorker {
         name: name.into(),
         host: "test".into(),
         runtimes: vec![Runtime::Builtin],
@@ -246,20 +253,28 @@ async fn worker_protocol_is_fenced(db: TestDb) {
 }
 
 async fn long_poll_wakes_on_submit(db: TestDb) {
-    let api = Api::start(db).await;
+    // Waiting polls look again only every minute here: returning sooner proves the wake-up.
+    let api = Api::start_with(db, |o| o.recheck = Duration::from_secs(60)).await;
     let w = register(&api, "w1").await;
     let client = api.client.clone();
     let wait = Duration::from_secs(25);
     let poll = tokio::spawn(async move {
-        let started = std::time::Instant::now();
         let r = client.poll(w, 4, wait).await.unwrap();
-        (r, started.elapsed())
+        (r, std::time::Instant::now())
     });
+    // Submit only once the poll is parked, so that it can only learn of the task by being woken.
+    attune_testkit::wait_for("the poll to wait", Duration::from_secs(10), || async {
+        let text = api.http.get(format!("{}/metrics", api.url)).send().await.ok()?.text().await.ok()?;
+        text.lines().any(|l| l == "attune_polls_waiting 1").then_some(())
+    })
+    .await;
+    let submitted = std::time::Instant::now();
     let e = submit_noop(&api).await;
-    let (reply, elapsed) = poll.await.unwrap();
+    let (reply, returned) = poll.await.unwrap();
     assert_eq!(reply.tasks.len(), 1);
     assert_eq!(reply.tasks[0].execution_id, e.id);
-    assert!(elapsed < wait, "the poll returned with the task, not at the end of its wait");
+    let after = returned.duration_since(submitted);
+    assert!(after < Duration::from_secs(5), "the poll was woken by the submit, {after:?} after it");
     api.stop().await;
 }
 
@@ -268,7 +283,7 @@ async fn bad_pack_uploads_store_nothing(db: TestDb) {
     let core = api.client.list_actions().await.unwrap();
     let mut foreign = core[0].clone();
     foreign.action_ref = attune_core::ActionRef::parse("other.x").unwrap();
-    let up = attune_client::wire::PackUpload {
+    let up = attune_wire::PackUpload {
         pack: attune_core::PackMeta {
             pack_ref: attune_core::PackRef::parse("newpack").unwrap(),
             label: "n".into(),
@@ -343,7 +358,7 @@ async fn metrics_parse_and_move(db: TestDb) {
     let t = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
     let lease = attune_core::Lease { execution_id: e.id, lease_token: t.lease_token.clone() };
     api.client.start_batch(w, vec![lease]).await.unwrap();
-    let item = attune_client::wire::CompleteItem {
+    let item = attune_wire::CompleteItem {
         execution_id: e.id,
         lease_token: t.lease_token,
         report: report(ExecutionStatus::Succeeded),

@@ -3,10 +3,8 @@
 //! log, written `<history id>-<worker event id>`; it is what SSE clients send back as
 //! `Last-Event-ID` to resume.
 
-use attune_core::Timestamp;
-use serde::Serialize;
-
 use crate::{rows::RowExt, Result, Store, StoreError};
+use attune_core::Timestamp;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EventCursor {
@@ -27,8 +25,8 @@ impl std::fmt::Display for EventCursor {
     }
 }
 
-/// One event, as sent to clients.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One event as read from the logs (the server turns it into `attune_wire::StreamEvent`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// `execution` or `worker`.
     pub kind: &'static str,
@@ -36,22 +34,15 @@ pub struct Event {
     /// `WorkerRegistered`, `WorkerActive`, `WorkerInactive`, `WorkerDeregistered`.
     pub name: String,
     pub at: Timestamp,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub execution_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub action_ref: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
     pub actor: Option<String>,
     pub reason: Option<String>,
     /// The cursor just after this event.
-    #[serde(skip)]
     pub cursor: EventCursor,
 }
 

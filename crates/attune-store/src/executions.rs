@@ -1,34 +1,16 @@
-//! Executions: submit, read, list, cancel. The worker-facing transitions live in `workers`, the
-//! monitors' in `monitors`; all of them append to `execution_history` in the same transaction.
+//! Executions: accepting new ones (group-committed inserts) and reading them back. Every later
+//! status change goes through `lifecycle`; triggers append `execution_history` in the same
+//! statement.
 
 use attune_core::{
-    Action, ActionRef, Attempt, Execution, ExecutionStatus, HistoryEntry, Timestamp, TransitionError,
+    Action, ActionRef, Attempt, Execution, ExecutionStatus, HistoryEntry, NewExecution, Timestamp,
 };
-use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::{
     rows::{json, opt_json, to_json, uuid, RowExt},
     Result, Store, StoreError,
 };
-
-/// Records a dead letter inside the transaction `$tx`.
-macro_rules! dead_letter {
-    ($tx:expr, $exec_id:expr, $action_ref:expr, $cause:expr, $error:expr, $at:expr) => {
-        sqlx::query(
-            "INSERT INTO dead_letters (id, execution_id, action_ref, cause, error, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind($exec_id)
-        .bind($action_ref)
-        .bind($cause)
-        .bind($error)
-        .bind($at)
-        .execute(&mut *$tx)
-        .await?
-    };
-}
 
 pub(crate) const EXEC_COLS: &str = "id, action_ref, action, parameters, status, result, stdout, stderr, \
     stdout_truncated, stderr_truncated, exit_code, error, worker_id, worker_name, attempt, max_attempts, \
@@ -69,18 +51,6 @@ pub(crate) fn exec_from_row(r: &impl RowExt) -> Result<Execution> {
     })
 }
 
-/// A validated request to run an action.
-#[derive(Debug, Clone)]
-pub struct NewExecution {
-    pub action: Action,
-    pub parameters: Value,
-    pub timeout_seconds: Option<u64>,
-    pub max_attempts: u32,
-    pub actor: String,
-    pub parent: Option<Uuid>,
-    pub trace_id: Option<String>,
-}
-
 /// See `Store::metrics_snapshot`.
 #[derive(Debug, Clone, Default)]
 pub struct MetricsSnapshot {
@@ -112,84 +82,106 @@ impl Store {
     /// Persists a new execution as `requested`, then `scheduled` on its runtime's queue.
     pub async fn create_execution(&self, new: NewExecution, now: Timestamp) -> Result<Execution> {
         let mut v = self.create_executions(vec![new], now).await?;
-        Ok(v.pop().expect("one execution in, one out"))
+        v.pop().expect("one execution in, one out")
     }
 
-    /// Persists several new executions with one statement (one commit); the `executions_accepted`
-    /// trigger writes their history rows. Used by the server to group concurrent submissions.
-    pub async fn create_executions(&self, news: Vec<NewExecution>, now: Timestamp) -> Result<Vec<Execution>> {
+    /// Accepts several new executions with one `INSERT` (one commit); the `executions_accepted`
+    /// trigger writes their history rows. Used by the server to group concurrent submissions. A
+    /// submission that requeues a dead letter marks it requeued in the same transaction, and is
+    /// refused (`AlreadyDone`) if another requeue got there first. One result per submission.
+    pub async fn create_executions(
+        &self,
+        news: Vec<NewExecution>,
+        now: Timestamp,
+    ) -> Result<Vec<Result<Execution>>> {
         if news.is_empty() {
             return Ok(Vec::new());
         }
-        const COLS: usize = 12;
         let at = now.millis();
-        let rows: Vec<String> = (0..news.len())
-            .map(|i| {
-                let b = i * COLS;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, 'scheduled', ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 8, b + 8, b + 8, b + 9, b + 10,
-                    b + 11, b + 12
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
-                timeout_seconds, not_before, created_at, updated_at, scheduled_at, parent, trace_id,
-                transition_actor, transition_reason) VALUES {}",
-            rows.join(", ")
-        );
         let ids: Vec<Uuid> = news.iter().map(|_| Uuid::now_v7()).collect();
+        let requeues = news.iter().any(|n| n.requeue_of.is_some());
+        let mut refused: Vec<Option<StoreError>> = news.iter().map(|_| None).collect();
         write_pool!(self, p => {
-            let mut q = sqlx::query(&sql);
-            for (id, new) in ids.iter().zip(&news) {
-                q = q
-                    .bind(id.to_string())
-                    .bind(new.action.action_ref.as_str())
-                    .bind(new.action.runtime.as_str())
-                    .bind(to_json(&new.action))
-                    .bind(to_json(&new.parameters))
-                    .bind(new.max_attempts.max(1) as i32)
-                    .bind(new.timeout_seconds.map(|t| t as i64))
+            let mut tx = if requeues { Some(p.begin().await?) } else { None };
+            if let Some(tx) = tx.as_mut() {
+                for (i, new) in news.iter().enumerate() {
+                    let Some(dl) = new.requeue_of else { continue };
+                    let claimed = sqlx::query(
+                        "UPDATE dead_letters SET requeued_at = $2, requeued_as = $3 WHERE id = $1 AND requeued_at IS NULL",
+                    )
+                    .bind(dl.to_string())
                     .bind(at)
-                    .bind(new.parent.map(|u| u.to_string()))
-                    .bind(new.trace_id.clone())
-                    .bind(new.actor.clone())
-                    .bind(format!("parameters valid; queued for a {} worker", new.action.runtime));
+                    .bind(ids[i].to_string())
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                    if claimed == 0 {
+                        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM dead_letters WHERE id = $1")
+                            .bind(dl.to_string())
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        refused[i] = Some(match exists {
+                            Some(_) => StoreError::AlreadyDone(format!("dead letter {dl} was already requeued")),
+                            None => StoreError::NotFound { what: "dead letter", id: dl.to_string() },
+                        });
+                    }
+                }
             }
-            q.execute(p).await?;
+            let accepted: Vec<usize> = (0..news.len()).filter(|i| refused[*i].is_none()).collect();
+            if !accepted.is_empty() {
+                const COLS: usize = 15;
+                let rows: Vec<String> = (0..accepted.len())
+                    .map(|n| {
+                        let b = n * COLS;
+                        let p: Vec<String> = (1..=COLS).map(|k| format!("${}", b + k)).collect();
+                        // not_before, created_at, updated_at and scheduled_at are all `now`.
+                        format!("({}, {}, {}, {}, {})", p[..8].join(", "), p[7], p[7], p[7], p[8..].join(", "))
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
+                        not_before, created_at, updated_at, scheduled_at, timeout_seconds, parent, trace_id,
+                        enforcement, backoff_seconds, transition_actor, transition_reason) VALUES {}",
+                    rows.join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for i in &accepted {
+                    let new = &news[*i];
+                    let (status, reason) = new.accepted();
+                    q = q
+                        .bind(ids[*i].to_string())
+                        .bind(new.action.action_ref.as_str())
+                        .bind(new.queue().as_str())
+                        .bind(to_json(&new.action))
+                        .bind(to_json(&new.parameters))
+                        .bind(status.as_str())
+                        .bind(new.max_attempts.max(1) as i32)
+                        .bind(at)
+                        .bind(new.timeout_seconds.map(|t| t as i64))
+                        .bind(new.parent.map(|u| u.to_string()))
+                        .bind(new.trace_id.clone())
+                        .bind(new.enforcement.clone())
+                        .bind(new.action.retry.backoff_seconds as i64)
+                        .bind(new.actor.clone())
+                        .bind(reason);
+                }
+                match tx.as_mut() {
+                    Some(tx) => q.execute(&mut **tx).await?,
+                    None => q.execute(p).await?,
+                };
+            }
+            if let Some(tx) = tx {
+                tx.commit().await?;
+            }
         });
         // Everything the rows hold is known here; no need to read them back.
         Ok(ids
             .into_iter()
             .zip(news)
-            .map(|(id, new)| Execution {
-                id,
-                action_ref: new.action.action_ref.clone(),
-                parameters: new.parameters,
-                status: ExecutionStatus::Scheduled,
-                result: None,
-                stdout: String::new(),
-                stderr: String::new(),
-                stdout_truncated: false,
-                stderr_truncated: false,
-                exit_code: None,
-                error: None,
-                worker: None,
-                worker_id: None,
-                attempt: 0,
-                max_attempts: new.max_attempts.max(1),
-                timeout_seconds: new.timeout_seconds,
-                created_at: now,
-                updated_at: now,
-                started_at: None,
-                finished_at: None,
-                parent: new.parent,
-                trace_id: new.trace_id,
-                enforcement: None,
-                history: Vec::new(),
-                attempts: Vec::new(),
-                action: Some(new.action),
+            .zip(refused)
+            .map(|((id, new), refused)| match refused {
+                Some(e) => Err(e),
+                None => Ok(accepted_execution(id, new, now)),
             })
             .collect())
     }
@@ -355,59 +347,37 @@ impl Store {
                 .collect()
         })
     }
+}
 
-    /// Cancels a waiting execution at once; asks the worker to stop a running one (`canceling`,
-    /// delivered with its next heartbeat). Canceling a canceling execution changes nothing.
-    pub async fn cancel_execution(&self, id: Uuid, actor: &str, now: Timestamp) -> Result<Execution> {
-        let ids = id.to_string();
-        let at = now.millis();
-        for _ in 0..5 {
-            let current = self
-                .get_execution(id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound { what: "execution", id: ids.clone() })?;
-            let from = current.status;
-            let to = match from {
-                ExecutionStatus::Canceling => return Ok(current),
-                ExecutionStatus::Running => ExecutionStatus::Canceling,
-                _ => ExecutionStatus::Canceled,
-            };
-            from.check(to).map_err(|source| StoreError::Transition { id: ids.clone(), source })?;
-            let error = (to == ExecutionStatus::Canceled).then(|| {
-                to_json(&json!({"error": "canceled before it started", "canceled_by": actor,
-                    "original_status": from.as_str()}))
-            });
-            let changed = write_pool!(self, p => {
-                sqlx::query(
-                    "UPDATE executions SET status = $2, updated_at = $3,
-                        finished_at = CASE WHEN $2 = 'canceled' THEN $3 ELSE finished_at END,
-                        error = COALESCE($4, error),
-                        lease_token = CASE WHEN $2 = 'canceled' THEN NULL ELSE lease_token END,
-                        lease_expires_at = CASE WHEN $2 = 'canceled' THEN NULL ELSE lease_expires_at END,
-                        delivered_at = NULL, transition_actor = $6, transition_reason = 'cancel requested'
-                     WHERE id = $1 AND status = $5",
-                )
-                .bind(&ids)
-                .bind(to.as_str())
-                .bind(at)
-                .bind(error)
-                .bind(from.as_str())
-                .bind(actor)
-                .execute(p)
-                .await?
-                .rows_affected()
-                    == 1
-            });
-            if changed {
-                return self
-                    .get_execution(id)
-                    .await?
-                    .ok_or(StoreError::NotFound { what: "execution", id: ids });
-            }
-        }
-        Err(StoreError::Transition {
-            id: ids,
-            source: TransitionError { from: ExecutionStatus::Running, to: ExecutionStatus::Canceled },
-        })
+/// A just-accepted execution as its row holds it.
+fn accepted_execution(id: Uuid, new: NewExecution, now: Timestamp) -> Execution {
+    let (status, _) = new.accepted();
+    Execution {
+        id,
+        action_ref: new.action.action_ref.clone(),
+        parameters: new.parameters,
+        status,
+        result: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        exit_code: None,
+        error: None,
+        worker: None,
+        worker_id: None,
+        attempt: 0,
+        max_attempts: new.max_attempts.max(1),
+        timeout_seconds: new.timeout_seconds,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+        parent: new.parent,
+        trace_id: new.trace_id,
+        enforcement: new.enforcement,
+        history: Vec::new(),
+        attempts: Vec::new(),
+        action: Some(new.action),
     }
 }

@@ -2,32 +2,33 @@
 //! The database is both the source of truth and the queue; there is no broker.
 //!
 //! Both backends run the same SQL text (written with `$N` placeholders, which both accept) through
-//! the `write!`/`read!` dispatch macros in `backend`; the few statements that differ by dialect say so
-//! where they are. Every status change is checked by the core state machine against the status it
-//! was read in and written as one conditional `UPDATE … WHERE status = <that status>` (plus the lease
-//! token where one is involved); triggers (migration 0003) append the history row and the attempt row
-//! in the same statement. Two replicas (or a monitor and a worker) racing on the same execution
-//! cannot both win.
+//! the `write_pool!`/`read_pool!` dispatch macros in `backend`; the few statements that differ by
+//! dialect say so where they are. An execution's status is written in one place, `lifecycle::APPLY`:
+//! the core decides (`attune_core::lifecycle`), `Store::drive` applies the decision as one
+//! conditional `UPDATE` guarded by what the decision read (status, attempt, lease); triggers
+//! (migration 0003) append the history row and the attempt row in the same statement. Two replicas
+//! (or a monitor and a worker) racing on the same execution cannot both win.
 
 #[macro_use]
 mod backend;
 mod connect;
 mod deadletters;
 mod events;
-#[macro_use]
 mod executions;
+mod lifecycle;
 mod logs;
 mod migrate;
-mod monitors;
 mod notify;
 mod packs;
+mod queue;
 mod rows;
 mod workers;
 
+pub use attune_core::NewExecution;
 pub use connect::{redact, BackendKind, StoreOptions};
 pub use events::{Event, EventCursor};
-pub use executions::{ExecutionFilter, MetricsSnapshot, NewExecution, Page};
-pub use monitors::{ExpiredLease, LeaseOutcome, UnstartedFailure};
+pub use executions::{ExecutionFilter, MetricsSnapshot, Page};
+pub use lifecycle::{Applied, Driven};
 pub use notify::{Listener, Notice};
 pub use workers::NewWorker;
 
@@ -51,6 +52,9 @@ pub enum StoreError {
     StaleLease { id: String, message: String },
     #[error("execution {id}: {source}")]
     Transition { id: String, source: TransitionError },
+    /// A worker's report that no execution could take (not an outcome a worker may report).
+    #[error("execution {id}: {message}")]
+    BadReport { id: String, message: String },
     /// The request was already carried out once and cannot be repeated.
     #[error("{0}")]
     AlreadyDone(String),

@@ -1,27 +1,29 @@
 //! Live output: chunks a worker sends while its action runs, fenced by the lease token like every
 //! other report, read back after a cursor.
 
-use attune_core::{LogChunk, Timestamp};
+use attune_core::{lifecycle::Holder, LogChunk, Timestamp};
 use uuid::Uuid;
 
 use crate::{rows::RowExt, Result, Store, StoreError};
 
 impl Store {
-    /// Appends chunks for the attempt holding `token`; a stale token changes nothing.
+    /// Appends chunks for the running attempt that `holder` holds; anyone else changes nothing.
     pub async fn append_logs(
         &self,
         id: Uuid,
-        token: &str,
+        holder: Holder<'_>,
         chunks: &[LogChunk],
         now: Timestamp,
     ) -> Result<()> {
         let ids = id.to_string();
         let holds: Option<String> = read_pool!(self, p => {
             sqlx::query_scalar(
-                "SELECT status FROM executions WHERE id = $1 AND lease_token = $2 AND status IN ('running', 'canceling')",
+                "SELECT status FROM executions WHERE id = $1 AND lease_token = $2 AND worker_id = $3
+                    AND status IN ('running', 'canceling')",
             )
             .bind(&ids)
-            .bind(token)
+            .bind(holder.token)
+            .bind(holder.worker.to_string())
             .fetch_optional(p)
             .await?
         });

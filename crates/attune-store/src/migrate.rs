@@ -11,6 +11,7 @@ const SQLITE: &[(i64, &str)] = &[
     (5, include_str!("../migrations/sqlite/0005_worker_events.sql")),
     (6, include_str!("../migrations/sqlite/0006_execution_logs.sql")),
     (7, include_str!("../migrations/sqlite/0007_drop_ready_index.sql")),
+    (8, include_str!("../migrations/sqlite/0008_backoff_column.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -19,6 +20,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (4, include_str!("../migrations/postgres/0004_ready_index.sql")),
     (5, include_str!("../migrations/postgres/0005_worker_events.sql")),
     (6, include_str!("../migrations/postgres/0006_execution_logs.sql")),
+    (8, include_str!("../migrations/postgres/0008_backoff_column.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

@@ -5,10 +5,12 @@
 use std::time::Duration;
 
 use attune_core::{
-    Action, ActionRef, ExecutionStatus, Lease, LeaseState, PackMeta, PackRef, Report, RetryPolicy, Runtime,
-    Timestamp, WorkerStatus,
+    lifecycle::Holder, Action, ActionRef, ExecutionStatus, Lease, LeaseState, LogChunk, PackMeta, PackRef,
+    Report, RetryPolicy, Runtime, Timestamp, WorkerStatus,
 };
-use attune_store::{ExecutionFilter, LeaseOutcome, NewExecution, NewWorker, Store, StoreError, StoreOptions};
+use attune_store::{
+    EventCursor, ExecutionFilter, NewExecution, NewWorker, Notice, Store, StoreError, StoreOptions,
+};
 use attune_testkit::TestDb;
 use serde_json::json;
 use uuid::Uuid;
@@ -57,9 +59,20 @@ conformance!(
     release_gives_the_task_back,
     dead_letters_list_and_requeue_once,
     batches_behave_like_single_calls,
+    events_are_read_after_a_cursor,
+    live_output_is_fenced_and_read_after_a_cursor,
+    metrics_snapshot_counts_what_is_stored,
+    unclaim_gives_back_only_that_delivery,
+    notifications_reach_listeners,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
+const STALENESS: Duration = Duration::from_secs(30);
+
+/// `worker`'s claim to the lease `token`.
+fn h(token: &str, worker: Uuid) -> Holder<'_> {
+    Holder { token, worker }
+}
 
 fn at(secs: u64) -> Timestamp {
     T0.plus(Duration::from_secs(secs))
@@ -95,6 +108,8 @@ async fn submit(s: &Store, a: &Action, now: Timestamp) -> Uuid {
         actor: "test".into(),
         parent: None,
         trace_id: None,
+        enforcement: None,
+        requeue_of: None,
     };
     s.create_execution(new, now).await.unwrap().id
 }
@@ -242,27 +257,27 @@ async fn claim_start_complete(db: &TestDb) {
     assert_eq!((t.execution_id, t.attempt, t.max_attempts), (id, 1, 1));
     assert_eq!(t.action, a);
     assert_eq!(status(&s, id).await, ExecutionStatus::Scheduled, "delivered, not yet started");
-    let e = s.start(id, &t.lease_token, "worker:w1", at(1), at(31)).await.unwrap();
+    let e = s.start(id, h(&t.lease_token, w), at(1), at(31)).await.unwrap();
     assert_eq!((e.status, e.attempt, e.worker.as_deref()), (ExecutionStatus::Running, 1, Some("w1")));
     // Starting again with the same token is harmless.
     assert_eq!(
-        s.start(id, &t.lease_token, "worker:w1", at(2), at(32)).await.unwrap().status,
+        s.start(id, h(&t.lease_token, w), at(2), at(32)).await.unwrap().status,
         ExecutionStatus::Running
     );
     assert_eq!(s.get_worker(w).await.unwrap().unwrap().in_flight, 1);
-    let e = s.complete(id, &t.lease_token, &ok_report(), "worker:w1", at(3)).await.unwrap();
+    let e = s.complete(id, h(&t.lease_token, w), &ok_report(), at(3)).await.unwrap();
     assert_eq!(e.status, ExecutionStatus::Succeeded);
     assert_eq!(e.result, Some(json!({"k": "v"})));
     assert_eq!(e.stdout, "out");
     assert_eq!(e.finished_at, Some(at(3)));
-    let h = s.execution_history(id).await.unwrap();
-    assert_eq!(h.last().unwrap().to, ExecutionStatus::Succeeded);
-    assert_eq!(h.last().unwrap().actor, "worker:w1");
-    assert_eq!(h.len(), 4);
+    let hist = s.execution_history(id).await.unwrap();
+    assert_eq!(hist.last().unwrap().to, ExecutionStatus::Succeeded);
+    assert_eq!(hist.last().unwrap().actor, "worker:w1");
+    assert_eq!(hist.len(), 4);
     // A repeated completion of the same attempt is idempotent and changes nothing.
     let mut other = ok_report();
     other.stdout = "different".into();
-    let again = s.complete(id, &t.lease_token, &other, "worker:w1", at(4)).await.unwrap();
+    let again = s.complete(id, h(&t.lease_token, w), &other, at(4)).await.unwrap();
     assert_eq!((again.status, again.stdout.as_str()), (ExecutionStatus::Succeeded, "out"));
     assert_eq!(s.execution_history(id).await.unwrap().len(), 4);
     assert_eq!(s.get_worker(w).await.unwrap().unwrap().in_flight, 0);
@@ -310,14 +325,14 @@ async fn stale_tokens_are_fenced(db: &TestDb) {
     let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
     let id = submit(&s, &a, at(0)).await;
     let (_, token) = claim_one(&s, w, at(0)).await;
-    assert!(matches!(s.start(id, "bogus", "x", at(1), at(31)).await, Err(StoreError::StaleLease { .. })));
-    s.start(id, &token, "worker:w", at(1), at(31)).await.unwrap();
+    assert!(matches!(s.start(id, h("bogus", w), at(1), at(31)).await, Err(StoreError::StaleLease { .. })));
+    s.start(id, h(&token, w), at(1), at(31)).await.unwrap();
     let before = s.get_execution(id).await.unwrap().unwrap();
-    let r = s.complete(id, "bogus", &ok_report(), "x", at(2)).await;
+    let r = s.complete(id, h("bogus", w), &ok_report(), at(2)).await;
     assert!(matches!(r, Err(StoreError::StaleLease { .. })), "{r:?}");
     assert_eq!(s.get_execution(id).await.unwrap().unwrap(), before, "a stale report changes nothing");
     assert!(matches!(
-        s.complete(Uuid::now_v7(), &token, &ok_report(), "x", at(2)).await,
+        s.complete(Uuid::now_v7(), h(&token, w), &ok_report(), at(2)).await,
         Err(StoreError::NotFound { .. })
     ));
 }
@@ -338,10 +353,10 @@ async fn unstarted_deliveries_return_without_an_attempt(db: &TestDb) {
     assert_eq!(t2[0].attempt, 1, "a delivery that never started is not an attempt");
     // The first poller's late start is refused.
     assert!(matches!(
-        s.start(id, &t1[0].lease_token, "x", at(12), at(42)).await,
+        s.start(id, h(&t1[0].lease_token, w1), at(12), at(42)).await,
         Err(StoreError::StaleLease { .. })
     ));
-    s.start(id, &t2[0].lease_token, "worker:w2", at(12), at(42)).await.unwrap();
+    s.start(id, h(&t2[0].lease_token, w2), at(12), at(42)).await.unwrap();
 }
 
 async fn cancel_waiting_and_running(db: &TestDb) {
@@ -355,7 +370,7 @@ async fn cancel_waiting_and_running(db: &TestDb) {
     assert!(s.claim(w, "w", &[Runtime::Builtin], 1, at(1), at(11)).await.unwrap().is_empty());
     let running = submit(&s, &a, at(2)).await;
     let (_, token) = claim_one(&s, w, at(2)).await;
-    s.start(running, &token, "worker:w", at(2), at(32)).await.unwrap();
+    s.start(running, h(&token, w), at(2), at(32)).await.unwrap();
     assert_eq!(s.cancel_execution(running, "api", at(3)).await.unwrap().status, ExecutionStatus::Canceling);
     assert_eq!(s.cancel_execution(running, "api", at(3)).await.unwrap().status, ExecutionStatus::Canceling);
     let lease = Lease { execution_id: running, lease_token: token.clone() };
@@ -363,10 +378,7 @@ async fn cancel_waiting_and_running(db: &TestDb) {
     assert_eq!(states, vec![(running, LeaseState::Cancel)]);
     let mut r = ok_report();
     r.status = ExecutionStatus::Canceled;
-    assert_eq!(
-        s.complete(running, &token, &r, "worker:w", at(5)).await.unwrap().status,
-        ExecutionStatus::Canceled
-    );
+    assert_eq!(s.complete(running, h(&token, w), &r, at(5)).await.unwrap().status, ExecutionStatus::Canceled);
     let err = s.cancel_execution(running, "api", at(6)).await.unwrap_err();
     assert!(matches!(err, StoreError::Transition { .. }), "{err:?}");
     assert!(matches!(
@@ -381,13 +393,13 @@ async fn heartbeat_extends_and_revokes(db: &TestDb) {
     let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
     let id = submit(&s, &a, at(0)).await;
     let (_, token) = claim_one(&s, w, at(0)).await;
-    s.start(id, &token, "worker:w", at(0), at(30)).await.unwrap();
+    s.start(id, h(&token, w), at(0), at(30)).await.unwrap();
     let good = Lease { execution_id: id, lease_token: token.clone() };
     let bad = Lease { execution_id: id, lease_token: "old".into() };
     let (st, states) = s.heartbeat(w, &[good, bad], at(20), at(50)).await.unwrap();
     assert_eq!(st, WorkerStatus::Active);
     assert_eq!(states, vec![(id, LeaseState::Held), (id, LeaseState::Revoked)]);
-    assert!(s.expire_leases(at(40)).await.unwrap().is_empty(), "extended to 50 by the heartbeat");
+    assert!(s.expire_leases(at(40), STALENESS).await.unwrap().is_empty(), "extended to 50 by the heartbeat");
     assert_eq!(s.get_worker(w).await.unwrap().unwrap().last_heartbeat, at(20));
     assert!(matches!(
         s.heartbeat(Uuid::now_v7(), &[], at(20), at(50)).await,
@@ -402,30 +414,30 @@ async fn expired_lease_retries_then_abandons(db: &TestDb) {
     let w2 = worker(&s, "w2", &[Runtime::Builtin], at(0)).await;
     let id = submit(&s, &a, at(0)).await;
     let (_, t1) = claim_one(&s, w1, at(0)).await;
-    s.start(id, &t1, "worker:w1", at(0), at(30)).await.unwrap();
-    let expired = s.expire_leases(at(31)).await.unwrap();
+    s.start(id, h(&t1, w1), at(0), at(30)).await.unwrap();
+    let expired = s.expire_leases(at(31), STALENESS).await.unwrap();
     assert_eq!(expired.len(), 1);
-    assert_eq!(expired[0].outcome, LeaseOutcome::Retried { next_attempt: 2 });
-    assert_eq!(expired[0].worker, "w1");
+    assert_eq!((expired[0].status, expired[0].attempt + 1), (ExecutionStatus::Scheduled, 2), "retried");
+    assert_eq!(expired[0].worker.as_deref(), Some("w1"));
     assert_eq!(status(&s, id).await, ExecutionStatus::Scheduled);
     // The failed worker is avoided for the retry; another takes it.
     assert!(s.claim(w1, "w1", &[Runtime::Builtin], 1, at(31), at(41)).await.unwrap().is_empty());
     let (_, t2) = claim_one(&s, w2, at(31)).await;
-    let e = s.start(id, &t2, "worker:w2", at(31), at(61)).await.unwrap();
+    let e = s.start(id, h(&t2, w2), at(31), at(61)).await.unwrap();
     assert_eq!(e.attempt, 2);
     // The first attempt's late report is fenced off.
     assert!(matches!(
-        s.complete(id, &t1, &ok_report(), "worker:w1", at(32)).await,
+        s.complete(id, h(&t1, w1), &ok_report(), at(32)).await,
         Err(StoreError::StaleLease { .. })
     ));
-    let expired = s.expire_leases(at(62)).await.unwrap();
-    assert_eq!(expired[0].outcome, LeaseOutcome::Abandoned);
+    let expired = s.expire_leases(at(62), STALENESS).await.unwrap();
+    assert_eq!(expired[0].status, ExecutionStatus::Abandoned);
     let e = s.get_execution(id).await.unwrap().unwrap();
     assert_eq!(e.status, ExecutionStatus::Abandoned);
     let err = e.error.unwrap();
     assert_eq!(err["failed_by"], "worker_heartbeat_monitor");
     assert_eq!(err["worker"], "w2");
-    assert!(s.expire_leases(at(100)).await.unwrap().is_empty(), "each expiry happens once");
+    assert!(s.expire_leases(at(100), STALENESS).await.unwrap().is_empty(), "each expiry happens once");
 }
 
 async fn stale_workers_become_inactive_and_recover(db: &TestDb) {
@@ -512,14 +524,14 @@ async fn state_survives_reopen(db: &TestDb) {
     let running = submit(&s, &a, at(1)).await;
     let tasks = s.claim(w, "w", &[Runtime::Builtin], 2, at(2), at(12)).await.unwrap();
     let t = tasks.iter().find(|t| t.execution_id == running).unwrap().lease_token.clone();
-    s.start(running, &t, "worker:w", at(2), at(32)).await.unwrap();
+    s.start(running, h(&t, w), at(2), at(32)).await.unwrap();
     s.close().await;
     let s = open(db).await;
     assert_eq!(status(&s, waiting).await, ExecutionStatus::Scheduled);
     assert_eq!(status(&s, running).await, ExecutionStatus::Running);
     // The running attempt's worker can still finish it after the restart.
     assert_eq!(
-        s.complete(running, &t, &ok_report(), "worker:w", at(3)).await.unwrap().status,
+        s.complete(running, h(&t, w), &ok_report(), at(3)).await.unwrap().status,
         ExecutionStatus::Succeeded
     );
 }
@@ -545,8 +557,8 @@ async fn failed_attempts_retry_with_backoff_then_dead_letter(db: &TestDb) {
     let w2 = worker(&s, "w2", &[Runtime::Builtin], at(0)).await;
     let id = submit(&s, &a, at(0)).await;
     let (_, t1) = claim_one(&s, w1, at(0)).await;
-    s.start(id, &t1, "worker:w1", at(0), at(30)).await.unwrap();
-    let e = s.complete(id, &t1, &failed_report(1), "worker:w1", at(1)).await.unwrap();
+    s.start(id, h(&t1, w1), at(0), at(30)).await.unwrap();
+    let e = s.complete(id, h(&t1, w1), &failed_report(1), at(1)).await.unwrap();
     assert_eq!(
         (e.status, e.attempt, e.exit_code),
         (ExecutionStatus::Scheduled, 1, Some(1)),
@@ -561,8 +573,8 @@ async fn failed_attempts_retry_with_backoff_then_dead_letter(db: &TestDb) {
         "failed worker avoided"
     );
     let (_, t2) = claim_one(&s, w2, at(7)).await;
-    assert_eq!(s.start(id, &t2, "worker:w2", at(7), at(37)).await.unwrap().attempt, 2);
-    let e = s.complete(id, &t2, &failed_report(2), "worker:w2", at(8)).await.unwrap();
+    assert_eq!(s.start(id, h(&t2, w2), at(7), at(37)).await.unwrap().attempt, 2);
+    let e = s.complete(id, h(&t2, w2), &failed_report(2), at(8)).await.unwrap();
     assert_eq!((e.status, e.exit_code), (ExecutionStatus::Failed, Some(2)));
     let attempts = s.execution_attempts(id).await.unwrap();
     let summary: Vec<_> =
@@ -581,9 +593,9 @@ async fn failed_attempts_retry_with_backoff_then_dead_letter(db: &TestDb) {
     let plain = action("p", Runtime::Builtin, 1);
     let pid = submit(&s, &plain, at(9)).await;
     let (_, t) = claim_one(&s, w1, at(9)).await;
-    s.start(pid, &t, "worker:w1", at(9), at(39)).await.unwrap();
+    s.start(pid, h(&t, w1), at(9), at(39)).await.unwrap();
     assert_eq!(
-        s.complete(pid, &t, &failed_report(1), "worker:w1", at(10)).await.unwrap().status,
+        s.complete(pid, h(&t, w1), &failed_report(1), at(10)).await.unwrap().status,
         ExecutionStatus::Failed
     );
     assert_eq!(s.list_dead_letters(false, 10).await.unwrap().len(), 1);
@@ -595,17 +607,21 @@ async fn release_gives_the_task_back(db: &TestDb) {
     let w1 = worker(&s, "w1", &[Runtime::Builtin], at(0)).await;
     let id = submit(&s, &a, at(0)).await;
     let (_, t1) = claim_one(&s, w1, at(0)).await;
-    s.start(id, &t1, "worker:w1", at(0), at(30)).await.unwrap();
-    assert!(s.release(id, "stale", at(1)).await.unwrap().is_none(), "a stale token releases nothing");
-    let r = s.release(id, &t1, at(1)).await.unwrap().unwrap();
-    assert_eq!(r.outcome, LeaseOutcome::Retried { next_attempt: 2 });
+    s.start(id, h(&t1, w1), at(0), at(30)).await.unwrap();
+    let before = s.get_execution(id).await.unwrap().unwrap();
+    let stale = s.release(id, h("stale", w1), at(1)).await;
+    assert!(matches!(stale, Err(StoreError::StaleLease { .. })), "a stale token releases nothing: {stale:?}");
+    assert_eq!(s.get_execution(id).await.unwrap().unwrap(), before);
+    let r = s.release(id, h(&t1, w1), at(1)).await.unwrap().unwrap();
+    assert_eq!((r.status, r.attempt + 1), (ExecutionStatus::Scheduled, 2), "retried");
     let e = s.get_execution(id).await.unwrap().unwrap();
     assert_eq!(
         (e.status, e.error.unwrap()["failed_by"].as_str()),
         (ExecutionStatus::Scheduled, Some("worker_shutdown"))
     );
     assert_eq!(s.execution_attempts(id).await.unwrap()[0].status, ExecutionStatus::Abandoned);
-    assert!(s.release(id, &t1, at(2)).await.unwrap().is_none(), "only once");
+    let again = s.release(id, h(&t1, w1), at(2)).await;
+    assert!(matches!(again, Err(StoreError::StaleLease { .. })), "only once: {again:?}");
 }
 
 async fn dead_letters_list_and_requeue_once(db: &TestDb) {
@@ -617,20 +633,39 @@ async fn dead_letters_list_and_requeue_once(db: &TestDb) {
     let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
     let bid = submit(&s, &b, at(1)).await;
     let (_, t) = claim_one(&s, w, at(1)).await;
-    s.start(bid, &t, "worker:w", at(1), at(31)).await.unwrap();
-    s.expire_leases(at(40)).await.unwrap();
+    s.start(bid, h(&t, w), at(1), at(31)).await.unwrap();
+    s.expire_leases(at(40), STALENESS).await.unwrap();
     let dls = s.list_dead_letters(false, 10).await.unwrap();
     let causes: Vec<_> = dls.iter().map(|d| (d.execution_id, d.cause.as_str())).collect();
     assert_eq!(causes, vec![(bid, "abandoned"), (id, "queue_ttl")], "newest first, with causes");
     assert_eq!(dls[1].error.as_ref().unwrap()["failed_by"], "execution_timeout_monitor");
-    let new = s.requeue_dead_letter(dls[1].id, "dlq_requeue", at(50)).await.unwrap();
+    // Requeueing is a new execution whose insert marks the dead letter, in one transaction; a
+    // second requeue of the same dead letter is refused and creates nothing.
+    let old = s.get_execution(id).await.unwrap().unwrap();
+    let requeue = |dl: Uuid| NewExecution {
+        action: old.action.clone().unwrap(),
+        parameters: old.parameters.clone(),
+        timeout_seconds: old.timeout_seconds,
+        max_attempts: old.max_attempts,
+        actor: "dlq_requeue".into(),
+        parent: Some(old.id),
+        trace_id: None,
+        enforcement: None,
+        requeue_of: Some(dl),
+    };
+    let new = s.create_execution(requeue(dls[1].id), at(50)).await.unwrap();
     assert_eq!((new.status, new.parent, new.attempt), (ExecutionStatus::Scheduled, Some(id), 0));
     assert_eq!(new.parameters, json!({"x": 1}));
-    assert!(matches!(s.requeue_dead_letter(dls[1].id, "x", at(51)).await, Err(StoreError::AlreadyDone(_))));
-    assert!(matches!(
-        s.requeue_dead_letter(Uuid::now_v7(), "x", at(51)).await,
-        Err(StoreError::NotFound { .. })
-    ));
+    let count =
+        s.list_executions(&ExecutionFilter { limit: 100, ..Default::default() }).await.unwrap().items.len();
+    let twice = s.create_executions(vec![requeue(dls[1].id), requeue(Uuid::now_v7())], at(51)).await.unwrap();
+    assert!(matches!(twice[0], Err(StoreError::AlreadyDone(_))), "{:?}", twice[0]);
+    assert!(matches!(twice[1], Err(StoreError::NotFound { .. })), "{:?}", twice[1]);
+    assert_eq!(
+        s.list_executions(&ExecutionFilter { limit: 100, ..Default::default() }).await.unwrap().items.len(),
+        count,
+        "refused requeues create nothing"
+    );
     assert_eq!(s.list_dead_letters(false, 10).await.unwrap().len(), 1, "requeued ones are hidden");
     let all = s.list_dead_letters(true, 10).await.unwrap();
     assert_eq!(all.iter().find(|d| d.execution_id == id).unwrap().requeued_as, Some(new.id));
@@ -649,9 +684,12 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
             actor: "api".into(),
             parent: None,
             trace_id: None,
+            enforcement: None,
+            requeue_of: None,
         })
         .collect();
-    let created = s.create_executions(news, at(0)).await.unwrap();
+    let created: Vec<_> =
+        s.create_executions(news, at(0)).await.unwrap().into_iter().map(Result::unwrap).collect();
     assert_eq!(created.len(), 5);
     for (i, e) in created.iter().enumerate() {
         let stored = s.get_execution_with_history(e.id).await.unwrap().unwrap();
@@ -664,9 +702,10 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
         .iter()
         .map(|t| Lease { execution_id: t.execution_id, lease_token: t.lease_token.clone() })
         .collect();
-    let mut with_stale = leases.clone();
-    with_stale.push(Lease { execution_id: created[0].id, lease_token: "stale".into() });
-    let (started, waited) = s.start_many(&with_stale, "worker:w", at(1), at(31)).await.unwrap();
+    let mut with_stale: Vec<(Uuid, String)> =
+        leases.iter().map(|l| (l.execution_id, l.lease_token.clone())).collect();
+    with_stale.push((created[0].id, "stale".into()));
+    let (started, waited) = s.start_many(&with_stale, w, at(1), at(31)).await.unwrap();
     assert_eq!(waited, vec![Duration::from_secs(1); 5], "each waited since it was scheduled at 0");
     assert_eq!(started.len(), 6);
     assert!(started[..5].iter().all(|(_, r)| matches!(r, Ok(ExecutionStatus::Running))), "{started:?}");
@@ -678,11 +717,11 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
         (leases[2].execution_id, "stale".to_string(), ok_report()),
         (leases[0].execution_id, tok.clone(), ok_report()),
     ];
-    let done = s.complete_many(&items, "worker:w", at(2)).await.unwrap();
-    assert_eq!(done[0].1.as_ref().unwrap().status, ExecutionStatus::Succeeded);
-    assert_eq!(done[1].1.as_ref().unwrap().status, ExecutionStatus::Scheduled, "retried: 1 of 2 attempts");
+    let done = s.complete_many(&items, w, at(2)).await.unwrap();
+    assert_eq!(done[0].1.as_ref().unwrap().status(), ExecutionStatus::Succeeded);
+    assert_eq!(done[1].1.as_ref().unwrap().status(), ExecutionStatus::Scheduled, "retried: 1 of 2 attempts");
     assert!(matches!(done[2].1, Err(StoreError::StaleLease { .. })));
-    assert_eq!(done[3].1.as_ref().unwrap().status, ExecutionStatus::Succeeded, "a repeat is idempotent");
+    assert_eq!(done[3].1.as_ref().unwrap().status(), ExecutionStatus::Succeeded, "a repeat is idempotent");
     assert_eq!(
         status(&s, leases[2].execution_id).await,
         ExecutionStatus::Running,
@@ -690,4 +729,152 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
     );
     let h = s.execution_history(leases[0].execution_id).await.unwrap();
     assert_eq!(h.iter().filter(|x| x.to == ExecutionStatus::Succeeded).count(), 1);
+}
+
+async fn events_are_read_after_a_cursor(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let start = s.event_cursor_now().await.unwrap();
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(1)).await;
+    let (_, token) = claim_one(&s, w, at(2)).await;
+    s.start(id, h(&token, w), at(3), at(33)).await.unwrap();
+    let far = at(1_000);
+    let (events, end) = s.events_after(start, 100, Duration::ZERO, far).await.unwrap();
+    let names: Vec<(&str, &str)> = events.iter().map(|e| (e.kind, e.name.as_str())).collect();
+    assert_eq!(
+        names,
+        vec![
+            ("worker", "WorkerRegistered"),
+            ("execution", "ExecutionRequested"),
+            ("execution", "ExecutionScheduled"),
+            ("execution", "ExecutionRunning"),
+        ],
+        "both logs, interleaved by time"
+    );
+    assert_eq!(events[3].execution_id.as_deref(), Some(id.to_string().as_str()));
+    assert_eq!((events[3].actor.as_deref(), events[3].attempt), (Some("worker:w"), Some(1)));
+    assert_eq!(events.last().unwrap().cursor, end, "the last event's cursor is where the read ended");
+    // Resuming after an event gives exactly what followed it.
+    let (rest, _) = s.events_after(events[1].cursor, 100, Duration::ZERO, far).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        vec!["ExecutionScheduled", "ExecutionRunning"]
+    );
+    s.complete(id, h(&token, w), &ok_report(), at(4)).await.unwrap();
+    let (done, _) = s.events_after(end, 100, Duration::ZERO, far).await.unwrap();
+    assert_eq!(done.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), vec!["ExecutionCompleted"]);
+    assert_eq!(done[0].status.as_deref(), Some("succeeded"));
+    // On PostgreSQL, rows younger than the settle time are held back (ids are assigned before
+    // commit); SQLite has one writer and holds nothing back.
+    let (young, _) = s.events_after(end, 100, Duration::from_secs(1), at(4)).await.unwrap();
+    assert_eq!(young.len(), if db.is_postgres() { 0 } else { 1 });
+    assert!(EventCursor::parse(&end.to_string()) == Some(end) && EventCursor::parse("x-1").is_none());
+}
+
+async fn live_output_is_fenced_and_read_after_a_cursor(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let other = worker(&s, "other", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(0)).await;
+    let (_, token) = claim_one(&s, w, at(0)).await;
+    let chunk =
+        |stream: &str, text: &str| LogChunk { seq: 0, stream: stream.into(), at: at(0), text: text.into() };
+    let refused = s.append_logs(id, h(&token, w), &[chunk("stdout", "early\n")], at(1)).await;
+    assert!(matches!(refused, Err(StoreError::StaleLease { .. })), "not started yet: {refused:?}");
+    s.start(id, h(&token, w), at(1), at(31)).await.unwrap();
+    s.append_logs(id, h(&token, w), &[chunk("stdout", "one\n"), chunk("stderr", "two\n")], at(2))
+        .await
+        .unwrap();
+    s.append_logs(id, h(&token, w), &[chunk("stdout", "three\n")], at(3)).await.unwrap();
+    for (holder, why) in [(h("stale", w), "a stale token"), (h(&token, other), "another worker")] {
+        let r = s.append_logs(id, holder, &[chunk("stdout", "forged\n")], at(3)).await;
+        assert!(matches!(r, Err(StoreError::StaleLease { .. })), "{why}: {r:?}");
+    }
+    let all = s.logs_after(id, 0, 100).await.unwrap();
+    let texts: Vec<(&str, &str)> = all.iter().map(|c| (c.stream.as_str(), c.text.as_str())).collect();
+    assert_eq!(texts, vec![("stdout", "one\n"), ("stderr", "two\n"), ("stdout", "three\n")]);
+    assert!(all.windows(2).all(|p| p[0].seq < p[1].seq), "cursors increase");
+    let rest = s.logs_after(id, all[0].seq, 100).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(s.logs_after(id, all[0].seq, 1).await.unwrap().len(), 1, "limit");
+    assert!(s.logs_after(Uuid::now_v7(), 0, 10).await.unwrap().is_empty());
+}
+
+async fn metrics_snapshot_counts_what_is_stored(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let py = action("py", Runtime::Python, 1);
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(0)).await;
+    submit(&s, &py, at(5)).await;
+    submit(&s, &py, at(7)).await;
+    let (_, token) = claim_one(&s, w, at(8)).await;
+    s.start(id, h(&token, w), at(8), at(38)).await.unwrap();
+    let snap = s.metrics_snapshot().await.unwrap();
+    let mut execs = snap.executions.clone();
+    execs.sort();
+    assert_eq!(execs, vec![("t.a".into(), "running".into(), 1), ("t.py".into(), "scheduled".into(), 2)]);
+    assert_eq!(
+        snap.queues,
+        vec![("python".to_string(), 2, Some(at(5)))],
+        "depth and oldest of waiting tasks"
+    );
+    assert!(snap.dead_letters.is_empty());
+    s.fail_unstarted(Duration::from_secs(1), at(20)).await.unwrap();
+    let snap = s.metrics_snapshot().await.unwrap();
+    assert_eq!(snap.dead_letters, vec![("queue_ttl".to_string(), 2)]);
+    assert!(snap.queues.is_empty());
+}
+
+async fn unclaim_gives_back_only_that_delivery(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let w1 = worker(&s, "w1", &[Runtime::Builtin], at(0)).await;
+    let w2 = worker(&s, "w2", &[Runtime::Builtin], at(0)).await;
+    let ids = [submit(&s, &a, at(0)).await, submit(&s, &a, at(0)).await];
+    let tasks = s.claim(w1, "w1", &[Runtime::Builtin], 5, at(1), at(11)).await.unwrap();
+    assert_eq!(tasks.len(), 2);
+    let token = tasks[0].lease_token.clone();
+    assert_eq!(s.unclaim(&ids, "another", at(2)).await.unwrap(), 0, "another delivery's token");
+    assert!(s.claim(w2, "w2", &[Runtime::Builtin], 5, at(2), at(12)).await.unwrap().is_empty());
+    assert_eq!(s.unclaim(&ids, &token, at(2)).await.unwrap(), 2);
+    let again = s.claim(w2, "w2", &[Runtime::Builtin], 5, at(3), at(13)).await.unwrap();
+    assert_eq!(again.len(), 2, "back in the queue at once");
+    assert!(again.iter().all(|t| t.attempt == 1), "a delivery never started is not an attempt");
+    // Once started, an execution cannot be unclaimed.
+    s.start(ids[0], h(&again[0].lease_token, w2), at(4), at(34)).await.unwrap();
+    assert_eq!(s.unclaim(&ids[..1], &again[0].lease_token, at(5)).await.unwrap(), 0);
+    assert_eq!(status(&s, ids[0]).await, ExecutionStatus::Running);
+}
+
+async fn notifications_reach_listeners(db: &TestDb) {
+    let s = open(db).await;
+    let listener = s.listener().await.unwrap();
+    if !db.is_postgres() {
+        // One server process on SQLite: nothing to tell, nothing to hear.
+        assert!(listener.is_none());
+        s.notify_work().await.unwrap();
+        s.notify_changed(&[Uuid::now_v7()]).await.unwrap();
+        return;
+    }
+    let mut l = listener.expect("a listener on PostgreSQL");
+    s.notify_work().await.unwrap();
+    assert_eq!(recv(&mut l).await, Notice::Work);
+    // More ids than one notification carries arrive in several, in order.
+    let ids: Vec<Uuid> = (0..400).map(|_| Uuid::now_v7()).collect();
+    s.notify_changed(&ids).await.unwrap();
+    let mut heard = Vec::new();
+    while heard.len() < ids.len() {
+        match recv(&mut l).await {
+            Notice::Changed(v) => heard.extend(v),
+            Notice::Work => panic!("unexpected work notice"),
+        }
+    }
+    assert_eq!(heard, ids);
+}
+
+async fn recv(l: &mut attune_store::Listener) -> Notice {
+    tokio::time::timeout(Duration::from_secs(10), l.recv()).await.expect("a notice within 10 s").unwrap()
 }

@@ -11,11 +11,9 @@ use std::{
     time::Duration,
 };
 
-use attune_client::{
-    wire::{CompleteItem, RegisterWorker},
-    Client, ClientError,
-};
+use attune_client::{Client, ClientError};
 use attune_core::{ExecutionStatus, Lease, LeaseState, Report, Runtime, Task};
+use attune_wire::{CompleteItem, RegisterWorker};
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -164,7 +162,7 @@ async fn register(
     clients: &[Client],
     opts: &WorkerOptions,
     shutdown: &CancellationToken,
-) -> Option<(attune_client::wire::Registered, usize)> {
+) -> Option<(attune_wire::Registered, usize)> {
     let req = RegisterWorker {
         name: opts.name.clone(),
         host: hostname(),
@@ -441,19 +439,16 @@ async fn reporter_loop(
     stop: CancellationToken,
 ) {
     const MAX_BATCH: usize = 512;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        let first = tokio::select! {
+        // Whatever accumulated while the previous batch was in flight, up to MAX_BATCH.
+        let n = tokio::select! {
             biased;
-            x = outgoing.recv() => x,
-            _ = stop.cancelled() => None,
+            n = outgoing.recv_many(&mut batch, MAX_BATCH) => n,
+            _ = stop.cancelled() => 0,
         };
-        let Some(first) = first else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match outgoing.try_recv() {
-                Ok(x) => batch.push(x),
-                Err(_) => break,
-            }
+        if n == 0 {
+            return;
         }
         let items: Vec<CompleteItem> = batch.iter().map(|(i, _)| i.clone()).collect();
         let mut backoff = Duration::from_millis(100);
@@ -481,7 +476,7 @@ async fn reporter_loop(
             Ok(reply) => {
                 let mut by_id: HashMap<Uuid, _> =
                     reply.results.into_iter().map(|r| (r.execution_id, r)).collect();
-                for (item, tx) in batch {
+                for (item, tx) in batch.drain(..) {
                     let r = match by_id.remove(&item.execution_id) {
                         Some(r) => match (r.status, r.error) {
                             (Some(s), _) => Ok(s),
@@ -493,7 +488,7 @@ async fn reporter_loop(
                 }
             }
             Err(e) => {
-                for (_, tx) in batch {
+                for (_, tx) in batch.drain(..) {
                     let _ = tx.send(Err(e.clone()));
                 }
             }

@@ -1,8 +1,7 @@
-//! Read-mostly endpoints: health, packs, actions, workers.
+//! The catalog: packs and actions (and loading a pack), workers, counts.
 
-use attune_client::wire::{Health, PackLoaded, PackUpload};
 use attune_core::{Action, ActionRef, PackSummary, Timestamp, Worker};
-use attune_pack::ParamValidator;
+use attune_wire::{PackLoaded, PackUpload};
 use axum::{
     extract::{Path, Query},
     http::StatusCode,
@@ -13,21 +12,6 @@ use serde::Deserialize;
 use super::State;
 use crate::{error::Body, ApiError};
 
-#[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, body = attune_client::wire::Health), (status = 503, description = "Database unavailable or shutting down", body = attune_client::wire::ErrorBody)))]
-pub async fn health(state: State) -> Result<Json<Health>, ApiError> {
-    // Touch the database so that a health check fails when it is gone.
-    state.store.list_packs().await?;
-    let database = match state.store.kind() {
-        attune_store::BackendKind::Sqlite => "sqlite",
-        attune_store::BackendKind::Postgres => "postgres",
-    };
-    Ok(Json(Health {
-        status: "ok".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        database: database.into(),
-    }))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersQuery {
@@ -35,7 +19,7 @@ pub struct WorkersQuery {
     all: bool,
 }
 
-#[utoipa::path(get, path = "/api/v1/workers", tag = "workers", params(("all" = Option<bool>, Query, description = "include deregistered workers")), responses((status = 200, body = Vec<attune_core::Worker>), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/workers", tag = "workers", params(("all" = Option<bool>, Query, description = "include deregistered workers")), responses((status = 200, body = Vec<attune_core::Worker>)))]
 pub async fn workers(
     state: State,
     q: Result<Query<WorkersQuery>, axum::extract::rejection::QueryRejection>,
@@ -59,43 +43,19 @@ pub async fn stats(state: State) -> Result<Json<serde_json::Value>, ApiError> {
     })))
 }
 
-/// Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
-pub async fn metrics(state: State) -> Result<impl axum::response::IntoResponse, ApiError> {
-    let snap = state.store.metrics_snapshot().await?;
-    let workers = state.store.list_workers(false).await?;
-    let body = crate::metrics::render(&state.metrics, &snap, &workers, Timestamp::now());
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
-}
-
 #[utoipa::path(get, path = "/api/v1/packs", tag = "packs", responses((status = 200, body = Vec<attune_core::PackSummary>)))]
 pub async fn packs(state: State) -> Result<Json<Vec<PackSummary>>, ApiError> {
     Ok(Json(state.store.list_packs().await?))
 }
 
-/// Upsert of a whole pack read by `attune pack load`. Checked again here: refs belong to the pack,
-/// schemas compile, no duplicates; nothing is stored unless all of it is right.
-#[utoipa::path(post, path = "/api/v1/packs", tag = "packs", request_body = attune_client::wire::PackUpload, responses((status = 200, body = attune_client::wire::PackLoaded), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
+/// Upsert of a whole pack read by `attune pack load`. Checked again here, by the same rules as the
+/// loader (`attune_pack::check_pack`); nothing is stored unless all of it is right.
+#[utoipa::path(post, path = "/api/v1/packs", tag = "packs", request_body = attune_wire::PackUpload, responses((status = 200, body = attune_wire::PackLoaded)))]
 pub async fn load_pack(
     state: State,
     Body(up): Body<PackUpload>,
 ) -> Result<(StatusCode, Json<PackLoaded>), ApiError> {
-    let mut problems = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for a in &up.actions {
-        if a.pack != up.pack.pack_ref || a.action_ref.pack() != up.pack.pack_ref {
-            problems.push(format!("action {}: does not belong to pack {}", a.action_ref, up.pack.pack_ref));
-        }
-        if !seen.insert(a.action_ref.clone()) {
-            problems.push(format!("action {}: defined twice", a.action_ref));
-        }
-        if let Err(e) = ParamValidator::compile(&a.parameters) {
-            problems.push(format!("action {}: parameters {e}", a.action_ref));
-        }
-        if a.retry.max_attempts == 0 {
-            problems.push(format!("action {}: retry.max_attempts must be at least 1", a.action_ref));
-        }
-    }
+    let problems = attune_pack::check_pack(&up.pack, &up.actions);
     if !problems.is_empty() {
         return Err(ApiError::unprocessable(
             "invalid_pack",
@@ -104,8 +64,7 @@ pub async fn load_pack(
         .with_details(problems));
     }
     state.store.upsert_pack(&up.pack, &up.actions, Timestamp::now()).await?;
-    state.validators.lock().expect("validator cache lock").retain(|r, _| r.pack() != up.pack.pack_ref);
-    state.actions.lock().expect("action cache lock").retain(|r, _| r.pack() != up.pack.pack_ref);
+    state.submissions.forget_pack(&up.pack.pack_ref);
     tracing::info!(pack = %up.pack.pack_ref, actions = up.actions.len(), "pack loaded");
     Ok((
         StatusCode::OK,
@@ -121,7 +80,7 @@ pub async fn actions(state: State) -> Result<Json<Vec<Action>>, ApiError> {
     Ok(Json(state.store.list_actions(None).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/actions/{action_ref}", tag = "packs", params(("action_ref" = String, Path, description = "PACK.NAME")), responses((status = 200, body = attune_core::Action), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/actions/{action_ref}", tag = "packs", params(("action_ref" = String, Path, description = "PACK.NAME")), responses((status = 200, body = attune_core::Action)))]
 pub async fn action(state: State, Path(r): Path<String>) -> Result<Json<Action>, ApiError> {
     let r = ActionRef::parse(&r).map_err(|e| ApiError::bad_request("invalid_action_ref", e.to_string()))?;
     match state.store.get_action(&r).await? {

@@ -1,7 +1,7 @@
 //! Dead letters: work that was never processed successfully, listed with its cause; requeueing
 //! submits it again as a new execution.
 
-use attune_core::{DeadLetter, Execution, Timestamp};
+use attune_core::{DeadLetter, Execution};
 use axum::{
     extract::{rejection::QueryRejection, Path, Query},
     http::StatusCode,
@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{executions::present, State};
+use super::State;
 use crate::{error::parse_id, ApiError};
 
 #[derive(Deserialize)]
@@ -20,7 +20,7 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "dead letters", params(("all" = Option<bool>, Query), ("limit" = Option<u32>, Query)), responses((status = 200, body = Vec<attune_core::DeadLetter>), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "dead letters", params(("all" = Option<bool>, Query), ("limit" = Option<u32>, Query)), responses((status = 200, body = Vec<attune_core::DeadLetter>)))]
 pub async fn list(
     state: State,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -33,14 +33,13 @@ pub async fn list(
     Ok(Json(state.store.list_dead_letters(q.all, limit).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/dead-letters/{id}/requeue", tag = "dead letters", params(("id" = String, Path, description = "UUID")), responses((status = 201, body = attune_core::Execution), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 409, description = "Already requeued", body = attune_client::wire::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/dead-letters/{id}/requeue", tag = "dead letters", params(("id" = String, Path, description = "UUID")), responses((status = 201, body = attune_core::Execution), (status = 409, description = "Already requeued")))]
 pub async fn requeue(
     state: State,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Execution>), ApiError> {
     let id = parse_id("dead letter", &id)?;
-    let e = state.store.requeue_dead_letter(id, "dlq_requeue", Timestamp::now()).await?;
-    state.changed(&[(e.id, e.status)]).await;
+    let e = state.submissions.requeue(id, "dlq_requeue").await?;
     tracing::info!(dead_letter = %id, execution_id = %e.id, "dead letter requeued");
-    Ok((StatusCode::CREATED, Json(present(e))))
+    Ok((StatusCode::CREATED, Json(e.masked())))
 }

@@ -9,6 +9,7 @@ use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration}
 
 use attune_core::Timestamp;
 use attune_store::{Event, EventCursor};
+use attune_wire::StreamEvent;
 use axum::{
     extract::{rejection::QueryRejection, Query},
     http::HeaderMap,
@@ -72,7 +73,7 @@ impl Follow {
             let wait = if self.shared.store.kind() == attune_store::BackendKind::Postgres {
                 SETTLE
             } else {
-                Duration::from_secs(1)
+                self.shared.opts.recheck
             };
             tokio::select! {
                 _ = self.changes.recv() => {}
@@ -83,7 +84,24 @@ impl Follow {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/events", tag = "executions", params(("kind" = Option<String>, Query, description = "execution or worker"), ("action" = Option<String>, Query), ("after" = Option<String>, Query, description = "resume cursor, like Last-Event-ID")), responses((status = 200, description = "Server-Sent Events; data is an event object", content_type = "text/event-stream", body = String), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody)))]
+/// The event as clients see it.
+fn wire_event(e: Event) -> StreamEvent {
+    StreamEvent {
+        kind: e.kind.to_owned(),
+        name: e.name,
+        at: e.at,
+        execution_id: e.execution_id,
+        action_ref: e.action_ref,
+        from: e.from,
+        status: e.status,
+        attempt: e.attempt,
+        worker: e.worker,
+        actor: e.actor,
+        reason: e.reason,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/events", tag = "executions", params(("kind" = Option<String>, Query, description = "execution or worker"), ("action" = Option<String>, Query), ("after" = Option<String>, Query, description = "resume cursor, like Last-Event-ID")), responses((status = 200, description = "Server-Sent Events; data is an event object", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     state: State,
     headers: HeaderMap,
@@ -121,7 +139,7 @@ pub async fn events(
         let ev = sse::Event::default()
             .id(e.cursor.to_string())
             .event(e.name.clone())
-            .json_data(&e)
+            .json_data(wire_event(e))
             .unwrap_or_else(|_| sse::Event::default().comment("unserialisable event"));
         Some((Ok(ev), f))
     });

@@ -1,24 +1,30 @@
-//! The routes of API v1 and of the worker protocol.
+//! The HTTP doors, one per audience, each a `Router` with its own layers so that what concerns an
+//! audience (authentication, body limits) attaches once to its door:
+//! - `public`: API v1 for people and their tools (executions, catalog, dead letters, events);
+//! - `worker`: the worker protocol under `/api/v1/worker/…`, where every call names its worker
+//!   once (`worker::Caller`) and every lease is checked against that worker;
+//! - `ops`: health, metrics and the API documents.
 
 mod catalog;
 mod deadletters;
 mod events;
 mod executions;
+mod ops;
 mod worker;
 
 use std::sync::Arc;
 
-use axum::{
-    routing::{get, post},
-    Router,
-};
+use axum::Router;
+use utoipa::openapi::{path::Operation, ContentBuilder, HttpMethod, OpenApi, Ref, RefOr, ResponseBuilder};
 
 use crate::{ApiError, Shared};
 
 pub(crate) type State = axum::extract::State<Arc<Shared>>;
+type Door = Router<Arc<Shared>>;
 
 /// The OpenAPI document, generated from the handlers' `#[utoipa::path]` attributes and the types'
-/// `ToSchema` derives. A test checks that every documented operation is routed.
+/// `ToSchema` derives; `ErrorResponses` adds the error answers every operation can give. A test
+/// checks that every documented operation is routed.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(
@@ -27,8 +33,8 @@ pub(crate) type State = axum::extract::State<Arc<Shared>>;
         description = "Run actions on a fleet of workers. Errors are {\"error\": {\"code\", \"message\", \"details\"?}} with a 4xx for the client's mistakes."
     ),
     paths(
-        catalog::health,
-        catalog::metrics,
+        ops::health,
+        ops::metrics,
         catalog::stats,
         catalog::workers,
         catalog::packs,
@@ -56,11 +62,66 @@ pub(crate) type State = axum::extract::State<Arc<Shared>>;
         worker::drain,
         worker::deregister,
     ),
-    components(schemas(attune_client::wire::ErrorBody, attune_client::wire::ErrorDetail))
+    components(schemas(attune_wire::ErrorBody, attune_wire::ErrorDetail, attune_wire::StreamEvent)),
+    modifiers(&ErrorResponses)
 )]
 pub struct ApiDoc;
 
-async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+/// Adds to every operation the error answers it can give, each with the one error shape
+/// (`ErrorBody`): 400 when it takes parameters or a body, 404 when its path names something,
+/// 415 and 422 when it takes a JSON body, 500 and 503 always; and gives the shape to the error
+/// answers a handler documents by description only (a 409, say).
+struct ErrorResponses;
+
+impl utoipa::Modify for ErrorResponses {
+    fn modify(&self, api: &mut OpenApi) {
+        for (path, item) in api.paths.paths.iter_mut() {
+            for method in [HttpMethod::Get, HttpMethod::Post] {
+                let op = match method {
+                    HttpMethod::Get => item.get.as_mut(),
+                    _ => item.post.as_mut(),
+                };
+                if let Some(op) = op {
+                    add_errors(path, op);
+                }
+            }
+        }
+    }
+}
+
+fn add_errors(path: &str, op: &mut Operation) {
+    let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let has_body = op.request_body.is_some();
+    let mut codes =
+        vec![("500", "Internal error; see the server log"), ("503", "Database unavailable or shutting down")];
+    if has_params || has_body {
+        codes.push(("400", "Malformed request: a path or query parameter, or the JSON syntax"));
+    }
+    if path.contains('{') {
+        codes.push(("404", "Not found"));
+    }
+    if has_body {
+        codes.push(("415", "The body is not `application/json`"));
+        codes.push(("422", "The body is JSON but its content is invalid (the message names the field)"));
+    }
+    for (code, description) in codes {
+        op.responses
+            .responses
+            .entry(code.to_owned())
+            .or_insert_with(|| ResponseBuilder::new().description(description).into());
+    }
+    for (code, response) in op.responses.responses.iter_mut() {
+        let RefOr::T(r) = response else { continue };
+        if code.as_str() >= "400" && r.content.is_empty() {
+            r.content.insert(
+                "application/json".into(),
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+            );
+        }
+    }
+}
+
+async fn openapi() -> axum::Json<OpenApi> {
     axum::Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
@@ -68,18 +129,36 @@ async fn docs() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("docs.html"))
 }
 
+/// Every route, door by door.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/health", get(catalog::health))
+        .merge(ops_door())
+        .merge(public_door())
+        .merge(worker::door())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
+}
+
+/// Health, metrics and the API documents.
+fn ops_door() -> Door {
+    use axum::routing::get;
+    Router::new()
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/docs", get(docs))
-        .route("/metrics", get(catalog::metrics))
+}
+
+/// API v1 for people and their tools.
+fn public_door() -> Door {
+    use axum::routing::{get, post};
+    Router::new()
         .route("/api/v1/executions", post(executions::create).get(executions::list))
         .route("/api/v1/executions/{id}", get(executions::get))
         .route("/api/v1/executions/{id}/cancel", post(executions::cancel))
         .route("/api/v1/executions/{id}/wait", get(executions::wait))
         .route("/api/v1/executions/{id}/logs", get(executions::logs))
-        .route("/api/v1/worker/{id}/executions/{execution}/logs", post(worker::append_logs))
         .route("/api/v1/stats", get(catalog::stats))
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/dead-letters", get(deadletters::list))
@@ -88,19 +167,6 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/packs", get(catalog::packs).post(catalog::load_pack))
         .route("/api/v1/actions", get(catalog::actions))
         .route("/api/v1/actions/{action_ref}", get(catalog::action))
-        .route("/api/v1/worker/register", post(worker::register))
-        .route("/api/v1/worker/{id}/heartbeat", post(worker::heartbeat))
-        .route("/api/v1/worker/{id}/poll", post(worker::poll))
-        .route("/api/v1/worker/{id}/executions/{execution}/start", post(worker::start))
-        .route("/api/v1/worker/{id}/executions/{execution}/complete", post(worker::complete))
-        .route("/api/v1/worker/{id}/executions/{execution}/release", post(worker::release))
-        .route("/api/v1/worker/{id}/start-batch", post(worker::start_batch))
-        .route("/api/v1/worker/{id}/complete-batch", post(worker::complete_batch))
-        .route("/api/v1/worker/{id}/drain", post(worker::drain))
-        .route("/api/v1/worker/{id}/deregister", post(worker::deregister))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(shared)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

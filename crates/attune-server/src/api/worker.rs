@@ -1,18 +1,25 @@
-//! The worker protocol: register → heartbeat → poll → start → complete → drain/deregister.
-//! Every report about an execution carries its lease token; the store rejects stale ones (409).
+//! The worker door: register → heartbeat → poll → start → complete → drain/deregister. Every route
+//! after registration names its worker (`/api/v1/worker/{id}/…`); `Caller` reads it once and every
+//! call about an execution is checked against the lease *that worker* holds (a token alone is not
+//! enough): a stale or foreign lease gets 409 and changes nothing.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use attune_client::wire::{
+use attune_core::{lifecycle::Holder, Timestamp, Worker};
+use attune_store::{Driven, NewWorker};
+use attune_wire::{
     BatchItemResult, BatchReply, Complete, CompleteBatch, Heartbeat, HeartbeatReply, LeaseReply, Poll,
     PollReply, RegisterWorker, Registered, Start, StartBatch,
 };
-use attune_core::{Execution, Timestamp, Worker};
-use attune_store::NewWorker;
-use axum::{extract::Path, Json};
+use axum::{
+    extract::{FromRequestParts, Path, RawPathParams},
+    http::request::Parts,
+    routing::post,
+    Json, Router,
+};
 use uuid::Uuid;
 
-use super::State;
+use super::{Door, State};
 use crate::{
     error::{parse_id, Body},
     ApiError, Shared,
@@ -21,15 +28,60 @@ use crate::{
 /// Longest worker name accepted.
 const MAX_NAME: usize = 200;
 
-/// How often a waiting poll looks at the queue even without a wake-up: catches work made
-/// available by another replica, or a retry whose backoff just ended.
-const POLL_RECHECK: Duration = Duration::from_millis(1000);
+/// Maximum items in one batch request.
+const MAX_BATCH: usize = 4096;
+
+pub(super) fn door() -> Door {
+    Router::new()
+        .route("/api/v1/worker/register", post(register))
+        .route("/api/v1/worker/{id}/heartbeat", post(heartbeat))
+        .route("/api/v1/worker/{id}/poll", post(poll))
+        .route("/api/v1/worker/{id}/executions/{execution}/start", post(start))
+        .route("/api/v1/worker/{id}/executions/{execution}/complete", post(complete))
+        .route("/api/v1/worker/{id}/executions/{execution}/logs", post(append_logs))
+        .route("/api/v1/worker/{id}/executions/{execution}/release", post(release))
+        .route("/api/v1/worker/{id}/start-batch", post(start_batch))
+        .route("/api/v1/worker/{id}/complete-batch", post(complete_batch))
+        .route("/api/v1/worker/{id}/drain", post(drain))
+        .route("/api/v1/worker/{id}/deregister", post(deregister))
+}
+
+/// The registered worker a worker-protocol call comes from (the `{id}` of its path).
+pub(crate) struct Caller {
+    pub id: Uuid,
+    pub name: String,
+}
+
+impl Caller {
+    /// Its claim to the lease `token`.
+    fn holds<'a>(&self, token: &'a str) -> Holder<'a> {
+        Holder { token, worker: self.id }
+    }
+}
+
+impl FromRequestParts<Arc<Shared>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<Shared>) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+        let raw = params.iter().find(|(k, _)| *k == "id").map(|(_, v)| v.to_owned()).unwrap_or_default();
+        let id = parse_id("worker", &raw)?;
+        if let Some(name) = state.worker_names.lock().expect("names lock").get(&id) {
+            return Ok(Caller { id, name: name.clone() });
+        }
+        let w = worker(state, id).await?;
+        state.worker_names.lock().expect("names lock").insert(id, w.name.clone());
+        Ok(Caller { id, name: w.name })
+    }
+}
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/register", tag = "worker protocol", request_body = attune_client::wire::RegisterWorker, responses((status = 200, body = attune_client::wire::Registered), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/worker/register", tag = "worker protocol", request_body = attune_wire::RegisterWorker, responses((status = 200, body = attune_wire::Registered)))]
 pub async fn register(state: State, Body(req): Body<RegisterWorker>) -> Result<Json<Registered>, ApiError> {
     let bad = |m: &str| ApiError::unprocessable("invalid_registration", m.to_owned());
     if req.name.trim().is_empty() || req.name.len() > MAX_NAME {
@@ -66,31 +118,21 @@ pub async fn register(state: State, Body(req): Body<RegisterWorker>) -> Result<J
     }))
 }
 
-/// `worker:<name>` for history entries.
-async fn actor(shared: &Shared, id: Uuid) -> Result<String, ApiError> {
-    if let Some(n) = shared.worker_names.lock().expect("names lock").get(&id) {
-        return Ok(format!("worker:{n}"));
-    }
-    let w = worker(shared, id).await?;
-    shared.worker_names.lock().expect("names lock").insert(id, w.name.clone());
-    Ok(format!("worker:{}", w.name))
-}
-
 async fn worker(shared: &Shared, id: Uuid) -> Result<Worker, ApiError> {
     shared.store.get_worker(id).await?.ok_or_else(|| {
         ApiError::not_found("unknown_worker", format!("worker {id} is not registered; register again"))
     })
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/{id}/heartbeat", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_client::wire::Heartbeat, responses((status = 200, body = attune_client::wire::HeartbeatReply), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/heartbeat", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_wire::Heartbeat, responses((status = 200, body = attune_wire::HeartbeatReply)))]
 pub async fn heartbeat(
     state: State,
-    Path(id): Path<String>,
+    caller: Caller,
     Body(hb): Body<Heartbeat>,
 ) -> Result<Json<HeartbeatReply>, ApiError> {
-    let id = parse_id("worker", &id)?;
     let now = Timestamp::now();
-    let (status, leases) = state.store.heartbeat(id, &hb.leases, now, now.plus(state.opts.staleness)).await?;
+    let (status, leases) =
+        state.store.heartbeat(caller.id, &hb.leases, now, now.plus(state.opts.staleness)).await?;
     Ok(Json(HeartbeatReply {
         status,
         leases: leases.into_iter().map(|(execution_id, state)| LeaseReply { execution_id, state }).collect(),
@@ -98,26 +140,21 @@ pub async fn heartbeat(
 }
 
 /// Long poll: returns as soon as there is work for this worker, or empty after the wait.
-#[utoipa::path(post, path = "/api/v1/worker/{id}/poll", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_client::wire::Poll, responses((status = 200, body = attune_client::wire::PollReply), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
-pub async fn poll(
-    state: State,
-    Path(id): Path<String>,
-    Body(p): Body<Poll>,
-) -> Result<Json<PollReply>, ApiError> {
-    let id = parse_id("worker", &id)?;
+#[utoipa::path(post, path = "/api/v1/worker/{id}/poll", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_wire::Poll, responses((status = 200, body = attune_wire::PollReply)))]
+pub async fn poll(state: State, caller: Caller, Body(p): Body<Poll>) -> Result<Json<PollReply>, ApiError> {
     if p.max_tasks == 0 || p.max_tasks > 4096 {
         return Err(ApiError::unprocessable("invalid_poll", "max_tasks must be between 1 and 4096"));
     }
-    let w = worker(&state, id).await?;
+    let w = worker(&state, caller.id).await?;
     let wait = Duration::from_millis(p.wait_ms).min(state.opts.max_poll);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut parked = false;
+    let mut parked: Option<Waiting<'_>> = None;
     loop {
         // Register interest before looking, so a submit between the look and the wait is not missed.
         let notified = state.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let tasks = claim_for_live_poller(&state, id, &w, p.max_tasks).await?;
+        let tasks = claim_for_live_poller(&state, &w, p.max_tasks).await?;
         if !tasks.is_empty() {
             for t in &tasks {
                 tracing::debug!(execution_id = %t.execution_id, worker = %w.name, "task delivered");
@@ -127,11 +164,13 @@ pub async fn poll(
         if tokio::time::Instant::now() >= deadline {
             return Ok(Json(PollReply { tasks: Vec::new() }));
         }
-        if !parked {
-            parked = true;
+        if parked.is_none() {
+            parked = Some(Waiting::new(&state.metrics.polls_waiting));
             tracing::debug!(worker = %w.name, "poll waiting for work");
         }
-        let recheck = (tokio::time::Instant::now() + POLL_RECHECK).min(deadline);
+        // Without a wake-up, look again now and then: work made available by another replica, or a
+        // retry whose backoff just ended.
+        let recheck = (tokio::time::Instant::now() + state.opts.recheck).min(deadline);
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep_until(recheck) => {}
@@ -140,19 +179,34 @@ pub async fn poll(
     }
 }
 
+/// Counts a poll as waiting (`attune_polls_waiting`) for as long as it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(gauge: &'a std::sync::atomic::AtomicU64) -> Self {
+        gauge.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Claims in a task of its own and hands the result over a channel. If the poller's connection
 /// closes meanwhile, axum drops this handler, the hand-over fails, and the tasks go straight back
 /// to the queue instead of waiting for `delivery_timeout` (seed 004: a reply to a dead caller must
 /// not swallow the work).
 async fn claim_for_live_poller(
-    state: &std::sync::Arc<Shared>,
-    id: Uuid,
+    state: &Arc<Shared>,
     w: &Worker,
     max: u32,
 ) -> Result<Vec<attune_core::Task>, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let shared = state.clone();
-    let (name, runtimes) = (w.name.clone(), w.runtimes.clone());
+    let (id, name, runtimes) = (w.id, w.name.clone(), w.runtimes.clone());
     // Owned by the hand-over: it ends when the claim is delivered or undone.
     tokio::spawn(async move {
         let now = Timestamp::now();
@@ -181,77 +235,74 @@ async fn claim_for_live_poller(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/start", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_client::wire::Start, responses((status = 200, body = attune_core::Execution), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 409, description = "Stale lease or invalid transition", body = attune_client::wire::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/start", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_wire::Start, responses((status = 200, body = attune_core::Execution), (status = 409, description = "Stale lease or invalid transition")))]
 pub async fn start(
     state: State,
-    Path((id, execution)): Path<(String, String)>,
+    caller: Caller,
+    Path((_, execution)): Path<(String, String)>,
     Body(s): Body<Start>,
-) -> Result<Json<Execution>, ApiError> {
-    let id = parse_id("worker", &id)?;
+) -> Result<Json<attune_core::Execution>, ApiError> {
     let execution = parse_id("execution", &execution)?;
-    let actor = actor(&state, id).await?;
     let now = Timestamp::now();
-    let e = state.store.start(execution, &s.lease_token, &actor, now, now.plus(state.opts.staleness)).await?;
+    let e = state
+        .store
+        .start(execution, caller.holds(&s.lease_token), now, now.plus(state.opts.staleness))
+        .await?;
     state.changed(&[(execution, e.status)]).await;
-    tracing::debug!(execution_id = %execution, %actor, attempt = e.attempt, "execution started");
-    Ok(Json(e))
+    tracing::debug!(execution_id = %execution, worker = %caller.name, attempt = e.attempt, "execution started");
+    Ok(Json(e.masked()))
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/complete", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_client::wire::Complete, responses((status = 200, body = attune_core::Execution), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 409, description = "Stale lease or invalid transition", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/complete", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_wire::Complete, responses((status = 200, body = attune_core::Execution), (status = 409, description = "Stale lease or invalid transition")))]
 pub async fn complete(
     state: State,
-    Path((id, execution)): Path<(String, String)>,
+    caller: Caller,
+    Path((_, execution)): Path<(String, String)>,
     Body(c): Body<Complete>,
-) -> Result<Json<Execution>, ApiError> {
-    let id = parse_id("worker", &id)?;
+) -> Result<Json<attune_core::Execution>, ApiError> {
     let execution = parse_id("execution", &execution)?;
-    if !c.report.is_valid_outcome() {
-        return Err(ApiError::unprocessable(
-            "invalid_report",
-            format!("status must be succeeded, failed, timeout or canceled, not {}", c.report.status),
-        ));
-    }
-    let actor = actor(&state, id).await?;
-    let e = state.store.complete(execution, &c.lease_token, &c.report, &actor, Timestamp::now()).await?;
+    let e =
+        state.store.complete(execution, caller.holds(&c.lease_token), &c.report, Timestamp::now()).await?;
     state.changed(&[(execution, e.status)]).await;
-    tracing::debug!(execution_id = %execution, %actor, status = %e.status, "execution finished");
-    Ok(Json(super::executions::present(e)))
+    tracing::debug!(execution_id = %execution, worker = %caller.name, status = %e.status, "execution finished");
+    Ok(Json(e.masked()))
 }
 
-/// Output of a running attempt; refused (409) when the lease is not current.
-#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/logs", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_client::wire::AppendLogs, responses((status = 200, body = Object), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 409, description = "Stale lease or invalid transition", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
+/// Output of a running attempt; refused (409) unless this worker holds the current lease.
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/logs", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_wire::AppendLogs, responses((status = 200, body = Object), (status = 409, description = "Stale lease")))]
 pub async fn append_logs(
     state: State,
-    Path((id, execution)): Path<(String, String)>,
-    Body(b): Body<attune_client::wire::AppendLogs>,
+    caller: Caller,
+    Path((_, execution)): Path<(String, String)>,
+    Body(b): Body<attune_wire::AppendLogs>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let _ = parse_id("worker", &id)?;
     let execution = parse_id("execution", &execution)?;
     if b.chunks.iter().any(|c| c.stream != "stdout" && c.stream != "stderr") {
         return Err(ApiError::unprocessable("invalid_logs", "stream must be stdout or stderr"));
     }
-    state.store.append_logs(execution, &b.lease_token, &b.chunks, Timestamp::now()).await?;
+    state.store.append_logs(execution, caller.holds(&b.lease_token), &b.chunks, Timestamp::now()).await?;
     Ok(Json(serde_json::json!({"stored": b.chunks.len()})))
 }
 
-/// Maximum items in one batch request.
-const MAX_BATCH: usize = 4096;
+/// The error of one batch item, as a single request would have answered it.
+fn item_error(execution_id: Uuid, e: ApiError) -> BatchItemResult {
+    BatchItemResult { execution_id, status: None, error: Some(e.detail()) }
+}
 
 /// `start` for every task of a poll reply at once.
-#[utoipa::path(post, path = "/api/v1/worker/{id}/start-batch", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_client::wire::StartBatch, responses((status = 200, body = attune_client::wire::BatchReply), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/start-batch", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_wire::StartBatch, responses((status = 200, body = attune_wire::BatchReply)))]
 pub async fn start_batch(
     state: State,
-    Path(id): Path<String>,
+    caller: Caller,
     Body(b): Body<StartBatch>,
 ) -> Result<Json<BatchReply>, ApiError> {
-    let id = parse_id("worker", &id)?;
     if b.leases.len() > MAX_BATCH {
         return Err(ApiError::unprocessable("invalid_batch", format!("at most {MAX_BATCH} items per batch")));
     }
-    let actor = actor(&state, id).await?;
     let now = Timestamp::now();
+    let leases: Vec<(Uuid, String)> = b.leases.into_iter().map(|l| (l.execution_id, l.lease_token)).collect();
     let (results, waited) =
-        state.store.start_many(&b.leases, &actor, now, now.plus(state.opts.staleness)).await?;
+        state.store.start_many(&leases, caller.id, now, now.plus(state.opts.staleness)).await?;
     for w in waited {
         state.metrics.submit_to_start.observe(w);
     }
@@ -260,7 +311,7 @@ pub async fn start_batch(
         .into_iter()
         .map(|(execution_id, r)| match r {
             Ok(status) => BatchItemResult { execution_id, status: Some(status), error: None },
-            Err(e) => BatchItemResult { execution_id, status: None, error: Some(ApiError::from(e).detail()) },
+            Err(e) => item_error(execution_id, ApiError::from(e)),
         })
         .collect();
     state.changed(&changes).await;
@@ -268,43 +319,29 @@ pub async fn start_batch(
 }
 
 /// `complete` for several executions at once; each item is applied (and may fail) on its own.
-#[utoipa::path(post, path = "/api/v1/worker/{id}/complete-batch", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_client::wire::CompleteBatch, responses((status = 200, body = attune_client::wire::BatchReply), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody), (status = 422, description = "Invalid content", body = attune_client::wire::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/complete-batch", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_wire::CompleteBatch, responses((status = 200, body = attune_wire::BatchReply)))]
 pub async fn complete_batch(
     state: State,
-    Path(id): Path<String>,
+    caller: Caller,
     Body(b): Body<CompleteBatch>,
 ) -> Result<Json<BatchReply>, ApiError> {
-    let id = parse_id("worker", &id)?;
     if b.reports.len() > MAX_BATCH {
         return Err(ApiError::unprocessable("invalid_batch", format!("at most {MAX_BATCH} items per batch")));
     }
-    let actor = actor(&state, id).await?;
-    let mut results = Vec::with_capacity(b.reports.len());
-    let mut valid = Vec::with_capacity(b.reports.len());
-    for item in b.reports {
-        if item.report.is_valid_outcome() {
-            valid.push((item.execution_id, item.lease_token, item.report));
-        } else {
-            let e = ApiError::unprocessable(
-                "invalid_report",
-                format!("status must be succeeded, failed, timeout or canceled, not {}", item.report.status),
-            );
-            results.push(BatchItemResult {
-                execution_id: item.execution_id,
-                status: None,
-                error: Some(e.detail()),
-            });
-        }
-    }
+    let items: Vec<_> = b.reports.into_iter().map(|i| (i.execution_id, i.lease_token, i.report)).collect();
+    let now = Timestamp::now();
     let mut changes = Vec::new();
-    for (execution_id, r) in state.store.complete_many(&valid, &actor, Timestamp::now()).await? {
+    let mut results = Vec::with_capacity(items.len());
+    for (execution_id, r) in state.store.complete_many(&items, caller.id, now).await? {
         results.push(match r {
-            Ok(e) => {
-                state.metrics.finished(&e, Timestamp::now());
-                changes.push((execution_id, e.status));
-                BatchItemResult { execution_id, status: Some(e.status), error: None }
+            Ok(d) => {
+                if let Driven::Applied(a) = &d {
+                    state.metrics.finished(a, now);
+                    changes.push((execution_id, a.status));
+                }
+                BatchItemResult { execution_id, status: Some(d.status()), error: None }
             }
-            Err(e) => BatchItemResult { execution_id, status: None, error: Some(ApiError::from(e).detail()) },
+            Err(e) => item_error(execution_id, ApiError::from(e)),
         });
     }
     state.changed(&changes).await;
@@ -312,20 +349,25 @@ pub async fn complete_batch(
 }
 
 /// The worker gives a task back (it is shutting down and cannot finish it): another attempt if the
-/// retry policy allows, `abandoned` otherwise. A stale token changes nothing (409).
-#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/release", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_client::wire::Start, responses((status = 200, body = Object), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 409, description = "Stale lease or invalid transition", body = attune_client::wire::ErrorBody)))]
+/// retry policy allows, `abandoned` otherwise. A stale or foreign lease changes nothing (409).
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/release", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_wire::Start, responses((status = 200, body = Object), (status = 409, description = "Stale lease")))]
 pub async fn release(
     state: State,
-    Path((id, execution)): Path<(String, String)>,
+    caller: Caller,
+    Path((_, execution)): Path<(String, String)>,
     Body(s): Body<Start>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let _ = parse_id("worker", &id)?;
     let execution = parse_id("execution", &execution)?;
-    match state.store.release(execution, &s.lease_token, Timestamp::now()).await? {
-        Some(l) => {
-            tracing::info!(execution_id = %execution, worker = %l.worker, outcome = ?l.outcome, "task released");
-            state.changed(&[(execution, l.status())]).await;
-            Ok(Json(serde_json::json!({"released": true, "outcome": format!("{:?}", l.outcome)})))
+    match state.store.release(execution, caller.holds(&s.lease_token), Timestamp::now()).await? {
+        Some(a) => {
+            let outcome = match a.status {
+                attune_core::ExecutionStatus::Scheduled => "Retried",
+                attune_core::ExecutionStatus::Canceled => "Canceled",
+                _ => "Abandoned",
+            };
+            tracing::info!(execution_id = %execution, worker = %caller.name, outcome, "task released");
+            state.changed(&[(execution, a.status)]).await;
+            Ok(Json(serde_json::json!({"released": true, "outcome": outcome, "status": a.status})))
         }
         None => Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
@@ -335,18 +377,16 @@ pub async fn release(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/{id}/drain", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), responses((status = 200, body = attune_core::Worker), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
-pub async fn drain(state: State, Path(id): Path<String>) -> Result<Json<Worker>, ApiError> {
-    let id = parse_id("worker", &id)?;
-    let w = state.store.drain_worker(id, Timestamp::now()).await?;
+#[utoipa::path(post, path = "/api/v1/worker/{id}/drain", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), responses((status = 200, body = attune_core::Worker)))]
+pub async fn drain(state: State, caller: Caller) -> Result<Json<Worker>, ApiError> {
+    let w = state.store.drain_worker(caller.id, Timestamp::now()).await?;
     tracing::info!(worker = %w.name, "worker draining");
     Ok(Json(w))
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/{id}/deregister", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), responses((status = 200, body = attune_core::Worker), (status = 400, description = "Malformed request", body = attune_client::wire::ErrorBody), (status = 404, description = "Not found", body = attune_client::wire::ErrorBody)))]
-pub async fn deregister(state: State, Path(id): Path<String>) -> Result<Json<Worker>, ApiError> {
-    let id = parse_id("worker", &id)?;
-    let w = state.store.deregister_worker(id, Timestamp::now()).await?;
+#[utoipa::path(post, path = "/api/v1/worker/{id}/deregister", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), responses((status = 200, body = attune_core::Worker)))]
+pub async fn deregister(state: State, caller: Caller) -> Result<Json<Worker>, ApiError> {
+    let w = state.store.deregister_worker(caller.id, Timestamp::now()).await?;
     crate::metrics::Metrics::add(&state.metrics.workers_deregistered, 1);
     tracing::info!(worker = %w.name, "worker deregistered");
     Ok(Json(w))

@@ -1,6 +1,7 @@
-//! Request and response bodies of API v1 (`/api/v1/…`) and of the worker protocol
-//! (`/api/v1/worker/…`). Domain objects (`Execution`, `Worker`, `Action`, `Task`) travel as
-//! defined in `attune-core`.
+//! The JSON shapes of API v1 (`/api/v1/…`) and of the worker protocol (`/api/v1/worker/…`), shared
+//! by the server, the client, the worker and the CLI. Only serde and the OpenAPI descriptions: no
+//! HTTP library, so the server does not pull in the client's and the client not the server's.
+//! Domain objects (`Execution`, `Worker`, `Action`, `Task`) travel as defined in `attune-core`.
 
 use attune_core::{
     Action, Execution, Lease, LeaseState, PackMeta, Report, Runtime, Task, Worker, WorkerStatus,
@@ -194,4 +195,30 @@ pub struct Logs {
     /// Pass as `after` for what follows.
     pub next: i64,
     pub status: attune_core::ExecutionStatus,
+}
+
+/// One event of `GET /api/v1/events` (the `data` of a Server-Sent Event; its `id` is the resume
+/// cursor and its `event` the `name`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StreamEvent {
+    /// `execution` or `worker`.
+    pub kind: String,
+    /// `ExecutionScheduled`, `ExecutionRunning`, …, `ExecutionCompleted` (any terminal status);
+    /// `WorkerRegistered`, `WorkerActive`, `WorkerInactive`, `WorkerDeregistered`.
+    pub name: String,
+    pub at: attune_core::Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    pub actor: Option<String>,
+    pub reason: Option<String>,
 }

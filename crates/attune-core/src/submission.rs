@@ -1,0 +1,127 @@
+//! A new execution and the rules every source of work goes through before the store accepts one
+//! (the API, dead-letter requeue, and later rules, timers, webhooks, workflows and inquiries):
+//! parameters an object, the bounds on timeouts, attempts and backoff, the action's defaults.
+//! Validation of the parameters against the action's JSON Schema is done by the caller (it needs
+//! a schema validator, which this crate does not carry); `attune-server/src/submission.rs` is the
+//! one caller that does both.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{Action, ExecutionStatus, Runtime};
+
+/// Most attempts an execution may have.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Longest backoff between attempts (a day).
+pub const MAX_BACKOFF_SECONDS: u64 = 86_400;
+
+/// An execution about to be accepted: validated, with its action's definition snapshotted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewExecution {
+    pub action: Action,
+    pub parameters: Value,
+    pub timeout_seconds: Option<u64>,
+    pub max_attempts: u32,
+    /// Who submitted it, for history (`api`, `dlq_requeue`, …).
+    pub actor: String,
+    pub parent: Option<Uuid>,
+    pub trace_id: Option<String>,
+    pub enforcement: Option<String>,
+    /// A dead letter this execution requeues: marked requeued in the same transaction, and the
+    /// execution is not created if it was requeued already.
+    pub requeue_of: Option<Uuid>,
+}
+
+impl NewExecution {
+    /// The status it has once accepted (`requested → scheduled` in one step: parameters are
+    /// validated before the store sees it) and the reason recorded for that step.
+    pub fn accepted(&self) -> (ExecutionStatus, String) {
+        (ExecutionStatus::Scheduled, format!("parameters valid; queued for a {} worker", self.queue()))
+    }
+
+    /// The queue it waits in: its runtime's.
+    pub fn queue(&self) -> Runtime {
+        self.action.runtime
+    }
+}
+
+/// What a submission may change about how its action runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub timeout_seconds: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub backoff_seconds: Option<u64>,
+}
+
+/// Where a submission comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    pub actor: String,
+    pub parent: Option<Uuid>,
+    pub trace_id: Option<String>,
+    pub enforcement: Option<String>,
+    pub requeue_of: Option<Uuid>,
+}
+
+impl Origin {
+    pub fn actor(actor: impl Into<String>) -> Origin {
+        Origin { actor: actor.into(), parent: None, trace_id: None, enforcement: None, requeue_of: None }
+    }
+}
+
+/// Why a submission is refused: a stable code and a message that names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid { code, message: message.into() }
+}
+
+/// Applies the bounds and the action's defaults. `parameters` must already have passed the
+/// action's schema.
+pub fn prepare(
+    mut action: Action,
+    parameters: Value,
+    o: &Overrides,
+    origin: Origin,
+) -> Result<NewExecution, Invalid> {
+    if !parameters.is_object() {
+        return Err(invalid("invalid_parameters", "parameters must be a JSON object"));
+    }
+    if o.timeout_seconds == Some(0) {
+        return Err(invalid("invalid_timeout", "timeout_seconds must be at least 1"));
+    }
+    let max_attempts = o.max_attempts.unwrap_or(action.retry.max_attempts);
+    if max_attempts == 0 || max_attempts > MAX_ATTEMPTS_LIMIT {
+        return Err(invalid(
+            "invalid_max_attempts",
+            format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+        ));
+    }
+    if let Some(b) = o.backoff_seconds {
+        if b > MAX_BACKOFF_SECONDS {
+            return Err(invalid(
+                "invalid_backoff",
+                format!("backoff_seconds must be at most {MAX_BACKOFF_SECONDS}"),
+            ));
+        }
+        // The execution keeps its own snapshot of the action, retry policy included.
+        action.retry.backoff_seconds = b;
+    }
+    action.retry.max_attempts = max_attempts;
+    Ok(NewExecution {
+        timeout_seconds: o.timeout_seconds.or(action.timeout_seconds),
+        action,
+        parameters,
+        max_attempts,
+        actor: origin.actor,
+        parent: origin.parent,
+        trace_id: origin.trace_id,
+        enforcement: origin.enforcement,
+        requeue_of: origin.requeue_of,
+    })
+}

@@ -1,0 +1,78 @@
+//! What makes a pack's definitions valid, whoever sends them: the directory loader (`load`) and
+//! the server (`POST /api/v1/packs`) both run these checks, so a pack the CLI would refuse cannot
+//! reach the store another way. What needs the pack's files (does the entry point exist, is it
+//! executable) is checked by the loader alone.
+
+use std::{collections::BTreeSet, path::Path};
+
+use attune_core::{action::BUILTINS, Action, PackMeta, PackRef, Runtime};
+
+use crate::schema::ParamValidator;
+
+/// One problem with an action: the field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn problem(field: &'static str, message: impl Into<String>) -> Problem {
+    Problem { field, message: message.into() }
+}
+
+/// Whether `ep` is a relative path that stays inside the directory it is resolved in.
+pub fn entry_point_is_contained(ep: &str) -> bool {
+    let p = Path::new(ep);
+    !ep.is_empty()
+        && !p.is_absolute()
+        && !p.components().any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
+/// A problem with a parameter schema (it must compile, as an object schema).
+pub fn check_parameters(schema: &serde_json::Value) -> Option<Problem> {
+    ParamValidator::compile(schema).err().map(|e| problem("parameters", e))
+}
+
+/// Every problem with one action of `pack`.
+pub fn check_action(pack: &PackRef, a: &Action) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if a.pack != *pack || a.action_ref.pack() != *pack {
+        out.push(problem(
+            "ref",
+            format!("{} belongs to pack {}, but this is pack {pack}", a.action_ref, a.action_ref.pack()),
+        ));
+    }
+    if a.runtime == Runtime::Builtin {
+        if !BUILTINS.contains(&a.entry_point.as_str()) {
+            out.push(problem(
+                "entry_point",
+                format!("unknown builtin {:?}; builtins are: {}", a.entry_point, BUILTINS.join(", ")),
+            ));
+        }
+    } else if !entry_point_is_contained(&a.entry_point) {
+        out.push(problem("entry_point", "must be a relative path inside the pack's actions/ directory"));
+    }
+    out.extend(check_parameters(&a.parameters));
+    if a.timeout_seconds == Some(0) {
+        out.push(problem("timeout_seconds", "must be at least 1"));
+    }
+    if a.retry.max_attempts == 0 {
+        out.push(problem("retry", "max_attempts must be at least 1"));
+    }
+    out
+}
+
+/// Every problem with a whole pack, each naming its action and field.
+pub fn check_pack(meta: &PackMeta, actions: &[Action]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for a in actions {
+        for p in check_action(&meta.pack_ref, a) {
+            out.push(format!("action {}: field `{}`: {}", a.action_ref, p.field, p.message));
+        }
+        if !seen.insert(a.action_ref.clone()) {
+            out.push(format!("action {}: defined twice", a.action_ref));
+        }
+    }
+    out
+}

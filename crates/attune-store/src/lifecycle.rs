@@ -1,0 +1,507 @@
+//! Applying lifecycle decisions: the one place that writes an execution's status. `drive` reads
+//! what the decisions need (`Stored`), asks the caller's pure decision (`attune_core::lifecycle`)
+//! about each execution, and applies the resulting `Change`s with `apply`: one conditional
+//! `UPDATE` per change (changes that differ only in their execution share one, `id IN (…)`), in
+//! one transaction with the dead letters they cause. The statement is guarded by exactly what the
+//! decision read; an execution that changed in between is read and decided again.
+//!
+//! The convenience methods below (`start`, `complete`, `cancel_execution`, the monitors' …) are
+//! `drive` with one decision each.
+
+use std::{collections::HashMap, time::Duration};
+
+use attune_core::{
+    lifecycle::{self, Change, Decision, ErrorChange, Holder, LeaseChange, LeaseLoss, Refusal, Stored},
+    Execution, ExecutionStatus, Report, Timestamp,
+};
+use uuid::Uuid;
+
+use crate::{
+    rows::{to_json, uuid, RowExt},
+    Result, Store, StoreError,
+};
+
+/// How an applied change left its execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub id: Uuid,
+    pub from: ExecutionStatus,
+    pub status: ExecutionStatus,
+    pub attempt: u32,
+    pub action_ref: String,
+    /// The worker that held the execution before the change.
+    pub worker: Option<String>,
+    pub scheduled_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// What became of one execution's event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Driven {
+    Applied(Applied),
+    /// Nothing to change (the event was already applied, or no longer concerns it); its status.
+    Unchanged(ExecutionStatus),
+}
+
+impl Driven {
+    pub fn status(&self) -> ExecutionStatus {
+        match self {
+            Driven::Applied(a) => a.status,
+            Driven::Unchanged(s) => *s,
+        }
+    }
+}
+
+/// Rounds of read-decide-apply before an execution that keeps changing is given up on.
+const ROUNDS: usize = 5;
+
+fn refused(id: Uuid, r: Refusal) -> StoreError {
+    match r {
+        Refusal::Stale(message) => StoreError::StaleLease { id: id.to_string(), message },
+        Refusal::Invalid(source) => StoreError::Transition { id: id.to_string(), source },
+        Refusal::BadReport(message) => StoreError::BadReport { id: id.to_string(), message },
+    }
+}
+
+fn id_list(ids: impl Iterator<Item = Uuid>) -> String {
+    // Formatted UUIDs: hex digits and dashes only, safe to inline.
+    ids.map(|i| format!("'{i}'")).collect::<Vec<_>>().join(", ")
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+/// The one statement that changes an execution's status. `{ids}` is the list of executions the
+/// change applies to; everything else is a parameter.
+const APPLY: &str = "UPDATE executions SET status = $1, attempt = $2, updated_at = $3,
+        transition_actor = $4, transition_reason = $5, attempt_outcome = $6,
+        started_at = CASE WHEN $7 THEN $3 ELSE started_at END,
+        finished_at = CASE WHEN $8 THEN $3 ELSE NULL END,
+        error = CASE WHEN $9 THEN $10 ELSE error END,
+        lease_token = CASE WHEN $11 = 'dropped' THEN NULL ELSE lease_token END,
+        lease_expires_at = CASE $11 WHEN 'keep' THEN lease_expires_at WHEN 'until' THEN $12 ELSE NULL END,
+        delivered_at = NULL,
+        scheduled_at = CASE WHEN $13 THEN $3 ELSE scheduled_at END,
+        not_before = CASE WHEN $13 THEN $14 ELSE not_before END,
+        avoid_worker = CASE WHEN $13 THEN worker_id ELSE avoid_worker END,
+        worker_id = CASE WHEN $13 THEN NULL ELSE worker_id END,
+        worker_name = CASE WHEN $13 THEN NULL ELSE worker_name END,
+        exit_code = CASE WHEN $15 THEN $16 ELSE exit_code END,
+        stdout = CASE WHEN $15 THEN $17 ELSE stdout END,
+        stderr = CASE WHEN $15 THEN $18 ELSE stderr END,
+        stdout_truncated = CASE WHEN $15 THEN $19 ELSE stdout_truncated END,
+        stderr_truncated = CASE WHEN $15 THEN $20 ELSE stderr_truncated END,
+        result = CASE WHEN $15 THEN $21 ELSE result END
+    WHERE id IN ({ids}) AND status = $22 AND attempt = $23
+        AND ($24 IS NULL OR lease_token = $24) AND ($25 IS NULL OR worker_id = $25)
+        AND ($26 IS NULL OR lease_expires_at = $26)
+    RETURNING id, status, attempt, action_ref, scheduled_at, started_at, finished_at";
+
+/// Binds a change's parameters to `APPLY` (for either backend's query type).
+fn bind_change<'q, DB>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    c: &'q Change,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i32>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let (set_error, error) = match &c.error {
+        ErrorChange::Keep => (false, None),
+        ErrorChange::Set(e) => (true, e.as_ref().map(to_json)),
+    };
+    let (lease, until) = match c.lease {
+        LeaseChange::Keep => ("keep", None),
+        LeaseChange::Until(t) => ("until", Some(t.millis())),
+        LeaseChange::Ended => ("ended", None),
+        LeaseChange::Dropped => ("dropped", None),
+    };
+    let out = c.output.as_ref();
+    q.bind(c.to.as_str())
+        .bind(c.attempt as i32)
+        .bind(c.at.millis())
+        .bind(c.actor.as_str())
+        .bind(c.reason.as_deref())
+        .bind(c.attempt_outcome.map(|s| s.as_str()))
+        .bind(c.starts_attempt())
+        .bind(c.is_terminal())
+        .bind(set_error)
+        .bind(error)
+        .bind(lease)
+        .bind(until)
+        .bind(c.requeue_at.is_some())
+        .bind(c.requeue_at.map(Timestamp::millis))
+        .bind(out.is_some())
+        .bind(out.and_then(|o| o.exit_code))
+        .bind(out.map(|o| o.stdout.as_str()).unwrap_or_default())
+        .bind(out.map(|o| o.stderr.as_str()).unwrap_or_default())
+        .bind(out.is_some_and(|o| o.stdout_truncated))
+        .bind(out.is_some_and(|o| o.stderr_truncated))
+        .bind(out.and_then(|o| o.result.as_ref()).map(to_json))
+        .bind(c.guard.status.as_str())
+        .bind(c.guard.attempt as i32)
+        .bind(c.guard.lease_token.as_deref())
+        .bind(c.guard.worker.map(|w| w.to_string()))
+        .bind(c.guard.lease_expires_at.map(Timestamp::millis))
+}
+
+/// Changes that differ only in their execution, applied by one statement.
+struct Group<'a> {
+    change: &'a Change,
+    ids: Vec<Uuid>,
+    /// Whether the change carries output (those are never grouped: reports differ).
+    single: bool,
+}
+
+fn group(changes: &[Change]) -> Vec<Group<'_>> {
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    for c in changes {
+        let single = c.output.is_some();
+        let same = |g: &&mut Group<'_>| {
+            !g.single && !single && {
+                let mut probe = g.change.clone();
+                probe.id = c.id;
+                probe == *c
+            }
+        };
+        match groups.iter_mut().find(|g| same(g)) {
+            Some(g) => g.ids.push(c.id),
+            None => groups.push(Group { change: c, ids: vec![c.id], single }),
+        }
+    }
+    groups
+}
+
+impl Store {
+    /// What the decisions need to know about these executions (missing ones are left out).
+    pub async fn read_stored(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Stored>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT e.id, e.status, e.attempt, e.max_attempts, e.backoff_seconds, e.lease_token,
+                    e.lease_expires_at, e.worker_id, e.worker_name, e.scheduled_at, w.last_heartbeat
+             FROM executions e LEFT JOIN workers w ON w.id = e.worker_id WHERE e.id IN ({})",
+            id_list(ids.iter().copied())
+        );
+        const T: &str = "executions";
+        read_pool!(self, p => {
+            let rows = sqlx::query(&sql).fetch_all(p).await?;
+            rows.iter()
+                .map(|r| {
+                    let status = r.text("status")?;
+                    let s = Stored {
+                        id: uuid(T, &r.text("id")?)?,
+                        status: ExecutionStatus::parse(&status)
+                            .ok_or_else(|| StoreError::Corrupt { table: T, message: format!("status {status:?}") })?,
+                        attempt: r.int("attempt")? as u32,
+                        max_attempts: r.int("max_attempts")? as u32,
+                        backoff_seconds: r.big("backoff_seconds")?.max(0) as u64,
+                        lease_token: r.opt_text("lease_token")?,
+                        lease_expires_at: ts(r.opt_big("lease_expires_at")?),
+                        worker_id: r.opt_text("worker_id")?.map(|w| uuid(T, &w)).transpose()?,
+                        worker_name: r.opt_text("worker_name")?,
+                        worker_heartbeat: ts(r.opt_big("last_heartbeat")?),
+                        scheduled_at: ts(r.opt_big("scheduled_at")?),
+                    };
+                    Ok((s.id, s))
+                })
+                .collect()
+        })
+    }
+
+    /// Applies decided changes in one transaction: each as one conditional `UPDATE` (the guard),
+    /// with the dead letters the applied ones cause. Returns the executions that changed; a change
+    /// whose guard no longer held is absent (nothing was written for it).
+    pub async fn apply(
+        &self,
+        changes: &[Change],
+        stored: &HashMap<Uuid, Stored>,
+    ) -> Result<HashMap<Uuid, Applied>> {
+        let mut applied = HashMap::new();
+        if changes.is_empty() {
+            return Ok(applied);
+        }
+        let groups = group(changes);
+        let dead = changes.iter().any(|c| c.dead_letter.is_some());
+        write_pool!(self, p => {
+            // One statement needs no explicit transaction (saves two round trips per call).
+            let mut tx = if groups.len() > 1 || dead { Some(p.begin().await?) } else { None };
+            for g in &groups {
+                let sql = APPLY.replace("{ids}", &id_list(g.ids.iter().copied()));
+                let q = bind_change(sqlx::query(&sql), g.change);
+                let rows = match tx.as_mut() {
+                    Some(tx) => q.fetch_all(&mut **tx).await?,
+                    None => q.fetch_all(p).await?,
+                };
+                for r in &rows {
+                    let id = uuid("executions", &r.text("id")?)?;
+                    let prior = stored.get(&id);
+                    let a = Applied {
+                        id,
+                        from: g.change.guard.status,
+                        status: g.change.to,
+                        attempt: r.int("attempt")? as u32,
+                        action_ref: r.text("action_ref")?,
+                        worker: prior.and_then(|s| s.worker_name.clone()),
+                        scheduled_at: ts(r.opt_big("scheduled_at")?),
+                        started_at: ts(r.opt_big("started_at")?),
+                        finished_at: ts(r.opt_big("finished_at")?),
+                    };
+                    if let (Some(cause), Some(tx)) = (g.change.dead_letter, tx.as_mut()) {
+                        let error = match &g.change.error {
+                            ErrorChange::Set(e) => e.as_ref().map(to_json),
+                            ErrorChange::Keep => None,
+                        };
+                        sqlx::query(
+                            "INSERT INTO dead_letters (id, execution_id, action_ref, cause, error, created_at)
+                             VALUES ($1, $2, $3, $4, $5, $6)",
+                        )
+                        .bind(Uuid::now_v7().to_string())
+                        .bind(id.to_string())
+                        .bind(&a.action_ref)
+                        .bind(cause.as_str())
+                        .bind(error)
+                        .bind(g.change.at.millis())
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                    applied.insert(id, a);
+                }
+            }
+            if let Some(tx) = tx {
+                tx.commit().await?;
+            }
+        });
+        Ok(applied)
+    }
+
+    /// Reads the executions, asks `decide` about each, applies what it decided; executions that
+    /// changed between the read and the write are read and decided again. One result per id, in
+    /// order (ids must be distinct).
+    pub async fn drive(
+        &self,
+        ids: &[Uuid],
+        decide: impl Fn(&Stored) -> Decision,
+    ) -> Result<Vec<(Uuid, Result<Driven>)>> {
+        let mut done: HashMap<Uuid, Result<Driven>> = HashMap::new();
+        let mut pending: Vec<Uuid> = ids.to_vec();
+        for _ in 0..ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            let stored = self.read_stored(&pending).await?;
+            let mut changes = Vec::new();
+            for id in &pending {
+                let Some(s) = stored.get(id) else {
+                    done.insert(*id, Err(StoreError::NotFound { what: "execution", id: id.to_string() }));
+                    continue;
+                };
+                match decide(s) {
+                    Decision::Apply(c) => changes.push(*c),
+                    Decision::Unchanged => {
+                        done.insert(*id, Ok(Driven::Unchanged(s.status)));
+                    }
+                    Decision::Refuse(r) => {
+                        done.insert(*id, Err(refused(*id, r)));
+                    }
+                }
+            }
+            let mut applied = self.apply(&changes, &stored).await?;
+            pending = changes.iter().map(|c| c.id).filter(|id| !applied.contains_key(id)).collect();
+            for (id, a) in applied.drain() {
+                done.insert(id, Ok(Driven::Applied(a)));
+            }
+        }
+        for id in pending {
+            done.insert(
+                id,
+                Err(StoreError::StaleLease {
+                    id: id.to_string(),
+                    message: "the execution kept changing while the event was applied".into(),
+                }),
+            );
+        }
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let r = done
+                    .remove(id)
+                    .unwrap_or_else(|| Err(StoreError::NotFound { what: "execution", id: id.to_string() }));
+                (*id, r)
+            })
+            .collect())
+    }
+
+    /// `drive` for one execution.
+    async fn drive_one(&self, id: Uuid, decide: impl Fn(&Stored) -> Decision) -> Result<Driven> {
+        let mut v = self.drive(&[id], decide).await?;
+        v.pop().map(|(_, r)| r).unwrap_or(Err(StoreError::NotFound { what: "execution", id: id.to_string() }))
+    }
+
+    /// `drive` over items that may name the same execution more than once: each wave holds
+    /// distinct executions, so that the second event about one is decided after the first.
+    async fn drive_items<T>(
+        &self,
+        items: &[T],
+        id_of: impl Fn(&T) -> Uuid,
+        decide: impl Fn(&T, &Stored) -> Decision,
+    ) -> Result<Vec<(Uuid, Result<Driven>)>> {
+        let mut out: Vec<Option<(Uuid, Result<Driven>)>> = (0..items.len()).map(|_| None).collect();
+        let mut left: Vec<usize> = (0..items.len()).collect();
+        while !left.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            let (wave, later): (Vec<usize>, Vec<usize>) =
+                left.into_iter().partition(|i| seen.insert(id_of(&items[*i])));
+            let by_id: HashMap<Uuid, usize> = wave.iter().map(|i| (id_of(&items[*i]), *i)).collect();
+            let ids: Vec<Uuid> = wave.iter().map(|i| id_of(&items[*i])).collect();
+            for (id, r) in self.drive(&ids, |s| decide(&items[by_id[&s.id]], s)).await? {
+                out[by_id[&id]] = Some((id, r));
+            }
+            left = later;
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// The worker confirms it starts a task it was handed: `scheduled → running`, a new attempt,
+    /// leased until `lease_until` (extended by heartbeats). Repeating it is harmless.
+    pub async fn start(
+        &self,
+        id: Uuid,
+        holder: Holder<'_>,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<Execution> {
+        self.drive_one(id, |s| lifecycle::start(s, &holder, now, lease_until)).await?;
+        self.get_execution(id).await?.ok_or(StoreError::NotFound { what: "execution", id: id.to_string() })
+    }
+
+    /// `start` for every task of a poll reply (one statement for tasks that started alike). Per
+    /// lease: the status afterwards or why it cannot start; and, for those started now, how long
+    /// each had waited since it was (last) queued.
+    pub async fn start_many(
+        &self,
+        leases: &[(Uuid, String)],
+        worker: Uuid,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<(Vec<(Uuid, Result<ExecutionStatus>)>, Vec<Duration>)> {
+        let results = self
+            .drive_items(
+                leases,
+                |l| l.0,
+                |l, s| lifecycle::start(s, &Holder { token: &l.1, worker }, now, lease_until),
+            )
+            .await?;
+        let mut waited = Vec::new();
+        let out = results
+            .into_iter()
+            .map(|(id, r)| {
+                if let Ok(Driven::Applied(a)) = &r {
+                    if let Some(at) = a.scheduled_at {
+                        waited.push(Duration::from_millis(
+                            now.millis().saturating_sub(at.millis()).max(0) as u64
+                        ));
+                    }
+                }
+                (id, r.map(|d| d.status()))
+            })
+            .collect();
+        Ok((out, waited))
+    }
+
+    /// Records how the current attempt ended (see `lifecycle::report`). Idempotent for the same
+    /// lease once ended; any other lease is stale.
+    pub async fn complete(
+        &self,
+        id: Uuid,
+        holder: Holder<'_>,
+        report: &Report,
+        now: Timestamp,
+    ) -> Result<Execution> {
+        self.drive_one(id, |s| lifecycle::report(s, &holder, report, now)).await?;
+        self.get_execution(id).await?.ok_or(StoreError::NotFound { what: "execution", id: id.to_string() })
+    }
+
+    /// `complete` for a worker's batch of reports, in one transaction.
+    pub async fn complete_many(
+        &self,
+        items: &[(Uuid, String, Report)],
+        worker: Uuid,
+        now: Timestamp,
+    ) -> Result<Vec<(Uuid, Result<Driven>)>> {
+        self.drive_items(
+            items,
+            |i| i.0,
+            |i, s| lifecycle::report(s, &Holder { token: &i.1, worker }, &i.2, now),
+        )
+        .await
+    }
+
+    /// Cancels a waiting execution at once; asks the worker to stop a running one (`canceling`,
+    /// delivered with its next heartbeat). Canceling a canceling execution changes nothing.
+    pub async fn cancel_execution(&self, id: Uuid, actor: &str, now: Timestamp) -> Result<Execution> {
+        self.drive_one(id, |s| lifecycle::cancel(s, actor, now)).await?;
+        self.get_execution(id).await?.ok_or(StoreError::NotFound { what: "execution", id: id.to_string() })
+    }
+
+    /// A worker gives back a task it cannot finish (it is shutting down): treated like a lost
+    /// lease, at once. `None` when there is nothing to release (it already ended).
+    pub async fn release(&self, id: Uuid, holder: Holder<'_>, now: Timestamp) -> Result<Option<Applied>> {
+        match self
+            .drive_one(id, |s| lifecycle::lease_lost(s, &LeaseLoss::Released(holder.clone()), now))
+            .await?
+        {
+            Driven::Applied(a) => Ok(Some(a)),
+            Driven::Unchanged(_) => Ok(None),
+        }
+    }
+
+    /// Running executions whose lease ran out (their worker stopped renewing it): a new attempt
+    /// when the retry policy allows, `abandoned` otherwise, `canceled` if a cancel was pending.
+    pub async fn expire_leases(&self, now: Timestamp, staleness: Duration) -> Result<Vec<Applied>> {
+        let ids = self
+            .ids_where(
+                "status IN ('running', 'canceling') AND lease_expires_at < $1 ORDER BY lease_expires_at LIMIT 500",
+                now,
+            )
+            .await?;
+        let loss = LeaseLoss::Expired { staleness };
+        Ok(applied_only(self.drive(&ids, |s| lifecycle::lease_lost(s, &loss, now)).await?))
+    }
+
+    /// Fails executions that waited in `scheduled` longer than `timeout` (seed 003's execution
+    /// timeout monitor), with the seed's error object.
+    pub async fn fail_unstarted(&self, timeout: Duration, now: Timestamp) -> Result<Vec<Applied>> {
+        let ids = self
+            .ids_where("status = 'scheduled' AND scheduled_at < $1 ORDER BY id LIMIT 500", now.minus(timeout))
+            .await?;
+        Ok(applied_only(self.drive(&ids, |s| lifecycle::schedule_timeout(s, timeout, now)).await?))
+    }
+
+    async fn ids_where(&self, filter: &str, t: Timestamp) -> Result<Vec<Uuid>> {
+        let sql = format!("SELECT id FROM executions WHERE {filter}");
+        let rows: Vec<String> =
+            read_pool!(self, p => { sqlx::query_scalar(&sql).bind(t.millis()).fetch_all(p).await? });
+        rows.iter().map(|s| uuid("executions", s)).collect()
+    }
+}
+
+/// The executions a monitor's drive changed (the rest had moved on: nothing to report).
+fn applied_only(v: Vec<(Uuid, Result<Driven>)>) -> Vec<Applied> {
+    v.into_iter()
+        .filter_map(|(_, r)| match r {
+            Ok(Driven::Applied(a)) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
