@@ -17,6 +17,7 @@ use attune_core::{
 use uuid::Uuid;
 
 use crate::{
+    backend::in_list,
     rows::{to_json, uuid, RowExt},
     Result, Store, StoreError,
 };
@@ -64,17 +65,13 @@ fn refused(id: Uuid, r: Refusal) -> StoreError {
     }
 }
 
-fn id_list(ids: impl Iterator<Item = Uuid>) -> String {
-    // Formatted UUIDs: hex digits and dashes only, safe to inline.
-    ids.map(|i| format!("'{i}'")).collect::<Vec<_>>().join(", ")
-}
-
 fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp)
 }
 
-/// The one statement that changes an execution's status. `{ids}` is the list of executions the
-/// change applies to; everything else is a parameter.
+/// The one statement that changes an execution's status. `{ids}` is the condition on the
+/// executions the change applies to (`backend::in_list`, parameter 27); everything else is a
+/// parameter too, so the text never changes.
 const APPLY: &str = "UPDATE executions SET status = $1, attempt = $2, updated_at = $3,
         transition_actor = $4, transition_reason = $5, attempt_outcome = $6,
         started_at = CASE WHEN $7 THEN $3 ELSE started_at END,
@@ -94,7 +91,7 @@ const APPLY: &str = "UPDATE executions SET status = $1, attempt = $2, updated_at
         stdout_truncated = CASE WHEN $15 THEN $19 ELSE stdout_truncated END,
         stderr_truncated = CASE WHEN $15 THEN $20 ELSE stderr_truncated END,
         result = CASE WHEN $15 THEN $21 ELSE result END
-    WHERE id IN ({ids}) AND status = $22 AND attempt = $23
+    WHERE {ids} AND status = $22 AND attempt = $23
         AND ($24 IS NULL OR lease_token = $24) AND ($25 IS NULL OR worker_id = $25)
         AND ($26 IS NULL OR lease_expires_at = $26)
     RETURNING id, status, attempt, action_ref, scheduled_at, started_at, finished_at";
@@ -187,15 +184,15 @@ impl Store {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
+        let (cond, list) = in_list(self.kind, "e.id", 1, ids);
         let sql = format!(
             "SELECT e.id, e.status, e.attempt, e.max_attempts, e.backoff_seconds, e.lease_token,
                     e.lease_expires_at, e.worker_id, e.worker_name, e.scheduled_at, w.last_heartbeat
-             FROM executions e LEFT JOIN workers w ON w.id = e.worker_id WHERE e.id IN ({})",
-            id_list(ids.iter().copied())
+             FROM executions e LEFT JOIN workers w ON w.id = e.worker_id WHERE {cond}"
         );
         const T: &str = "executions";
         read_pool!(self, p => {
-            let rows = sqlx::query(&sql).fetch_all(p).await?;
+            let rows = sqlx::query(&sql).bind(list).fetch_all(p).await?;
             rows.iter()
                 .map(|r| {
                     let status = r.text("status")?;
@@ -237,8 +234,9 @@ impl Store {
             // One statement needs no explicit transaction (saves two round trips per call).
             let mut tx = if groups.len() > 1 || dead { Some(p.begin().await?) } else { None };
             for g in &groups {
-                let sql = APPLY.replace("{ids}", &id_list(g.ids.iter().copied()));
-                let q = bind_change(sqlx::query(&sql), g.change);
+                let (cond, list) = in_list(self.kind, "id", 27, &g.ids);
+                let sql = APPLY.replace("{ids}", &cond);
+                let q = bind_change(sqlx::query(&sql), g.change).bind(list);
                 let rows = match tx.as_mut() {
                     Some(tx) => q.fetch_all(&mut **tx).await?,
                     None => q.fetch_all(p).await?,
