@@ -3,7 +3,10 @@
 use std::{io::IsTerminal, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use attune_core::{Execution, Timestamp};
+use attune_core::{
+    output::{decode, OutputEncoding},
+    Execution, Timestamp,
+};
 use attune_wire::{CreateExecution, PackUpload};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
@@ -317,25 +320,58 @@ fn show_execution(ctx: &Ctx, e: &Execution) -> anyhow::Result<()> {
                 ),
             ));
         }
+        for (name, truncated) in [("stdout", e.stdout_truncated), ("stderr", e.stderr_truncated)] {
+            if truncated {
+                pairs.push((
+                    "note",
+                    format!("{name} was longer than the worker's cap; the beginning is kept"),
+                ));
+            }
+        }
         let mut t = Table::fields(pairs);
         if !e.stdout.is_empty() {
-            t.row(vec!["stdout:".into(), String::new()]);
+            t.row(vec![stream_label("stdout:", &e.stdout, e.stdout_encoding), String::new()]);
         }
         t
     })?;
     if ctx.output == crate::output::Format::Table {
-        if !e.stdout.is_empty() {
-            print!("{}", e.stdout);
-            if !e.stdout.ends_with('\n') {
-                println!();
-            }
-        }
+        print_stream(&e.stdout, e.stdout_encoding, false);
         if !e.stderr.is_empty() {
-            println!("stderr:");
-            print!("{}", e.stderr);
+            println!("{}", stream_label("stderr:", &e.stderr, e.stderr_encoding));
+            print_stream(&e.stderr, e.stderr_encoding, false);
         }
     }
     Ok(())
+}
+
+/// `stdout:`, saying so when the output is not text.
+fn stream_label(name: &str, text: &str, enc: OutputEncoding) -> String {
+    match decode(text, enc) {
+        Ok(b) if !enc.is_utf8() => format!(
+            "{name} ({} bytes, not text: shown with escapes; `attune execution logs` writes the bytes)",
+            b.len()
+        ),
+        _ => name.to_owned(),
+    }
+}
+
+/// Prints a stored stream for people: text as it is; other output with its non-printable bytes
+/// escaped (`\x00`), unless `raw`, which writes the exact bytes (for pipes and files).
+fn print_stream(text: &str, enc: OutputEncoding, raw: bool) {
+    use std::io::Write;
+    let bytes = decode(text, enc).unwrap_or_else(|_| text.as_bytes().to_vec());
+    if bytes.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if raw || enc.is_utf8() {
+        let _ = out.write_all(&bytes);
+    } else {
+        let _ = out.write_all(bytes.escape_ascii().to_string().as_bytes());
+    }
+    if !raw && bytes.last() != Some(&b'\n') {
+        let _ = out.write_all(b"\n");
+    }
 }
 
 fn parse_uuid(s: &str) -> anyhow::Result<Uuid> {
@@ -450,8 +486,9 @@ pub async fn dlq(ctx: &Ctx, c: DlqCmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Streams an execution's output: the chunks its worker sent while running; for an execution that
-/// ended without streaming (short actions), the stdout and stderr it ended with.
+/// Streams an execution's output, byte for byte (binary output included): the chunks its worker
+/// sent while running; for an execution that ended without streaming (short actions), the stdout
+/// and stderr it ended with.
 async fn logs(ctx: &Ctx, id: Uuid, follow: bool) -> anyhow::Result<i32> {
     use std::io::Write;
     let mut after = 0;
@@ -459,10 +496,11 @@ async fn logs(ctx: &Ctx, id: Uuid, follow: bool) -> anyhow::Result<i32> {
     loop {
         let l = ctx.client.execution_logs(id, after).await?;
         for c in &l.chunks {
+            let bytes = decode(&c.text, c.encoding).unwrap_or_else(|_| c.text.as_bytes().to_vec());
             if c.stream == "stderr" {
-                eprint!("{}", c.text);
+                let _ = std::io::stderr().write_all(&bytes);
             } else {
-                print!("{}", c.text);
+                let _ = std::io::stdout().write_all(&bytes);
             }
             printed = true;
         }
@@ -471,8 +509,9 @@ async fn logs(ctx: &Ctx, id: Uuid, follow: bool) -> anyhow::Result<i32> {
         if l.chunks.is_empty() && (l.status.is_terminal() || !follow) {
             if !printed && l.status.is_terminal() {
                 let e = ctx.client.get_execution(id).await?;
-                print!("{}", e.stdout);
-                eprint!("{}", e.stderr);
+                print_stream(&e.stdout, e.stdout_encoding, true);
+                let stderr = decode(&e.stderr, e.stderr_encoding).unwrap_or_default();
+                let _ = std::io::stderr().write_all(&stderr);
             }
             return Ok(0);
         }

@@ -74,6 +74,18 @@ pub enum OutputFormat {
     Jsonl,
 }
 
+impl OutputFormat {
+    /// How people call the format.
+    pub fn label(self) -> &'static str {
+        match self {
+            OutputFormat::Text => "text",
+            OutputFormat::Json => "JSON",
+            OutputFormat::Yaml => "YAML",
+            OutputFormat::Jsonl => "JSON Lines",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]

@@ -26,9 +26,29 @@ pub struct Settings {
 pub struct ServerSettings {
     /// Address the HTTP API listens on; port 0 picks a free port.
     pub listen: String,
-    /// Longest a worker's poll may wait for work.
+    /// Longest a worker's poll may wait for work (a longer `wait_ms` is cut to this).
     #[serde(with = "serde_duration")]
     pub max_poll: Duration,
+    /// Longest `GET /api/v1/executions/{id}/wait` may wait (a longer `timeout_ms` is cut to this).
+    #[serde(with = "serde_duration")]
+    pub max_wait: Duration,
+    /// Open connections at most; past it the oldest are closed (idle ones at once, busy ones after
+    /// their request), so that `/health` and workers always get through. Also kept below the
+    /// process's file-descriptor limit.
+    pub max_connections: usize,
+    /// A connection must send a complete request header within this, and an idle keep-alive
+    /// connection is closed after this.
+    #[serde(with = "serde_duration")]
+    pub header_timeout: Duration,
+    /// A request body must arrive within this (408 otherwise).
+    #[serde(with = "serde_duration")]
+    pub body_timeout: Duration,
+    /// Largest request body of the public API (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest request of the worker protocol. 0 (the default) means what a report may need when
+    /// each stream holds up to `worker.max_output_bytes`; set it lower only to match a proxy in
+    /// front of the server (a larger report then fails its execution with the proxy's reason).
+    pub max_worker_request_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +130,15 @@ impl Settings {
         self.worker.heartbeat_interval * STALENESS_MULTIPLIER
     }
 
+    /// The worker protocol's request limit: what a report may need (see `output::report_size_bound`)
+    /// unless set explicitly.
+    pub fn max_worker_request_bytes(&self) -> usize {
+        match self.server.max_worker_request_bytes {
+            0 => crate::output::report_size_bound(self.worker.max_output_bytes).max(1024 * 1024),
+            n => n,
+        }
+    }
+
     /// The database URL, defaulting to SQLite under the data directory.
     pub fn database_url(&self) -> String {
         if self.database.url.is_empty() {
@@ -138,8 +167,24 @@ impl Settings {
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return Err(format!("log.format must be human or json, not {:?}", self.log.format));
         }
-        if w.max_output_bytes < 1024 {
-            return Err("worker.max_output_bytes must be at least 1024".into());
+        if w.max_output_bytes < 1024 || w.max_output_bytes > 1024 * 1024 * 1024 {
+            return Err("worker.max_output_bytes must be between 1024 and 1073741824 (1 GiB)".into());
+        }
+        let sv = &self.server;
+        if sv.max_connections < 16 {
+            return Err("server.max_connections must be at least 16".into());
+        }
+        if sv.header_timeout < Duration::from_millis(100) || sv.body_timeout < Duration::from_millis(100) {
+            return Err("server.header_timeout and server.body_timeout must be at least 100ms".into());
+        }
+        if sv.max_body_bytes < 64 * 1024 {
+            return Err("server.max_body_bytes must be at least 65536".into());
+        }
+        if sv.max_worker_request_bytes != 0 && sv.max_worker_request_bytes < 64 * 1024 {
+            return Err("server.max_worker_request_bytes must be 0 (derived) or at least 65536".into());
+        }
+        if sv.max_poll.is_zero() || sv.max_wait.is_zero() {
+            return Err("server.max_poll and server.max_wait must be greater than 0".into());
         }
         Ok(())
     }
@@ -161,7 +206,16 @@ impl Default for Settings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        ServerSettings { listen: "127.0.0.1:8080".into(), max_poll: Duration::from_secs(30) }
+        ServerSettings {
+            listen: "127.0.0.1:8080".into(),
+            max_poll: Duration::from_secs(30),
+            max_wait: Duration::from_secs(60),
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            max_body_bytes: 2 * 1024 * 1024,
+            max_worker_request_bytes: 0,
+        }
     }
 }
 

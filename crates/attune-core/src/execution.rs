@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{action::Action, names::ActionRef, status::ExecutionStatus, time::Timestamp};
+use crate::{
+    action::Action, names::ActionRef, output::OutputEncoding, status::ExecutionStatus, time::Timestamp,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -14,8 +16,15 @@ pub struct Execution {
     pub parameters: Value,
     pub status: ExecutionStatus,
     pub result: Option<Value>,
+    /// The captured output, written as `stdout_encoding` says: the text itself (`utf-8`), or the
+    /// base64 of the exact bytes (`base64`) when it is binary, not UTF-8 or holds NUL.
     pub stdout: String,
     pub stderr: String,
+    #[serde(default)]
+    pub stdout_encoding: OutputEncoding,
+    #[serde(default)]
+    pub stderr_encoding: OutputEncoding,
+    /// More was printed than `worker.max_output_bytes`; what is kept is the beginning.
     #[serde(default)]
     pub stdout_truncated: bool,
     #[serde(default)]
@@ -111,10 +120,15 @@ pub struct Report {
     /// One of `succeeded`, `failed`, `timeout`, `canceled`.
     pub status: ExecutionStatus,
     pub exit_code: Option<i32>,
+    /// Written as `stdout_encoding` says (see `Execution::stdout`).
     #[serde(default)]
     pub stdout: String,
     #[serde(default)]
     pub stderr: String,
+    #[serde(default)]
+    pub stdout_encoding: OutputEncoding,
+    #[serde(default)]
+    pub stderr_encoding: OutputEncoding,
     #[serde(default)]
     pub stdout_truncated: bool,
     #[serde(default)]
@@ -126,6 +140,40 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report with no output.
+    pub fn new(status: ExecutionStatus) -> Report {
+        Report {
+            status,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_encoding: OutputEncoding::Utf8,
+            stderr_encoding: OutputEncoding::Utf8,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            result: None,
+            error: None,
+        }
+    }
+
+    /// What is wrong with its content, if anything: streams declared base64 must be base64.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, text, enc) in
+            [("stdout", &self.stdout, self.stdout_encoding), ("stderr", &self.stderr, self.stderr_encoding)]
+        {
+            crate::output::decode(text, enc).map_err(|e| format!("{name} is declared base64 but is {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The report with its output storable: a stream that claims to be UTF-8 but holds NUL is
+    /// stored as base64 (the same bytes).
+    pub fn normalized(mut self) -> Report {
+        (self.stdout, self.stdout_encoding) = crate::output::normalize(self.stdout, self.stdout_encoding);
+        (self.stderr, self.stderr_encoding) = crate::output::normalize(self.stderr, self.stderr_encoding);
+        self
+    }
+
     pub fn is_valid_outcome(&self) -> bool {
         matches!(
             self.status,
@@ -148,5 +196,8 @@ pub struct LogChunk {
     pub stream: String,
     #[serde(default)]
     pub at: Timestamp,
+    /// Written as `encoding` says (as `Execution::stdout`).
     pub text: String,
+    #[serde(default)]
+    pub encoding: OutputEncoding,
 }

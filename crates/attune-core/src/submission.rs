@@ -8,12 +8,41 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Action, ExecutionStatus, Runtime};
+use crate::{Action, ExecutionStatus, ParameterDelivery, ParameterFormat, Runtime};
 
 /// Most attempts an execution may have.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// Longest backoff between attempts (a day).
 pub const MAX_BACKOFF_SECONDS: u64 = 86_400;
+/// Longest an action may be given to run (30 days).
+pub const MAX_TIMEOUT_SECONDS: u64 = 30 * 86_400;
+
+/// Checks a timeout, from a submission or an action definition.
+pub fn check_timeout(t: Option<u64>) -> Result<(), String> {
+    match t {
+        Some(t) if !(1..=MAX_TIMEOUT_SECONDS).contains(&t) => {
+            Err(format!("timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS} (30 days), not {t}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The first string (key or value) in `v` that holds a NUL character, as a dotted path.
+fn nul_at(v: &Value, path: &str) -> Option<String> {
+    let join = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    match v {
+        Value::String(s) if s.contains('\0') => Some(path.to_owned()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, x)| nul_at(x, &join(&i.to_string()))),
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            if k.contains('\0') {
+                Some(join(&k.replace('\0', "\\0")))
+            } else {
+                nul_at(x, &join(k))
+            }
+        }),
+        _ => None,
+    }
+}
 
 /// An execution about to be accepted: validated, with its action's definition snapshotted.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +124,22 @@ pub fn prepare(
     if o.timeout_seconds == Some(0) {
         return Err(invalid("invalid_timeout", "timeout_seconds must be at least 1"));
     }
+    check_timeout(o.timeout_seconds).map_err(|m| invalid("invalid_timeout", m))?;
+    // JSON and YAML carry a NUL in a string (escaped); the environment and dotenv files cannot.
+    let carrier = match (action.parameter_delivery, action.parameter_format) {
+        (ParameterDelivery::Env, _) => Some("environment variables (parameter_delivery: env)"),
+        (_, ParameterFormat::Dotenv) => Some("the dotenv format"),
+        _ => None,
+    };
+    if let (Some(carrier), Some(at)) = (carrier, nul_at(&parameters, "")) {
+        return Err(invalid(
+            "invalid_parameters",
+            format!(
+                "parameter {at} contains a NUL character, which {carrier} cannot carry to {}",
+                action.action_ref
+            ),
+        ));
+    }
     let max_attempts = o.max_attempts.unwrap_or(action.retry.max_attempts);
     if max_attempts == 0 || max_attempts > MAX_ATTEMPTS_LIMIT {
         return Err(invalid(
@@ -124,4 +169,67 @@ pub fn prepare(
         enforcement: origin.enforcement,
         requeue_of: origin.requeue_of,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ActionRef, PackRef, RetryPolicy};
+    use serde_json::json;
+
+    fn action(delivery: ParameterDelivery, format: ParameterFormat) -> Action {
+        Action {
+            action_ref: ActionRef::parse("p.a").unwrap(),
+            pack: PackRef::parse("p").unwrap(),
+            description: String::new(),
+            runtime: Runtime::Shell,
+            entry_point: "a.sh".into(),
+            parameters: json!({"type": "object"}),
+            parameter_delivery: delivery,
+            parameter_format: format,
+            output_format: Default::default(),
+            timeout_seconds: None,
+            retry: RetryPolicy::default(),
+            pack_dir: None,
+        }
+    }
+
+    fn prep(a: Action, p: Value, o: Overrides) -> Result<NewExecution, Invalid> {
+        prepare(a, p, &o, Origin::actor("t"))
+    }
+
+    #[test]
+    fn bounds() {
+        let a = || action(ParameterDelivery::Stdin, ParameterFormat::Json);
+        let t = |t| Overrides { timeout_seconds: Some(t), ..Default::default() };
+        assert_eq!(prep(a(), json!({}), t(u64::MAX)).unwrap_err().code, "invalid_timeout");
+        assert_eq!(prep(a(), json!({}), t(0)).unwrap_err().code, "invalid_timeout");
+        assert_eq!(
+            prep(a(), json!({}), t(MAX_TIMEOUT_SECONDS)).unwrap().timeout_seconds,
+            Some(MAX_TIMEOUT_SECONDS)
+        );
+        let m = Overrides { max_attempts: Some(MAX_ATTEMPTS_LIMIT + 1), ..Default::default() };
+        assert_eq!(prep(a(), json!({}), m).unwrap_err().code, "invalid_max_attempts");
+        let b = Overrides { backoff_seconds: Some(MAX_BACKOFF_SECONDS + 1), ..Default::default() };
+        assert_eq!(prep(a(), json!({}), b).unwrap_err().code, "invalid_backoff");
+    }
+
+    #[test]
+    fn a_nul_goes_where_it_can_be_carried() {
+        let p = json!({"ok": "x", "deep": {"list": ["y", "a\u{0}b"]}});
+        for (d, f) in [
+            (ParameterDelivery::Stdin, ParameterFormat::Json),
+            (ParameterDelivery::File, ParameterFormat::Yaml),
+        ] {
+            assert!(prep(action(d, f), p.clone(), Overrides::default()).is_ok());
+        }
+        for (d, f) in [
+            (ParameterDelivery::Env, ParameterFormat::Json),
+            (ParameterDelivery::Stdin, ParameterFormat::Dotenv),
+        ] {
+            let e = prep(action(d, f), p.clone(), Overrides::default()).unwrap_err();
+            assert_eq!(e.code, "invalid_parameters");
+            assert!(e.message.contains("parameter deep.list.1 contains a NUL"), "{}", e.message);
+        }
+    }
 }

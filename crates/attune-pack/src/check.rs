@@ -55,16 +55,47 @@ pub fn check_action(pack: &PackRef, a: &Action) -> Vec<Problem> {
     out.extend(check_parameters(&a.parameters));
     if a.timeout_seconds == Some(0) {
         out.push(problem("timeout_seconds", "must be at least 1"));
+    } else if let Err(e) = attune_core::submission::check_timeout(a.timeout_seconds) {
+        out.push(problem("timeout_seconds", e));
     }
+    if a.retry.backoff_seconds > attune_core::submission::MAX_BACKOFF_SECONDS {
+        let max = attune_core::submission::MAX_BACKOFF_SECONDS;
+        out.push(problem("retry", format!("backoff_seconds must be at most {max}")));
+    }
+    let max = attune_core::submission::MAX_ATTEMPTS_LIMIT;
     if a.retry.max_attempts == 0 {
         out.push(problem("retry", "max_attempts must be at least 1"));
+    } else if a.retry.max_attempts > max {
+        out.push(problem("retry", format!("max_attempts must be at most {max}")));
+    }
+    for (field, text) in [("description", &a.description), ("entry_point", &a.entry_point)] {
+        if let Some(p) = check_text(field, text) {
+            out.push(p);
+        }
     }
     out
+}
+
+/// Text a database column holds: no NUL (PostgreSQL cannot store it), no other control character
+/// than tab and newline.
+fn check_text(field: &'static str, text: &str) -> Option<Problem> {
+    text.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+        .then(|| problem(field, "must not contain control characters (NUL included)"))
 }
 
 /// Every problem with a whole pack, each naming its action and field.
 pub fn check_pack(meta: &PackMeta, actions: &[Action]) -> Vec<String> {
     let mut out = Vec::new();
+    let m = meta;
+    for (field, text) in [("label", &m.label), ("description", &m.description), ("version", &m.version)] {
+        if let Some(p) = check_text(field, text) {
+            out.push(format!("pack {}: field `{}`: {}", m.pack_ref, p.field, p.message));
+        }
+    }
+    if let Some(p) = m.dir.as_deref().and_then(|d| check_text("dir", d)) {
+        out.push(format!("pack {}: field `{}`: {}", m.pack_ref, p.field, p.message));
+    }
     let mut seen = BTreeSet::new();
     for a in actions {
         for p in check_action(&meta.pack_ref, a) {

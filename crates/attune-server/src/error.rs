@@ -4,8 +4,11 @@
 use attune_store::StoreError;
 use attune_wire::{ErrorBody, ErrorDetail};
 
-use crate::submission::SubmitError;
+use crate::{submission::SubmitError, Shared};
+use std::sync::{atomic::Ordering::Relaxed, Arc};
+
 use axum::{
+    body::Bytes,
     extract::{rejection::JsonRejection, FromRequest, Request},
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -70,11 +73,15 @@ impl From<&StoreError> for ApiError {
             StoreError::StaleLease { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "stale_lease", e.to_string())
             }
+            StoreError::RefusedReport { .. } => ApiError::unprocessable("invalid_report", e.to_string()),
             StoreError::AlreadyDone(_) => ApiError::new(StatusCode::CONFLICT, "already_done", e.to_string()),
             StoreError::Transition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
             }
-            StoreError::BadReport { .. } => ApiError::unprocessable("invalid_report", e.to_string()),
+            StoreError::Database(sqlx_err) if is_unstorable_text(sqlx_err) => ApiError::unprocessable(
+                "invalid_text",
+                "a value holds a character the database cannot store (NUL); nothing was changed",
+            ),
             e => {
                 tracing::error!(error = %e, "store failure");
                 let status = match e {
@@ -105,6 +112,15 @@ impl From<SubmitError> for ApiError {
     }
 }
 
+/// PostgreSQL refusing text it cannot store (NUL in a `TEXT` value): the client's value, not our
+/// fault. Every door refuses such values before they reach the store; this is the net below.
+fn is_unstorable_text(e: &attune_store::SqlxError) -> bool {
+    match e {
+        attune_store::SqlxError::Database(d) => matches!(d.code().as_deref(), Some("22021" | "22P05")),
+        _ => false,
+    }
+}
+
 fn is_unavailable(e: &attune_store::SqlxError) -> bool {
     matches!(
         e,
@@ -123,35 +139,74 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON request body whose rejections (malformed JSON, wrong content type, missing or unknown
-/// fields) become `ApiError`s with serde's precise message.
+/// A JSON request body. It must arrive within `server.body_timeout` (408) and fit its door's
+/// limit (413, `DefaultBodyLimit` on the door); malformed JSON, a wrong content type, missing or
+/// unknown fields and integers beyond 64 bits become `ApiError`s naming what is wrong.
 pub struct Body<T>(pub T);
 
-impl<S, T> FromRequest<S> for Body<T>
+impl<T> FromRequest<Arc<Shared>> for Body<T>
 where
     T: DeserializeOwned,
-    S: Send + Sync,
 {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+    async fn from_request(req: Request, state: &Arc<Shared>) -> Result<Self, Self::Rejection> {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a body with `Content-Type: application/json`",
+            ));
+        }
+        let limit = state.opts.http.body_timeout;
+        let bytes = match tokio::time::timeout(limit, Bytes::from_request(req, state)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(rej)) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                state.metrics.http.too_large.fetch_add(1, Relaxed);
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the request body is larger than this server takes here ({})", rej.body_text()),
+                ));
+            }
+            Ok(Err(rej)) => return Err(ApiError::bad_request("invalid_body", rej.body_text())),
+            Err(_) => {
+                state.metrics.http.body_timeouts.fetch_add(1, Relaxed);
+                tracing::info!(timeout = ?limit, "a request body did not arrive in time (server.body_timeout)");
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the request body did not arrive within {limit:?} (server.body_timeout)"),
+                ));
+            }
+        };
+        if let Some(path) = crate::json_guard::huge_integer(&bytes) {
+            return Err(ApiError::unprocessable(
+                "number_out_of_range",
+                format!("{path}: the integer is outside the 64-bit range and would not be kept exactly; send it as a string"),
+            ));
+        }
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(v)) => Ok(Body(v)),
             Err(rej) => {
-                let code = match &rej {
-                    JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
-                    JsonRejection::JsonSyntaxError(_) => "malformed_json",
-                    _ => "invalid_body",
-                };
-                let status = match &rej {
-                    JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                    _ => StatusCode::BAD_REQUEST,
+                let (status, code) = match &rej {
+                    JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+                    JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+                    _ => (StatusCode::BAD_REQUEST, "invalid_body"),
                 };
                 Err(ApiError::new(status, code, rej.body_text()))
             }
         }
     }
+}
+
+/// `application/json` or `application/<something>+json`.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Parses a path segment as a UUID with a 400 naming it.

@@ -6,6 +6,8 @@
 mod api;
 mod error;
 mod group;
+mod http;
+mod json_guard;
 mod metrics;
 mod monitors;
 pub mod packs;
@@ -38,6 +40,12 @@ pub struct ServerOptions {
     pub timeout_check_interval: Duration,
     pub enable_timeout_monitor: bool,
     pub max_poll: Duration,
+    /// Longest `…/wait`.
+    pub max_wait: Duration,
+    /// The transport's limits (`http.rs`).
+    pub http: http::Limits,
+    /// Each captured stream's cap, announced to workers.
+    pub max_output_bytes: usize,
     /// How often a waiting poll or `…/wait` looks again without being woken (catches changes made
     /// by another replica whose notification was lost). Tests set it long to prove the wake-ups.
     pub recheck: Duration,
@@ -54,6 +62,15 @@ impl ServerOptions {
             timeout_check_interval: s.executor.timeout_check_interval,
             enable_timeout_monitor: s.executor.enable_timeout_monitor,
             max_poll: s.server.max_poll,
+            max_wait: s.server.max_wait,
+            http: http::Limits {
+                max_connections: s.server.max_connections,
+                header_timeout: s.server.header_timeout,
+                body_timeout: s.server.body_timeout,
+                max_body_bytes: s.server.max_body_bytes,
+                max_worker_request_bytes: s.max_worker_request_bytes(),
+            },
+            max_output_bytes: s.worker.max_output_bytes,
             recheck: Duration::from_secs(1),
         }
     }
@@ -157,9 +174,7 @@ impl Server {
             stop.cancel();
         });
         let app = api::router(shared.clone());
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shared.shutdown.clone().cancelled_owned())
-            .await;
+        http::serve(shared.clone(), listener, app).await;
         shared.shutdown.cancel();
         shutdown.cancel();
         while let Some(r) = tasks.join_next().await {
@@ -167,6 +182,6 @@ impl Server {
                 tracing::error!(error = %e, "server task failed");
             }
         }
-        served.map_err(Into::into)
+        Ok(())
     }
 }

@@ -64,6 +64,8 @@ pub(crate) struct Metrics {
     pub schedule_to_start_timeouts: AtomicU64,
     /// Worker polls waiting for work on this server right now.
     pub polls_waiting: AtomicU64,
+    /// What the transport's limits did.
+    pub http: crate::http::Stats,
     pub submit_to_start: Histogram,
     pub run_duration: Histogram,
 }
@@ -78,6 +80,7 @@ impl Default for Metrics {
             retries: AtomicU64::new(0),
             schedule_to_start_timeouts: AtomicU64::new(0),
             polls_waiting: AtomicU64::new(0),
+            http: Default::default(),
             submit_to_start: Histogram::new(LATENCY_BUCKETS),
             run_duration: Histogram::new(DURATION_BUCKETS),
         }
@@ -196,6 +199,26 @@ pub(crate) fn render(
          # TYPE attune_polls_waiting gauge\nattune_polls_waiting {}",
         m.polls_waiting.load(Relaxed)
     );
+    let h = &m.http;
+    let _ = writeln!(
+        out,
+        "# HELP attune_http_connections Open client connections.\n# TYPE attune_http_connections gauge\n\
+         attune_http_connections {}",
+        h.open.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP attune_http_limit_hits_total Requests and connections stopped by a limit of the server, by limit.\n\
+         # TYPE attune_http_limit_hits_total counter"
+    );
+    for (limit, c) in [
+        ("max_connections", &h.evicted),
+        ("header_timeout", &h.header_timeouts),
+        ("body_timeout", &h.body_timeouts),
+        ("max_body_bytes", &h.too_large),
+    ] {
+        let _ = writeln!(out, "attune_http_limit_hits_total{{limit=\"{limit}\"}} {}", c.load(Relaxed));
+    }
     m.submit_to_start.render(
         &mut out,
         "attune_submit_to_start_seconds",

@@ -167,6 +167,8 @@ fn report(status: ExecutionStatus) -> Report {
         exit_code: Some(0),
         stdout: "done".into(),
         stderr: String::new(),
+        stdout_encoding: Default::default(),
+        stderr_encoding: Default::default(),
         stdout_truncated: false,
         stderr_truncated: false,
         result: None,
@@ -221,13 +223,6 @@ async fn worker_protocol_is_fenced(db: TestDb) {
     let err = api.client.start(w, e.id, "stale").await.unwrap_err();
     assert_eq!(err.status(), Some(409), "{err}");
     api.client.start(w, e.id, &t.lease_token).await.unwrap();
-    let (s, v) = api
-        .post(
-            &format!("/api/v1/worker/{w}/executions/{}/complete", e.id),
-            &json!({"lease_token": t.lease_token, "status": "running"}).to_string(),
-        )
-        .await;
-    assert_eq!((s, code(&v)), (422, "invalid_report"));
     let before = api.client.get_execution(e.id).await.unwrap();
     let err = api.client.complete(w, e.id, "stale", report(ExecutionStatus::Succeeded)).await.unwrap_err();
     assert!(matches!(&err, ClientError::Api { status: 409, code, .. } if code == "stale_lease"), "{err}");
@@ -246,6 +241,22 @@ async fn worker_protocol_is_fenced(db: TestDb) {
     assert_eq!(hb.leases[0].state, attune_core::LeaseState::Revoked, "a finished execution's lease is gone");
     let (s, v) = api.post(&format!("/api/v1/worker/{w}/poll"), r#"{"max_tasks": 0, "wait_ms": 0}"#).await;
     assert_eq!((s, code(&v)), (422, "invalid_poll"));
+    // A report the server cannot take is refused (422) and, since resending cannot fix it, ends
+    // its execution at once as failed with the reason (not with a lease expiry later).
+    let bad = submit_noop(&api).await;
+    let t = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
+    api.client.start(w, bad.id, &t.lease_token).await.unwrap();
+    let (s, v) = api
+        .post(
+            &format!("/api/v1/worker/{w}/executions/{}/complete", bad.id),
+            &json!({"lease_token": t.lease_token, "status": "running"}).to_string(),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (422, "invalid_report"));
+    let failed = api.client.get_execution(bad.id).await.unwrap();
+    assert_eq!(failed.status, ExecutionStatus::Failed);
+    let reason = failed.error.unwrap()["error"].as_str().unwrap().to_owned();
+    assert!(reason.starts_with("the server refused the worker's report: status must be"), "{reason}");
     api.client.deregister(w).await.unwrap();
     let ws = api.client.list_workers(false).await.unwrap();
     assert!(ws.iter().all(|x| x.id != w), "deregistered workers are not listed by default");

@@ -3,7 +3,8 @@
 //! statement.
 
 use attune_core::{
-    Action, ActionRef, Attempt, Execution, ExecutionStatus, HistoryEntry, NewExecution, Timestamp,
+    output::OutputEncoding, Action, ActionRef, Attempt, Execution, ExecutionStatus, HistoryEntry,
+    NewExecution, Timestamp,
 };
 use uuid::Uuid;
 
@@ -13,8 +14,13 @@ use crate::{
 };
 
 pub(crate) const EXEC_COLS: &str = "id, action_ref, action, parameters, status, result, stdout, stderr, \
-    stdout_truncated, stderr_truncated, exit_code, error, worker_id, worker_name, attempt, max_attempts, \
+    stdout_encoding, stderr_encoding, stdout_truncated, stderr_truncated, exit_code, error, worker_id, worker_name, attempt, max_attempts, \
     timeout_seconds, created_at, updated_at, started_at, finished_at, parent, trace_id, enforcement";
+
+pub(crate) fn encoding(s: String) -> Result<OutputEncoding> {
+    OutputEncoding::parse(&s)
+        .ok_or_else(|| StoreError::Corrupt { table: "executions", message: format!("encoding {s:?}") })
+}
 
 pub(crate) fn exec_from_row(r: &impl RowExt) -> Result<Execution> {
     const T: &str = "executions";
@@ -29,6 +35,8 @@ pub(crate) fn exec_from_row(r: &impl RowExt) -> Result<Execution> {
         result: opt_json(T, "result", r.opt_text("result")?)?,
         stdout: r.text("stdout")?,
         stderr: r.text("stderr")?,
+        stdout_encoding: encoding(r.text("stdout_encoding")?)?,
+        stderr_encoding: encoding(r.text("stderr_encoding")?)?,
         stdout_truncated: r.boolean("stdout_truncated")?,
         stderr_truncated: r.boolean("stderr_truncated")?,
         exit_code: r.opt_int("exit_code")?,
@@ -360,6 +368,8 @@ fn accepted_execution(id: Uuid, new: NewExecution, now: Timestamp) -> Execution 
         result: None,
         stdout: String::new(),
         stderr: String::new(),
+        stdout_encoding: OutputEncoding::Utf8,
+        stderr_encoding: OutputEncoding::Utf8,
         stdout_truncated: false,
         stderr_truncated: false,
         exit_code: None,

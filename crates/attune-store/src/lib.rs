@@ -52,9 +52,9 @@ pub enum StoreError {
     StaleLease { id: String, message: String },
     #[error("execution {id}: {source}")]
     Transition { id: String, source: TransitionError },
-    /// A worker's report that no execution could take (not an outcome a worker may report).
-    #[error("execution {id}: {message}")]
-    BadReport { id: String, message: String },
+    /// A worker's report that could not be taken; its execution was failed with this reason.
+    #[error("execution {id}: the report was refused ({message}); the execution failed with this reason")]
+    RefusedReport { id: String, message: String },
     /// The request was already carried out once and cannot be repeated.
     #[error("{0}")]
     AlreadyDone(String),

@@ -35,6 +35,8 @@ pub struct Applied {
     pub scheduled_at: Option<Timestamp>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
+    /// The change answered a report the server refused, for this reason.
+    pub refused_report: Option<String>,
 }
 
 /// What became of one execution's event.
@@ -61,7 +63,6 @@ fn refused(id: Uuid, r: Refusal) -> StoreError {
     match r {
         Refusal::Stale(message) => StoreError::StaleLease { id: id.to_string(), message },
         Refusal::Invalid(source) => StoreError::Transition { id: id.to_string(), source },
-        Refusal::BadReport(message) => StoreError::BadReport { id: id.to_string(), message },
     }
 }
 
@@ -70,7 +71,7 @@ fn ts(v: Option<i64>) -> Option<Timestamp> {
 }
 
 /// The one statement that changes an execution's status. `{ids}` is the condition on the
-/// executions the change applies to (`backend::in_list`, parameter 27); everything else is a
+/// executions the change applies to (`backend::in_list`, parameter 29); everything else is a
 /// parameter too, so the text never changes.
 const APPLY: &str = "UPDATE executions SET status = $1, attempt = $2, updated_at = $3,
         transition_actor = $4, transition_reason = $5, attempt_outcome = $6,
@@ -90,7 +91,9 @@ const APPLY: &str = "UPDATE executions SET status = $1, attempt = $2, updated_at
         stderr = CASE WHEN $15 THEN $18 ELSE stderr END,
         stdout_truncated = CASE WHEN $15 THEN $19 ELSE stdout_truncated END,
         stderr_truncated = CASE WHEN $15 THEN $20 ELSE stderr_truncated END,
-        result = CASE WHEN $15 THEN $21 ELSE result END
+        result = CASE WHEN $15 THEN $21 ELSE result END,
+        stdout_encoding = CASE WHEN $15 THEN $27 ELSE stdout_encoding END,
+        stderr_encoding = CASE WHEN $15 THEN $28 ELSE stderr_encoding END
     WHERE {ids} AND status = $22 AND attempt = $23
         AND ($24 IS NULL OR lease_token = $24) AND ($25 IS NULL OR worker_id = $25)
         AND ($26 IS NULL OR lease_expires_at = $26)
@@ -149,6 +152,8 @@ where
         .bind(c.guard.lease_token.as_deref())
         .bind(c.guard.worker.map(|w| w.to_string()))
         .bind(c.guard.lease_expires_at.map(Timestamp::millis))
+        .bind(out.map(|o| o.stdout_encoding.as_str()).unwrap_or("utf-8"))
+        .bind(out.map(|o| o.stderr_encoding.as_str()).unwrap_or("utf-8"))
 }
 
 /// Changes that differ only in their execution, applied by one statement.
@@ -234,7 +239,7 @@ impl Store {
             // One statement needs no explicit transaction (saves two round trips per call).
             let mut tx = if groups.len() > 1 || dead { Some(p.begin().await?) } else { None };
             for g in &groups {
-                let (cond, list) = in_list(self.kind, "id", 27, &g.ids);
+                let (cond, list) = in_list(self.kind, "id", 29, &g.ids);
                 let sql = APPLY.replace("{ids}", &cond);
                 let q = bind_change(sqlx::query(&sql), g.change).bind(list);
                 let rows = match tx.as_mut() {
@@ -254,6 +259,7 @@ impl Store {
                         scheduled_at: ts(r.opt_big("scheduled_at")?),
                         started_at: ts(r.opt_big("started_at")?),
                         finished_at: ts(r.opt_big("finished_at")?),
+                        refused_report: g.change.refused_report.clone(),
                     };
                     if let (Some(cause), Some(tx)) = (g.change.dead_letter, tx.as_mut()) {
                         let error = match &g.change.error {
@@ -426,7 +432,11 @@ impl Store {
         report: &Report,
         now: Timestamp,
     ) -> Result<Execution> {
-        self.drive_one(id, |s| lifecycle::report(s, &holder, report, now)).await?;
+        if let Driven::Applied(Applied { refused_report: Some(why), .. }) =
+            self.drive_one(id, |s| lifecycle::report(s, &holder, report, now)).await?
+        {
+            return Err(StoreError::RefusedReport { id: id.to_string(), message: why });
+        }
         self.get_execution(id).await?.ok_or(StoreError::NotFound { what: "execution", id: id.to_string() })
     }
 

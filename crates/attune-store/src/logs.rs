@@ -36,11 +36,14 @@ impl Store {
         write_pool!(self, p => {
             let mut tx = p.begin().await?;
             for c in chunks {
-                sqlx::query("INSERT INTO execution_logs (execution_id, stream, at, text) VALUES ($1, $2, $3, $4)")
+                sqlx::query(
+                    "INSERT INTO execution_logs (execution_id, stream, at, text, encoding) VALUES ($1, $2, $3, $4, $5)",
+                )
                     .bind(&ids)
                     .bind(&c.stream)
                     .bind(now.millis())
                     .bind(&c.text)
+                    .bind(c.encoding.as_str())
                     .execute(&mut *tx)
                     .await?;
             }
@@ -53,7 +56,7 @@ impl Store {
     pub async fn logs_after(&self, id: Uuid, after: i64, limit: u32) -> Result<Vec<LogChunk>> {
         read_pool!(self, p => {
             let rows = sqlx::query(
-                "SELECT id, stream, at, text FROM execution_logs WHERE execution_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                "SELECT id, stream, at, text, encoding FROM execution_logs WHERE execution_id = $1 AND id > $2 ORDER BY id LIMIT $3",
             )
             .bind(id.to_string())
             .bind(after)
@@ -61,7 +64,15 @@ impl Store {
             .fetch_all(p)
             .await?;
             rows.iter()
-                .map(|r| Ok(LogChunk { seq: r.big("id")?, stream: r.text("stream")?, at: Timestamp(r.big("at")?), text: r.text("text")? }))
+                .map(|r| {
+                    Ok(LogChunk {
+                        seq: r.big("id")?,
+                        stream: r.text("stream")?,
+                        at: Timestamp(r.big("at")?),
+                        text: r.text("text")?,
+                        encoding: crate::executions::encoding(r.text("encoding")?)?,
+                    })
+                })
                 .collect()
         })
     }

@@ -12,6 +12,7 @@ const SQLITE: &[(i64, &str)] = &[
     (6, include_str!("../migrations/sqlite/0006_execution_logs.sql")),
     (7, include_str!("../migrations/sqlite/0007_drop_ready_index.sql")),
     (8, include_str!("../migrations/sqlite/0008_backoff_column.sql")),
+    (9, include_str!("../migrations/sqlite/0009_output_encoding.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -21,6 +22,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (5, include_str!("../migrations/postgres/0005_worker_events.sql")),
     (6, include_str!("../migrations/postgres/0006_execution_logs.sql")),
     (8, include_str!("../migrations/postgres/0008_backoff_column.sql")),
+    (9, include_str!("../migrations/postgres/0009_output_encoding.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

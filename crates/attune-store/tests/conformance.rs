@@ -132,6 +132,8 @@ fn ok_report() -> Report {
         exit_code: Some(0),
         stdout: "out".into(),
         stderr: String::new(),
+        stdout_encoding: Default::default(),
+        stderr_encoding: Default::default(),
         stdout_truncated: false,
         stderr_truncated: false,
         result: Some(json!({"k": "v"})),
@@ -542,6 +544,8 @@ fn failed_report(code: i32) -> Report {
         exit_code: Some(code),
         stdout: String::new(),
         stderr: "boom".into(),
+        stdout_encoding: Default::default(),
+        stderr_encoding: Default::default(),
         stdout_truncated: false,
         stderr_truncated: false,
         result: None,
@@ -779,8 +783,13 @@ async fn live_output_is_fenced_and_read_after_a_cursor(db: &TestDb) {
     let other = worker(&s, "other", &[Runtime::Builtin], at(0)).await;
     let id = submit(&s, &a, at(0)).await;
     let (_, token) = claim_one(&s, w, at(0)).await;
-    let chunk =
-        |stream: &str, text: &str| LogChunk { seq: 0, stream: stream.into(), at: at(0), text: text.into() };
+    let chunk = |stream: &str, text: &str| LogChunk {
+        seq: 0,
+        stream: stream.into(),
+        at: at(0),
+        text: text.into(),
+        encoding: Default::default(),
+    };
     let refused = s.append_logs(id, h(&token, w), &[chunk("stdout", "early\n")], at(1)).await;
     assert!(matches!(refused, Err(StoreError::StaleLease { .. })), "not started yet: {refused:?}");
     s.start(id, h(&token, w), at(1), at(31)).await.unwrap();

@@ -95,6 +95,13 @@ pub struct Registered {
     pub delivery_timeout_ms: u64,
     /// Longest wait the server grants a poll.
     pub max_poll_ms: u64,
+    /// The output cap that counts: the worker keeps at most this many bytes of each stream (the
+    /// smaller of this and its own setting).
+    #[serde(default)]
+    pub max_output_bytes: u64,
+    /// Largest worker-protocol request the server takes; a worker sends reports in batches that fit.
+    #[serde(default)]
+    pub max_request_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]

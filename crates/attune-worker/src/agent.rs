@@ -12,13 +12,16 @@ use std::{
 };
 
 use attune_client::{Client, ClientError};
-use attune_core::{ExecutionStatus, Lease, LeaseState, Report, Runtime, Task};
+use attune_core::{ExecutionStatus, Lease, LeaseState, Runtime, Task};
 use attune_wire::{CompleteItem, RegisterWorker};
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::runtime::{self, RunContext};
+use crate::{
+    report,
+    runtime::{self, RunContext},
+};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -46,18 +49,22 @@ struct InFlight {
 }
 
 /// A finished task's report on its way to the reporter, and where to say how it went.
-type Outgoing = (CompleteItem, tokio::sync::oneshot::Sender<Result<ExecutionStatus, String>>);
+pub(crate) type Outgoing = (CompleteItem, tokio::sync::oneshot::Sender<Result<ExecutionStatus, String>>);
 
-struct Shared {
-    clients: Vec<Client>,
+pub(crate) struct Shared {
+    pub(crate) clients: Vec<Client>,
     /// Index of the server in use.
     current: std::sync::atomic::AtomicUsize,
-    opts: WorkerOptions,
-    id: Uuid,
+    /// `max_output` is the smaller of the worker's own cap and the server's (registration).
+    pub(crate) opts: WorkerOptions,
+    pub(crate) id: Uuid,
     in_flight: Mutex<HashMap<Uuid, InFlight>>,
     slot_freed: Notify,
     /// Reports go through one reporter that sends whatever has accumulated as one batch.
-    reports: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    pub(crate) reports: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    /// Largest request the server takes (registration); reports and live output are sent in
+    /// requests that fit.
+    pub(crate) max_request: usize,
 }
 
 pub struct Agent {
@@ -66,18 +73,18 @@ pub struct Agent {
 }
 
 impl Shared {
-    fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         &self.clients[self.server()]
     }
 
     /// Index of the server in use.
-    fn server(&self) -> usize {
+    pub(crate) fn server(&self) -> usize {
         self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()
     }
 
     /// After a transient failure talking to server `failed`: move on to the next server, unless
     /// another loop (poll, heartbeat, reporter) already moved away from it.
-    fn fail_over(&self, failed: usize) {
+    pub(crate) fn fail_over(&self, failed: usize) {
         use std::sync::atomic::Ordering::Relaxed;
         if self.clients.len() < 2 {
             return;
@@ -103,17 +110,27 @@ impl Agent {
         let heartbeat_every = Duration::from_millis(reg.heartbeat_interval_ms.max(100));
         let max_poll = Duration::from_millis(reg.max_poll_ms.max(1000));
         let (reports, outgoing) = tokio::sync::mpsc::unbounded_channel();
+        let mut opts = self.opts;
+        if reg.max_output_bytes > 0 {
+            // The server's cap counts: what it sizes its request limit by.
+            opts.max_output = opts.max_output.min(reg.max_output_bytes as usize);
+        }
         let shared = Arc::new(Shared {
             clients: self.clients,
             current: std::sync::atomic::AtomicUsize::new(current),
-            opts: self.opts,
+            opts,
             id: reg.worker.id,
             in_flight: Mutex::new(HashMap::new()),
             slot_freed: Notify::new(),
             reports,
+            max_request: if reg.max_request_bytes > 0 {
+                reg.max_request_bytes as usize
+            } else {
+                2 * 1024 * 1024
+            },
         });
         let stop_reporter = CancellationToken::new();
-        let reporter = tokio::spawn(reporter_loop(shared.clone(), outgoing, stop_reporter.clone()));
+        let reporter = tokio::spawn(report::reporter_loop(shared.clone(), outgoing, stop_reporter.clone()));
         tracing::info!(
             worker = %shared.opts.name, id = %shared.id, server = %shared.client().base_url(),
             runtimes = ?shared.opts.runtimes, concurrency = shared.opts.concurrency,
@@ -314,7 +331,7 @@ async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
         scratch_dir: shared.opts.scratch_dir.clone(),
         tap: Some(tap),
     };
-    let forwarder = forward_output(shared, task, output);
+    let forwarder = report::forward_output(shared, task, output);
     let (report, ()) = tokio::join!(
         async {
             let r = runtime::execute(task, &ctx, stop.clone()).await;
@@ -340,160 +357,11 @@ async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
         }
         return;
     }
-    report_outcome(shared, task, report).await;
+    report::report_outcome(shared, task, report).await;
 }
 
 fn cancel_requested(shared: &Shared, id: Uuid) -> bool {
     shared.in_flight.lock().expect("in-flight lock").get(&id).map(|f| f.cancel_requested).unwrap_or(false)
-}
-
-/// Sends an action's output to the server while it runs: complete lines, every 250 ms, secrets
-/// masked. Ends (after a last flush) when the process's output is closed; an action that ends
-/// within the first 250 ms streams nothing (its report carries the output). Best effort: a failure
-/// only costs the live view; the final stdout/stderr come with the report.
-async fn forward_output(
-    shared: &Shared,
-    task: &Task,
-    mut output: tokio::sync::mpsc::UnboundedReceiver<(&'static str, Vec<u8>)>,
-) {
-    let secrets = runtime::secret_values(task);
-    let mut pending: HashMap<&'static str, Vec<u8>> = HashMap::new();
-    let every = Duration::from_millis(250);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut open = true;
-    let mut refused = false;
-    let mut sent_any = false;
-    while open {
-        tokio::select! {
-            m = output.recv() => match m {
-                Some((stream, bytes)) => {
-                    pending.entry(stream).or_default().extend_from_slice(&bytes);
-                    continue;
-                }
-                None => open = false,
-            },
-            _ = tick.tick() => {}
-        }
-        if !open && !sent_any {
-            // Finished before anything was streamed: the report carries all of it.
-            return;
-        }
-        let mut chunks = Vec::new();
-        for stream in ["stdout", "stderr"] {
-            let Some(buf) = pending.get_mut(stream) else { continue };
-            // Whole lines only (so a secret is not split across chunks), everything at the end.
-            let cut = if open {
-                buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0)
-            } else {
-                buf.len()
-            };
-            if cut == 0 {
-                continue;
-            }
-            let text = String::from_utf8_lossy(&buf[..cut]).into_owned();
-            buf.drain(..cut);
-            chunks.push(attune_core::LogChunk {
-                seq: 0,
-                stream: stream.to_owned(),
-                at: attune_core::Timestamp::now(),
-                text: attune_core::output::mask_secrets(&text, &secrets),
-            });
-        }
-        if chunks.is_empty() || refused {
-            continue;
-        }
-        sent_any = true;
-        if let Err(e) =
-            shared.client().append_logs(shared.id, task.execution_id, &task.lease_token, chunks).await
-        {
-            tracing::debug!(execution_id = %task.execution_id, error = %e, "live output not sent");
-            refused = e.status() == Some(409);
-        }
-    }
-}
-
-/// Hands the report to the reporter and waits until the server has it.
-async fn report_outcome(shared: &Shared, task: &Task, report: Report) {
-    let id = task.execution_id;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let item = CompleteItem { execution_id: id, lease_token: task.lease_token.clone(), report };
-    if shared.reports.send((item, tx)).is_err() {
-        tracing::error!(execution_id = %id, "reporter gone; the lease will expire and the server decides");
-        return;
-    }
-    match rx.await {
-        Ok(Ok(status)) => tracing::debug!(execution_id = %id, %status, "reported"),
-        Ok(Err(e)) => tracing::warn!(execution_id = %id, error = %e, "report rejected"),
-        Err(_) => {
-            tracing::error!(execution_id = %id, "report lost; the lease will expire and the server decides")
-        }
-    }
-}
-
-/// Sends reports in batches: whatever has accumulated while the previous batch was in flight goes
-/// in the next request. Transient failures are retried while our leases may still be valid.
-async fn reporter_loop(
-    shared: Arc<Shared>,
-    mut outgoing: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
-    stop: CancellationToken,
-) {
-    const MAX_BATCH: usize = 512;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        // Whatever accumulated while the previous batch was in flight, up to MAX_BATCH.
-        let n = tokio::select! {
-            biased;
-            n = outgoing.recv_many(&mut batch, MAX_BATCH) => n,
-            _ = stop.cancelled() => 0,
-        };
-        if n == 0 {
-            return;
-        }
-        let items: Vec<CompleteItem> = batch.iter().map(|(i, _)| i.clone()).collect();
-        let mut backoff = Duration::from_millis(100);
-        let mut answer = Err("not sent".to_string());
-        for _ in 0..20 {
-            let server = shared.server();
-            match shared.clients[server].complete_batch(shared.id, items.clone()).await {
-                Ok(reply) => {
-                    answer = Ok(reply);
-                    break;
-                }
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, count = items.len(), retry_in = ?backoff, "report failed; retrying");
-                    shared.fail_over(server);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    answer = Err(e.to_string());
-                    break;
-                }
-            }
-        }
-        match answer {
-            Ok(reply) => {
-                let mut by_id: HashMap<Uuid, _> =
-                    reply.results.into_iter().map(|r| (r.execution_id, r)).collect();
-                for (item, tx) in batch.drain(..) {
-                    let r = match by_id.remove(&item.execution_id) {
-                        Some(r) => match (r.status, r.error) {
-                            (Some(s), _) => Ok(s),
-                            (None, e) => Err(e.map(|e| e.message).unwrap_or_else(|| "rejected".into())),
-                        },
-                        None => Err("no answer for this report".into()),
-                    };
-                    let _ = tx.send(r);
-                }
-            }
-            Err(e) => {
-                for (_, tx) in batch.drain(..) {
-                    let _ = tx.send(Err(e.clone()));
-                }
-            }
-        }
-    }
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {

@@ -5,6 +5,7 @@
 
 mod agent;
 pub mod process;
+mod report;
 pub mod runtime;
 
 pub use agent::{Agent, WorkerOptions};

@@ -39,7 +39,8 @@ pub enum Ended {
 
 #[derive(Debug, Clone)]
 pub struct Captured {
-    pub text: String,
+    /// Exactly what the process wrote, up to the cap: any bytes, not necessarily text.
+    pub bytes: Vec<u8>,
     pub truncated: bool,
     pub total_bytes: u64,
 }
@@ -159,7 +160,7 @@ async fn stop(
 }
 
 fn empty() -> Captured {
-    Captured { text: String::new(), truncated: false, total_bytes: 0 }
+    Captured { bytes: Vec::new(), truncated: false, total_bytes: 0 }
 }
 
 async fn capture<R: AsyncRead + Unpin>(
@@ -187,5 +188,5 @@ async fn capture<R: AsyncRead + Unpin>(
         }
     }
     let truncated = total > kept.len() as u64;
-    Captured { text: String::from_utf8_lossy(&kept).into_owned(), truncated, total_bytes: total }
+    Captured { bytes: kept, truncated, total_bytes: total }
 }

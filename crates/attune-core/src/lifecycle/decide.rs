@@ -85,11 +85,13 @@ pub fn report(s: &Stored, h: &Holder<'_>, r: &Report, at: Timestamp) -> Decision
             s.status
         )));
     }
-    if !r.is_valid_outcome() {
-        return Decision::Refuse(Refusal::BadReport(format!(
-            "status must be succeeded, failed, timeout or canceled, not {}",
-            r.status
-        )));
+    let problem = if r.is_valid_outcome() {
+        r.check().err()
+    } else {
+        Some(format!("status must be succeeded, failed, timeout or canceled, not {}", r.status))
+    };
+    if let Some(why) = problem {
+        return refused_report(s, h, r, &why, at);
     }
     let reported = r.status;
     if let Err(e) = s.status.check(reported) {
@@ -110,7 +112,7 @@ pub fn report(s: &Stored, h: &Holder<'_>, r: &Report, at: Timestamp) -> Decision
             let mut c = c.fenced(h);
             c.attempt_outcome = Some(reported);
             c.error = ErrorChange::Set(r.error.clone());
-            c.output = Some(r.clone());
+            c.output = Some(r.clone().normalized());
             if retry {
                 let backoff = s.backoff_seconds;
                 c.reason = Some(format!(
@@ -130,6 +132,28 @@ pub fn report(s: &Stored, h: &Holder<'_>, r: &Report, at: Timestamp) -> Decision
                 }
                 c
             }
+        })
+        .into()
+}
+
+/// A report the server cannot take, from the worker that holds the lease: resending it cannot fix
+/// it, so the attempt ends `failed` at once with the reason (not with a lease expiry later, which
+/// would blame a worker that is alive).
+fn refused_report(s: &Stored, h: &Holder<'_>, r: &Report, why: &str, at: Timestamp) -> Decision {
+    let message = format!("the server refused the worker's report: {why}");
+    Change::new(s, Failed, at, worker_actor(s))
+        .map(|c| {
+            let mut c = c.fenced(h).reason(message.clone());
+            c.attempt_outcome = Some(Failed);
+            c.error = ErrorChange::Set(Some(json!({
+                "error": message,
+                "failed_by": "server",
+                "reported_status": r.status.as_str(),
+                "exit_code": r.exit_code,
+            })));
+            c.lease = LeaseChange::Ended;
+            c.refused_report = Some(why.to_owned());
+            c
         })
         .into()
 }

@@ -138,6 +138,8 @@ pub struct Change {
     /// The attempt's output to record (`status` and `error` of the report are not used from here).
     pub output: Option<Report>,
     pub dead_letter: Option<DeadLetterCause>,
+    /// Set when the change answers a report the server refused: why (the caller is told, too).
+    pub refused_report: Option<String>,
 }
 
 impl Change {
@@ -165,6 +167,7 @@ impl Change {
             requeue_at: None,
             output: None,
             dead_letter: None,
+            refused_report: None,
         })
     }
 
@@ -197,14 +200,12 @@ pub enum Refusal {
     Stale(String),
     /// The state machine does not allow it.
     Invalid(TransitionError),
-    /// The report itself is wrong (not an outcome a worker may report).
-    BadReport(String),
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::Stale(m) | Refusal::BadReport(m) => f.write_str(m),
+            Refusal::Stale(m) => f.write_str(m),
             Refusal::Invalid(e) => write!(f, "{e}"),
         }
     }

@@ -1,6 +1,6 @@
 //! The lifecycle as a table: every status against every event, with the outcome written out.
-//! A status name means "applied, and the execution becomes that"; `-` means unchanged; `stale`,
-//! `invalid` and `bad` are the refusals.
+//! A status name means "applied, and the execution becomes that"; `-` means unchanged; `stale`
+//! and `invalid` are the refusals.
 
 use std::time::Duration;
 
@@ -37,14 +37,10 @@ fn stored(status: ExecutionStatus, max_attempts: u32) -> Stored {
 
 fn rep(status: ExecutionStatus) -> Report {
     Report {
-        status,
         exit_code: Some(if status == Succeeded { 0 } else { 1 }),
         stdout: "out".into(),
-        stderr: String::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        result: None,
         error: (status != Succeeded).then(|| json!({"error": "boom"})),
+        ..Report::new(status)
     }
 }
 
@@ -173,7 +169,6 @@ fn outcome(d: &Decision) -> String {
         Decision::Unchanged => "-".into(),
         Decision::Refuse(Refusal::Stale(_)) => "stale".into(),
         Decision::Refuse(Refusal::Invalid(_)) => "invalid".into(),
-        Decision::Refuse(Refusal::BadReport(_)) => "bad".into(),
     }
 }
 
@@ -308,7 +303,35 @@ fn cancel_before_start_says_who_and_from_where() {
 }
 
 #[test]
-fn an_invalid_report_is_refused_as_such() {
-    let d = report_decision(&stored(Running, 1), Running);
-    assert!(matches!(d, Decision::Refuse(Refusal::BadReport(_))), "{d:?}");
+fn a_report_refused_for_good_fails_the_attempt_at_once() {
+    // Not an outcome, or output that is not what it claims: resending cannot fix it.
+    let mut bad_base64 = rep(Succeeded);
+    bad_base64.stdout_encoding = crate::output::OutputEncoding::Base64;
+    bad_base64.stdout = "not base64!".into();
+    for (r, why) in [(rep(Running), "status must be succeeded"), (bad_base64, "stdout is declared base64")] {
+        let c = applied(report(&stored(Running, 3), &HOLDER, &r, at(0)));
+        assert_eq!(
+            (c.to, c.requeue_at, c.dead_letter),
+            (Failed, None, None),
+            "no retry of a report that cannot be taken"
+        );
+        let ErrorChange::Set(Some(e)) = &c.error else { panic!("{c:?}") };
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.starts_with("the server refused the worker's report: ") && msg.contains(why), "{msg}");
+        assert_eq!(e["failed_by"], "server");
+    }
+    // From anyone but the holder, it is just stale.
+    assert!(matches!(
+        report(&stored(Running, 3), &FOREIGN, &rep(Running), at(0)),
+        Decision::Refuse(Refusal::Stale(_))
+    ));
+}
+
+#[test]
+fn output_that_cannot_be_stored_as_text_is_stored_as_base64() {
+    let mut r = rep(Succeeded);
+    r.stdout = "a\0b".into();
+    let c = applied(report(&stored(Running, 1), &HOLDER, &r, at(0)));
+    let out = c.output.unwrap();
+    assert_eq!((out.stdout.as_str(), out.stdout_encoding), ("YQBi", crate::output::OutputEncoding::Base64));
 }

@@ -104,7 +104,7 @@ pub async fn cancel(state: State, Path(id): Path<String>) -> Result<Json<Executi
 pub struct WaitQuery {
     /// `running` (started, or already past it) or `terminal` (default).
     until: Option<String>,
-    /// Longest wait in milliseconds (default 30000, at most 60000).
+    /// Longest wait in milliseconds (default 30000; cut to `server.max_wait`, 60 s by default).
     timeout_ms: Option<u64>,
 }
 
@@ -128,7 +128,7 @@ pub async fn wait(
             ))
         }
     };
-    let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(60_000));
+    let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(state.opts.max_wait);
     let deadline = tokio::time::Instant::now() + timeout;
     let done = |s: ExecutionStatus| {
         s.is_terminal()

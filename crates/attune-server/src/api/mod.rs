@@ -101,6 +101,8 @@ fn add_errors(path: &str, op: &mut Operation) {
         codes.push(("404", "Not found"));
     }
     if has_body {
+        codes.push(("408", "The body did not arrive within `server.body_timeout`"));
+        codes.push(("413", "The body is larger than this door takes (`server.max_body_bytes`, or for workers what the output caps need)"));
         codes.push(("415", "The body is not `application/json`"));
         codes.push(("422", "The body is JSON but its content is invalid (the message names the field)"));
     }
@@ -131,10 +133,12 @@ async fn docs() -> axum::response::Html<&'static str> {
 
 /// Every route, door by door.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    use axum::extract::DefaultBodyLimit;
+    let limits = &shared.opts.http;
     Router::new()
         .merge(ops_door())
-        .merge(public_door())
-        .merge(worker::door())
+        .merge(public_door().layer(DefaultBodyLimit::max(limits.max_body_bytes)))
+        .merge(worker::door().layer(DefaultBodyLimit::max(limits.max_worker_request_bytes)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)

@@ -81,12 +81,40 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+/// A name, host or version: printable, and not too long.
+fn check_label(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.len() > max || v.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "invalid_registration",
+            format!("{field} must be at most {max} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A lease token as the server hands them out: 1 to 128 letters, digits, `-` or `_`.
+fn check_token(t: &str) -> Result<(), ApiError> {
+    if t.is_empty()
+        || t.len() > 128
+        || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_lease_token",
+            "lease_token must be 1 to 128 letters, digits, '-' or '_' (as handed out by a poll)",
+        ));
+    }
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/api/v1/worker/register", tag = "worker protocol", request_body = attune_wire::RegisterWorker, responses((status = 200, body = attune_wire::Registered)))]
 pub async fn register(state: State, Body(req): Body<RegisterWorker>) -> Result<Json<Registered>, ApiError> {
     let bad = |m: &str| ApiError::unprocessable("invalid_registration", m.to_owned());
     if req.name.trim().is_empty() || req.name.len() > MAX_NAME {
         return Err(bad("name must be 1 to 200 characters"));
     }
+    check_label("name", &req.name, MAX_NAME)?;
+    check_label("host", &req.host, 255)?;
+    check_label("version", &req.version, 64)?;
     if req.runtimes.is_empty() {
         return Err(bad("runtimes must list at least one runtime"));
     }
@@ -115,6 +143,8 @@ pub async fn register(state: State, Body(req): Body<RegisterWorker>) -> Result<J
         lease_ms: ms(o.staleness),
         delivery_timeout_ms: ms(o.delivery_timeout),
         max_poll_ms: ms(o.max_poll),
+        max_output_bytes: o.max_output_bytes as u64,
+        max_request_bytes: o.http.max_worker_request_bytes as u64,
     }))
 }
 
@@ -130,6 +160,9 @@ pub async fn heartbeat(
     caller: Caller,
     Body(hb): Body<Heartbeat>,
 ) -> Result<Json<HeartbeatReply>, ApiError> {
+    for l in &hb.leases {
+        check_token(&l.lease_token)?;
+    }
     let now = Timestamp::now();
     let (status, leases) =
         state.store.heartbeat(caller.id, &hb.leases, now, now.plus(state.opts.staleness)).await?;
@@ -261,8 +294,15 @@ pub async fn complete(
     Body(c): Body<Complete>,
 ) -> Result<Json<attune_core::Execution>, ApiError> {
     let execution = parse_id("execution", &execution)?;
-    let e =
-        state.store.complete(execution, caller.holds(&c.lease_token), &c.report, Timestamp::now()).await?;
+    let done =
+        state.store.complete(execution, caller.holds(&c.lease_token), &c.report, Timestamp::now()).await;
+    let e = match done {
+        Err(e @ attune_store::StoreError::RefusedReport { .. }) => {
+            state.changed(&[(execution, attune_core::ExecutionStatus::Failed)]).await;
+            return Err(e.into());
+        }
+        r => r?,
+    };
     state.changed(&[(execution, e.status)]).await;
     tracing::debug!(execution_id = %execution, worker = %caller.name, status = %e.status, "execution finished");
     Ok(Json(e.masked()))
@@ -277,11 +317,19 @@ pub async fn append_logs(
     Body(b): Body<attune_wire::AppendLogs>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let execution = parse_id("execution", &execution)?;
-    if b.chunks.iter().any(|c| c.stream != "stdout" && c.stream != "stderr") {
-        return Err(ApiError::unprocessable("invalid_logs", "stream must be stdout or stderr"));
+    check_token(&b.lease_token)?;
+    let mut chunks = b.chunks;
+    for c in &mut chunks {
+        if c.stream != "stdout" && c.stream != "stderr" {
+            return Err(ApiError::unprocessable("invalid_logs", "stream must be stdout or stderr"));
+        }
+        attune_core::output::decode(&c.text, c.encoding).map_err(|e| {
+            ApiError::unprocessable("invalid_logs", format!("a chunk declared base64 is {e}"))
+        })?;
+        (c.text, c.encoding) = attune_core::output::normalize(std::mem::take(&mut c.text), c.encoding);
     }
-    state.store.append_logs(execution, caller.holds(&b.lease_token), &b.chunks, Timestamp::now()).await?;
-    Ok(Json(serde_json::json!({"stored": b.chunks.len()})))
+    state.store.append_logs(execution, caller.holds(&b.lease_token), &chunks, Timestamp::now()).await?;
+    Ok(Json(serde_json::json!({"stored": chunks.len()})))
 }
 
 /// The error of one batch item, as a single request would have answered it.
@@ -338,6 +386,14 @@ pub async fn complete_batch(
                 if let Driven::Applied(a) = &d {
                     state.metrics.finished(a, now);
                     changes.push((execution_id, a.status));
+                    if let Some(why) = &a.refused_report {
+                        let e = ApiError::unprocessable(
+                            "invalid_report",
+                            format!("the report was refused ({why}); the execution failed with this reason"),
+                        );
+                        results.push(item_error(execution_id, e));
+                        continue;
+                    }
                 }
                 BatchItemResult { execution_id, status: Some(d.status()), error: None }
             }

@@ -9,16 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::failed;
 
 fn ok() -> Report {
-    Report {
-        status: ExecutionStatus::Succeeded,
-        exit_code: Some(0),
-        stdout: String::new(),
-        stderr: String::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        result: None,
-        error: None,
-    }
+    Report { exit_code: Some(0), ..Report::new(ExecutionStatus::Succeeded) }
 }
 
 pub(super) async fn run(task: &Task, timeout: Option<Duration>, cancel: CancellationToken) -> Report {

@@ -8,8 +8,8 @@ mod params;
 use std::{path::PathBuf, time::Duration};
 
 use attune_core::{
-    output::{finalize, mask_secrets},
-    ExecutionStatus, Report, Runtime, Task,
+    output::{encode, finalize, mask_secret_bytes, mask_secrets},
+    ExecutionStatus, OutputFormat, Report, Runtime, Task,
 };
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -66,8 +66,7 @@ pub async fn execute(task: &Task, ctx: &RunContext, cancel: CancellationToken) -
         _ => run_process(task, ctx, timeout, cancel).await,
     };
     if !secrets.is_empty() {
-        report.stdout = mask_secrets(&report.stdout, &secrets);
-        report.stderr = mask_secrets(&report.stderr, &secrets);
+        // Output streams were masked as bytes where they were captured; the parsed result here.
         if let Some(r) = &report.result {
             let masked = mask_secrets(&r.to_string(), &secrets);
             report.result = serde_json::from_str(&masked).ok().or(Some(Value::String(masked)));
@@ -90,16 +89,7 @@ pub fn secret_values(task: &Task) -> Vec<String> {
 }
 
 pub(crate) fn failed(error: Value) -> Report {
-    Report {
-        status: ExecutionStatus::Failed,
-        exit_code: None,
-        stdout: String::new(),
-        stderr: String::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        result: None,
-        error: Some(error),
-    }
+    Report { error: Some(error), ..Report::new(ExecutionStatus::Failed) }
 }
 
 async fn run_process(
@@ -159,9 +149,27 @@ async fn run_process(
         }
     };
     drop(delivery); // removes the parameter file, if any
-    let fin = finalize(a.output_format, outcome.exit_code, outcome.stdout.text, |s| {
+                    // Secrets are masked in the bytes, before anything is parsed, encoded or sent.
+    let secrets = secret_values(task);
+    let stdout = mask_secret_bytes(outcome.stdout.bytes, &secrets);
+    let stderr = mask_secret_bytes(outcome.stderr.bytes, &secrets);
+    // Kept in case the parsed result turns out too large to send (then stdout is what is reported).
+    let raw = (a.output_format != OutputFormat::Text).then(|| stdout.clone());
+    let mut fin = finalize(a.output_format, outcome.exit_code, stdout, |s| {
         serde_yaml::from_str::<Value>(s).map_err(|e| e.to_string())
     });
+    if let (Some(r), Some(raw)) = (&fin.result, raw) {
+        let size = serde_json::to_vec(r).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > ctx.max_output {
+            fin.parse_error = Some(format!(
+                "the parsed result takes {size} bytes as JSON, more than the output cap of {} bytes \
+                 (worker.max_output_bytes); stdout is kept instead",
+                ctx.max_output
+            ));
+            fin.result = None;
+            fin.stdout = raw;
+        }
+    }
     let (status, error) = match (outcome.ended, outcome.exit_code, outcome.signal) {
         (Ended::TimedOut, ..) => (
             ExecutionStatus::Timeout,
@@ -185,11 +193,15 @@ async fn run_process(
             Some(json!({"error": format!("killed by signal {}", sig.unwrap_or_default()), "signal": sig})),
         ),
     };
+    let (stdout, stdout_encoding) = encode(&fin.stdout);
+    let (stderr, stderr_encoding) = encode(&stderr);
     Report {
         status,
         exit_code: outcome.exit_code,
-        stdout: fin.stdout,
-        stderr: outcome.stderr.text,
+        stdout,
+        stderr,
+        stdout_encoding,
+        stderr_encoding,
         stdout_truncated: outcome.stdout.truncated,
         stderr_truncated: outcome.stderr.truncated,
         result: fin.result,
