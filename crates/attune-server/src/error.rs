@@ -135,7 +135,14 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorDetail { code: self.code.to_owned(), message: self.message, details: self.details },
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if matches!(self.status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
+            // The body was not read to its end: the connection cannot carry another request, and
+            // the client must not try (it would see its next request on it fail).
+            resp.headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        resp
     }
 }
 
@@ -158,16 +165,37 @@ where
                 "expected a body with `Content-Type: application/json`",
             ));
         }
-        let limit = state.opts.http.body_timeout;
+        // A body announced larger than the door takes is refused before a byte of it is read.
+        let h = &state.opts.http;
+        let max = if req.uri().path().starts_with("/api/v1/worker/") {
+            h.max_worker_request_bytes
+        } else {
+            h.max_body_bytes
+        };
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(n) = announced.filter(|n| *n > max as u64) {
+            state.metrics.http.too_large.fetch_add(1, Relaxed);
+            // A modest overshoot is read and dropped first, so that the client, still writing,
+            // gets the answer instead of a broken pipe; a huge one is refused at once.
+            if n <= (8 * max as u64).min(DRAIN_AT_MOST) {
+                let mut body = req.into_body().into_data_stream();
+                let _ = tokio::time::timeout(h.body_timeout, async {
+                    use futures_util::StreamExt;
+                    while let Some(Ok(_)) = body.next().await {}
+                })
+                .await;
+            }
+            return Err(too_large(max));
+        }
+        let limit = h.body_timeout;
         let bytes = match tokio::time::timeout(limit, Bytes::from_request(req, state)).await {
             Ok(Ok(b)) => b,
             Ok(Err(rej)) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 state.metrics.http.too_large.fetch_add(1, Relaxed);
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the request body is larger than this server takes here ({})", rej.body_text()),
-                ));
+                return Err(too_large(max));
             }
             Ok(Err(rej)) => return Err(ApiError::bad_request("invalid_body", rej.body_text())),
             Err(_) => {
@@ -198,6 +226,17 @@ where
             }
         }
     }
+}
+
+/// Most bytes of an oversized body read (and dropped) before answering 413.
+const DRAIN_AT_MOST: u64 = 64 * 1024 * 1024;
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is larger than the {max} bytes this server takes here"),
+    )
 }
 
 /// `application/json` or `application/<something>+json`.

@@ -35,6 +35,8 @@ both!(
     metrics_parse_and_move,
     events_stream_in_order_and_resume,
     openapi_documents_every_route,
+    every_accepted_value_is_stored_unchanged_or_refused,
+    bounds_are_enforced_and_waits_are_cut,
 );
 
 struct Api {
@@ -553,5 +555,104 @@ async fn openapi_documents_every_route(db: TestDb) {
     let page = api.http.get(format!("{}/api/v1/docs", api.url)).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.text().await.unwrap().contains("/api/v1/openapi.json"));
+    api.stop().await;
+}
+
+async fn every_accepted_value_is_stored_unchanged_or_refused(db: TestDb) {
+    let api = Api::start(db).await;
+    let create = |body: String| {
+        let api = &api;
+        async move { api.post("/api/v1/executions", &body).await }
+    };
+    // A NUL, quotes, non-BMP and control characters in parameters delivered as JSON on stdin
+    // (examples.python_json): stored and returned exactly.
+    let message = "nul:\u{0} quote:\" emoji:\u{1F600} escape:\u{1b}[31m";
+    let body = json!({"action_ref": "examples.python_json", "parameters": {"name": message}}).to_string();
+    let (s, v) = create(body).await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().parse().unwrap();
+    let stored = api.client.get_execution(id).await.unwrap();
+    assert_eq!(stored.parameters["name"], message, "stored and returned unchanged");
+    // Where it cannot be delivered (core.echo takes its parameters from the environment), a NUL
+    // is refused at submission, naming the parameter, instead of failing the run at spawn.
+    let (s, v) =
+        create(json!({"action_ref": "core.echo", "parameters": {"message": "a\u{0}b"}}).to_string()).await;
+    assert_eq!((s, code(&v)), (422, "invalid_parameters"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("parameter message contains a NUL"), "{v}");
+    // Syntax the database could not keep, or that serde cannot read, is a 4xx.
+    let lone = r#"{"action_ref": "core.echo", "parameters": {"message": "\ud800"}}"#;
+    let (s, v) = api.post("/api/v1/executions", lone).await;
+    assert_eq!((s, code(&v)), (400, "malformed_json"), "lone surrogate: {v}");
+    let deep = format!(
+        r#"{{"action_ref": "core.echo", "parameters": {{"message": "x", "d": {}1{}}}}}"#,
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let (s, v) = api.post("/api/v1/executions", &deep).await;
+    assert!(s == 400 || s == 422, "very deep JSON: {s} {v}");
+    let huge = r#"{"action_ref": "core.echo", "parameters": {"message": "x", "n": [1, 123456789012345678901234567890]}}"#;
+    let (s, v) = api.post("/api/v1/executions", huge).await;
+    assert_eq!((s, code(&v)), (422, "number_out_of_range"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("parameters.n.1:"), "{v}");
+    // Large, within the limit: stored unchanged; over it: 413.
+    let big = "y".repeat(1_500_000);
+    let (s, v) = create(json!({"action_ref": "core.echo", "parameters": {"message": big}}).to_string()).await;
+    assert_eq!(s, 201, "{}", v["error"]);
+    let id = v["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(api.client.get_execution(id).await.unwrap().parameters["message"], big);
+    let too_big = "z".repeat(3_000_000);
+    let (s, v) =
+        create(json!({"action_ref": "core.echo", "parameters": {"message": too_big}}).to_string()).await;
+    assert_eq!((s, code(&v)), (413, "body_too_large"), "{v}");
+    // The worker protocol: names and tokens that no database column may hold are refused.
+    let (s, v) = api
+        .post(
+            "/api/v1/worker/register",
+            r#"{"name":"w\u0000","host":"h","runtimes":["builtin"],"concurrency":1,"version":"1"}"#,
+        )
+        .await;
+    assert_eq!((s, code(&v)), (422, "invalid_registration"), "{v}");
+    let w = register(&api, "w1").await;
+    let hb = json!({"leases": [{"execution_id": id, "lease_token": "a\u{0}"}]}).to_string();
+    let (s, v) = api.post(&format!("/api/v1/worker/{w}/heartbeat"), &hb).await;
+    assert_eq!((s, code(&v)), (422, "invalid_lease_token"), "{v}");
+    let logs = json!({"lease_token": "abc", "chunks": [{"stream": "stdout", "text": "not base64!", "encoding": "base64"}]});
+    let (s, v) = api.post(&format!("/api/v1/worker/{w}/executions/{id}/logs"), &logs.to_string()).await;
+    assert_eq!((s, code(&v)), (422, "invalid_logs"), "{v}");
+    api.stop().await;
+}
+
+async fn bounds_are_enforced_and_waits_are_cut(db: TestDb) {
+    let api = Api::start_with(db, |o| {
+        o.max_poll = Duration::from_millis(300);
+        o.max_wait = Duration::from_millis(300);
+    })
+    .await;
+    let body = |t: &str| format!(r#"{{"action_ref": "core.noop", "timeout_seconds": {t}}}"#);
+    for t in ["18446744073709551615", "2592001", "0"] {
+        let (s, v) = api.post("/api/v1/executions", &body(t)).await;
+        assert_eq!((s, code(&v)), (422, "invalid_timeout"), "timeout {t}: {v}");
+    }
+    let (s, v) = api.post("/api/v1/executions", &body("2592000")).await;
+    assert_eq!(s, 201, "30 days is the longest timeout: {v}");
+    // A poll asking to wait longer than server.max_poll waits max_poll.
+    let w = register(&api, "w1").await;
+    let started = std::time::Instant::now();
+    let (s, v) =
+        api.post(&format!("/api/v1/worker/{w}/poll"), r#"{"max_tasks": 1, "wait_ms": 3600000}"#).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["tasks"].as_array().unwrap().len() <= 1);
+    // The one above may have been handed out; poll again with nothing left.
+    let (s, _) =
+        api.post(&format!("/api/v1/worker/{w}/poll"), r#"{"max_tasks": 1, "wait_ms": 3600000}"#).await;
+    assert_eq!(s, 200);
+    assert!(started.elapsed() < Duration::from_secs(10), "cut to max_poll: {:?}", started.elapsed());
+    let e = submit_noop(&api).await;
+    let started = std::time::Instant::now();
+    let (s, _) = api
+        .raw(reqwest::Method::GET, &format!("/api/v1/executions/{}/wait?timeout_ms=3600000", e.id), None)
+        .await;
+    assert_eq!(s, 200);
+    assert!(started.elapsed() < Duration::from_secs(5), "cut to max_wait: {:?}", started.elapsed());
     api.stop().await;
 }

@@ -64,6 +64,7 @@ conformance!(
     metrics_snapshot_counts_what_is_stored,
     unclaim_gives_back_only_that_delivery,
     notifications_reach_listeners,
+    any_output_is_stored_exactly,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -886,4 +887,48 @@ async fn notifications_reach_listeners(db: &TestDb) {
 
 async fn recv(l: &mut attune_store::Listener) -> Notice {
     tokio::time::timeout(Duration::from_secs(10), l.recv()).await.expect("a notice within 10 s").unwrap()
+}
+
+async fn any_output_is_stored_exactly(db: &TestDb) {
+    use attune_core::output::{decode, encode, OutputEncoding};
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let mut cases = vec![
+        (b"a\0b\xff\xfe".to_vec(), "binary"),
+        (vec![0u8; 3], "only NUL"),
+        ("héllo\ttab\n".as_bytes().to_vec(), "text"),
+    ];
+    cases.push(((0..=255u8).cycle().take(100_000).collect(), "every byte value"));
+    for (bytes, what) in cases {
+        let id = submit(&s, &a, at(0)).await;
+        let (_, token) = claim_one(&s, w, at(0)).await;
+        s.start(id, h(&token, w), at(0), at(30)).await.unwrap();
+        let (text, enc) = encode(&bytes);
+        let mut r = ok_report();
+        (r.stdout, r.stdout_encoding) = (text.clone(), enc);
+        (r.stderr, r.stderr_encoding) = (text, enc);
+        s.complete(id, h(&token, w), &r, at(1)).await.unwrap();
+        let e = s.get_execution(id).await.unwrap().unwrap();
+        assert_eq!(decode(&e.stdout, e.stdout_encoding).unwrap(), bytes, "{what}");
+        assert_eq!(decode(&e.stderr, e.stderr_encoding).unwrap(), bytes, "{what}");
+    }
+    // A report that sends NUL as "text" is stored as base64 of the same bytes, not refused.
+    let id = submit(&s, &a, at(0)).await;
+    let (_, token) = claim_one(&s, w, at(0)).await;
+    s.start(id, h(&token, w), at(0), at(30)).await.unwrap();
+    let mut r = ok_report();
+    r.stdout = "x\0y".into();
+    s.complete(id, h(&token, w), &r, at(1)).await.unwrap();
+    let e = s.get_execution(id).await.unwrap().unwrap();
+    assert_eq!((e.stdout.as_str(), e.stdout_encoding), ("eAB5", OutputEncoding::Base64));
+    // Live output chunks too.
+    let id = submit(&s, &a, at(2)).await;
+    let (_, token) = claim_one(&s, w, at(2)).await;
+    s.start(id, h(&token, w), at(2), at(32)).await.unwrap();
+    let (text, encoding) = encode(b"\x00\x01\xff");
+    let chunk = LogChunk { seq: 0, stream: "stdout".into(), at: at(2), text, encoding };
+    s.append_logs(id, h(&token, w), &[chunk], at(3)).await.unwrap();
+    let got = s.logs_after(id, 0, 10).await.unwrap();
+    assert_eq!(decode(&got[0].text, got[0].encoding).unwrap(), b"\x00\x01\xff");
 }

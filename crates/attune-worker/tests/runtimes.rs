@@ -342,3 +342,38 @@ async fn missing_entry_points_and_interpreters_fail_clearly() {
     assert_eq!(r.status, ExecutionStatus::Failed);
     assert!(r.error.unwrap()["error"].as_str().unwrap().contains("not found on this worker"));
 }
+
+#[tokio::test]
+async fn binary_output_and_nul_parameters_are_kept_exactly() {
+    let s = Scratch::new();
+    // The parameter arrives on stdin as JSON, NUL included; the output is bytes that are not text.
+    let a = s.action(
+        Runtime::Python,
+        "bytes.py",
+        "import json, sys\np = json.load(sys.stdin)\nsys.stdout.buffer.write(p['v'].encode() + b'\\xff\\x00')\n\
+         sys.stderr.buffer.write(b'hunter2\\x00')\n",
+    );
+    let mut a = a;
+    a.parameters = json!({"type": "object", "properties": {"v": {"type": "string"}, "pw": {"type": "string", "secret": true}}});
+    let r = s.run(a, json!({"v": "a\u{0}b", "pw": "hunter2"})).await;
+    assert_eq!(r.status, ExecutionStatus::Succeeded, "{r:?}");
+    let out = attune_core::output::decode(&r.stdout, r.stdout_encoding).unwrap();
+    assert_eq!(out, b"a\0b\xff\0");
+    assert_eq!(r.stdout_encoding.as_str(), "base64");
+    let err = attune_core::output::decode(&r.stderr, r.stderr_encoding).unwrap();
+    assert_eq!(err, b"********\0", "secrets are masked in binary output too");
+}
+
+#[tokio::test]
+async fn a_parsed_result_over_the_cap_fails_and_keeps_stdout() {
+    let s = Scratch::new();
+    // 800 KB of YAML (under the 1 MiB cap) whose `\x01` escapes take six bytes each as JSON.
+    let mut a = s.action(Runtime::Python, "big.py", "print('s: \"' + '\\\\x01' * 200000 + '\"')\n");
+    a.output_format = OutputFormat::Yaml;
+    let r = s.run(a, json!({})).await;
+    assert_eq!(r.status, ExecutionStatus::Failed, "{r:?}");
+    let e = r.error.unwrap()["error"].as_str().unwrap().to_owned();
+    assert!(e.contains("more than the output cap"), "{e}");
+    assert_eq!(r.result, None);
+    assert!(!r.stdout.is_empty(), "stdout kept");
+}
