@@ -199,7 +199,7 @@ impl Client {
 
     /// Long-polls; the HTTP timeout is the wait plus a margin.
     pub async fn poll(&self, worker: Uuid, max_tasks: u32, wait: Duration) -> Result<PollReply, ClientError> {
-        let body = Poll { max_tasks, wait_ms: wait.as_millis() as u64 };
+        let body = Poll { max_tasks, wait_ms: wait.as_millis().min(u32::MAX as u128) as u32 };
         self.call(
             Method::POST,
             &format!("/api/v1/worker/{worker}/poll"),

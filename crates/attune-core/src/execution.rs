@@ -117,8 +117,10 @@ pub struct DeadLetter {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Report {
-    /// One of `succeeded`, `failed`, `timeout`, `canceled`.
+    /// One of `succeeded`, `failed`, `timeout`, `canceled`; anything else is refused (422) and,
+    /// since resending cannot fix it, fails the execution with that reason.
     pub status: ExecutionStatus,
+    #[serde(default, with = "crate::whole::option")]
     pub exit_code: Option<i32>,
     /// Written as `stdout_encoding` says (see `Execution::stdout`).
     #[serde(default)]
@@ -190,9 +192,10 @@ impl Report {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogChunk {
     /// Cursor: pass the last one seen as `after` to get what follows (set by the server).
-    #[serde(default)]
+    #[serde(default, with = "crate::whole")]
     pub seq: i64,
     /// `stdout` or `stderr`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(stdout|stderr)$"))]
     pub stream: String,
     #[serde(default)]
     pub at: Timestamp,

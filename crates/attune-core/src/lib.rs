@@ -17,6 +17,7 @@ pub mod output;
 pub mod status;
 pub mod submission;
 pub mod time;
+pub mod whole;
 pub mod worker;
 
 pub use action::{

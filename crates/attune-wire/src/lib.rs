@@ -35,17 +35,24 @@ pub struct Health {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateExecution {
+    /// `PACK.NAME` of a loaded action.
+    #[schema(pattern = "^[a-z][a-z0-9_-]{0,63}\\.[a-z][a-z0-9_-]{0,63}$", example = "core.echo")]
     pub action_ref: String,
+    /// An object matching the action's parameter schema (`GET /api/v1/actions/{ref}`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub parameters: Option<Value>,
-    /// Overrides the action's `timeout_seconds`.
-    #[serde(default)]
+    /// Overrides the action's `timeout_seconds` (1 s to 30 days).
+    #[serde(default, with = "attune_core::whole::option")]
+    #[schema(minimum = 1, maximum = 2592000)]
     pub timeout_seconds: Option<u64>,
     /// Overrides the action's `retry.max_attempts`.
-    #[serde(default)]
+    #[serde(default, with = "attune_core::whole::option")]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
-    /// Overrides the action's `retry.backoff_seconds`.
-    #[serde(default)]
+    /// Overrides the action's `retry.backoff_seconds` (at most a day).
+    #[serde(default, with = "attune_core::whole::option")]
+    #[schema(minimum = 0, maximum = 86400)]
     pub backoff_seconds: Option<u64>,
 }
 
@@ -75,12 +82,25 @@ pub struct PackLoaded {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterWorker {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f]*[^\\x00-\\x1f\\x7f\\s][^\\x00-\\x1f\\x7f]*$"
+    )]
     pub name: String,
+    #[schema(max_length = 255, pattern = "^[^\\x00-\\x1f\\x7f]*$")]
     pub host: String,
+    #[schema(min_items = 1)]
     pub runtimes: Vec<Runtime>,
+    /// An object of labels (or null).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub labels: Value,
+    /// Tasks it runs at once.
+    #[serde(with = "attune_core::whole")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub concurrency: u32,
+    #[schema(max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f]*$")]
     pub version: String,
 }
 
@@ -126,9 +146,14 @@ pub struct HeartbeatReply {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Poll {
+    #[serde(with = "attune_core::whole")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub max_tasks: u32,
-    /// How long to wait for work when there is none (capped by the server's `max_poll_ms`).
-    pub wait_ms: u64,
+    /// How long to wait for work when there is none, at most a day; a longer wait than the
+    /// server's `max_poll_ms` (`server.max_poll`, 30 s by default) is cut to it.
+    #[serde(with = "attune_core::whole")]
+    #[schema(minimum = 0, maximum = 86400000)]
+    pub wait_ms: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -139,11 +164,13 @@ pub struct PollReply {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Start {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub lease_token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Complete {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub lease_token: String,
     #[serde(flatten)]
     pub report: Report,
@@ -153,6 +180,7 @@ pub struct Complete {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartBatch {
+    #[schema(max_items = 4096)]
     pub leases: Vec<Lease>,
 }
 
@@ -160,12 +188,14 @@ pub struct StartBatch {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBatch {
+    #[schema(max_items = 4096)]
     pub reports: Vec<CompleteItem>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompleteItem {
     pub execution_id: Uuid,
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub lease_token: String,
     #[serde(flatten)]
     pub report: Report,
@@ -191,6 +221,7 @@ pub struct BatchReply {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendLogs {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub lease_token: String,
     pub chunks: Vec<attune_core::LogChunk>,
 }

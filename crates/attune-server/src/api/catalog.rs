@@ -80,7 +80,7 @@ pub async fn actions(state: State) -> Result<Json<Vec<Action>>, ApiError> {
     Ok(Json(state.store.list_actions(None).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/actions/{action_ref}", tag = "packs", params(("action_ref" = String, Path, description = "PACK.NAME")), responses((status = 200, body = attune_core::Action)))]
+#[utoipa::path(get, path = "/api/v1/actions/{action_ref}", tag = "packs", params(("action_ref" = String, Path, description = "PACK.NAME", pattern = "^[a-z][a-z0-9_-]{0,63}\\.[a-z][a-z0-9_-]{0,63}$")), responses((status = 200, body = attune_core::Action)))]
 pub async fn action(state: State, Path(r): Path<String>) -> Result<Json<Action>, ApiError> {
     let r = ActionRef::parse(&r).map_err(|e| ApiError::bad_request("invalid_action_ref", e.to_string()))?;
     match state.store.get_action(&r).await? {

@@ -20,7 +20,7 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "dead letters", params(("all" = Option<bool>, Query), ("limit" = Option<u32>, Query)), responses((status = 200, body = Vec<attune_core::DeadLetter>)))]
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "dead letters", params(("all" = Option<bool>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)), responses((status = 200, body = Vec<attune_core::DeadLetter>)))]
 pub async fn list(
     state: State,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -33,7 +33,7 @@ pub async fn list(
     Ok(Json(state.store.list_dead_letters(q.all, limit).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/dead-letters/{id}/requeue", tag = "dead letters", params(("id" = String, Path, description = "UUID")), responses((status = 201, body = attune_core::Execution), (status = 409, description = "Already requeued")))]
+#[utoipa::path(post, path = "/api/v1/dead-letters/{id}/requeue", tag = "dead letters", params(("id" = uuid::Uuid, Path)), responses((status = 201, body = attune_core::Execution), (status = 409, description = "Already requeued")))]
 pub async fn requeue(
     state: State,
     Path(id): Path<String>,

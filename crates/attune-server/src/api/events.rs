@@ -101,7 +101,7 @@ fn wire_event(e: Event) -> StreamEvent {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/events", tag = "executions", params(("kind" = Option<String>, Query, description = "execution or worker"), ("action" = Option<String>, Query), ("after" = Option<String>, Query, description = "resume cursor, like Last-Event-ID")), responses((status = 200, description = "Server-Sent Events; data is an event object", content_type = "text/event-stream", body = String)))]
+#[utoipa::path(get, path = "/api/v1/events", tag = "executions", params(("kind" = Option<String>, Query, description = "execution or worker", pattern = "^(execution|worker)$"), ("action" = Option<String>, Query), ("after" = Option<String>, Query, description = "resume cursor, like Last-Event-ID", pattern = "^[0-9]{1,18}-[0-9]{1,18}$")), responses((status = 200, description = "Server-Sent Events; data is an event object", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     state: State,
     headers: HeaderMap,

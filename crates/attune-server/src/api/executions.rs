@@ -53,7 +53,7 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/executions", tag = "executions", params(("status" = Option<String>, Query), ("action_ref" = Option<String>, Query), ("before" = Option<String>, Query, description = "cursor: an execution id"), ("limit" = Option<u32>, Query)), responses((status = 200, body = attune_wire::ExecutionList)))]
+#[utoipa::path(get, path = "/api/v1/executions", tag = "executions", params(("status" = Option<attune_core::ExecutionStatus>, Query), ("action_ref" = Option<String>, Query, description = "only this action (PACK.NAME)", pattern = "^[a-z][a-z0-9_-]{0,63}\\.[a-z][a-z0-9_-]{0,63}$"), ("before" = Option<uuid::Uuid>, Query, description = "cursor: the `next` of the previous page"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)), responses((status = 200, body = attune_wire::ExecutionList)))]
 pub async fn list(
     state: State,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -81,7 +81,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions", params(("id" = String, Path, description = "UUID")), responses((status = 200, description = "With history and attempts", body = attune_core::Execution)))]
+#[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions", params(("id" = uuid::Uuid, Path)), responses((status = 200, description = "With history and attempts", body = attune_core::Execution)))]
 pub async fn get(state: State, Path(id): Path<String>) -> Result<Json<Execution>, ApiError> {
     let id = parse_id("execution", &id)?;
     match state.store.get_execution_with_history(id).await? {
@@ -90,7 +90,7 @@ pub async fn get(state: State, Path(id): Path<String>) -> Result<Json<Execution>
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", params(("id" = String, Path, description = "UUID")), responses((status = 200, body = attune_core::Execution), (status = 409, description = "Stale lease or invalid transition")))]
+#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = attune_core::Execution), (status = 409, description = "Stale lease or invalid transition")))]
 pub async fn cancel(state: State, Path(id): Path<String>) -> Result<Json<Execution>, ApiError> {
     let id = parse_id("execution", &id)?;
     let e = state.store.cancel_execution(id, "api", Timestamp::now()).await?;
@@ -110,7 +110,7 @@ pub struct WaitQuery {
 
 /// Long poll for a change: returns the execution as soon as it has started (`until=running`) or
 /// ended (`until=terminal`), or as it is when the wait runs out.
-#[utoipa::path(get, path = "/api/v1/executions/{id}/wait", tag = "executions", params(("id" = String, Path, description = "UUID"), ("until" = Option<String>, Query, description = "running or terminal"), ("timeout_ms" = Option<u64>, Query)), responses((status = 200, body = attune_core::Execution)))]
+#[utoipa::path(get, path = "/api/v1/executions/{id}/wait", tag = "executions", params(("id" = uuid::Uuid, Path), ("until" = Option<String>, Query, description = "running or terminal (default)", pattern = "^(running|terminal)$"), ("timeout_ms" = Option<u64>, Query, description = "longest wait, at most a day; cut to `server.max_wait` (60 s by default)", minimum = 0, maximum = 86400000)), responses((status = 200, body = attune_core::Execution)))]
 pub async fn wait(
     state: State,
     Path(id): Path<String>,
@@ -128,7 +128,11 @@ pub async fn wait(
             ))
         }
     };
-    let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(state.opts.max_wait);
+    let timeout_ms = q.timeout_ms.unwrap_or(30_000);
+    if timeout_ms > 86_400_000 {
+        return Err(ApiError::bad_request("invalid_query", "timeout_ms must be at most 86400000 (a day)"));
+    }
+    let timeout = std::time::Duration::from_millis(timeout_ms).min(state.opts.max_wait);
     let deadline = tokio::time::Instant::now() + timeout;
     let done = |s: ExecutionStatus| {
         s.is_terminal()
@@ -171,7 +175,7 @@ pub struct LogsQuery {
 }
 
 /// Output chunks streamed by the worker while the action runs, after a cursor.
-#[utoipa::path(get, path = "/api/v1/executions/{id}/logs", tag = "executions", params(("id" = String, Path, description = "UUID"), ("after" = Option<i64>, Query)), responses((status = 200, body = attune_wire::Logs)))]
+#[utoipa::path(get, path = "/api/v1/executions/{id}/logs", tag = "executions", params(("id" = uuid::Uuid, Path), ("after" = Option<i64>, Query)), responses((status = 200, body = attune_wire::Logs)))]
 pub async fn logs(
     state: State,
     Path(id): Path<String>,

@@ -83,7 +83,7 @@ fn ms(d: Duration) -> u64 {
 
 /// A name, host or version: printable, and not too long.
 fn check_label(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
-    if v.len() > max || v.chars().any(char::is_control) {
+    if v.len() > max || v.chars().any(|c| c < ' ' || c == '\x7f') {
         return Err(ApiError::unprocessable(
             "invalid_registration",
             format!("{field} must be at most {max} bytes without control characters"),
@@ -154,7 +154,7 @@ async fn worker(shared: &Shared, id: Uuid) -> Result<Worker, ApiError> {
     })
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/{id}/heartbeat", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_wire::Heartbeat, responses((status = 200, body = attune_wire::HeartbeatReply)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/heartbeat", tag = "worker protocol", params(("id" = uuid::Uuid, Path)), request_body = attune_wire::Heartbeat, responses((status = 200, body = attune_wire::HeartbeatReply)))]
 pub async fn heartbeat(
     state: State,
     caller: Caller,
@@ -173,13 +173,16 @@ pub async fn heartbeat(
 }
 
 /// Long poll: returns as soon as there is work for this worker, or empty after the wait.
-#[utoipa::path(post, path = "/api/v1/worker/{id}/poll", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_wire::Poll, responses((status = 200, body = attune_wire::PollReply)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/poll", tag = "worker protocol", params(("id" = uuid::Uuid, Path)), request_body = attune_wire::Poll, responses((status = 200, body = attune_wire::PollReply)))]
 pub async fn poll(state: State, caller: Caller, Body(p): Body<Poll>) -> Result<Json<PollReply>, ApiError> {
     if p.max_tasks == 0 || p.max_tasks > 4096 {
         return Err(ApiError::unprocessable("invalid_poll", "max_tasks must be between 1 and 4096"));
     }
+    if p.wait_ms > 86_400_000 {
+        return Err(ApiError::unprocessable("invalid_poll", "wait_ms must be at most 86400000 (a day)"));
+    }
     let w = worker(&state, caller.id).await?;
-    let wait = Duration::from_millis(p.wait_ms).min(state.opts.max_poll);
+    let wait = Duration::from_millis(p.wait_ms.into()).min(state.opts.max_poll);
     let deadline = tokio::time::Instant::now() + wait;
     let mut parked: Option<Waiting<'_>> = None;
     loop {
@@ -268,7 +271,7 @@ async fn claim_for_live_poller(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/start", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_wire::Start, responses((status = 200, body = attune_core::Execution), (status = 409, description = "Stale lease or invalid transition")))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/start", tag = "worker protocol", params(("id" = uuid::Uuid, Path), ("execution" = uuid::Uuid, Path, description = "the execution")), request_body = attune_wire::Start, responses((status = 200, body = attune_core::Execution), (status = 409, description = "Stale lease or invalid transition")))]
 pub async fn start(
     state: State,
     caller: Caller,
@@ -276,6 +279,7 @@ pub async fn start(
     Body(s): Body<Start>,
 ) -> Result<Json<attune_core::Execution>, ApiError> {
     let execution = parse_id("execution", &execution)?;
+    check_token(&s.lease_token)?;
     let now = Timestamp::now();
     let e = state
         .store
@@ -286,7 +290,7 @@ pub async fn start(
     Ok(Json(e.masked()))
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/complete", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_wire::Complete, responses((status = 200, body = attune_core::Execution), (status = 409, description = "Stale lease or invalid transition")))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/complete", tag = "worker protocol", params(("id" = uuid::Uuid, Path), ("execution" = uuid::Uuid, Path, description = "the execution")), request_body = attune_wire::Complete, responses((status = 200, body = attune_core::Execution), (status = 409, description = "Stale lease or invalid transition")))]
 pub async fn complete(
     state: State,
     caller: Caller,
@@ -294,6 +298,7 @@ pub async fn complete(
     Body(c): Body<Complete>,
 ) -> Result<Json<attune_core::Execution>, ApiError> {
     let execution = parse_id("execution", &execution)?;
+    check_token(&c.lease_token)?;
     let done =
         state.store.complete(execution, caller.holds(&c.lease_token), &c.report, Timestamp::now()).await;
     let e = match done {
@@ -309,7 +314,7 @@ pub async fn complete(
 }
 
 /// Output of a running attempt; refused (409) unless this worker holds the current lease.
-#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/logs", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_wire::AppendLogs, responses((status = 200, body = Object), (status = 409, description = "Stale lease")))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/logs", tag = "worker protocol", params(("id" = uuid::Uuid, Path), ("execution" = uuid::Uuid, Path, description = "the execution")), request_body = attune_wire::AppendLogs, responses((status = 200, body = Object), (status = 409, description = "Stale lease")))]
 pub async fn append_logs(
     state: State,
     caller: Caller,
@@ -338,7 +343,7 @@ fn item_error(execution_id: Uuid, e: ApiError) -> BatchItemResult {
 }
 
 /// `start` for every task of a poll reply at once.
-#[utoipa::path(post, path = "/api/v1/worker/{id}/start-batch", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_wire::StartBatch, responses((status = 200, body = attune_wire::BatchReply)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/start-batch", tag = "worker protocol", params(("id" = uuid::Uuid, Path)), request_body = attune_wire::StartBatch, responses((status = 200, body = attune_wire::BatchReply)))]
 pub async fn start_batch(
     state: State,
     caller: Caller,
@@ -346,6 +351,9 @@ pub async fn start_batch(
 ) -> Result<Json<BatchReply>, ApiError> {
     if b.leases.len() > MAX_BATCH {
         return Err(ApiError::unprocessable("invalid_batch", format!("at most {MAX_BATCH} items per batch")));
+    }
+    for l in &b.leases {
+        check_token(&l.lease_token)?;
     }
     let now = Timestamp::now();
     let leases: Vec<(Uuid, String)> = b.leases.into_iter().map(|l| (l.execution_id, l.lease_token)).collect();
@@ -367,7 +375,7 @@ pub async fn start_batch(
 }
 
 /// `complete` for several executions at once; each item is applied (and may fail) on its own.
-#[utoipa::path(post, path = "/api/v1/worker/{id}/complete-batch", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), request_body = attune_wire::CompleteBatch, responses((status = 200, body = attune_wire::BatchReply)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/complete-batch", tag = "worker protocol", params(("id" = uuid::Uuid, Path)), request_body = attune_wire::CompleteBatch, responses((status = 200, body = attune_wire::BatchReply)))]
 pub async fn complete_batch(
     state: State,
     caller: Caller,
@@ -375,6 +383,9 @@ pub async fn complete_batch(
 ) -> Result<Json<BatchReply>, ApiError> {
     if b.reports.len() > MAX_BATCH {
         return Err(ApiError::unprocessable("invalid_batch", format!("at most {MAX_BATCH} items per batch")));
+    }
+    for r in &b.reports {
+        check_token(&r.lease_token)?;
     }
     let items: Vec<_> = b.reports.into_iter().map(|i| (i.execution_id, i.lease_token, i.report)).collect();
     let now = Timestamp::now();
@@ -406,7 +417,7 @@ pub async fn complete_batch(
 
 /// The worker gives a task back (it is shutting down and cannot finish it): another attempt if the
 /// retry policy allows, `abandoned` otherwise. A stale or foreign lease changes nothing (409).
-#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/release", tag = "worker protocol", params(("id" = String, Path, description = "UUID"), ("execution" = String, Path, description = "execution UUID")), request_body = attune_wire::Start, responses((status = 200, body = Object), (status = 409, description = "Stale lease")))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/executions/{execution}/release", tag = "worker protocol", params(("id" = uuid::Uuid, Path), ("execution" = uuid::Uuid, Path, description = "the execution")), request_body = attune_wire::Start, responses((status = 200, body = Object), (status = 409, description = "Stale lease")))]
 pub async fn release(
     state: State,
     caller: Caller,
@@ -414,6 +425,7 @@ pub async fn release(
     Body(s): Body<Start>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let execution = parse_id("execution", &execution)?;
+    check_token(&s.lease_token)?;
     match state.store.release(execution, caller.holds(&s.lease_token), Timestamp::now()).await? {
         Some(a) => {
             let outcome = match a.status {
@@ -433,14 +445,14 @@ pub async fn release(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/{id}/drain", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), responses((status = 200, body = attune_core::Worker)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/drain", tag = "worker protocol", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = attune_core::Worker)))]
 pub async fn drain(state: State, caller: Caller) -> Result<Json<Worker>, ApiError> {
     let w = state.store.drain_worker(caller.id, Timestamp::now()).await?;
     tracing::info!(worker = %w.name, "worker draining");
     Ok(Json(w))
 }
 
-#[utoipa::path(post, path = "/api/v1/worker/{id}/deregister", tag = "worker protocol", params(("id" = String, Path, description = "UUID")), responses((status = 200, body = attune_core::Worker)))]
+#[utoipa::path(post, path = "/api/v1/worker/{id}/deregister", tag = "worker protocol", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = attune_core::Worker)))]
 pub async fn deregister(state: State, caller: Caller) -> Result<Json<Worker>, ApiError> {
     let w = state.store.deregister_worker(caller.id, Timestamp::now()).await?;
     crate::metrics::Metrics::add(&state.metrics.workers_deregistered, 1);
