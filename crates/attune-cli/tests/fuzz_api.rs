@@ -44,10 +44,28 @@ fn fuzz(db_url: &str) {
     let env = fast_env(&[("ATTUNE__SERVER__MAX_POLL", "1s"), ("ATTUNE__SERVER__MAX_WAIT", "1s")]);
     let (server, url) = server("server", "127.0.0.1:0", db_url, &env);
     let _worker = worker("fuzz-worker", &url, &env);
+    let (ok, text) = run_schemathesis(&st, &url);
+    let (ok, text) = if !ok && only_tool_errors(&text) {
+        // schemathesis can trip over itself (a hypothesis error while describing a strategy);
+        // that says nothing about the API, so such a run is repeated once, with the same seed.
+        eprintln!("schemathesis failed on its own, not on the API; running it again:\n{text}");
+        run_schemathesis(&st, &url)
+    } else {
+        (ok, text)
+    };
+    assert!(ok, "schemathesis found problems (seed {SEED}):\n{text}");
+    assert!(text.contains("27 passed"), "every operation but the event stream was tested:\n{text}");
+    // The server lived through it and never panicked.
+    assert!(attune_testkit::run_cli(common::BIN, &["--server", &url, "action", "list"]).code == 0);
+    assert!(!server.output().contains("panicked"), "{}", server.output());
+}
+
+/// Runs schemathesis against the server at `url`: whether it passed, and what it printed.
+fn run_schemathesis(st: &std::path::Path, url: &str) -> (bool, String) {
     let config = repo().join("scripts/schemathesis.toml");
     let report = tempfile::tempdir().unwrap();
     #[allow(clippy::disallowed_methods)] // test tooling, not an action
-    let out = std::process::Command::new(&st)
+    let out = std::process::Command::new(st)
         .arg("--config-file")
         .arg(&config)
         .args(["--no-color", "run", &format!("{url}/api/v1/openapi.json")])
@@ -59,11 +77,16 @@ fn fuzz(db_url: &str) {
         .output()
         .expect("run schemathesis");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "schemathesis found problems (seed {SEED}):\n{text}");
-    assert!(text.contains("27 passed"), "every operation but the event stream was tested:\n{text}");
-    // The server lived through it and never panicked.
-    assert!(attune_testkit::run_cli(common::BIN, &["--server", &url, "action", "list"]).code == 0);
-    assert!(!server.output().contains("panicked"), "{}", server.output());
+    (out.status.success(), text)
+}
+
+/// A run whose only errors are schemathesis's own (no failure found in the API, no network error).
+fn only_tool_errors(text: &str) -> bool {
+    let summary = text.rsplit_once("SUMMARY").map(|(_, s)| s).unwrap_or(text);
+    !summary.contains("Failures:")
+        && summary.contains("Runtime Error")
+        && !summary.contains("Network Error")
+        && !summary.contains("Server Error")
 }
 
 #[test]

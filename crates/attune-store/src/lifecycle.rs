@@ -291,59 +291,13 @@ impl Store {
 
     /// Reads the executions, asks `decide` about each, applies what it decided; executions that
     /// changed between the read and the write are read and decided again. One result per id, in
-    /// order (ids must be distinct).
+    /// order.
     pub async fn drive(
         &self,
         ids: &[Uuid],
         decide: impl Fn(&Stored) -> Decision,
     ) -> Result<Vec<(Uuid, Result<Driven>)>> {
-        let mut done: HashMap<Uuid, Result<Driven>> = HashMap::new();
-        let mut pending: Vec<Uuid> = ids.to_vec();
-        for _ in 0..ROUNDS {
-            if pending.is_empty() {
-                break;
-            }
-            let stored = self.read_stored(&pending).await?;
-            let mut changes = Vec::new();
-            for id in &pending {
-                let Some(s) = stored.get(id) else {
-                    done.insert(*id, Err(StoreError::NotFound { what: "execution", id: id.to_string() }));
-                    continue;
-                };
-                match decide(s) {
-                    Decision::Apply(c) => changes.push(*c),
-                    Decision::Unchanged => {
-                        done.insert(*id, Ok(Driven::Unchanged(s.status)));
-                    }
-                    Decision::Refuse(r) => {
-                        done.insert(*id, Err(refused(*id, r)));
-                    }
-                }
-            }
-            let mut applied = self.apply(&changes, &stored).await?;
-            pending = changes.iter().map(|c| c.id).filter(|id| !applied.contains_key(id)).collect();
-            for (id, a) in applied.drain() {
-                done.insert(id, Ok(Driven::Applied(a)));
-            }
-        }
-        for id in pending {
-            done.insert(
-                id,
-                Err(StoreError::StaleLease {
-                    id: id.to_string(),
-                    message: "the execution kept changing while the event was applied".into(),
-                }),
-            );
-        }
-        Ok(ids
-            .iter()
-            .map(|id| {
-                let r = done
-                    .remove(id)
-                    .unwrap_or_else(|| Err(StoreError::NotFound { what: "execution", id: id.to_string() }));
-                (*id, r)
-            })
-            .collect())
+        self.drive_items(ids, |id| *id, |_, s| decide(s)).await
     }
 
     /// `drive` for one execution.
@@ -352,28 +306,81 @@ impl Store {
         v.pop().map(|(_, r)| r).unwrap_or(Err(StoreError::NotFound { what: "execution", id: id.to_string() }))
     }
 
-    /// `drive` over items that may name the same execution more than once: each wave holds
-    /// distinct executions, so that the second event about one is decided after the first.
+    /// `drive` over events (`items`) that may name the same execution more than once, decided in
+    /// their order: an event is decided on the state the previous one left. Each round reads every
+    /// execution with events left once, decides its events until one changes something, and
+    /// applies those changes in one transaction; so a batch of many events about one execution
+    /// costs a round only per event that changes it. An event whose change keeps racing is given
+    /// up after `ROUNDS` tries.
     async fn drive_items<T>(
         &self,
         items: &[T],
         id_of: impl Fn(&T) -> Uuid,
         decide: impl Fn(&T, &Stored) -> Decision,
     ) -> Result<Vec<(Uuid, Result<Driven>)>> {
-        let mut out: Vec<Option<(Uuid, Result<Driven>)>> = (0..items.len()).map(|_| None).collect();
-        let mut left: Vec<usize> = (0..items.len()).collect();
-        while !left.is_empty() {
-            let mut seen = std::collections::HashSet::new();
-            let (wave, later): (Vec<usize>, Vec<usize>) =
-                left.into_iter().partition(|i| seen.insert(id_of(&items[*i])));
-            let by_id: HashMap<Uuid, usize> = wave.iter().map(|i| (id_of(&items[*i]), *i)).collect();
-            let ids: Vec<Uuid> = wave.iter().map(|i| id_of(&items[*i])).collect();
-            for (id, r) in self.drive(&ids, |s| decide(&items[by_id[&s.id]], s)).await? {
-                out[by_id[&id]] = Some((id, r));
-            }
-            left = later;
+        let mut out: Vec<Option<Result<Driven>>> = (0..items.len()).map(|_| None).collect();
+        // Per execution, its events still to decide, in order.
+        let mut queues: HashMap<Uuid, std::collections::VecDeque<usize>> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            queues.entry(id_of(item)).or_default().push_back(i);
         }
-        Ok(out.into_iter().flatten().collect())
+        let mut tries = vec![0usize; items.len()];
+        while !queues.is_empty() {
+            let ids: Vec<Uuid> = queues.keys().copied().collect();
+            let stored = self.read_stored(&ids).await?;
+            let mut changes = Vec::new();
+            let mut waiting: HashMap<Uuid, usize> = HashMap::new();
+            for id in &ids {
+                let queue = queues.get_mut(id).expect("queued");
+                let Some(s) = stored.get(id) else {
+                    for i in queue.drain(..) {
+                        out[i] = Some(Err(StoreError::NotFound { what: "execution", id: id.to_string() }));
+                    }
+                    continue;
+                };
+                while let Some(&i) = queue.front() {
+                    match decide(&items[i], s) {
+                        Decision::Apply(c) => {
+                            changes.push(*c);
+                            waiting.insert(*id, i);
+                            break;
+                        }
+                        Decision::Unchanged => out[i] = Some(Ok(Driven::Unchanged(s.status))),
+                        Decision::Refuse(r) => out[i] = Some(Err(refused(*id, r))),
+                    }
+                    queue.pop_front();
+                }
+            }
+            let mut applied = self.apply(&changes, &stored).await?;
+            for (id, i) in waiting {
+                match applied.remove(&id) {
+                    Some(a) => {
+                        out[i] = Some(Ok(Driven::Applied(a)));
+                        queues.get_mut(&id).expect("queued").pop_front();
+                    }
+                    None => {
+                        // The execution changed between the read and the write: decide again.
+                        tries[i] += 1;
+                        if tries[i] >= ROUNDS {
+                            out[i] = Some(Err(StoreError::StaleLease {
+                                id: id.to_string(),
+                                message: "the execution kept changing while the event was applied".into(),
+                            }));
+                            queues.get_mut(&id).expect("queued").pop_front();
+                        }
+                    }
+                }
+            }
+            queues.retain(|_, q| !q.is_empty());
+        }
+        Ok(items
+            .iter()
+            .zip(out)
+            .map(|(item, r)| {
+                let id = id_of(item);
+                (id, r.unwrap_or_else(|| Err(StoreError::NotFound { what: "execution", id: id.to_string() })))
+            })
+            .collect())
     }
 
     /// The worker confirms it starts a task it was handed: `scheduled → running`, a new attempt,

@@ -65,6 +65,7 @@ conformance!(
     unclaim_gives_back_only_that_delivery,
     notifications_reach_listeners,
     any_output_is_stored_exactly,
+    many_events_about_one_execution_are_decided_in_order,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -931,4 +932,26 @@ async fn any_output_is_stored_exactly(db: &TestDb) {
     s.append_logs(id, h(&token, w), &[chunk], at(3)).await.unwrap();
     let got = s.logs_after(id, 0, 10).await.unwrap();
     assert_eq!(decode(&got[0].text, got[0].encoding).unwrap(), b"\x00\x01\xff");
+}
+
+async fn many_events_about_one_execution_are_decided_in_order(db: &TestDb) {
+    let s = open(db).await;
+    let a = action("a", Runtime::Builtin, 1);
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let id = submit(&s, &a, at(0)).await;
+    let (_, token) = claim_one(&s, w, at(0)).await;
+    // A stale start, the real one, and many repeats: each decided on what the previous left.
+    let mut leases = vec![(id, "stale".to_string()), (id, token.clone())];
+    leases.extend((0..300).map(|_| (id, token.clone())));
+    let (started, _) = s.start_many(&leases, w, at(1), at(31)).await.unwrap();
+    assert!(matches!(started[0].1, Err(StoreError::StaleLease { .. })));
+    assert!(started[1..].iter().all(|(_, r)| matches!(r, Ok(ExecutionStatus::Running))));
+    let mut items: Vec<_> = (0..300).map(|_| (id, token.clone(), ok_report())).collect();
+    items.push((Uuid::now_v7(), token.clone(), ok_report()));
+    let done = s.complete_many(&items, w, at(2)).await.unwrap();
+    let applied = done.iter().filter(|(_, r)| matches!(r, Ok(attune_store::Driven::Applied(_)))).count();
+    assert_eq!(applied, 1, "the first report applies, the repeats change nothing");
+    assert!(done[..300].iter().all(|(_, r)| r.as_ref().unwrap().status() == ExecutionStatus::Succeeded));
+    assert!(matches!(done[300].1, Err(StoreError::NotFound { .. })));
+    assert_eq!(s.execution_history(id).await.unwrap().len(), 4);
 }
