@@ -144,7 +144,7 @@ fn by_size(items: Vec<Outgoing>, budget: usize) -> Vec<Vec<Outgoing>> {
     let mut out: Vec<Vec<Outgoing>> = Vec::new();
     let mut size: usize = 0;
     for item in items {
-        let n = serde_json::to_vec(&item.0).map(|v| v.len()).unwrap_or(usize::MAX) + 1;
+        let n = json_size(&item.0.report);
         match out.last_mut() {
             Some(last) if size.saturating_add(n) <= budget => {
                 last.push(item);
@@ -157,6 +157,13 @@ fn by_size(items: Vec<Outgoing>, budget: usize) -> Vec<Vec<Outgoing>> {
         }
     }
     out
+}
+
+/// An upper bound of a report's JSON size without writing it: a stream escapes to at most twice
+/// its size (`attune_core::output::encode` sees to it); result and error are written to measure.
+fn json_size(r: &Report) -> usize {
+    let value = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string().len()).unwrap_or(0);
+    2 * (r.stdout.len() + r.stderr.len()) + value(&r.result) + value(&r.error) + 512
 }
 
 /// A refusal that resending cannot fix: the request itself was refused (too large, malformed,
