@@ -81,8 +81,14 @@ fn spawn(
 
 /// A server process on port 0; returns it with the URL it printed. Its output keeps being drained
 /// so that it never blocks on a full pipe.
-fn start_server(db_url: &str, envs: &[(&str, &str)]) -> anyhow::Result<(Process, String)> {
-    let (p, rx) = spawn(&["server", "--listen", "127.0.0.1:0", "--database-url", db_url], envs)?;
+fn start_server(
+    db_url: &str,
+    data_dir: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> anyhow::Result<(Process, String)> {
+    let dd = data_dir.display().to_string();
+    let (p, rx) =
+        spawn(&["server", "--listen", "127.0.0.1:0", "--database-url", db_url, "--data-dir", &dd], envs)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let url = loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -101,6 +107,8 @@ pub struct Cluster {
     pub url: String,
     pub client: Client,
     pub db_url: String,
+    /// The first server's admin token (good on every replica: tokens live in the database).
+    pub admin: String,
     env: Vec<(String, String)>,
     drop_db: Option<(String, String)>,
     _dir: tempdir::Dir,
@@ -134,20 +142,30 @@ impl Cluster {
             }
             other => bail!("unknown backend {other:?}; use sqlite or postgres"),
         };
-        let env = vec![
+        let mut env = vec![
             ("ATTUNE__WORKER__HEARTBEAT_INTERVAL".to_string(), "1s".to_string()),
             ("ATTUNE__EXECUTOR__HEARTBEAT_CHECK_INTERVAL".into(), "250ms".into()),
             ("ATTUNE__PACKS__DIRS".into(), format!("[{}]", packs_dir())),
             ("ATTUNE__DATABASE__MAX_CONNECTIONS".into(), "16".into()),
         ];
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let (server, url) = start_server(&db_url, &envs)?;
+        let (server, url) = start_server(&db_url, &dir.join("server"), &envs)?;
+        let read = |f: &str| -> anyhow::Result<String> {
+            let path = dir.join("server").join(f);
+            Ok(std::fs::read_to_string(&path)
+                .with_context(|| format!("read {}", path.display()))?
+                .trim()
+                .to_owned())
+        };
+        let admin = read("admin.token")?;
+        env.push(("ATTUNE__WORKER__TOKEN".into(), read("worker.token")?));
         Ok(Cluster {
             server,
             workers: Vec::new(),
-            client: Client::new(&url),
+            client: Client::new(&url).with_token(Some(admin.clone())),
             url,
             db_url,
+            admin,
 
             env,
             drop_db,
@@ -158,7 +176,13 @@ impl Cluster {
     /// A second server process on the same database (a replica); returns its process and URL.
     pub async fn add_replica(&self) -> anyhow::Result<(Process, String)> {
         let envs: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        start_server(&self.db_url, &envs)
+        let dir = self._dir.0.join(format!("replica-{}", uuid::Uuid::new_v4().simple()));
+        start_server(&self.db_url, &dir, &envs)
+    }
+
+    /// A client of `url` (this cluster's server or a replica), as the administrator.
+    pub fn client_of(&self, url: &str) -> Client {
+        Client::new(url).with_token(Some(self.admin.clone()))
     }
 
     /// Starts a worker process polling `server` (another replica) and waits until it is active.

@@ -178,7 +178,7 @@ pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> an
 /// Submit on replica A, started by a worker long-polling on replica B (woken by LISTEN/NOTIFY);
 /// measured as A's submit to B's `wait` answer.
 async fn cross_replica(c: &Cluster, url_b: &str, n: usize) -> anyhow::Result<[f64; 3]> {
-    let b = Client::new(url_b);
+    let b = c.client_of(url_b);
     let req = CreateExecution { action_ref: "core.noop".into(), ..Default::default() };
     let mut ms = Vec::with_capacity(n);
     for i in 0..n + 10 {

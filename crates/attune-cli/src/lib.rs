@@ -10,6 +10,7 @@ mod cmds;
 mod output;
 mod roles;
 mod settings;
+mod tokens;
 
 use std::path::PathBuf;
 
@@ -31,6 +32,10 @@ pub struct Cli {
     /// Configuration file (YAML); ATTUNE__SECTION__KEY variables override it, flags override both.
     #[arg(long, global = true, env = "ATTUNE_CONFIG")]
     config: Option<PathBuf>,
+    /// API token; else `client.token` of the configuration, else ./.attune/admin.token (which the
+    /// first `attune up` or `attune server` in this directory wrote).
+    #[arg(long, global = true, env = "ATTUNE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +62,9 @@ enum Command {
     /// Dead letters: work that expired in the queue, was abandoned, or ran out of attempts.
     #[command(subcommand)]
     Dlq(cmds::DlqCmd),
+    /// API tokens: create (the secret is shown once), list, revoke. Administrators only.
+    #[command(subcommand)]
+    Token(tokens::TokenCmd),
 }
 
 #[derive(Args)]
@@ -97,8 +105,18 @@ where
 
 async fn dispatch(cli: Cli) -> i32 {
     let first = cli.server.split(',').next().unwrap_or_default().trim().to_owned();
-    let ctx = Ctx { client: attune_client::Client::new(&first), output: cli.output };
     let config = cli.config.as_deref();
+    let token = match &cli.command {
+        Command::Up(_) | Command::Server(_) | Command::Worker(WorkerCmd { list: None, .. }) => None,
+        _ => match settings::client_token(cli.token.clone(), config) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return 2;
+            }
+        },
+    };
+    let ctx = Ctx { client: attune_client::Client::new(&first).with_token(token), output: cli.output };
     let result = match cli.command {
         Command::Up(a) => roles::up(config, a).await,
         Command::Server(a) => roles::server(config, a).await,
@@ -111,6 +129,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Run(a) => cmds::run(&ctx, a).await,
         Command::Execution(c) => cmds::execution(&ctx, c).await,
         Command::Dlq(c) => cmds::dlq(&ctx, c).await,
+        Command::Token(c) => tokens::run(&ctx, c).await,
     };
     match result {
         Ok(code) => code,
@@ -125,6 +144,10 @@ async fn dispatch(cli: Cli) -> i32 {
 fn render(e: &anyhow::Error) -> String {
     if let Some(attune_client::ClientError::Api { message, details, status, .. }) = e.downcast_ref() {
         let mut s = format!("{message} (HTTP {status})");
+        if *status == 401 {
+            s.push_str("\n  hint: pass --token, set ATTUNE_TOKEN, or run from the directory whose .attune/admin.token \
+                        the server wrote");
+        }
         for d in details {
             s.push_str(&format!("\n  - {d}"));
         }

@@ -121,7 +121,29 @@ fn worker_options(
         kill_grace: s.worker.kill_grace,
         labels: serde_json::json!({}),
         scratch_dir: scratch,
+        enroll_token: enrollment_token(s),
     }
+}
+
+/// `worker.token`, else the one the server's first start wrote into this data directory.
+fn enrollment_token(s: &Settings) -> Option<String> {
+    s.worker
+        .token
+        .clone()
+        .or_else(|| std::fs::read_to_string(s.data_dir.join("worker.token")).ok())
+        .map(|t| t.trim().to_owned())
+}
+
+/// Creates the first tokens of a data directory and says where they are.
+async fn bootstrap(store: &Store, s: &Settings) -> anyhow::Result<()> {
+    let b = attune_server::auth::bootstrap(store, &s.data_dir).await.context("create the first tokens")?;
+    for f in &b.created {
+        println!("Wrote a new token to {} (mode 0600).", f.display());
+    }
+    for f in &b.stale {
+        tracing::warn!(file = %f.display(), "this token file holds a token that is revoked, expired or unknown to this database");
+    }
+    Ok(())
 }
 
 pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
@@ -141,6 +163,7 @@ pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
     let s = load(config, flags)?;
     init_logging(&s);
     let store = open_store(&s).await?;
+    bootstrap(&store, &s).await?;
     let packs = load_packs(&store, &s).await;
     let listener = bind(&s.server.listen).await?;
     let addr = listener.local_addr()?;
@@ -184,6 +207,13 @@ pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
         "  Packs      {}",
         if packs.is_empty() { "none loaded (no ./packs directory here?)".into() } else { packs.join(", ") }
     );
+    println!();
+    let admin = s.data_dir.join("admin.token");
+    if s.data_dir == Path::new(".attune") {
+        println!("  Token      {} (the CLI run from this directory uses it)", admin.display());
+    } else {
+        println!("  Token      {} (use it with --token or ATTUNE_TOKEN)", admin.display());
+    }
     println!();
     println!("Try, in another terminal:");
     println!("  {cmd}{server_flag} run core.echo message=hello --wait");
@@ -232,6 +262,7 @@ pub async fn server(config: Option<&Path>, a: ServerArgs) -> anyhow::Result<i32>
     let s = load(config, flags)?;
     init_logging(&s);
     let store = open_store(&s).await?;
+    bootstrap(&store, &s).await?;
     let packs = load_packs(&store, &s).await;
     let listener = bind(&s.server.listen).await?;
     let addr = listener.local_addr()?;

@@ -23,6 +23,18 @@ impl Override {
     }
 }
 
+/// The CLI's API token: `--token`/`ATTUNE_TOKEN`, else `client.token` from the configuration (file,
+/// then `ATTUNE__CLIENT__TOKEN`), else `./.attune/admin.token`.
+pub fn client_token(flag: Option<String>, file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Some(t) = flag.filter(|t| !t.trim().is_empty()) {
+        return Ok(Some(t));
+    }
+    if let Some(t) = load(file, Vec::new())?.client.token.filter(|t| !t.trim().is_empty()) {
+        return Ok(Some(t));
+    }
+    Ok(std::fs::read_to_string(".attune/admin.token").ok().map(|t| t.trim().to_owned()))
+}
+
 /// Settings from the file, the environment and the flags; any problem is a usage error (exit 2).
 pub fn load(file: Option<&Path>, flags: Vec<Override>) -> anyhow::Result<Settings> {
     let env: Vec<(String, String)> = std::env::vars().collect();

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{fast_env, spawn, BIN};
+use common::{fast_env, BIN};
 
 struct Cluster {
     server: Proc,
@@ -27,31 +27,26 @@ struct Cluster {
 impl Cluster {
     fn start(db: TestDb, extra: &[(&str, &str)]) -> Cluster {
         let env = fast_env(extra);
-        let server = spawn("server", &["server", "--listen", "127.0.0.1:0", "--database-url", &db.url], &env);
-        let url = server.wait_url();
-        Cluster { client: Client::new(&url), server, url, db_url: db.url.clone(), env, _db: db }
+        let (server, url) = common::server("server", "127.0.0.1:0", &db.url, &env);
+        Cluster { client: common::client(&url), server, url, db_url: db.url.clone(), env, _db: db }
     }
 
     /// Starts a worker process and waits until it has registered.
     fn worker(&self, name: &str, extra: &[(&str, &str)]) -> Proc {
         let mut env = self.env.clone();
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let w = spawn(name, &["--server", &self.url, "worker", "--name", name], &env);
-        w.wait_line(Duration::from_secs(30), |l| l.contains("worker registered").then_some(()));
-        w
+        common::worker(name, &self.url, &env)
     }
 
-    /// Kills the server with SIGKILL and starts it again on the same port and database.
+    /// Kills the server with SIGKILL and starts it again on the same port and database (its
+    /// tokens are in the database, so they stay good).
     fn restart_server(&mut self) {
         self.server.signal(Signal::SIGKILL);
         self.server.wait_exit(Duration::from_secs(10));
         let listen = self.url.trim_start_matches("http://").to_owned();
-        self.server = spawn(
-            "server (restarted)",
-            &["server", "--listen", &listen, "--database-url", &self.db_url],
-            &self.env,
-        );
-        self.server.wait_url();
+        let known = common::tokens(&self.url);
+        (self.server, _) = common::server("server (restarted)", &listen, &self.db_url, &self.env);
+        common::remember_tokens_as(&self.url, known);
     }
 
     async fn submit(&self, action: &str, parameters: Value, max_attempts: Option<u32>) -> Execution {
@@ -284,8 +279,8 @@ async fn a_dropped_poll_does_not_swallow_work() {
     );
     // A worker that long-polls over a raw connection and then vanishes without a FIN from its
     // application (the socket is closed under it).
-    let reg = c
-        .client
+    let enroller = Client::new(&c.url).with_token(Some(common::tokens(&c.url).enroll));
+    let reg = enroller
         .register(&attune_wire::RegisterWorker {
             name: "ghost".into(),
             host: "h".into(),
@@ -300,8 +295,9 @@ async fn a_dropped_poll_does_not_swallow_work() {
     let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let body = r#"{"max_tasks": 1, "wait_ms": 30000}"#;
     let req = format!(
-        "POST /api/v1/worker/{}/poll HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /api/v1/worker/{}/poll HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         reg.worker.id,
+        reg.credential,
         body.len()
     );
     sock.write_all(req.as_bytes()).await.unwrap();
@@ -338,7 +334,7 @@ async fn server_restart(db: TestDb) {
     })
     .await;
     c.restart_server();
-    c.client = Client::new(&c.url);
+    c.client = common::client(&c.url);
     for id in &ids {
         let e = c
             .wait_status(*id, |e| e.status.is_terminal(), "terminal after restart", Duration::from_secs(60))
@@ -480,10 +476,7 @@ async fn cancel_stops_a_running_action() {
     let cmd = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
     let e = c.submit("core.local", json!({ "cmd": cmd }), None).await;
     let pid = pid_from(&pidfile).await;
-    let out = attune_testkit::run_cli(
-        BIN,
-        &["--server", &c.url, "execution", "cancel", &e.id.to_string(), "-o", "json"],
-    );
+    let out = common::cli(&c.url, &["execution", "cancel", &e.id.to_string(), "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.json()["status"], "canceling");
     let done = c.wait_status(e.id, |e| e.status.is_terminal(), "canceled", Duration::from_secs(10)).await;

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use attune_testkit::{run_cli, Proc, TestDb};
+use attune_testkit::{run_cli_in, Proc, TestDb};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 mod common;
 
-use common::{packs_dir, BIN};
+use common::{cli, packs_dir, BIN};
 
 /// `attune up` on port 0 with the repository's packs.
 fn up(extra: &[&str], data_dir: &std::path::Path) -> (Proc, String) {
@@ -19,13 +19,8 @@ fn up(extra: &[&str], data_dir: &std::path::Path) -> (Proc, String) {
     let dirs = format!("[{}]", packs_dir());
     let p = Proc::spawn("attune up", BIN, &args, &[("ATTUNE__PACKS__DIRS", dirs.as_str())]);
     let url = p.wait_url();
+    common::remember_tokens(&url, data_dir);
     (p, url)
-}
-
-fn cli(url: &str, args: &[&str]) -> attune_testkit::CliOutput {
-    let mut all = vec!["--server", url];
-    all.extend_from_slice(args);
-    run_cli(BIN, &all)
 }
 
 fn echo_round_trip(url: &str) {
@@ -72,15 +67,8 @@ fn server_and_worker_as_separate_processes() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("a.db").display());
     let dirs = format!("[{}]", packs_dir());
-    let server = Proc::spawn(
-        "server",
-        BIN,
-        &["server", "--listen", "127.0.0.1:0", "--database-url", &db],
-        &[("ATTUNE__PACKS__DIRS", dirs.as_str())],
-    );
-    let url = server.wait_url();
-    let mut worker = Proc::spawn("worker", BIN, &["--server", &url, "worker", "--name", "w-e2e"], &[]);
-    worker.wait_line(Duration::from_secs(30), |l| l.contains("worker registered").then_some(()));
+    let (server, url) = common::server("server", "127.0.0.1:0", &db, &[("ATTUNE__PACKS__DIRS".into(), dirs)]);
+    let mut worker = common::worker("w-e2e", &url, &[]);
 
     let out = cli(&url, &["run", "core.local", "cmd=echo out; echo err >&2; exit 3", "--wait", "-o", "json"]);
     assert_eq!(out.code, 1, "a failed execution exits 1: {out:?}");
@@ -201,8 +189,13 @@ fn logs_follow_prints_output_while_the_action_runs() {
     let out = cli(&url, &["run", "core.local", "cmd=echo first; sleep 3; echo second", "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let id = out.json()["id"].as_str().unwrap().to_owned();
-    let mut follow =
-        Proc::spawn("logs --follow", BIN, &["--server", &url, "execution", "logs", &id, "--follow"], &[]);
+    let token = common::tokens(&url).admin;
+    let mut follow = Proc::spawn(
+        "logs --follow",
+        BIN,
+        &["--server", &url, "--token", &token, "execution", "logs", &id, "--follow"],
+        &[],
+    );
     follow.wait_line(Duration::from_secs(10), |l| (l == "first").then_some(()));
     let status =
         cli(&url, &["execution", "get", &id, "-o", "json"]).json()["status"].as_str().unwrap().to_owned();
@@ -212,4 +205,57 @@ fn logs_follow_prints_output_while_the_action_runs() {
     // Without --follow, after the end: the same output.
     let out = cli(&url, &["execution", "logs", &id]);
     assert_eq!(out.stdout, "first\nsecond\n");
+}
+
+/// The newcomer's path with authentication on: `attune up` in a directory, the CLI from the same
+/// directory needs nothing more; from elsewhere it is refused with a hint; a viewer's token reads
+/// but cannot run; a revoked token stops working.
+#[test]
+fn tokens_from_the_first_start_and_roles_at_the_door() {
+    let home = tempfile::tempdir().unwrap();
+    let dirs = format!("[{}]", packs_dir());
+    let p = Proc::spawn_in(
+        "attune up",
+        Some(home.path()),
+        BIN,
+        &["up", "--listen", "127.0.0.1:0"],
+        &[("ATTUNE__PACKS__DIRS", dirs.as_str())],
+    );
+    let url = p.wait_url();
+    let admin_file = home.path().join(".attune/admin.token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&admin_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the admin token is readable by its owner only");
+    let here = |args: &[&str]| {
+        let mut all = vec!["--server", url.as_str()];
+        all.extend_from_slice(args);
+        run_cli_in(Some(home.path()), BIN, &all)
+    };
+    let out = here(&["run", "core.echo", "message=hi", "--wait", "-o", "json"]);
+    assert_eq!((out.code, out.json()["stdout"].as_str()), (0, Some("hi\n")), "{out:?}");
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = run_cli_in(Some(elsewhere.path()), BIN, &["--server", &url, "execution", "list"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("401") && out.stderr.contains("hint: pass --token"), "{}", out.stderr);
+
+    let out = here(&["token", "create", "alice", "--role", "viewer", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let secret = out.json()["secret"].as_str().unwrap().to_owned();
+    let as_alice = |args: &[&str]| {
+        let mut all = vec!["--server", url.as_str(), "--token", secret.as_str()];
+        all.extend_from_slice(args);
+        run_cli_in(Some(elsewhere.path()), BIN, &all)
+    };
+    assert_eq!(as_alice(&["execution", "list"]).code, 0);
+    let out = as_alice(&["run", "core.echo", "message=no"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("403") && out.stderr.contains("run"), "{}", out.stderr);
+    let listed = here(&["token", "list", "-o", "json"]).stdout;
+    assert!(listed.contains("alice") && !listed.contains(&secret), "{listed}");
+
+    assert_eq!(here(&["token", "revoke", "alice"]).code, 0);
+    let out = as_alice(&["execution", "list"]);
+    assert!(out.code != 0 && out.stderr.contains("401"), "{out:?}");
+    drop(p);
 }

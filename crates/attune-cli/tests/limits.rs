@@ -11,7 +11,7 @@ use std::{
 };
 
 use attune_testkit::Proc;
-use common::{fast_env, server};
+use common::{fast_env, request, server};
 
 fn start(extra: &[(&str, &str)]) -> (Proc, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -48,29 +48,12 @@ fn exchange(url: &str, bytes: &[u8], limit: Duration) -> (String, Duration) {
     (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
 }
 
-/// One request on a connection of its own (`Connection: close`): the status code and the body.
-fn request(url: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr(url)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap_or_else(|e| panic!("{method} {path}: no answer within 5 s: {e}"));
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
 fn health(url: &str) -> bool {
-    request(url, "GET", "/health", "").0 == 200
+    request(url, "GET", "/health", None, "").0 == 200
 }
 
 fn metric(url: &str, line_start: &str) -> f64 {
-    let (_, text) = request(url, "GET", "/metrics", "");
+    let (_, text) = request(url, "GET", "/metrics", Some(&common::tokens(url).admin), "");
     text.lines()
         .find_map(|l| l.strip_prefix(line_start).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no {line_start} in:\n{text}"))
@@ -87,15 +70,22 @@ fn slow_clients_are_cut_off() {
     // A connection that never says anything: the same.
     let (_, took) = exchange(&url, b"", limit);
     assert!(took < Duration::from_secs(5), "{took:?}");
+    // Without a token, a body is not even waited for: 401 at once.
+    let post = |len: usize, token: Option<&str>| {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        format!("POST /api/v1/executions HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{")
+    };
+    let (resp, took) = exchange(&url, post(1000, None).as_bytes(), limit);
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let admin = common::tokens(&url).admin;
     // A body announced far beyond the limit: refused at once, before it is read.
-    let big = b"POST /api/v1/executions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{";
-    let (resp, took) = exchange(&url, big, limit);
+    let (resp, took) = exchange(&url, post(100_000_000, Some(&admin)).as_bytes(), limit);
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
     assert!(resp.contains("body_too_large"), "{resp}");
     assert!(took < Duration::from_secs(2), "{took:?}");
     // A body within the limit that never arrives: 408 after the body timeout.
-    let slow = b"POST /api/v1/executions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
-    let (resp, took) = exchange(&url, slow, limit);
+    let (resp, took) = exchange(&url, post(1000, Some(&admin)).as_bytes(), limit);
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("server.body_timeout"), "{resp}");
     assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(5), "{took:?}");
@@ -125,7 +115,7 @@ fn idle_connections(url: &str, n: usize) -> Vec<TcpStream> {
 
 fn can_register(url: &str) -> bool {
     let body = r#"{"name":"w","host":"h","runtimes":["builtin"],"concurrency":1,"version":"t"}"#;
-    request(url, "POST", "/api/v1/worker/register", body).0 == 200
+    request(url, "POST", "/api/v1/worker/register", Some(&common::tokens(url).enroll), body).0 == 200
 }
 
 #[test]

@@ -8,14 +8,8 @@ mod common;
 use std::time::Duration;
 
 use attune_core::{output::decode, Execution};
-use attune_testkit::{run_cli, Proc, TestDb};
-use common::{server, worker, BIN};
-
-fn cli(url: &str, args: &[&str]) -> attune_testkit::CliOutput {
-    let mut all = vec!["--server", url];
-    all.extend_from_slice(args);
-    run_cli(BIN, &all)
-}
+use attune_testkit::{Proc, TestDb};
+use common::{cli, server, worker};
 
 /// Runs `cmd` with `core.local` and waits for the outcome.
 fn run(url: &str, cmd: &str) -> Execution {

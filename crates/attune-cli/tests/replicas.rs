@@ -86,7 +86,7 @@ async fn two_replicas_three_workers_run_everything_once() {
     let _w1 = worker("w1", &url_a, &env);
     let _w2 = worker("w2", &url_b, &env);
     let _w3 = worker("w3", &format!("{url_b},{url_a}"), &env);
-    let clients = [Client::new(&url_a), Client::new(&url_b)];
+    let clients = [common::client(&url_a), common::client(&url_b)];
     let started = Instant::now();
     let ids = submit_round_robin(&clients, 2000, "core.noop", json!({})).await;
     wait_all_done(&clients[0], Duration::from_secs(120)).await;
@@ -109,7 +109,7 @@ async fn killing_a_replica_loses_nothing() {
     let both_a = format!("{url_a},{url_b}");
     let w1 = worker("w1", &both_a, &env);
     let _w2 = worker("w2", &both_a, &env);
-    let client_b = Client::new(&url_b);
+    let client_b = common::client(&url_b);
     let ids =
         submit_round_robin(std::slice::from_ref(&client_b), 300, "core.sleep", json!({"seconds": 0.2})).await;
     wait_for("work running", Duration::from_secs(10), || async {
@@ -133,8 +133,8 @@ async fn a_submit_on_one_replica_wakes_a_worker_on_the_other() {
     let (_a, url_a) = server("server A", "127.0.0.1:0", &db.url, &env);
     let (_b, url_b) = server("server B", "127.0.0.1:0", &db.url, &env);
     let _w = worker("on-b", &url_b, &env);
-    let a = Client::new(&url_a);
-    let b = Client::new(&url_b);
+    let a = common::client(&url_a);
+    let b = common::client(&url_b);
     let mut ms = Vec::new();
     for _ in 0..30 {
         let t0 = Instant::now();
@@ -160,9 +160,9 @@ async fn a_postgres_restart_is_survived() {
     let (_b, url_b) = server("server B", "127.0.0.1:0", &url, &env);
     let _w1 = worker("w1", &format!("{url_a},{url_b}"), &env);
     let _w2 = worker("w2", &format!("{url_b},{url_a}"), &env);
-    let a = Client::new(&url_a);
+    let a = common::client(&url_a);
     let ids =
-        submit_round_robin(&[a.clone(), Client::new(&url_b)], 200, "core.sleep", json!({"seconds": 0.5}))
+        submit_round_robin(&[a.clone(), common::client(&url_b)], 200, "core.sleep", json!({"seconds": 0.5}))
             .await;
     wait_for("work running", Duration::from_secs(10), || async {
         let s = a.stats().await.ok()?;
@@ -196,7 +196,7 @@ async fn two_monitors_retry_a_dead_workers_execution_once() {
     let (_a, url_a) = server("server A", "127.0.0.1:0", &db.url, &env);
     let (_b, url_b) = server("server B", "127.0.0.1:0", &db.url, &env);
     let mut w1 = worker("w1", &url_a, &env);
-    let a = Client::new(&url_a);
+    let a = common::client(&url_a);
     let e = a.create_execution(&req("core.sleep", json!({"seconds": 3}), Some(3))).await.unwrap();
     a.wait_execution(e.id, true, Duration::from_secs(10)).await.unwrap();
     let _w2 = worker("w2", &url_b, &env);

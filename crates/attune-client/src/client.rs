@@ -42,17 +42,27 @@ impl ClientError {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer` with every request.
+    token: Option<String>,
 }
 
 impl Client {
     pub fn new(base: &str) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the server's idle timeout (30 s), so a pooled connection is not reused just as
+            // the server closes it.
+            .pool_idle_timeout(Duration::from_secs(20))
             .tcp_nodelay(true)
             .build()
             .expect("building an HTTP client without TLS cannot fail");
-        Client { base: base.trim_end_matches('/').to_owned(), http }
+        Client { base: base.trim_end_matches('/').to_owned(), http, token: None }
+    }
+
+    /// The same client, sending `token` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -68,6 +78,9 @@ impl Client {
     ) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url).timeout(timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -251,6 +264,18 @@ impl Client {
     ) -> Result<serde_json::Value, ClientError> {
         let body = Start { lease_token: lease_token.to_owned() };
         self.post(&format!("/api/v1/worker/{worker}/executions/{execution}/release"), &body).await
+    }
+
+    pub async fn create_token(&self, req: &CreateToken) -> Result<CreatedToken, ClientError> {
+        self.post("/api/v1/tokens", req).await
+    }
+
+    pub async fn list_tokens(&self, all: bool) -> Result<Vec<attune_core::auth::TokenInfo>, ClientError> {
+        self.get(&format!("/api/v1/tokens?all={all}")).await
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<attune_core::auth::TokenInfo, ClientError> {
+        self.post(&format!("/api/v1/tokens/{name}/revoke"), &serde_json::json!({})).await
     }
 
     pub async fn list_dead_letters(&self, all: bool) -> Result<Vec<DeadLetter>, ClientError> {

@@ -19,6 +19,15 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub packs: PackSettings,
     pub log: LogSettings,
+    pub client: ClientSettings,
+}
+
+/// How the command line reaches the server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientSettings {
+    /// The API token the CLI sends (after `--token` and `ATTUNE_TOKEN`; before `./.attune/admin.token`).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +54,8 @@ pub struct ServerSettings {
     pub body_timeout: Duration,
     /// Largest request body of the public API (413 beyond).
     pub max_body_bytes: usize,
+    /// Serve `GET /metrics` without a token (for a Prometheus that cannot send one).
+    pub metrics_public: bool,
     /// Largest request of the worker protocol. 0 (the default) means what a report may need when
     /// each stream holds up to `worker.max_output_bytes`; set it lower only to match a proxy in
     /// front of the server (a larger report then fails its execution with the proxy's reason).
@@ -98,6 +109,8 @@ pub struct WorkerSettings {
     pub concurrency: u32,
     /// Runtimes to offer; detected at start-up when absent.
     pub runtimes: Option<Vec<Runtime>>,
+    /// The enrollment token (role `worker`) to register with; `<data_dir>/worker.token` when absent.
+    pub token: Option<String>,
     /// Cap on captured stdout and on captured stderr, each.
     pub max_output_bytes: usize,
     /// After SIGTERM to a timed-out or canceled action, wait this long before SIGKILL.
@@ -200,6 +213,7 @@ impl Default for Settings {
             worker: WorkerSettings::default(),
             packs: PackSettings::default(),
             log: LogSettings::default(),
+            client: ClientSettings::default(),
         }
     }
 }
@@ -214,6 +228,7 @@ impl Default for ServerSettings {
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             max_body_bytes: 2 * 1024 * 1024,
+            metrics_public: false,
             max_worker_request_bytes: 0,
         }
     }
@@ -251,6 +266,7 @@ impl Default for WorkerSettings {
             shutdown_timeout: Duration::from_secs(30),
             concurrency: 8,
             runtimes: None,
+            token: None,
             max_output_bytes: 10 * 1024 * 1024,
             kill_grace: Duration::from_secs(5),
         }

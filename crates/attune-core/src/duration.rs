@@ -1,9 +1,9 @@
-//! Durations as operators write them: `10s`, `5m`, `2h`, `250ms`, or a plain number of seconds.
+//! Durations as operators write them: `10s`, `5m`, `2h`, `30d`, `250ms`, or a plain number of seconds.
 
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?}: use a number of seconds or a number with a unit (250ms, 10s, 5m, 2h)")]
+#[error("invalid duration {0:?}: use a number of seconds or a number with a unit (250ms, 10s, 5m, 2h, 30d)")]
 pub struct DurationError(pub String);
 
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
@@ -17,6 +17,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         _ => return Err(err()),
     };
     if !secs.is_finite() || secs < 0.0 {

@@ -5,6 +5,7 @@
 //! wire crate; nothing here needs it.)
 
 pub mod action;
+pub mod auth;
 pub mod config;
 pub mod duration;
 pub mod execution;

@@ -74,6 +74,7 @@ impl From<&StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "stale_lease", e.to_string())
             }
             StoreError::RefusedReport { .. } => ApiError::unprocessable("invalid_report", e.to_string()),
+            StoreError::Forbidden(m) => crate::auth::forbidden(m.clone()),
             StoreError::AlreadyDone(_) => ApiError::new(StatusCode::CONFLICT, "already_done", e.to_string()),
             StoreError::Transition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())

@@ -4,6 +4,7 @@
 //! number of replicas can serve the same database and a restart loses nothing.
 
 mod api;
+pub mod auth;
 mod error;
 mod group;
 mod http;
@@ -15,7 +16,6 @@ mod replicas;
 mod submission;
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -46,6 +46,8 @@ pub struct ServerOptions {
     pub http: http::Limits,
     /// Each captured stream's cap, announced to workers.
     pub max_output_bytes: usize,
+    /// `GET /metrics` without a token.
+    pub metrics_public: bool,
     /// How often a waiting poll or `…/wait` looks again without being woken (catches changes made
     /// by another replica whose notification was lost). Tests set it long to prove the wake-ups.
     pub recheck: Duration,
@@ -71,6 +73,7 @@ impl ServerOptions {
                 max_worker_request_bytes: s.max_worker_request_bytes(),
             },
             max_output_bytes: s.worker.max_output_bytes,
+            metrics_public: s.server.metrics_public,
             recheck: Duration::from_secs(1),
         }
     }
@@ -84,8 +87,8 @@ pub(crate) struct Shared {
     pub work_available: Notify,
     /// The one way new executions are accepted.
     pub submissions: submission::Submissions,
-    /// Names of workers that called, by id (for history entries and logs).
-    pub worker_names: Mutex<HashMap<Uuid, String>>,
+    /// Tokens recently read from the store.
+    pub tokens: auth::TokenCache,
     /// Every status change this server made, for waiters (`GET …/wait`) in this process.
     pub changes: tokio::sync::broadcast::Sender<Uuid>,
     pub metrics: metrics::Metrics,
@@ -148,7 +151,7 @@ impl Server {
                 store,
                 opts,
                 work_available: Notify::new(),
-                worker_names: Mutex::new(HashMap::new()),
+                tokens: auth::TokenCache::default(),
                 changes: tokio::sync::broadcast::channel(4096).0,
                 judge_after: Mutex::new(judge_after),
                 metrics: metrics::Metrics::default(),

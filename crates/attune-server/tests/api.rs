@@ -4,8 +4,12 @@
 use std::{sync::Arc, time::Duration};
 
 use attune_client::{Client, ClientError};
+use attune_core::auth::{Permission, Role};
 use attune_core::{config::Settings, ExecutionStatus, Report, Runtime, Timestamp};
-use attune_server::{Server, ServerOptions};
+use attune_server::{
+    auth::{create_token, TokenRequest},
+    Server, ServerOptions,
+};
 use attune_store::{Store, StoreOptions};
 use attune_testkit::TestDb;
 use attune_wire::CreateExecution;
@@ -36,13 +40,21 @@ both!(
     events_stream_in_order_and_resume,
     openapi_documents_every_route,
     every_accepted_value_is_stored_unchanged_or_refused,
+    every_operation_is_guarded,
     bounds_are_enforced_and_waits_are_cut,
 );
 
 struct Api {
     url: String,
+    /// An admin's client.
     client: Client,
+    /// Plain HTTP, sending the admin token.
     http: reqwest::Client,
+    /// Secrets of tokens of each role.
+    admin: String,
+    viewer: String,
+    operator: String,
+    enroll: String,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: TestDb,
@@ -63,9 +75,63 @@ impl Api {
         let stop = CancellationToken::new();
         let mut opts = ServerOptions::from_settings(&Settings::default());
         tune(&mut opts);
+        let mut secrets = Vec::new();
+        for role in [Role::Admin, Role::Viewer, Role::Operator, Role::Worker] {
+            let req = TokenRequest {
+                name: format!("test-{role}"),
+                role,
+                worker: None,
+                created_by: None,
+                expires_at: None,
+            };
+            secrets.push(create_token(&store, req, Timestamp::now()).await.unwrap().1);
+        }
+        let [admin, viewer, operator, enroll] = <[String; 4]>::try_from(secrets).unwrap();
         let server = Server::build(opts, store);
         let task = tokio::spawn(server.run(listener, stop.clone()));
-        Api { client: Client::new(&url), http: reqwest::Client::new(), url, stop, task: Some(task), _db: db }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
+        Api {
+            client: Client::new(&url).with_token(Some(admin.clone())),
+            http,
+            url,
+            admin,
+            viewer,
+            operator,
+            enroll,
+            stop,
+            task: Some(task),
+            _db: db,
+        }
+    }
+
+    /// A request with `token` (or none) instead of the admin's.
+    async fn raw_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_owned());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        // A success may be text (metrics); an error is always the JSON error shape.
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        assert!(status < 400 || value.is_object(), "an error that is not JSON ({status}): {text}");
+        (status, value)
+    }
+
+    async fn post_as(&self, token: &str, path: &str, body: &str) -> (u16, Value) {
+        self.raw_as(Some(token), reqwest::Method::POST, path, Some(body)).await
     }
 
     async fn raw(&self, method: reqwest::Method, path: &str, body: Option<&str>) -> (u16, Value) {
@@ -185,7 +251,20 @@ async fn submit_noop(api: &Api) -> attune_core::Execution {
         .unwrap()
 }
 
-async fn register(api: &Api, name: &str) -> uuid::Uuid {
+/// A registered worker: its id, its own credential, and a client that uses it.
+struct W {
+    id: uuid::Uuid,
+    token: String,
+    client: Client,
+}
+
+impl std::fmt::Display for W {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.id)
+    }
+}
+
+async fn register(api: &Api, name: &str) -> W {
     let req = attune_wire::RegisterWorker {
         name: name.into(),
         host: "test".into(),
@@ -194,62 +273,74 @@ async fn register(api: &Api, name: &str) -> uuid::Uuid {
         concurrency: 2,
         version: "t".into(),
     };
-    api.client.register(&req).await.unwrap().worker.id
+    let enroller = Client::new(&api.url).with_token(Some(api.enroll.clone()));
+    let r = enroller.register(&req).await.unwrap();
+    W {
+        id: r.worker.id,
+        client: Client::new(&api.url).with_token(Some(r.credential.clone())),
+        token: r.credential,
+    }
 }
 
 async fn worker_protocol_is_fenced(db: TestDb) {
     let api = Api::start(db).await;
     let (s, v) = api
-        .post(
+        .post_as(
+            &api.enroll,
             "/api/v1/worker/register",
             r#"{"name":"w","host":"h","runtimes":[],"concurrency":1,"version":"1"}"#,
         )
         .await;
     assert_eq!((s, code(&v)), (422, "invalid_registration"));
     let (s, v) = api
-        .post(
+        .post_as(
+            &api.enroll,
             "/api/v1/worker/register",
             r#"{"name":"w","host":"h","runtimes":["cobol"],"concurrency":1,"version":"1"}"#,
         )
         .await;
     assert_eq!((s, code(&v)), (422, "invalid_body"), "{v}");
-    let ghost = uuid::Uuid::now_v7();
-    let err = api.client.heartbeat(ghost, vec![]).await.unwrap_err();
-    assert!(matches!(&err, ClientError::Api { status: 404, code, .. } if code == "unknown_worker"), "{err}");
-
     let w = register(&api, "w1").await;
+    // A worker's credential is good for that worker only; an admin's is not a worker's.
+    let ghost = uuid::Uuid::now_v7();
+    let err = w.client.heartbeat(ghost, vec![]).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Api { status: 403, code, .. } if code == "forbidden"), "{err}");
+    let err = api.client.heartbeat(w.id, vec![]).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Api { status: 403, .. }), "{err}");
     let e = submit_noop(&api).await;
-    let tasks = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks;
+    let tasks = w.client.poll(w.id, 1, Duration::from_secs(5)).await.unwrap().tasks;
     assert_eq!(tasks.len(), 1);
     let t = &tasks[0];
-    let err = api.client.start(w, e.id, "stale").await.unwrap_err();
+    let err = w.client.start(w.id, e.id, "stale").await.unwrap_err();
     assert_eq!(err.status(), Some(409), "{err}");
-    api.client.start(w, e.id, &t.lease_token).await.unwrap();
+    w.client.start(w.id, e.id, &t.lease_token).await.unwrap();
     let before = api.client.get_execution(e.id).await.unwrap();
-    let err = api.client.complete(w, e.id, "stale", report(ExecutionStatus::Succeeded)).await.unwrap_err();
+    let err = w.client.complete(w.id, e.id, "stale", report(ExecutionStatus::Succeeded)).await.unwrap_err();
     assert!(matches!(&err, ClientError::Api { status: 409, code, .. } if code == "stale_lease"), "{err}");
     assert_eq!(api.client.get_execution(e.id).await.unwrap(), before, "a stale completion changes nothing");
     let done =
-        api.client.complete(w, e.id, &t.lease_token, report(ExecutionStatus::Succeeded)).await.unwrap();
+        w.client.complete(w.id, e.id, &t.lease_token, report(ExecutionStatus::Succeeded)).await.unwrap();
     assert_eq!(done.status, ExecutionStatus::Succeeded);
     // Idempotent for the same token.
-    let again = api.client.complete(w, e.id, &t.lease_token, report(ExecutionStatus::Failed)).await.unwrap();
+    let again = w.client.complete(w.id, e.id, &t.lease_token, report(ExecutionStatus::Failed)).await.unwrap();
     assert_eq!(again.status, ExecutionStatus::Succeeded);
-    let hb = api
+    let hb = w
         .client
-        .heartbeat(w, vec![attune_core::Lease { execution_id: e.id, lease_token: t.lease_token.clone() }])
+        .heartbeat(w.id, vec![attune_core::Lease { execution_id: e.id, lease_token: t.lease_token.clone() }])
         .await
         .unwrap();
     assert_eq!(hb.leases[0].state, attune_core::LeaseState::Revoked, "a finished execution's lease is gone");
-    let (s, v) = api.post(&format!("/api/v1/worker/{w}/poll"), r#"{"max_tasks": 0, "wait_ms": 0}"#).await;
+    let (s, v) =
+        api.post_as(&w.token, &format!("/api/v1/worker/{w}/poll"), r#"{"max_tasks": 0, "wait_ms": 0}"#).await;
     assert_eq!((s, code(&v)), (422, "invalid_poll"));
     // A report the server cannot take is refused (422) and, since resending cannot fix it, ends
     // its execution at once as failed with the reason (not with a lease expiry later).
     let bad = submit_noop(&api).await;
-    let t = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
-    api.client.start(w, bad.id, &t.lease_token).await.unwrap();
+    let t = w.client.poll(w.id, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
+    w.client.start(w.id, bad.id, &t.lease_token).await.unwrap();
     let (s, v) = api
-        .post(
+        .post_as(
+            &w.token,
             &format!("/api/v1/worker/{w}/executions/{}/complete", bad.id),
             &json!({"lease_token": t.lease_token, "status": "running"}).to_string(),
         )
@@ -259,9 +350,12 @@ async fn worker_protocol_is_fenced(db: TestDb) {
     assert_eq!(failed.status, ExecutionStatus::Failed);
     let reason = failed.error.unwrap()["error"].as_str().unwrap().to_owned();
     assert!(reason.starts_with("the server refused the worker's report: status must be"), "{reason}");
-    api.client.deregister(w).await.unwrap();
+    w.client.deregister(w.id).await.unwrap();
     let ws = api.client.list_workers(false).await.unwrap();
-    assert!(ws.iter().all(|x| x.id != w), "deregistered workers are not listed by default");
+    assert!(ws.iter().all(|x| x.id != w.id), "deregistered workers are not listed by default");
+    // Its credential dies with its registration.
+    let err = w.client.heartbeat(w.id, vec![]).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Api { status: 401, .. }), "{err}");
     api.stop().await;
 }
 
@@ -269,10 +363,10 @@ async fn long_poll_wakes_on_submit(db: TestDb) {
     // Waiting polls look again only every minute here: returning sooner proves the wake-up.
     let api = Api::start_with(db, |o| o.recheck = Duration::from_secs(60)).await;
     let w = register(&api, "w1").await;
-    let client = api.client.clone();
+    let client = w.client.clone();
     let wait = Duration::from_secs(25);
     let poll = tokio::spawn(async move {
-        let r = client.poll(w, 4, wait).await.unwrap();
+        let r = client.poll(w.id, 4, wait).await.unwrap();
         (r, std::time::Instant::now())
     });
     // Submit only once the poll is parked, so that it can only learn of the task by being woken.
@@ -368,15 +462,15 @@ async fn metrics_parse_and_move(db: TestDb) {
     let depth = samples(&waiting, "attune_queue_depth");
     assert_eq!(depth.len(), 1);
     assert_eq!((depth[0].0["queue"].as_str(), depth[0].1), ("builtin", 1.0));
-    let t = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
+    let t = w.client.poll(w.id, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
     let lease = attune_core::Lease { execution_id: e.id, lease_token: t.lease_token.clone() };
-    api.client.start_batch(w, vec![lease]).await.unwrap();
+    w.client.start_batch(w.id, vec![lease]).await.unwrap();
     let item = attune_wire::CompleteItem {
         execution_id: e.id,
         lease_token: t.lease_token,
         report: report(ExecutionStatus::Succeeded),
     };
-    api.client.complete_batch(w, vec![item]).await.unwrap();
+    w.client.complete_batch(w.id, vec![item]).await.unwrap();
     let after = text().await;
     let done = samples(&after, "attune_executions_finished_total");
     assert_eq!(done.len(), 1, "{after}");
@@ -438,11 +532,11 @@ async fn read_sse(
     events
 }
 
-async fn run_one_noop(api: &Api, w: uuid::Uuid) -> uuid::Uuid {
+async fn run_one_noop(api: &Api, w: &W) -> uuid::Uuid {
     let e = submit_noop(api).await;
-    let t = api.client.poll(w, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
-    api.client.start(w, e.id, &t.lease_token).await.unwrap();
-    api.client.complete(w, e.id, &t.lease_token, report(ExecutionStatus::Succeeded)).await.unwrap();
+    let t = w.client.poll(w.id, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
+    w.client.start(w.id, e.id, &t.lease_token).await.unwrap();
+    w.client.complete(w.id, e.id, &t.lease_token, report(ExecutionStatus::Succeeded)).await.unwrap();
     e.id
 }
 
@@ -454,7 +548,7 @@ async fn events_stream_in_order_and_resume(db: TestDb) {
     let (s, v) = api.raw(reqwest::Method::GET, "/api/v1/events?after=nonsense", None).await;
     assert_eq!((s, code(&v)), (400, "invalid_cursor"));
     // A fresh database: from the start of the stream, this execution's whole life, in order.
-    let id = run_one_noop(&api, w).await;
+    let id = run_one_noop(&api, &w).await;
     let events = read_sse(&api, "/api/v1/events?kind=execution&after=0-0", None, |ev| {
         ev.iter().any(|e| e.1 == "ExecutionCompleted")
     })
@@ -483,9 +577,8 @@ async fn events_stream_in_order_and_resume(db: TestDb) {
     assert_eq!((workers[0].1.as_str(), workers[0].2["worker"].as_str()), ("WorkerRegistered", Some("w1")));
     // A live subscriber sees a later execution as it happens.
     let later = tokio::spawn({
-        let url = api.url.clone();
+        let (url, http) = (api.url.clone(), api.http.clone());
         async move {
-            let http = reqwest::Client::new();
             let mut resp = http.get(format!("{url}/api/v1/events?kind=execution")).send().await.unwrap();
             let mut text = String::new();
             while !text.contains("ExecutionCompleted") {
@@ -500,11 +593,11 @@ async fn events_stream_in_order_and_resume(db: TestDb) {
         }
     });
     // If the subscriber connected after a submit, it waits for the next one: submit until seen.
-    let mut submitted = vec![run_one_noop(&api, w).await];
+    let mut submitted = vec![run_one_noop(&api, &w).await];
     while !later.is_finished() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if !later.is_finished() {
-            submitted.push(run_one_noop(&api, w).await);
+            submitted.push(run_one_noop(&api, &w).await);
         }
     }
     let text = later.await.unwrap();
@@ -550,7 +643,7 @@ async fn openapi_documents_every_route(db: TestDb) {
             }
         }
     }
-    assert_eq!(operations, 28, "every public route is documented");
+    assert_eq!(operations, 31, "every public route is documented");
     assert!(doc["components"]["schemas"]["Execution"].is_object());
     let page = api.http.get(format!("{}/api/v1/docs", api.url)).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
@@ -606,7 +699,8 @@ async fn every_accepted_value_is_stored_unchanged_or_refused(db: TestDb) {
     assert_eq!((s, code(&v)), (413, "body_too_large"), "{v}");
     // The worker protocol: names and tokens that no database column may hold are refused.
     let (s, v) = api
-        .post(
+        .post_as(
+            &api.enroll,
             "/api/v1/worker/register",
             r#"{"name":"w\u0000","host":"h","runtimes":["builtin"],"concurrency":1,"version":"1"}"#,
         )
@@ -614,10 +708,11 @@ async fn every_accepted_value_is_stored_unchanged_or_refused(db: TestDb) {
     assert_eq!((s, code(&v)), (422, "invalid_registration"), "{v}");
     let w = register(&api, "w1").await;
     let hb = json!({"leases": [{"execution_id": id, "lease_token": "a\u{0}"}]}).to_string();
-    let (s, v) = api.post(&format!("/api/v1/worker/{w}/heartbeat"), &hb).await;
+    let (s, v) = api.post_as(&w.token, &format!("/api/v1/worker/{w}/heartbeat"), &hb).await;
     assert_eq!((s, code(&v)), (422, "invalid_lease_token"), "{v}");
     let logs = json!({"lease_token": "abc", "chunks": [{"stream": "stdout", "text": "not base64!", "encoding": "base64"}]});
-    let (s, v) = api.post(&format!("/api/v1/worker/{w}/executions/{id}/logs"), &logs.to_string()).await;
+    let (s, v) =
+        api.post_as(&w.token, &format!("/api/v1/worker/{w}/executions/{id}/logs"), &logs.to_string()).await;
     assert_eq!((s, code(&v)), (422, "invalid_logs"), "{v}");
     api.stop().await;
 }
@@ -638,13 +733,15 @@ async fn bounds_are_enforced_and_waits_are_cut(db: TestDb) {
     // A poll asking to wait longer than server.max_poll waits max_poll.
     let w = register(&api, "w1").await;
     let started = std::time::Instant::now();
-    let (s, v) =
-        api.post(&format!("/api/v1/worker/{w}/poll"), r#"{"max_tasks": 1, "wait_ms": 3600000}"#).await;
+    let (s, v) = api
+        .post_as(&w.token, &format!("/api/v1/worker/{w}/poll"), r#"{"max_tasks": 1, "wait_ms": 3600000}"#)
+        .await;
     assert_eq!(s, 200, "{v}");
     assert!(v["tasks"].as_array().unwrap().len() <= 1);
     // The one above may have been handed out; poll again with nothing left.
-    let (s, _) =
-        api.post(&format!("/api/v1/worker/{w}/poll"), r#"{"max_tasks": 1, "wait_ms": 3600000}"#).await;
+    let (s, _) = api
+        .post_as(&w.token, &format!("/api/v1/worker/{w}/poll"), r#"{"max_tasks": 1, "wait_ms": 3600000}"#)
+        .await;
     assert_eq!(s, 200);
     assert!(started.elapsed() < Duration::from_secs(10), "cut to max_poll: {:?}", started.elapsed());
     let e = submit_noop(&api).await;
@@ -654,5 +751,104 @@ async fn bounds_are_enforced_and_waits_are_cut(db: TestDb) {
         .await;
     assert_eq!(s, 200);
     assert!(started.elapsed() < Duration::from_secs(5), "cut to max_wait: {:?}", started.elapsed());
+    api.stop().await;
+}
+
+/// Every operation of the API document: no token → 401, a role its permission does not cover →
+/// 403, a role it covers → neither (whatever else the request gets wrong).
+async fn every_operation_is_guarded(db: TestDb) {
+    let api = Api::start(db).await;
+    let w = register(&api, "w1").await;
+    // The description of the API is open (every operation it lists is not).
+    let (s, doc) = api.raw_as(None, reqwest::Method::GET, "/api/v1/openapi.json", None).await;
+    assert_eq!(s, 200);
+    let roles = [
+        (Role::Admin, api.admin.as_str()),
+        (Role::Operator, api.operator.as_str()),
+        (Role::Viewer, api.viewer.as_str()),
+        (Role::Worker, api.enroll.as_str()),
+        (Role::Agent, w.token.as_str()),
+    ];
+    let mut checked = 0;
+    // Deregistering revokes the worker's credential: that one goes last.
+    let mut ops: Vec<(&String, &String, &Value)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| item.as_object().unwrap().iter().map(move |(m, op)| (path, m, op)))
+        .collect();
+    ops.sort_by_key(|(path, _, _)| path.ends_with("/deregister"));
+    {
+        for (path, method, op) in ops {
+            let probe = path
+                .replace("{id}", &w.id.to_string())
+                .replace("{execution}", &uuid::Uuid::now_v7().to_string())
+                .replace("{action_ref}", "core.nope")
+                .replace("{name}", "nobody")
+                + if path == "/api/v1/events" { "?kind=probe" } else { "" };
+            let m = if method == "post" { reqwest::Method::POST } else { reqwest::Method::GET };
+            let body = (method == "post").then_some("{}");
+            let Some(permission) = op["x-attune-permission"].as_str() else {
+                assert_eq!(path, "/health", "only /health is open; {method} {path} declares no permission");
+                continue;
+            };
+            let (s, v) = api.raw_as(None, m.clone(), &probe, body).await;
+            assert_eq!((s, code(&v)), (401, "unauthorized"), "{method} {path} without a token");
+            let (s, _) = api.raw_as(Some("attune_not-a-real-token"), m.clone(), &probe, body).await;
+            assert_eq!(s, 401, "{method} {path} with an unknown token");
+            for (role, token) in roles {
+                let p = Permission::ALL
+                    .into_iter()
+                    .find(|p| p.as_str() == permission)
+                    .unwrap_or_else(|| panic!("unknown permission {permission}"));
+                let allowed = role.allows(p);
+                let (s, v) = api.raw_as(Some(token), m.clone(), &probe, body).await;
+                if allowed {
+                    assert!(s != 401 && s != 403, "{method} {path} as {role}: {s} {v}");
+                } else {
+                    assert_eq!((s, code(&v)), (403, "forbidden"), "{method} {path} as {role}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 30 * 5, "{checked}");
+    // A revoked token stops working at once on this server; an expired one is refused too.
+    let (_, created) = api.post("/api/v1/tokens", r#"{"name": "short", "role": "viewer"}"#).await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(api.raw_as(Some(&secret), reqwest::Method::GET, "/api/v1/stats", None).await.0, 200);
+    let (s, _) = api.post("/api/v1/tokens/short/revoke", "{}").await;
+    assert_eq!(s, 200);
+    let (s, v) = api.raw_as(Some(&secret), reqwest::Method::GET, "/api/v1/stats", None).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("revoked"), "{v}");
+    let (s, v) =
+        api.post("/api/v1/tokens", r#"{"name": "gone", "role": "viewer", "expires_in": "1ms"}"#).await;
+    assert_eq!(s, 201, "{v}");
+    let gone = v["secret"].as_str().unwrap().to_owned();
+    let expired = attune_testkit::wait_for("the token to expire", Duration::from_secs(5), || async {
+        let (s, v) = api.raw_as(Some(&gone), reqwest::Method::GET, "/api/v1/stats", None).await;
+        (s == 401).then_some(v)
+    })
+    .await;
+    assert!(expired["error"]["message"].as_str().unwrap().contains("expired"), "{expired}");
+    // Tokens are listed without secrets, and their names are unique while in use.
+    let (_, list) = api.raw(reqwest::Method::GET, "/api/v1/tokens", None).await;
+    assert!(!list.to_string().contains("attune_"), "no secret in a listing: {list}");
+    let (s, v) = api.post("/api/v1/tokens", r#"{"name": "test-admin", "role": "viewer"}"#).await;
+    assert_eq!((s, code(&v)), (409, "already_done"), "{v}");
+    let (s, v) = api.post("/api/v1/tokens", r#"{"name": "x", "role": "agent"}"#).await;
+    assert_eq!((s, code(&v)), (422, "invalid_token"), "{v}");
+    // The last admin token cannot be revoked (nobody could administer the platform after it);
+    // once there is another, it can.
+    let (s, v) = api.post("/api/v1/tokens/test-admin/revoke", "{}").await;
+    assert_eq!((s, code(&v)), (403, "forbidden"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("last admin token"), "{v}");
+    let (_, v) = api.post("/api/v1/tokens", r#"{"name": "second-admin", "role": "admin"}"#).await;
+    let second = v["secret"].as_str().unwrap().to_owned();
+    let (s, v) = api.post("/api/v1/tokens/test-admin/revoke", "{}").await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = api.post_as(&second, "/api/v1/tokens/second-admin/revoke", "{}").await;
+    assert_eq!(s, 403, "the second is now the last");
     api.stop().await;
 }

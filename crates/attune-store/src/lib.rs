@@ -22,6 +22,7 @@ mod notify;
 mod packs;
 mod queue;
 mod rows;
+mod tokens;
 mod workers;
 
 pub use attune_core::NewExecution;
@@ -30,6 +31,7 @@ pub use events::{Event, EventCursor};
 pub use executions::{ExecutionFilter, MetricsSnapshot, Page};
 pub use lifecycle::{Applied, Driven};
 pub use notify::{Listener, Notice};
+pub use tokens::NewToken;
 pub use workers::NewWorker;
 
 use attune_core::TransitionError;
@@ -55,6 +57,9 @@ pub enum StoreError {
     /// A worker's report that could not be taken; its execution was failed with this reason.
     #[error("execution {id}: the report was refused ({message}); the execution failed with this reason")]
     RefusedReport { id: String, message: String },
+    /// The caller may not touch this (another worker's lease).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request was already carried out once and cannot be repeated.
     #[error("{0}")]
     AlreadyDone(String),

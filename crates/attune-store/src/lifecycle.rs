@@ -62,6 +62,7 @@ const ROUNDS: usize = 5;
 fn refused(id: Uuid, r: Refusal) -> StoreError {
     match r {
         Refusal::Stale(message) => StoreError::StaleLease { id: id.to_string(), message },
+        Refusal::Foreign(message) => StoreError::Forbidden(format!("execution {id}: {message}")),
         Refusal::Invalid(source) => StoreError::Transition { id: id.to_string(), source },
     }
 }

@@ -16,22 +16,29 @@ impl Store {
         now: Timestamp,
     ) -> Result<()> {
         let ids = id.to_string();
-        let holds: Option<String> = read_pool!(self, p => {
+        let holder_of: Option<Option<String>> = read_pool!(self, p => {
             sqlx::query_scalar(
-                "SELECT status FROM executions WHERE id = $1 AND lease_token = $2 AND worker_id = $3
+                "SELECT worker_id FROM executions WHERE id = $1 AND lease_token = $2
                     AND status IN ('running', 'canceling')",
             )
             .bind(&ids)
             .bind(holder.token)
-            .bind(holder.worker.to_string())
             .fetch_optional(p)
             .await?
         });
-        if holds.is_none() {
-            return Err(StoreError::StaleLease {
-                id: ids,
-                message: "no running attempt holds this lease".into(),
-            });
+        match holder_of {
+            None => {
+                return Err(StoreError::StaleLease {
+                    id: ids,
+                    message: "no running attempt holds this lease".into(),
+                })
+            }
+            Some(w) if w != Some(holder.worker.to_string()) => {
+                return Err(StoreError::Forbidden(format!(
+                    "execution {ids}: its lease is held by another worker"
+                )))
+            }
+            Some(_) => {}
         }
         write_pool!(self, p => {
             let mut tx = p.begin().await?;

@@ -13,6 +13,7 @@ const SQLITE: &[(i64, &str)] = &[
     (7, include_str!("../migrations/sqlite/0007_drop_ready_index.sql")),
     (8, include_str!("../migrations/sqlite/0008_backoff_column.sql")),
     (9, include_str!("../migrations/sqlite/0009_output_encoding.sql")),
+    (10, include_str!("../migrations/sqlite/0010_tokens.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -23,6 +24,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (6, include_str!("../migrations/postgres/0006_execution_logs.sql")),
     (8, include_str!("../migrations/postgres/0008_backoff_column.sql")),
     (9, include_str!("../migrations/postgres/0009_output_encoding.sql")),
+    (10, include_str!("../migrations/postgres/0010_tokens.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

@@ -6,7 +6,7 @@ mod db;
 mod proc;
 
 pub use db::TestDb;
-pub use proc::{run_cli, CliOutput, Proc};
+pub use proc::{run_cli, run_cli_in, CliOutput, Proc};
 
 use std::{future::Future, time::Duration};
 

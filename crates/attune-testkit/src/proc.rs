@@ -22,13 +22,29 @@ pub struct Proc {
     pub name: String,
     child: Child,
     lines: Arc<Lines>,
+    /// Kept alive as long as the process (its data directory, say).
+    keep: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl Proc {
     /// Starts `program args…` with extra environment; stdout and stderr lines are collected.
     pub fn spawn(name: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_in(name, None, program, args, env)
+    }
+
+    /// As `spawn`, in the working directory `dir` when given.
+    pub fn spawn_in(
+        name: &str,
+        dir: Option<&std::path::Path>,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         #[allow(clippy::disallowed_methods)] // tests start the real binary, not an action
         let mut cmd = std::process::Command::new(program);
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
         cmd.args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(env.iter().copied())
@@ -54,7 +70,12 @@ impl Proc {
                 }
             });
         }
-        Proc { name: name.to_owned(), child, lines }
+        Proc { name: name.to_owned(), child, lines, keep: Vec::new() }
+    }
+
+    /// Keeps `thing` (a temporary directory, say) until the process is dropped.
+    pub fn keep(&mut self, thing: impl std::any::Any + Send) {
+        self.keep.push(Box::new(thing));
     }
 
     pub fn pid(&self) -> u32 {
@@ -145,13 +166,23 @@ impl CliOutput {
 
 /// Runs `program args…` to completion and returns its exit code and output.
 pub fn run_cli(program: &str, args: &[&str]) -> CliOutput {
+    run_cli_in(None, program, args)
+}
+
+/// As `run_cli`, in the working directory `dir` when given (where `./.attune/admin.token` is
+/// looked for).
+pub fn run_cli_in(dir: Option<&std::path::Path>, program: &str, args: &[&str]) -> CliOutput {
     #[allow(clippy::disallowed_methods)] // tests run the real binary, not an action
     let mut cmd = std::process::Command::new(program);
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env_remove("ATTUNE_SERVER");
+        .env_remove("ATTUNE_SERVER")
+        .env_remove("ATTUNE_TOKEN");
     let child = cmd.spawn().unwrap_or_else(|e| panic!("start {program}: {e}"));
     let out = child.wait_with_output().expect("wait for command");
     CliOutput {

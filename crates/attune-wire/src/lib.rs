@@ -122,6 +122,10 @@ pub struct Registered {
     /// Largest worker-protocol request the server takes; a worker sends reports in batches that fit.
     #[serde(default)]
     pub max_request_bytes: u64,
+    /// The worker's own credential: every later call of the worker protocol is made with it (the
+    /// enrollment token only registers).
+    #[serde(default)]
+    pub credential: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -259,4 +263,26 @@ pub struct StreamEvent {
     pub worker: Option<String>,
     pub actor: Option<String>,
     pub reason: Option<String>,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// 1 to 64 letters, digits, `.`, `_`, `-` or `@`; unique among the tokens in use.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
+    pub name: String,
+    /// `admin`, `operator`, `viewer`, or `worker` (an enrollment token for workers).
+    pub role: attune_core::auth::Role,
+    /// How long it is valid (`30d`, `12h`, `90m`, `3600`); forever when absent.
+    #[serde(default)]
+    #[schema(pattern = "^[0-9]{1,9}(\\.[0-9]+)?(ms|s|m|h|d)?$")]
+    pub expires_in: Option<String>,
+}
+
+/// A new token: its secret is shown here, once, and never again.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedToken {
+    pub token: attune_core::auth::TokenInfo,
+    pub secret: String,
 }

@@ -36,6 +36,9 @@ pub struct WorkerOptions {
     pub kill_grace: Duration,
     pub labels: serde_json::Value,
     pub scratch_dir: std::path::PathBuf,
+    /// The enrollment token (role `worker`) it registers with; the server then issues it a
+    /// credential of its own for everything else.
+    pub enroll_token: Option<String>,
 }
 
 struct InFlight {
@@ -98,13 +101,14 @@ impl Shared {
 
 impl Agent {
     pub fn build(opts: WorkerOptions) -> Agent {
-        let clients = opts.servers.iter().map(|s| Client::new(s)).collect();
+        let clients =
+            opts.servers.iter().map(|s| Client::new(s).with_token(opts.enroll_token.clone())).collect();
         Agent { opts, clients }
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         anyhow::ensure!(!self.clients.is_empty(), "no server URL given");
-        let Some((reg, current)) = register(&self.clients, &self.opts, &shutdown).await else {
+        let Some((reg, current)) = register(&self.clients, &self.opts, &shutdown).await? else {
             return Ok(()); // shut down before a server answered
         };
         let heartbeat_every = Duration::from_millis(reg.heartbeat_interval_ms.max(100));
@@ -115,8 +119,10 @@ impl Agent {
             // The server's cap counts: what it sizes its request limit by.
             opts.max_output = opts.max_output.min(reg.max_output_bytes as usize);
         }
+        // From here on, the worker speaks with its own credential.
+        let clients = self.clients.into_iter().map(|c| c.with_token(Some(reg.credential.clone()))).collect();
         let shared = Arc::new(Shared {
-            clients: self.clients,
+            clients,
             current: std::sync::atomic::AtomicUsize::new(current),
             opts,
             id: reg.worker.id,
@@ -174,12 +180,12 @@ impl Agent {
 }
 
 /// Registers with the first server that answers, trying them in turn with backoff; returns the
-/// registration and the index of that server.
+/// registration and the index of that server. A refusal (a bad enrollment token, say) is final.
 async fn register(
     clients: &[Client],
     opts: &WorkerOptions,
     shutdown: &CancellationToken,
-) -> Option<(attune_wire::Registered, usize)> {
+) -> anyhow::Result<Option<(attune_wire::Registered, usize)>> {
     let req = RegisterWorker {
         name: opts.name.clone(),
         host: hostname(),
@@ -194,16 +200,22 @@ async fn register(
         let client = &clients[i % clients.len()];
         i += 1;
         match client.register(&req).await {
-            Ok(r) => return Some((r, (i - 1) % clients.len())),
+            Ok(r) => return Ok(Some((r, (i - 1) % clients.len()))),
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot register yet");
             }
             Err(e) => {
-                tracing::error!(error = %e, "registration refused");
+                let hint = match e.status() {
+                    Some(401 | 403) => {
+                        "; set worker.token (ATTUNE__WORKER__TOKEN) to an enrollment token (role worker)"
+                    }
+                    _ => "",
+                };
+                return Err(anyhow::anyhow!("the server refused to register this worker: {e}{hint}"));
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return Ok(None),
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));

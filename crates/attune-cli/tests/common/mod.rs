@@ -34,18 +34,119 @@ pub fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Proc {
     Proc::spawn(name, BIN, args, &env)
 }
 
-/// `attune server` on `listen` (port 0 for any) and `db_url`; returns it and its URL.
+/// The tokens a server's first start wrote, by its URL (each test binary's servers).
+static TOKENS: std::sync::Mutex<Vec<(String, Tokens)>> = std::sync::Mutex::new(Vec::new());
+
+/// A server's admin token and worker enrollment token.
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    pub admin: String,
+    pub enroll: String,
+}
+
+/// Reads the tokens a server wrote into `data_dir` and files them under `url`.
+pub fn remember_tokens(url: &str, data_dir: &std::path::Path) -> Tokens {
+    let read = |f: &str| {
+        std::fs::read_to_string(data_dir.join(f))
+            .unwrap_or_else(|e| panic!("{f} in {}: {e}", data_dir.display()))
+    };
+    let t = Tokens {
+        admin: read("admin.token").trim().to_owned(),
+        enroll: read("worker.token").trim().to_owned(),
+    };
+    remember_tokens_as(url, t.clone());
+    t
+}
+
+/// Files `tokens` under `url` (a server restarted on the same address keeps its tokens).
+pub fn remember_tokens_as(url: &str, tokens: Tokens) {
+    let mut all = TOKENS.lock().unwrap();
+    all.retain(|(u, _)| u != url);
+    all.push((url.to_owned(), tokens));
+}
+
+/// The tokens of the server at `url` (the first of a comma-separated list).
+pub fn tokens(url: &str) -> Tokens {
+    let first = url.split(',').next().unwrap_or_default().trim();
+    let all = TOKENS.lock().unwrap();
+    all.iter().rev().find(|(u, _)| u == first).map(|(_, t)| t.clone()).unwrap_or_else(|| {
+        // A replica of a server whose tokens are known: the same database takes them.
+        all.last().map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no tokens known for {url}"))
+    })
+}
+
+/// A client of the server at `url`, as its admin.
+pub fn client(url: &str) -> attune_client::Client {
+    attune_client::Client::new(url).with_token(Some(tokens(url).admin))
+}
+
+/// `attune server` on `listen` (port 0 for any) and `db_url`, with a data directory of its own;
+/// returns it and its URL.
 pub fn server(name: &str, listen: &str, db_url: &str, env: &[(String, String)]) -> (Proc, String) {
-    let p = spawn(name, &["server", "--listen", listen, "--database-url", db_url], env);
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    let mut p =
+        spawn(name, &["server", "--listen", listen, "--database-url", db_url, "--data-dir", &data_dir], env);
     let url = p.wait_url();
+    remember_tokens(&url, dir.path());
+    p.keep(dir);
     (p, url)
 }
 
-/// `attune worker` against `servers` (comma-separated), once it has registered.
+/// `attune worker` against `servers` (comma-separated), enrolled with the first server's
+/// enrollment token, once it has registered.
 pub fn worker(name: &str, servers: &str, env: &[(String, String)]) -> Proc {
-    let w = spawn(name, &["--server", servers, "worker", "--name", name], env);
+    let w = spawn_worker(name, servers, env);
     w.wait_line(Duration::from_secs(30), |l| l.contains("worker registered").then_some(()));
     w
+}
+
+/// `attune worker` as `worker` starts it, without waiting for it to register.
+pub fn spawn_worker(name: &str, servers: &str, env: &[(String, String)]) -> Proc {
+    let mut env = env.to_vec();
+    if !env.iter().any(|(k, _)| k == "ATTUNE__WORKER__TOKEN") {
+        env.push(("ATTUNE__WORKER__TOKEN".into(), tokens(servers).enroll));
+    }
+    spawn(name, &["--server", servers, "worker", "--name", name], &env)
+}
+
+/// The CLI against `url`, as its admin.
+pub fn cli(url: &str, args: &[&str]) -> attune_testkit::CliOutput {
+    let token = tokens(url).admin;
+    let mut all = vec!["--server", url, "--token", &token];
+    all.extend_from_slice(args);
+    attune_testkit::run_cli(BIN, &all)
+}
+
+/// One request on a connection of its own (`Connection: close`), with `token` as bearer when
+/// given: the status code and the body.
+pub fn request(url: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap_or_else(|e| panic!("{method} {path}: no answer within 5 s: {e}"));
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Registers a worker named `name` at the server at `url` over plain HTTP, with its enrollment
+/// token: the worker's id and its own credential.
+pub fn register(url: &str, name: &str) -> (String, String) {
+    let body =
+        format!(r#"{{"name":"{name}","host":"h","runtimes":["builtin"],"concurrency":1,"version":"t"}}"#);
+    let (status, reply) = request(url, "POST", "/api/v1/worker/register", Some(&tokens(url).enroll), &body);
+    assert_eq!(status, 200, "{reply}");
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    (v["worker"]["id"].as_str().unwrap().to_owned(), v["credential"].as_str().unwrap().to_owned())
 }
 
 /// A free TCP port on loopback (bound, then released).

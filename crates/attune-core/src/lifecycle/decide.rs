@@ -23,7 +23,7 @@ fn check_holder(s: &Stored, h: &Holder<'_>, what: &str) -> Result<(), Refusal> {
         return Err(Refusal::Stale(format!("the execution is {} and {what}", s.status)));
     }
     if s.worker_id != Some(h.worker) {
-        return Err(Refusal::Stale(format!(
+        return Err(Refusal::Foreign(format!(
             "the execution is {} and its lease is held by another worker",
             s.status
         )));

@@ -198,6 +198,8 @@ impl Change {
 pub enum Refusal {
     /// The caller's lease is not the execution's current one (fencing).
     Stale(String),
+    /// The lease is current but another worker's: that worker's to report on, not the caller's.
+    Foreign(String),
     /// The state machine does not allow it.
     Invalid(TransitionError),
 }
@@ -205,7 +207,7 @@ pub enum Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::Stale(m) => f.write_str(m),
+            Refusal::Stale(m) | Refusal::Foreign(m) => f.write_str(m),
             Refusal::Invalid(e) => write!(f, "{e}"),
         }
     }

@@ -168,6 +168,7 @@ fn outcome(d: &Decision) -> String {
         Decision::Apply(c) => c.to.as_str().to_owned(),
         Decision::Unchanged => "-".into(),
         Decision::Refuse(Refusal::Stale(_)) => "stale".into(),
+        Decision::Refuse(Refusal::Foreign(_)) => "foreign".into(),
         Decision::Refuse(Refusal::Invalid(_)) => "invalid".into(),
     }
 }
@@ -217,7 +218,7 @@ fn another_workers_call_is_stale() {
         report(&s, &HOLDER, &rep(Succeeded), at(0)),
         lease_lost(&s, &LeaseLoss::Released(HOLDER), at(0)),
     ] {
-        assert!(matches!(&d, Decision::Refuse(Refusal::Stale(m)) if m.contains("another worker")), "{d:?}");
+        assert!(matches!(&d, Decision::Refuse(Refusal::Foreign(m)) if m.contains("another worker")), "{d:?}");
     }
 }
 

@@ -1,11 +1,11 @@
 //! Dead letters: work that was never processed successfully, listed with its cause; requeueing
 //! submits it again as a new execution.
 
-use attune_core::{DeadLetter, Execution};
+use attune_core::{auth::Identity, DeadLetter, Execution};
 use axum::{
     extract::{rejection::QueryRejection, Path, Query},
     http::StatusCode,
-    Json,
+    Extension, Json,
 };
 use serde::Deserialize;
 
@@ -36,10 +36,11 @@ pub async fn list(
 #[utoipa::path(post, path = "/api/v1/dead-letters/{id}/requeue", tag = "dead letters", params(("id" = uuid::Uuid, Path)), responses((status = 201, body = attune_core::Execution), (status = 409, description = "Already requeued")))]
 pub async fn requeue(
     state: State,
+    Extension(who): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Execution>), ApiError> {
     let id = parse_id("dead letter", &id)?;
-    let e = state.submissions.requeue(id, "dlq_requeue").await?;
+    let e = state.submissions.requeue(id, &who.actor()).await?;
     tracing::info!(dead_letter = %id, execution_id = %e.id, "dead letter requeued");
     Ok((StatusCode::CREATED, Json(e.masked())))
 }

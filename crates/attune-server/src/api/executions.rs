@@ -1,6 +1,7 @@
 //! Executions: submit (through `Submissions`), list, get with history, cancel, wait, live output.
 
 use attune_core::{
+    auth::Identity,
     submission::{Origin, Overrides},
     ActionRef, Execution, ExecutionStatus, Timestamp,
 };
@@ -10,7 +11,7 @@ use axum::{
     extract::{rejection::QueryRejection, Path, Query},
     http::{header, StatusCode},
     response::IntoResponse,
-    Json,
+    Extension, Json,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -23,7 +24,11 @@ use crate::{
 };
 
 #[utoipa::path(post, path = "/api/v1/executions", tag = "executions", request_body = attune_wire::CreateExecution, responses((status = 201, description = "Accepted", body = attune_core::Execution)))]
-pub async fn create(state: State, Body(req): Body<CreateExecution>) -> Result<impl IntoResponse, ApiError> {
+pub async fn create(
+    state: State,
+    Extension(who): Extension<Identity>,
+    Body(req): Body<CreateExecution>,
+) -> Result<impl IntoResponse, ApiError> {
     let action_ref = ActionRef::parse(&req.action_ref)
         .map_err(|e| ApiError::unprocessable("invalid_action_ref", e.to_string()))?;
     let e = state
@@ -36,7 +41,7 @@ pub async fn create(state: State, Body(req): Body<CreateExecution>) -> Result<im
                 max_attempts: req.max_attempts,
                 backoff_seconds: req.backoff_seconds,
             },
-            origin: Origin::actor("api"),
+            origin: Origin::actor(who.actor()),
         })
         .await?;
     tracing::debug!(execution_id = %e.id, action = %e.action_ref, "execution accepted");
@@ -91,9 +96,13 @@ pub async fn get(state: State, Path(id): Path<String>) -> Result<Json<Execution>
 }
 
 #[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = attune_core::Execution), (status = 409, description = "Stale lease or invalid transition")))]
-pub async fn cancel(state: State, Path(id): Path<String>) -> Result<Json<Execution>, ApiError> {
+pub async fn cancel(
+    state: State,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Result<Json<Execution>, ApiError> {
     let id = parse_id("execution", &id)?;
-    let e = state.store.cancel_execution(id, "api", Timestamp::now()).await?;
+    let e = state.store.cancel_execution(id, &who.actor(), Timestamp::now()).await?;
     state.changed(&[(id, e.status)]).await;
     tracing::info!(execution_id = %id, status = %e.status, "cancel requested");
     Ok(Json(e.masked()))

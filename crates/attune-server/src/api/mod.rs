@@ -10,6 +10,7 @@ mod deadletters;
 mod events;
 mod executions;
 mod ops;
+mod tokens;
 mod worker;
 
 use std::sync::Arc;
@@ -17,7 +18,10 @@ use std::sync::Arc;
 use axum::Router;
 use utoipa::openapi::{path::Operation, ContentBuilder, HttpMethod, OpenApi, Ref, RefOr, ResponseBuilder};
 
-use crate::{ApiError, Shared};
+use attune_core::auth::Permission;
+use axum::http::Method;
+
+use crate::{auth, ApiError, Shared};
 
 pub(crate) type State = axum::extract::State<Arc<Shared>>;
 type Door = Router<Arc<Shared>>;
@@ -50,6 +54,9 @@ type Door = Router<Arc<Shared>>;
         events::events,
         deadletters::list,
         deadletters::requeue,
+        tokens::create,
+        tokens::list,
+        tokens::revoke,
         worker::register,
         worker::heartbeat,
         worker::poll,
@@ -75,21 +82,57 @@ struct ErrorResponses;
 
 impl utoipa::Modify for ErrorResponses {
     fn modify(&self, api: &mut OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        api.components.get_or_insert_with(Default::default).add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
         for (path, item) in api.paths.paths.iter_mut() {
             for method in [HttpMethod::Get, HttpMethod::Post] {
-                let op = match method {
-                    HttpMethod::Get => item.get.as_mut(),
-                    _ => item.post.as_mut(),
+                let (op, m) = match method {
+                    HttpMethod::Get => (item.get.as_mut(), Method::GET),
+                    _ => (item.post.as_mut(), Method::POST),
                 };
                 if let Some(op) = op {
-                    add_errors(path, op);
+                    add_errors(path, m, op);
                 }
             }
         }
     }
 }
 
-fn add_errors(path: &str, op: &mut Operation) {
+fn add_errors(path: &str, method: Method, op: &mut Operation) {
+    if let Some((_, _, permission)) = all_rules().find(|(m, p, _)| *m == method && *p == path) {
+        let who = match permission {
+            Permission::Enroll => "an enrollment token (role `worker`)".to_owned(),
+            Permission::WorkerProtocol => "the worker's own credential (from its registration)".to_owned(),
+            p => {
+                let roles: Vec<_> = attune_core::auth::Role::ALL
+                    .into_iter()
+                    .filter(|r| r.grantable() && r.allows(*p))
+                    .map(|r| format!("`{r}`"))
+                    .collect();
+                format!("a token of role {}", roles.join(" or "))
+            }
+        };
+        let note = format!("Needs {who} (`Authorization: Bearer <token>`).");
+        op.description = Some(match op.description.take() {
+            Some(d) => format!("{d}\n\n{note}"),
+            None => note,
+        });
+        op.security =
+            Some(vec![utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        op.extensions
+            .get_or_insert_with(Default::default)
+            .insert("x-attune-permission".into(), serde_json::json!(permission.as_str()));
+        op.responses.responses.entry("401".into()).or_insert_with(|| {
+            ResponseBuilder::new().description("No token, or an unknown, expired or revoked one").into()
+        });
+        op.responses
+            .responses
+            .entry("403".into())
+            .or_insert_with(|| ResponseBuilder::new().description("The token's role may not do this").into());
+    }
     let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
     let has_body = op.request_body.is_some();
     let mut codes =
@@ -131,28 +174,53 @@ async fn docs() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("docs.html"))
 }
 
-/// Every route, door by door.
+/// Every route, door by door; each door's routes are guarded by its rules (`auth::guard`).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     use axum::extract::DefaultBodyLimit;
     let limits = &shared.opts.http;
+    let guarded = |door: Door, rules: auth::Rules| {
+        door.route_layer(axum::middleware::from_fn_with_state((shared.clone(), rules), auth::guard))
+    };
     Router::new()
-        .merge(ops_door())
-        .merge(public_door().layer(DefaultBodyLimit::max(limits.max_body_bytes)))
-        .merge(worker::door().layer(DefaultBodyLimit::max(limits.max_worker_request_bytes)))
+        .merge(open_door(shared.opts.metrics_public))
+        .merge(guarded(ops_door(shared.opts.metrics_public), OPS_RULES))
+        .merge(guarded(public_door(), PUBLIC_RULES).layer(DefaultBodyLimit::max(limits.max_body_bytes)))
+        .merge(
+            guarded(worker::door(), worker::RULES)
+                .layer(DefaultBodyLimit::max(limits.max_worker_request_bytes)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
 }
 
-/// Health, metrics and the API documents.
-fn ops_door() -> Door {
+/// What anyone may read: health, the API document and its page (they describe the API, which is
+/// public knowledge; every operation they list needs a token), and metrics when
+/// `server.metrics_public` says so.
+fn open_door(metrics_public: bool) -> Door {
     use axum::routing::get;
-    Router::new()
+    let door = Router::new()
         .route("/health", get(ops::health))
-        .route("/metrics", get(ops::metrics))
-        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/docs", get(docs))
+        .route("/api/v1/openapi.json", get(openapi));
+    if metrics_public {
+        door.route("/metrics", get(ops::metrics))
+    } else {
+        door
+    }
 }
+
+/// Metrics, unless public.
+fn ops_door(metrics_public: bool) -> Door {
+    use axum::routing::get;
+    if metrics_public {
+        Router::new()
+    } else {
+        Router::new().route("/metrics", get(ops::metrics))
+    }
+}
+
+const OPS_RULES: auth::Rules = &[(Method::GET, "/metrics", Permission::Read)];
 
 /// API v1 for people and their tools.
 fn public_door() -> Door {
@@ -171,6 +239,35 @@ fn public_door() -> Door {
         .route("/api/v1/packs", get(catalog::packs).post(catalog::load_pack))
         .route("/api/v1/actions", get(catalog::actions))
         .route("/api/v1/actions/{action_ref}", get(catalog::action))
+        .route("/api/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/api/v1/tokens/{name}/revoke", post(tokens::revoke))
+}
+
+/// What each public route needs (`attune_core::auth` says which role has what).
+const PUBLIC_RULES: auth::Rules = &[
+    (Method::POST, "/api/v1/executions", Permission::Run),
+    (Method::GET, "/api/v1/executions", Permission::Read),
+    (Method::GET, "/api/v1/executions/{id}", Permission::Read),
+    (Method::POST, "/api/v1/executions/{id}/cancel", Permission::Cancel),
+    (Method::GET, "/api/v1/executions/{id}/wait", Permission::Read),
+    (Method::GET, "/api/v1/executions/{id}/logs", Permission::Read),
+    (Method::GET, "/api/v1/stats", Permission::Read),
+    (Method::GET, "/api/v1/events", Permission::Read),
+    (Method::GET, "/api/v1/dead-letters", Permission::Read),
+    (Method::POST, "/api/v1/dead-letters/{id}/requeue", Permission::Requeue),
+    (Method::GET, "/api/v1/workers", Permission::Read),
+    (Method::GET, "/api/v1/packs", Permission::Read),
+    (Method::POST, "/api/v1/packs", Permission::Admin),
+    (Method::GET, "/api/v1/actions", Permission::Read),
+    (Method::GET, "/api/v1/actions/{action_ref}", Permission::Read),
+    (Method::POST, "/api/v1/tokens", Permission::Admin),
+    (Method::GET, "/api/v1/tokens", Permission::Admin),
+    (Method::POST, "/api/v1/tokens/{name}/revoke", Permission::Admin),
+];
+
+/// Every rule of every door (the API document states each operation's).
+fn all_rules() -> impl Iterator<Item = &'static (Method, &'static str, Permission)> {
+    OPS_RULES.iter().chain(PUBLIC_RULES).chain(worker::RULES)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

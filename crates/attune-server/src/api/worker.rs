@@ -1,11 +1,17 @@
-//! The worker door: register → heartbeat → poll → start → complete → drain/deregister. Every route
-//! after registration names its worker (`/api/v1/worker/{id}/…`); `Caller` reads it once and every
-//! call about an execution is checked against the lease *that worker* holds (a token alone is not
-//! enough): a stale or foreign lease gets 409 and changes nothing.
+//! The worker door: register → heartbeat → poll → start → complete → drain/deregister. A worker
+//! registers with an enrollment token (role `worker`) and gets a credential of its own (role
+//! `agent`, bound to it); every later route names the worker (`/api/v1/worker/{id}/…`), and
+//! `Caller` accepts the call only from that worker's credential. Every call about an execution is
+//! then checked against the lease *that worker* holds: a stale lease gets 409, another worker's
+//! 403, and neither changes anything.
 
 use std::{sync::Arc, time::Duration};
 
-use attune_core::{lifecycle::Holder, Timestamp, Worker};
+use attune_core::{
+    auth::{Identity, Permission, Role},
+    lifecycle::Holder,
+    Timestamp, Worker,
+};
 use attune_store::{Driven, NewWorker};
 use attune_wire::{
     BatchItemResult, BatchReply, Complete, CompleteBatch, Heartbeat, HeartbeatReply, LeaseReply, Poll,
@@ -13,14 +19,15 @@ use attune_wire::{
 };
 use axum::{
     extract::{FromRequestParts, Path, RawPathParams},
-    http::request::Parts,
+    http::{request::Parts, Method},
     routing::post,
-    Json, Router,
+    Extension, Json, Router,
 };
 use uuid::Uuid;
 
 use super::{Door, State};
 use crate::{
+    auth::{create_token, forbidden, TokenRequest},
     error::{parse_id, Body},
     ApiError, Shared,
 };
@@ -30,6 +37,21 @@ const MAX_NAME: usize = 200;
 
 /// Maximum items in one batch request.
 const MAX_BATCH: usize = 4096;
+
+/// What each worker route needs.
+pub(super) const RULES: crate::auth::Rules = &[
+    (Method::POST, "/api/v1/worker/register", Permission::Enroll),
+    (Method::POST, "/api/v1/worker/{id}/heartbeat", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/poll", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/executions/{execution}/start", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/executions/{execution}/complete", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/executions/{execution}/logs", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/executions/{execution}/release", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/start-batch", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/complete-batch", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/drain", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/deregister", Permission::WorkerProtocol),
+];
 
 pub(super) fn door() -> Door {
     Router::new()
@@ -46,7 +68,8 @@ pub(super) fn door() -> Door {
         .route("/api/v1/worker/{id}/deregister", post(deregister))
 }
 
-/// The registered worker a worker-protocol call comes from (the `{id}` of its path).
+/// The registered worker a worker-protocol call comes from: the `{id}` of its path, which must be
+/// the worker the credential was issued to.
 pub(crate) struct Caller {
     pub id: Uuid,
     pub name: String,
@@ -68,12 +91,11 @@ impl FromRequestParts<Arc<Shared>> for Caller {
             .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
         let raw = params.iter().find(|(k, _)| *k == "id").map(|(_, v)| v.to_owned()).unwrap_or_default();
         let id = parse_id("worker", &raw)?;
-        if let Some(name) = state.worker_names.lock().expect("names lock").get(&id) {
-            return Ok(Caller { id, name: name.clone() });
+        let who = parts.extensions.get::<Identity>().cloned().ok_or_else(|| forbidden("no identity"))?;
+        if who.worker != Some(id) {
+            return Err(forbidden(format!("this credential belongs to another worker, not to {id}")));
         }
-        let w = worker(state, id).await?;
-        state.worker_names.lock().expect("names lock").insert(id, w.name.clone());
-        Ok(Caller { id, name: w.name })
+        Ok(Caller { id, name: who.name })
     }
 }
 
@@ -107,7 +129,11 @@ fn check_token(t: &str) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/v1/worker/register", tag = "worker protocol", request_body = attune_wire::RegisterWorker, responses((status = 200, body = attune_wire::Registered)))]
-pub async fn register(state: State, Body(req): Body<RegisterWorker>) -> Result<Json<Registered>, ApiError> {
+pub async fn register(
+    state: State,
+    Extension(enroller): Extension<Identity>,
+    Body(req): Body<RegisterWorker>,
+) -> Result<Json<Registered>, ApiError> {
     let bad = |m: &str| ApiError::unprocessable("invalid_registration", m.to_owned());
     if req.name.trim().is_empty() || req.name.len() > MAX_NAME {
         return Err(bad("name must be 1 to 200 characters"));
@@ -132,10 +158,24 @@ pub async fn register(state: State, Body(req): Body<RegisterWorker>) -> Result<J
         concurrency: req.concurrency,
         version: req.version,
     };
-    let worker = state.store.register_worker(&w, Timestamp::now()).await?;
+    let now = Timestamp::now();
+    let worker = state.store.register_worker(&w, now).await?;
+    // Its own credential: everything after registration is done with it, and it is good for this
+    // worker only.
+    let (_, credential) = create_token(
+        &state.store,
+        TokenRequest {
+            name: worker.name.clone(),
+            role: Role::Agent,
+            worker: Some(worker.id),
+            created_by: Some(enroller.actor()),
+            expires_at: None,
+        },
+        now,
+    )
+    .await?;
     crate::metrics::Metrics::add(&state.metrics.workers_registered, 1);
-    state.worker_names.lock().expect("names lock").insert(worker.id, worker.name.clone());
-    tracing::info!(worker = %worker.name, id = %worker.id, runtimes = ?worker.runtimes, "worker registered");
+    tracing::info!(worker = %worker.name, id = %worker.id, runtimes = ?worker.runtimes, enrolled_by = %enroller.name, "worker registered");
     let o = &state.opts;
     Ok(Json(Registered {
         worker,
@@ -145,6 +185,7 @@ pub async fn register(state: State, Body(req): Body<RegisterWorker>) -> Result<J
         max_poll_ms: ms(o.max_poll),
         max_output_bytes: o.max_output_bytes as u64,
         max_request_bytes: o.http.max_worker_request_bytes as u64,
+        credential,
     }))
 }
 
@@ -454,7 +495,10 @@ pub async fn drain(state: State, caller: Caller) -> Result<Json<Worker>, ApiErro
 
 #[utoipa::path(post, path = "/api/v1/worker/{id}/deregister", tag = "worker protocol", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = attune_core::Worker)))]
 pub async fn deregister(state: State, caller: Caller) -> Result<Json<Worker>, ApiError> {
-    let w = state.store.deregister_worker(caller.id, Timestamp::now()).await?;
+    let now = Timestamp::now();
+    let w = state.store.deregister_worker(caller.id, now).await?;
+    state.store.revoke_worker_tokens(caller.id, now).await?;
+    state.tokens.clear();
     crate::metrics::Metrics::add(&state.metrics.workers_deregistered, 1);
     tracing::info!(worker = %w.name, "worker deregistered");
     Ok(Json(w))
