@@ -7,7 +7,7 @@ use attune_core::{
     output::{decode, OutputEncoding},
     Execution, Timestamp,
 };
-use attune_wire::{CreateExecution, PackUpload};
+use attune_wire::{CreateExecution, LoadPack};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -28,8 +28,16 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 
 #[derive(Subcommand)]
 pub enum PackCmd {
-    /// Load (or re-load) the pack in DIR: pack.yaml plus actions/*.yaml.
-    Load { dir: PathBuf },
+    /// Have the server (re)load a pack directory it has: DIR is a directory under the server's
+    /// packs.dirs (its name, or its path there). The server reads and checks pack.yaml and
+    /// actions/*.yaml itself; when DIR exists here too it is checked here first.
+    Load {
+        dir: PathBuf,
+        /// Also remove actions gone from the pack's files, and take the pack over if it was loaded
+        /// from another directory (refused without it).
+        #[arg(long)]
+        replace: bool,
+    },
     /// List loaded packs.
     List,
 }
@@ -94,14 +102,27 @@ pub struct RunArgs {
 
 pub async fn pack(ctx: &Ctx, c: PackCmd) -> anyhow::Result<i32> {
     match c {
-        PackCmd::Load { dir } => {
-            let p = attune_pack::load_pack_dir(&dir).map_err(|e| usage(format!("pack not loaded:\n{e}")))?;
-            let up = PackUpload { pack: p.meta, actions: p.actions };
-            let loaded = ctx.client.upload_pack(&up).await?;
+        PackCmd::Load { dir, replace } => {
+            // On the server's machine the directory is checked here first, for located errors
+            // before a round trip; the server checks it again whatever this says.
+            let sent = match std::fs::canonicalize(&dir) {
+                Ok(real) if real.join("pack.yaml").is_file() => {
+                    attune_pack::load_pack_dir(&real).map_err(|e| usage(format!("pack not loaded:\n{e}")))?;
+                    real.display().to_string()
+                }
+                _ => dir.display().to_string(),
+            };
+            let loaded = ctx.client.load_pack(&LoadPack { dir: sent, replace }).await?;
             print(ctx.output, &loaded, || {
-                let mut t = Table::new(vec!["LOADED ACTION"]);
+                let mut t = Table::new(vec!["PACK", "ACTION", "CHANGE"]);
                 for a in &loaded.actions {
-                    t.row(vec![a.clone()]);
+                    t.row(vec![loaded.pack_ref.clone(), a.clone(), "loaded".into()]);
+                }
+                for a in &loaded.removed {
+                    t.row(vec![loaded.pack_ref.clone(), a.clone(), "removed".into()]);
+                }
+                if let Some(d) = &loaded.previous_dir {
+                    t.row(vec![loaded.pack_ref.clone(), "-".into(), format!("taken over from {d}")]);
                 }
                 t
             })?;

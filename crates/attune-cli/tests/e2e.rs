@@ -13,10 +13,15 @@ use common::{cli, packs_dir, BIN};
 
 /// `attune up` on port 0 with the repository's packs.
 fn up(extra: &[&str], data_dir: &std::path::Path) -> (Proc, String) {
+    up_with_packs(extra, data_dir, &packs_dir())
+}
+
+/// `attune up` on port 0 with `dirs` (comma-separated) as packs.dirs.
+fn up_with_packs(extra: &[&str], data_dir: &std::path::Path, dirs: &str) -> (Proc, String) {
     let dd = data_dir.display().to_string();
     let mut args = vec!["up", "--listen", "127.0.0.1:0", "--data-dir", dd.as_str()];
     args.extend_from_slice(extra);
-    let dirs = format!("[{}]", packs_dir());
+    let dirs = format!("[{dirs}]");
     let p = Proc::spawn("attune up", BIN, &args, &[("ATTUNE__PACKS__DIRS", dirs.as_str())]);
     let url = p.wait_url();
     common::remember_tokens(&url, data_dir);
@@ -120,9 +125,15 @@ fn cli_errors_have_exit_codes_and_messages() {
 #[test]
 fn pack_load_is_an_upsert_and_rejects_broken_packs() {
     let dir = tempfile::tempdir().unwrap();
-    let (_p, url) = up(&[], dir.path());
-    let pack = tempfile::tempdir().unwrap();
-    let pd = pack.path();
+    let mine = tempfile::tempdir().unwrap();
+    let (_p, url) = up_with_packs(&[], dir.path(), &format!("{},{}", packs_dir(), mine.path().display()));
+    // Only directories under packs.dirs load; anything else is refused, exit 2.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("pack.yaml"), "ref: elsewhere\n").unwrap();
+    let out = cli(&url, &["pack", "load", &elsewhere.path().display().to_string()]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("not a pack directory under the server's packs.dirs"), "{}", out.stderr);
+    let pd = &mine.path().join("demo");
     std::fs::create_dir_all(pd.join("actions")).unwrap();
     std::fs::write(pd.join("pack.yaml"), "ref: demo\nversion: '1'\n").unwrap();
     std::fs::write(
@@ -140,9 +151,9 @@ fn pack_load_is_an_upsert_and_rejects_broken_packs() {
     assert_eq!(e["result"], serde_json::json!({"greeting": "hi"}), "json output parsed into result");
     assert_eq!(e["stdout"], "", "and not stored twice");
 
-    // Re-load with a second action: an upsert.
+    // Re-load with a second action: an upsert (by name this time).
     std::fs::write(pd.join("actions/bye.yaml"), "ref: bye\nruntime: builtin\nentry_point: noop\n").unwrap();
-    assert_eq!(cli(&url, &["pack", "load", &pds]).code, 0);
+    assert_eq!(cli(&url, &["pack", "load", "demo"]).code, 0);
     let actions = cli(&url, &["action", "list", "-o", "json"]).json();
     let demo: Vec<_> = actions.as_array().unwrap().iter().filter(|a| a["pack"] == "demo").collect();
     assert_eq!(demo.len(), 2);

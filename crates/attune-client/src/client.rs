@@ -188,8 +188,9 @@ impl Client {
         self.get("/api/v1/packs").await
     }
 
-    pub async fn upload_pack(&self, pack: &PackUpload) -> Result<PackLoaded, ClientError> {
-        self.post("/api/v1/packs", pack).await
+    /// Asks the server to (re)load a pack directory it has.
+    pub async fn load_pack(&self, req: &LoadPack) -> Result<PackLoaded, ClientError> {
+        self.post("/api/v1/packs", req).await
     }
 
     pub async fn list_actions(&self) -> Result<Vec<Action>, ClientError> {

@@ -1,11 +1,11 @@
-//! What makes a pack's definitions valid, whoever sends them: the directory loader (`load`) and
-//! the server (`POST /api/v1/packs`) both run these checks, so a pack the CLI would refuse cannot
-//! reach the store another way. What needs the pack's files (does the entry point exist, is it
-//! executable) is checked by the loader alone.
+//! What makes an action's definition valid, apart from its files: the directory loader (`load`)
+//! runs these checks on every action, and adds what needs the files (the entry point exists, stays
+//! inside the pack once symlinks are followed, is executable). The server loads packs only through
+//! that loader, from its own `packs.dirs`.
 
-use std::{collections::BTreeSet, path::Path};
+use std::path::Path;
 
-use attune_core::{action::BUILTINS, Action, PackMeta, PackRef, Runtime};
+use attune_core::{action::BUILTINS, Action, PackRef, Runtime};
 
 use crate::schema::ParamValidator;
 
@@ -82,28 +82,4 @@ fn check_text(field: &'static str, text: &str) -> Option<Problem> {
     text.chars()
         .any(|c| c.is_control() && c != '\n' && c != '\t')
         .then(|| problem(field, "must not contain control characters (NUL included)"))
-}
-
-/// Every problem with a whole pack, each naming its action and field.
-pub fn check_pack(meta: &PackMeta, actions: &[Action]) -> Vec<String> {
-    let mut out = Vec::new();
-    let m = meta;
-    for (field, text) in [("label", &m.label), ("description", &m.description), ("version", &m.version)] {
-        if let Some(p) = check_text(field, text) {
-            out.push(format!("pack {}: field `{}`: {}", m.pack_ref, p.field, p.message));
-        }
-    }
-    if let Some(p) = m.dir.as_deref().and_then(|d| check_text("dir", d)) {
-        out.push(format!("pack {}: field `{}`: {}", m.pack_ref, p.field, p.message));
-    }
-    let mut seen = BTreeSet::new();
-    for a in actions {
-        for p in check_action(&meta.pack_ref, a) {
-            out.push(format!("action {}: field `{}`: {}", a.action_ref, p.field, p.message));
-        }
-        if !seen.insert(a.action_ref.clone()) {
-            out.push(format!("action {}: defined twice", a.action_ref));
-        }
-    }
-    out
 }

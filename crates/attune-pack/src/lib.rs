@@ -7,6 +7,6 @@ mod check;
 mod load;
 mod schema;
 
-pub use check::{check_action, check_pack, entry_point_is_contained, Problem};
-pub use load::{discover, load_pack_dir, LoadedPack, PackError, PackErrors};
+pub use check::{check_action, entry_point_is_contained, Problem};
+pub use load::{discover, load_pack_dir, resolve_entry_point, LoadedPack, PackError, PackErrors};
 pub use schema::{default_schema, ParamValidator};

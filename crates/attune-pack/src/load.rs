@@ -100,7 +100,11 @@ impl<'a> Doc<'a> {
                 return None;
             }
         };
-        let map = match serde_yaml::from_str::<Value>(&text) {
+        // Read as YAML's own value first: it refuses a key given twice (which would otherwise
+        // silently keep the last one), then converted to JSON's.
+        let parsed =
+            serde_yaml::from_str::<serde_yaml::Value>(&text).and_then(serde_yaml::from_value::<Value>);
+        let map = match parsed {
             Ok(Value::Object(m)) => m,
             Ok(_) => {
                 errors.push(PackError {
@@ -325,20 +329,50 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         doc.err(p.field, p.message);
     }
     if entry_ok && action.runtime != Runtime::Builtin {
-        check_entry_file(&mut doc, action.runtime, &dir_abs.join("actions").join(&action.entry_point));
+        check_entry_file(&mut doc, action.runtime, dir_abs, &action.entry_point);
     }
     (doc.errors.len() == before).then_some(action)
 }
 
-/// What only the directory can tell: the entry point exists (and a native one is executable).
-fn check_entry_file(doc: &mut Doc<'_>, rt: Runtime, full: &Path) {
+/// What only the directory can tell: the entry point exists, stays inside the pack once symlinks
+/// are followed, and (a native one) is executable.
+fn check_entry_file(doc: &mut Doc<'_>, rt: Runtime, dir_abs: &Path, entry_point: &str) {
+    let full = dir_abs.join("actions").join(entry_point);
     if !full.is_file() {
         doc.err("entry_point", format!("{} does not exist", full.display()));
         return;
     }
-    if rt == Runtime::Native && !is_executable(full) {
+    if let Err(e) = resolve_entry_point(dir_abs, entry_point) {
+        doc.err("entry_point", e);
+        return;
+    }
+    if rt == Runtime::Native && !is_executable(&full) {
         doc.err("entry_point", format!("{} is not executable (chmod +x it)", full.display()));
     }
+}
+
+/// `<pack_dir>/actions/<entry_point>` with every symlink followed, if it is a file inside the pack
+/// directory (itself resolved); otherwise why not. The loader checks it, and the worker again
+/// before it runs anything (the files may have changed since).
+pub fn resolve_entry_point(pack_dir: &Path, entry_point: &str) -> Result<PathBuf, String> {
+    if !crate::check::entry_point_is_contained(entry_point) {
+        return Err(format!("{entry_point:?} must be a relative path inside the pack's actions/ directory"));
+    }
+    let root =
+        std::fs::canonicalize(pack_dir).map_err(|e| format!("pack directory {}: {e}", pack_dir.display()))?;
+    let full = root.join("actions").join(entry_point);
+    let real = std::fs::canonicalize(&full).map_err(|e| format!("{}: {e}", full.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "{} resolves to {}, outside the pack directory (a symlink leaving the pack is refused)",
+            full.display(),
+            real.display()
+        ));
+    }
+    if !real.is_file() {
+        return Err(format!("{} is not a file", real.display()));
+    }
+    Ok(real)
 }
 
 fn is_executable(p: &Path) -> bool {

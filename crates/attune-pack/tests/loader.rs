@@ -109,6 +109,36 @@ fn errors_name_the_file_and_the_field() {
 }
 
 #[test]
+fn duplicate_keys_and_escaping_entry_points_are_errors() {
+    let d = pack(&[("pack.yaml", "ref: p\nref: q\n"), ("actions/ok.sh", "true\n")]);
+    let e = load_pack_dir(d.path()).unwrap_err().to_string();
+    assert!(e.contains("pack.yaml: invalid YAML") && e.contains("duplicate"), "{e}");
+
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "secret", "root:x:0:0\n");
+    let d = pack(&[
+        ("pack.yaml", "ref: p\n"),
+        ("actions/a.yaml", "ref: a\nruntime: shell\nentry_point: a.sh\nruntime: python\n"),
+        ("actions/abs.yaml", "ref: abs\nruntime: native\nentry_point: /usr/bin/uname\n"),
+        ("actions/link.yaml", "ref: link\nruntime: shell\nentry_point: link.sh\n"),
+        ("actions/dir.yaml", "ref: dir\nruntime: native\nentry_point: bin/id\n"),
+    ]);
+    let actions = d.path().join("actions");
+    std::os::unix::fs::symlink(outside.path().join("secret"), actions.join("link.sh")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin", actions.join("bin")).unwrap();
+    let e = load_pack_dir(d.path()).unwrap_err().to_string();
+    for expected in [
+        "a.yaml: invalid YAML: duplicate entry with key \"runtime\"",
+        "abs.yaml: field `entry_point`: must be a relative path",
+        "link.yaml: field `entry_point`",
+        "dir.yaml: field `entry_point`",
+    ] {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+    assert_eq!(e.matches("outside the pack directory").count(), 2, "{e}");
+}
+
+#[test]
 fn a_broken_pack_loads_nothing() {
     // One good action and one bad one: the result is an error, not a partial pack.
     let e = errors_of(&[

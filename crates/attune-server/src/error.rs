@@ -75,6 +75,9 @@ impl From<&StoreError> for ApiError {
             }
             StoreError::RefusedReport { .. } => ApiError::unprocessable("invalid_report", e.to_string()),
             StoreError::Forbidden(m) => crate::auth::forbidden(m.clone()),
+            StoreError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message.clone())
+            }
             StoreError::AlreadyDone(_) => ApiError::new(StatusCode::CONFLICT, "already_done", e.to_string()),
             StoreError::Transition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())

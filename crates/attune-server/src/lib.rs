@@ -48,6 +48,8 @@ pub struct ServerOptions {
     pub max_output_bytes: usize,
     /// `GET /metrics` without a token.
     pub metrics_public: bool,
+    /// The pack directories (`packs.dirs`): the only places a client may ask a pack to be loaded from.
+    pub pack_dirs: Vec<std::path::PathBuf>,
     /// How often a waiting poll or `…/wait` looks again without being woken (catches changes made
     /// by another replica whose notification was lost). Tests set it long to prove the wake-ups.
     pub recheck: Duration,
@@ -74,6 +76,7 @@ impl ServerOptions {
             },
             max_output_bytes: s.worker.max_output_bytes,
             metrics_public: s.server.metrics_public,
+            pack_dirs: s.packs.dirs.clone(),
             recheck: Duration::from_secs(1),
         }
     }

@@ -1,14 +1,17 @@
-//! Loading every pack under the configured directories at start-up (and for `attune pack load`,
-//! which reads a directory itself and uploads it through the API).
+//! Packs from the server's own directories (`packs.dirs`): all of them at start-up, and one at a
+//! client's request (`POST /api/v1/packs`), which may only name a directory under them. The server
+//! always reads and checks the files itself.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use attune_core::Timestamp;
 use attune_pack::{discover, load_pack_dir};
-use attune_store::Store;
+use attune_store::{PackReplaced, Store};
 
 /// Loads each pack under each directory in `dirs`; a broken pack is reported and skipped, the
-/// others still load. Returns the refs loaded and the problems found.
+/// others still load. These are the operator's own directories, so a pack's files are the truth:
+/// actions gone from them are removed and a pack found in another directory than before is taken
+/// over — each said in the log. Returns the refs loaded and the problems found.
 pub async fn load_dirs(store: &Store, dirs: &[impl AsRef<Path>]) -> (Vec<String>, Vec<String>) {
     let mut loaded = Vec::new();
     let mut problems = Vec::new();
@@ -27,8 +30,11 @@ pub async fn load_dirs(store: &Store, dirs: &[impl AsRef<Path>]) -> (Vec<String>
         };
         for dir in packs {
             match load_pack_dir(&dir) {
-                Ok(p) => match store.upsert_pack(&p.meta, &p.actions, Timestamp::now()).await {
-                    Ok(()) => loaded.push(format!("{} ({} actions)", p.meta.pack_ref, p.actions.len())),
+                Ok(p) => match store.load_pack(&p.meta, &p.actions, true, Timestamp::now()).await {
+                    Ok(change) => {
+                        say_replaced(p.meta.pack_ref.as_str(), &change);
+                        loaded.push(format!("{} ({} actions)", p.meta.pack_ref, p.actions.len()));
+                    }
                     Err(e) => problems.push(format!("{}: {e}", dir.display())),
                 },
                 Err(e) => problems.push(e.to_string()),
@@ -36,4 +42,49 @@ pub async fn load_dirs(store: &Store, dirs: &[impl AsRef<Path>]) -> (Vec<String>
         }
     }
     (loaded, problems)
+}
+
+/// Logs what a load replaced (it is never silent).
+pub(crate) fn say_replaced(pack: &str, change: &PackReplaced) {
+    if let Some(d) = &change.previous_dir {
+        tracing::warn!(pack, previous_dir = %d, "pack taken over from another directory");
+    }
+    if !change.removed.is_empty() {
+        tracing::warn!(pack, removed = %change.removed.join(", "), "pack actions removed");
+    }
+}
+
+/// The pack directory a client asked for: `name` as a directory directly under one of `roots`,
+/// or a path that lies under one of them once every symlink is followed. Anything else is refused
+/// without saying whether it exists.
+pub fn resolve_requested(roots: &[PathBuf], name: &str) -> Result<PathBuf, String> {
+    let roots: Vec<PathBuf> = roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).collect();
+    let listed = || roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
+    let outside = || {
+        format!(
+            "{name:?} is not a pack directory under the server's packs.dirs ({}); the server loads \
+             only packs it already has: put the pack there first",
+            listed()
+        )
+    };
+    let path = Path::new(name);
+    let candidates: Vec<PathBuf> = if path.is_absolute() {
+        // Refused before the filesystem is asked anything, unless it is under a root as written.
+        if !roots.iter().any(|r| path.starts_with(r)) {
+            return Err(outside());
+        }
+        vec![path.to_path_buf()]
+    } else {
+        if path.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(format!("{name:?}: a relative pack directory may not contain `..` or `.`"));
+        }
+        roots.iter().map(|r| r.join(path)).collect()
+    };
+    for c in candidates {
+        let Ok(real) = std::fs::canonicalize(&c) else { continue };
+        if roots.iter().any(|r| real.starts_with(r) && real != *r) && real.join("pack.yaml").is_file() {
+            return Ok(real);
+        }
+    }
+    Err(outside())
 }

@@ -34,7 +34,7 @@ both!(
     bad_paths_and_methods,
     worker_protocol_is_fenced,
     long_poll_wakes_on_submit,
-    bad_pack_uploads_store_nothing,
+    packs_load_only_from_the_servers_dirs,
     cancel_rules,
     metrics_parse_and_move,
     events_stream_in_order_and_resume,
@@ -385,26 +385,99 @@ async fn long_poll_wakes_on_submit(db: TestDb) {
     api.stop().await;
 }
 
-async fn bad_pack_uploads_store_nothing(db: TestDb) {
-    let api = Api::start(db).await;
-    let core = api.client.list_actions().await.unwrap();
-    let mut foreign = core[0].clone();
-    foreign.action_ref = attune_core::ActionRef::parse("other.x").unwrap();
-    let up = attune_wire::PackUpload {
-        pack: attune_core::PackMeta {
-            pack_ref: attune_core::PackRef::parse("newpack").unwrap(),
-            label: "n".into(),
-            description: String::new(),
-            version: "1".into(),
-            dir: None,
-        },
-        actions: vec![foreign],
+/// Every way a client tried to make the server run something outside a pack, or to empty one,
+/// is refused and changes nothing; only directories under `packs.dirs` load, and replacing is explicit.
+async fn packs_load_only_from_the_servers_dirs(db: TestDb) {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let dirs = vec![root.path().to_path_buf()];
+    let api = Api::start_with(db, move |o| o.pack_dirs = dirs).await;
+    let write = |base: &std::path::Path, rel: &str, text: &str| {
+        let p = base.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
     };
-    let err = api.client.upload_pack(&up).await.unwrap_err();
-    assert!(matches!(&err, ClientError::Api { status: 422, code, .. } if code == "invalid_pack"), "{err}");
-    let packs = api.client.list_packs().await.unwrap();
-    assert!(packs.iter().all(|p| p.meta.pack_ref.as_str() != "newpack"));
-    let (s, v) = api.post("/api/v1/packs", r#"{"pack": {"ref": "Bad Ref"}, "actions": []}"#).await;
+    let a = &api;
+    let load = |dir: String, replace: bool| {
+        let body = json!({"dir": dir, "replace": replace}).to_string();
+        async move { a.post("/api/v1/packs", &body).await }
+    };
+    let before = api.client.list_actions().await.unwrap();
+
+    // A pack outside packs.dirs, by absolute path, by `..`, or through a symlink: refused.
+    write(outside.path(), "evil/pack.yaml", "ref: evil\n");
+    write(outside.path(), "evil/actions/id.yaml", "ref: id\nruntime: builtin\nentry_point: noop\n");
+    std::os::unix::fs::symlink(outside.path().join("evil"), root.path().join("escape")).unwrap();
+    let evil = outside.path().join("evil").display().to_string();
+    for dir in
+        [evil, "/etc".into(), "../evil".into(), "escape".into(), format!("{}/escape", root.path().display())]
+    {
+        let (s, v) = load(dir.clone(), true).await;
+        assert_eq!((s, code(&v)), (422, "pack_dir_refused"), "{dir}: {v}");
+    }
+
+    // Entry points leaving the pack: `..`, absolute, a symlink to a file, a symlinked directory.
+    write(root.path(), "bad/pack.yaml", "ref: bad\n");
+    for (name, ep, rt) in [
+        ("up", "../../../../usr/bin/id", "native"),
+        ("abs", "/usr/bin/uname", "native"),
+        ("link", "link.sh", "shell"),
+        ("dir", "bin/id", "native"),
+    ] {
+        write(
+            root.path(),
+            &format!("bad/actions/{name}.yaml"),
+            &format!("ref: {name}\nruntime: {rt}\nentry_point: {ep}\n"),
+        );
+    }
+    std::os::unix::fs::symlink("/etc/passwd", root.path().join("bad/actions/link.sh")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin", root.path().join("bad/actions/bin")).unwrap();
+    let (s, v) = load("bad".into(), true).await;
+    assert_eq!((s, code(&v)), (422, "invalid_pack"), "{v}");
+    let details = v["error"]["details"].to_string();
+    for f in ["up.yaml", "abs.yaml", "link.yaml", "dir.yaml"] {
+        assert!(details.contains(&format!("{f}: field `entry_point`")), "{f}: {details}");
+    }
+    // Duplicate keys are an error, not the last one winning.
+    write(root.path(), "dup/pack.yaml", "ref: dup\n");
+    write(
+        root.path(),
+        "dup/actions/a.yaml",
+        "ref: a\nruntime: builtin\nentry_point: noop\nentry_point: noop\n",
+    );
+    let (s, v) = load("dup".into(), false).await;
+    assert_eq!((s, code(&v)), (422, "invalid_pack"), "{v}");
+    assert!(v["error"]["details"].to_string().contains("duplicate"), "{v}");
+
+    // An empty pack claiming `core`: a take-over and an emptying, refused without replace.
+    write(root.path(), "fakecore/pack.yaml", "ref: core\n");
+    let (s, v) = load("fakecore".into(), false).await;
+    assert_eq!((s, code(&v)), (409, "pack_conflict"), "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("take pack core over") && msg.contains("remove its actions core."), "{msg}");
+    assert_eq!(api.client.list_actions().await.unwrap(), before, "nothing changed");
+    // A viewer or an operator may not load packs at all.
+    let body = r#"{"dir": "fakecore", "replace": true}"#;
+    assert_eq!(api.post_as(&api.operator, "/api/v1/packs", body).await.0, 403);
+
+    // A good pack loads by name and by path; re-loading without an action needs replace.
+    write(root.path(), "demo/pack.yaml", "ref: demo\n");
+    write(root.path(), "demo/actions/a.yaml", "ref: a\nruntime: builtin\nentry_point: noop\n");
+    write(root.path(), "demo/actions/b.yaml", "ref: b\nruntime: shell\nentry_point: b.sh\n");
+    write(root.path(), "demo/actions/b.sh", "echo b\n");
+    let (s, v) = load("demo".into(), false).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["actions"], json!(["demo.a", "demo.b"]));
+    std::fs::remove_file(root.path().join("demo/actions/b.yaml")).unwrap();
+    let by_path = root.path().join("demo").display().to_string();
+    let (s, v) = load(by_path.clone(), false).await;
+    assert_eq!((s, code(&v)), (409, "pack_conflict"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("remove its actions demo.b"), "{v}");
+    let (s, v) = load(by_path, true).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!((v["actions"].clone(), v["removed"].clone()), (json!(["demo.a"]), json!(["demo.b"])));
+    // The old body (a client's own pack description) is not accepted any more.
+    let (s, v) = api.post("/api/v1/packs", r#"{"pack": {"ref": "x"}, "actions": []}"#).await;
     assert_eq!((s, code(&v)), (422, "invalid_body"), "{v}");
     api.stop().await;
 }

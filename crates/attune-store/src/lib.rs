@@ -31,6 +31,7 @@ pub use events::{Event, EventCursor};
 pub use executions::{ExecutionFilter, MetricsSnapshot, Page};
 pub use lifecycle::{Applied, Driven};
 pub use notify::{Listener, Notice};
+pub use packs::PackReplaced;
 pub use tokens::NewToken;
 pub use workers::NewWorker;
 
@@ -60,6 +61,9 @@ pub enum StoreError {
     /// The caller may not touch this (another worker's lease).
     #[error("{0}")]
     Forbidden(String),
+    /// The request conflicts with what is stored (`code` says how); nothing was changed.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     /// The request was already carried out once and cannot be repeated.
     #[error("{0}")]
     AlreadyDone(String),

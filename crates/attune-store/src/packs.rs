@@ -1,4 +1,4 @@
-//! Packs and actions: loaded as one upsert per pack, keyed by `ref`.
+//! Packs and actions: loaded as one transaction per pack, keyed by `ref`.
 
 use attune_core::{Action, ActionRef, PackMeta, PackRef, PackSummary, Timestamp};
 
@@ -7,12 +7,70 @@ use crate::{
     Result, Store,
 };
 
+/// What a load did beyond adding and updating: the directory the pack was loaded from before (when
+/// it was another one) and the actions it no longer has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackReplaced {
+    pub previous_dir: Option<String>,
+    pub removed: Vec<String>,
+}
+
+impl PackReplaced {
+    pub fn is_empty(&self) -> bool {
+        self.previous_dir.is_none() && self.removed.is_empty()
+    }
+}
+
 impl Store {
-    /// Replaces the pack `meta.pack_ref` and its actions in one transaction: actions no longer in
-    /// the pack are removed, the others inserted or updated. Executions keep their own snapshot.
-    pub async fn upsert_pack(&self, meta: &PackMeta, actions: &[Action], now: Timestamp) -> Result<()> {
+    /// Loads the pack `meta.pack_ref` and its actions in one transaction. Actions are inserted or
+    /// updated. Removing actions the pack had, or taking the pack over from another directory,
+    /// happens only with `replace`; without it such a load changes nothing and is a `Conflict`
+    /// that says what it would have done. Executions keep their own snapshot of their action.
+    pub async fn load_pack(
+        &self,
+        meta: &PackMeta,
+        actions: &[Action],
+        replace: bool,
+        now: Timestamp,
+    ) -> Result<PackReplaced> {
+        let lock = match self.kind {
+            crate::BackendKind::Postgres => " FOR UPDATE",
+            crate::BackendKind::Sqlite => "",
+        };
         write_pool!(self, p => {
             let mut tx = p.begin().await?;
+            let before: Option<Option<String>> =
+                sqlx::query_scalar(&format!("SELECT dir FROM packs WHERE ref = $1{lock}"))
+                    .bind(meta.pack_ref.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let had: Vec<String> = sqlx::query_scalar("SELECT ref FROM actions WHERE pack_ref = $1 ORDER BY ref")
+                .bind(meta.pack_ref.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            let change = PackReplaced {
+                previous_dir: before.flatten().filter(|d| Some(d) != meta.dir.as_ref()),
+                removed: had.into_iter().filter(|r| !actions.iter().any(|a| a.action_ref.as_str() == r)).collect(),
+            };
+            if !replace && !change.is_empty() {
+                let pack = &meta.pack_ref;
+                let mut why = Vec::new();
+                if let Some(d) = &change.previous_dir {
+                    let new = meta.dir.as_deref().unwrap_or("nowhere");
+                    why.push(format!("take pack {pack} over from {d} (this load is from {new})"));
+                }
+                if !change.removed.is_empty() {
+                    why.push(format!("remove its actions {}", change.removed.join(", ")));
+                }
+                return Err(crate::StoreError::Conflict {
+                    code: "pack_conflict",
+                    message: format!(
+                        "this load would {}; nothing was changed. Replacing a pack is explicit: \
+                         `attune pack load --replace` (an admin's request with \"replace\": true)",
+                        why.join(" and ")
+                    ),
+                });
+            }
             sqlx::query(
                 "INSERT INTO packs (ref, label, description, version, dir, loaded_at) VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (ref) DO UPDATE SET label = excluded.label, description = excluded.description,
@@ -43,8 +101,8 @@ impl Store {
                 .await?;
             }
             tx.commit().await?;
-        });
-        Ok(())
+            Ok(change)
+        })
     }
 
     pub async fn list_packs(&self) -> Result<Vec<PackSummary>> {

@@ -40,7 +40,7 @@ macro_rules! conformance {
 
 conformance!(
     migrations_are_idempotent,
-    packs_upsert_by_ref,
+    packs_load_by_ref_and_replace_only_when_asked,
     submit_records_history,
     list_filters_and_pages,
     claim_start_complete,
@@ -165,7 +165,7 @@ async fn migrations_are_idempotent(db: &TestDb) {
     assert!(s.list_packs().await.unwrap().is_empty());
 }
 
-async fn packs_upsert_by_ref(db: &TestDb) {
+async fn packs_load_by_ref_and_replace_only_when_asked(db: &TestDb) {
     let s = open(db).await;
     let meta = PackMeta {
         pack_ref: PackRef::parse("t").unwrap(),
@@ -176,13 +176,28 @@ async fn packs_upsert_by_ref(db: &TestDb) {
     };
     let a = action("a", Runtime::Builtin, 1);
     let b = action("b", Runtime::Shell, 1);
-    s.upsert_pack(&meta, &[a.clone(), b.clone()], at(0)).await.unwrap();
+    assert_eq!(s.load_pack(&meta, &[a.clone(), b.clone()], false, at(0)).await.unwrap(), Default::default());
     assert_eq!(s.list_actions(None).await.unwrap().len(), 2);
-    // Re-load with one action changed and one removed: an upsert by ref.
+    // Re-load with one action changed and one removed: refused without replace, nothing changes.
     let mut a2 = a.clone();
     a2.description = "changed".into();
     let meta2 = PackMeta { version: "2".into(), ..meta.clone() };
-    s.upsert_pack(&meta2, &[a2.clone()], at(1)).await.unwrap();
+    let r = s.load_pack(&meta2, &[a2.clone()], false, at(1)).await;
+    assert!(
+        matches!(&r, Err(StoreError::Conflict { code: "pack_conflict", message }) if message.contains("t.b")),
+        "{r:?}"
+    );
+    assert_eq!(s.list_actions(Some(&meta.pack_ref)).await.unwrap(), vec![a.clone(), b.clone()]);
+    // From another directory: a take-over, refused too.
+    let moved = PackMeta { dir: Some("/y".into()), ..meta.clone() };
+    let r = s.load_pack(&moved, &[a.clone(), b.clone()], false, at(1)).await;
+    assert!(
+        matches!(&r, Err(StoreError::Conflict { message, .. }) if message.contains("over from /x")),
+        "{r:?}"
+    );
+    // With replace: done, and said.
+    let change = s.load_pack(&meta2, &[a2.clone()], true, at(1)).await.unwrap();
+    assert_eq!((change.previous_dir, change.removed), (None, vec!["t.b".to_string()]));
     let actions = s.list_actions(Some(&meta.pack_ref)).await.unwrap();
     assert_eq!(actions, vec![a2.clone()]);
     assert_eq!(s.get_action(&b.action_ref).await.unwrap(), None);

@@ -3,9 +3,7 @@
 //! HTTP library, so the server does not pull in the client's and the client not the server's.
 //! Domain objects (`Execution`, `Worker`, `Action`, `Task`) travel as defined in `attune-core`.
 
-use attune_core::{
-    Action, Execution, Lease, LeaseState, PackMeta, Report, Runtime, Task, Worker, WorkerStatus,
-};
+use attune_core::{Execution, Lease, LeaseState, Report, Runtime, Task, Worker, WorkerStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -63,18 +61,34 @@ pub struct ExecutionList {
     pub next: Option<Uuid>,
 }
 
-/// A whole pack, as read by `attune-pack`, uploaded by `attune pack load`.
+/// Load (or re-load) a pack directory the server has: one under its `packs.dirs`. The server reads
+/// and checks the files itself; a client never hands it a path elsewhere, nor the pack's contents.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PackUpload {
-    pub pack: PackMeta,
-    pub actions: Vec<Action>,
+#[serde(deny_unknown_fields)]
+pub struct LoadPack {
+    /// A pack directory's name under one of the server's `packs.dirs` (`demo`), or its path on the
+    /// server, which must lie under one of them.
+    #[schema(min_length = 1, max_length = 4096, pattern = "^[^\\x00]*$")]
+    pub dir: String,
+    /// Also remove the pack's actions that are gone from its files, and take the pack over if it was
+    /// loaded from another directory. Without it, such a load changes nothing (409).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PackLoaded {
     #[serde(rename = "ref")]
     pub pack_ref: String,
+    /// The directory the server read, resolved.
+    pub dir: String,
     pub actions: Vec<String>,
+    /// Actions removed by a `replace` load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// The directory the pack was loaded from before, when a `replace` load took it over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_dir: Option<String>,
 }
 
 // ---- worker protocol ----

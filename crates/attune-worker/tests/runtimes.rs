@@ -343,6 +343,37 @@ async fn missing_entry_points_and_interpreters_fail_clearly() {
     assert!(r.error.unwrap()["error"].as_str().unwrap().contains("not found on this worker"));
 }
 
+/// Whatever the server accepted, the worker runs nothing outside the pack: not a path with `..`,
+/// not an absolute one, not a symlink to a file outside, not through a symlinked directory.
+#[tokio::test]
+async fn entry_points_outside_the_pack_are_refused_by_the_worker() {
+    let s = Scratch::new();
+    let outside = tempfile::tempdir().unwrap();
+    let marker = outside.path().join("ran");
+    let evil = outside.path().join("evil.sh");
+    std::fs::write(&evil, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let actions = s.dir.path().join("actions");
+    std::os::unix::fs::symlink(&evil, actions.join("link.sh")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), actions.join("bin")).unwrap();
+    let up = format!("../../../../../../{}", evil.strip_prefix("/").unwrap().display());
+    for ep in [up.as_str(), evil.to_str().unwrap(), "link.sh", "bin/evil.sh"] {
+        let mut a = s.action(Runtime::Shell, "ok.sh", "true\n");
+        a.entry_point = ep.into();
+        let r = s.run(a, json!({})).await;
+        assert_eq!(r.status, ExecutionStatus::Failed, "{ep}: {r:?}");
+        let e = r.error.unwrap();
+        assert!(e["error"].as_str().unwrap().contains("refused"), "{ep}: {e}");
+        assert!(!marker.exists(), "{ep} ran");
+    }
+    // A symlink that stays inside the pack is fine.
+    std::os::unix::fs::symlink(actions.join("ok.sh"), actions.join("alias.sh")).unwrap();
+    let mut a = s.action(Runtime::Shell, "ok.sh", "true\n");
+    a.entry_point = "alias.sh".into();
+    assert_eq!(s.run(a, json!({})).await.status, ExecutionStatus::Succeeded);
+}
+
 #[tokio::test]
 async fn binary_output_and_nul_parameters_are_kept_exactly() {
     let s = Scratch::new();

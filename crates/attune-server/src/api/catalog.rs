@@ -1,11 +1,11 @@
 //! The catalog: packs and actions (and loading a pack), workers, counts.
 
-use attune_core::{Action, ActionRef, PackSummary, Timestamp, Worker};
-use attune_wire::{PackLoaded, PackUpload};
+use attune_core::{auth::Identity, Action, ActionRef, PackSummary, Timestamp, Worker};
+use attune_wire::{LoadPack, PackLoaded};
 use axum::{
     extract::{Path, Query},
     http::StatusCode,
-    Json,
+    Extension, Json,
 };
 use serde::Deserialize;
 
@@ -48,29 +48,42 @@ pub async fn packs(state: State) -> Result<Json<Vec<PackSummary>>, ApiError> {
     Ok(Json(state.store.list_packs().await?))
 }
 
-/// Upsert of a whole pack read by `attune pack load`. Checked again here, by the same rules as the
-/// loader (`attune_pack::check_pack`); nothing is stored unless all of it is right.
-#[utoipa::path(post, path = "/api/v1/packs", tag = "packs", request_body = attune_wire::PackUpload, responses((status = 200, body = attune_wire::PackLoaded)))]
+/// (Re)loads a pack directory under the server's `packs.dirs`, read and checked by the server
+/// (`attune pack load`). All of it or nothing; removing actions or taking a pack over from another
+/// directory needs `replace`.
+#[utoipa::path(post, path = "/api/v1/packs", tag = "packs", request_body = attune_wire::LoadPack, responses((status = 200, body = attune_wire::PackLoaded), (status = 409, description = "The load would remove actions or take the pack over, and `replace` was not given")))]
 pub async fn load_pack(
     state: State,
-    Body(up): Body<PackUpload>,
+    Extension(who): Extension<Identity>,
+    Body(req): Body<LoadPack>,
 ) -> Result<(StatusCode, Json<PackLoaded>), ApiError> {
-    let problems = attune_pack::check_pack(&up.pack, &up.actions);
-    if !problems.is_empty() {
-        return Err(ApiError::unprocessable(
-            "invalid_pack",
-            format!("pack {} was not loaded", up.pack.pack_ref),
-        )
-        .with_details(problems));
-    }
-    state.store.upsert_pack(&up.pack, &up.actions, Timestamp::now()).await?;
-    state.submissions.forget_pack(&up.pack.pack_ref);
-    tracing::info!(pack = %up.pack.pack_ref, actions = up.actions.len(), "pack loaded");
+    let roots = state.opts.pack_dirs.clone();
+    let name = req.dir.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let dir = crate::packs::resolve_requested(&roots, &name)
+            .map_err(|e| ApiError::unprocessable("pack_dir_refused", e))?;
+        attune_pack::load_pack_dir(&dir).map(|p| (dir, p)).map_err(|e| {
+            ApiError::unprocessable("invalid_pack", "the pack was not loaded")
+                .with_details(e.0.iter().map(|e| e.to_string()).collect())
+        })
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("pack loading stopped: {e}"))
+    })?;
+    let (dir, p) = read?;
+    let change = state.store.load_pack(&p.meta, &p.actions, req.replace, Timestamp::now()).await?;
+    state.submissions.forget_pack(&p.meta.pack_ref);
+    crate::packs::say_replaced(p.meta.pack_ref.as_str(), &change);
+    tracing::info!(pack = %p.meta.pack_ref, actions = p.actions.len(), dir = %dir.display(), by = %who.actor(), "pack loaded");
     Ok((
         StatusCode::OK,
         Json(PackLoaded {
-            pack_ref: up.pack.pack_ref.to_string(),
-            actions: up.actions.iter().map(|a| a.action_ref.to_string()).collect(),
+            pack_ref: p.meta.pack_ref.to_string(),
+            dir: dir.display().to_string(),
+            actions: p.actions.iter().map(|a| a.action_ref.to_string()).collect(),
+            removed: change.removed,
+            previous_dir: change.previous_dir,
         }),
     ))
 }

@@ -5,7 +5,10 @@
 mod builtin;
 mod params;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use attune_core::{
     output::{encode, finalize, mask_secret_bytes, mask_secrets},
@@ -106,11 +109,24 @@ async fn run_process(
     };
     let actions_dir = PathBuf::from(pack_dir).join("actions");
     let entry = actions_dir.join(&a.entry_point);
+    if !attune_pack::entry_point_is_contained(&a.entry_point) {
+        return failed(json!({
+            "error": format!("entry point refused: {:?} is not a relative path inside the pack", a.entry_point),
+            "worker_error": "entry_point_outside_pack",
+        }));
+    }
     if !entry.is_file() {
         return failed(json!({
             "error": format!("entry point {} not found on this worker", entry.display()),
             "worker_error": "entry_point_missing",
         }));
+    }
+    // Checked again here, whatever the server checked when the pack was loaded: the files on this
+    // worker may differ, or have changed since.
+    if let Err(e) = attune_pack::resolve_entry_point(Path::new(pack_dir), &a.entry_point) {
+        return failed(
+            json!({"error": format!("entry point refused: {e}"), "worker_error": "entry_point_outside_pack"}),
+        );
     }
     let (program, args) = match interpreter(a.runtime) {
         Some(i) => (PathBuf::from(i), vec![entry.display().to_string()]),
