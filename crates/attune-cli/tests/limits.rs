@@ -65,7 +65,7 @@ fn slow_clients_are_cut_off() {
         start(&[("ATTUNE__SERVER__HEADER_TIMEOUT", "1s"), ("ATTUNE__SERVER__BODY_TIMEOUT", "1s")]);
     let limit = Duration::from_secs(10);
     // Half a request header, then silence: closed after the header timeout.
-    let (_, took) = exchange(&url, b"GET /health HTTP/1.1\r\nHost: x\r\n", limit);
+    let (_, took) = exchange(&url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n", limit);
     assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(5), "{took:?}");
     // A connection that never says anything: the same.
     let (_, took) = exchange(&url, b"", limit);
@@ -73,7 +73,7 @@ fn slow_clients_are_cut_off() {
     // Without a token, a body is not even waited for: 401 at once.
     let post = |len: usize, token: Option<&str>| {
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        format!("POST /api/v1/executions HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{")
+        format!("POST /api/v1/executions HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n{{")
     };
     let (resp, took) = exchange(&url, post(1000, None).as_bytes(), limit);
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
@@ -90,7 +90,7 @@ fn slow_clients_are_cut_off() {
     assert!(resp.contains("server.body_timeout"), "{resp}");
     assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(5), "{took:?}");
     // An idle keep-alive connection is closed too, after answering.
-    let (resp, took) = exchange(&url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", limit);
+    let (resp, took) = exchange(&url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", limit);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(metric(&url, "attune_http_limit_hits_total{limit=\"header_timeout\"}") >= 3.0);

@@ -56,6 +56,11 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Serve `GET /metrics` without a token (for a Prometheus that cannot send one).
     pub metrics_public: bool,
+    /// Host names (or addresses) requests may name in their `Host` header, besides localhost,
+    /// 127.0.0.1, ::1 and the listen address (and, listening on 0.0.0.0 or ::, this machine's
+    /// hostname and interface addresses). `"*"` allows any. Others get a 400 `host_not_allowed`
+    /// (a browser led to the API by DNS rebinding names a foreign host).
+    pub allowed_hosts: Vec<String>,
     /// Largest request of the worker protocol. 0 (the default) means what a report may need when
     /// each stream holds up to `worker.max_output_bytes`; set it lower only to match a proxy in
     /// front of the server (a larger report then fails its execution with the proxy's reason).
@@ -229,6 +234,7 @@ impl Default for ServerSettings {
             body_timeout: Duration::from_secs(60),
             max_body_bytes: 2 * 1024 * 1024,
             metrics_public: false,
+            allowed_hosts: Vec::new(),
             max_worker_request_bytes: 0,
         }
     }

@@ -7,6 +7,7 @@ mod api;
 pub mod auth;
 mod error;
 mod group;
+pub mod hosts;
 mod http;
 mod json_guard;
 mod metrics;
@@ -48,6 +49,8 @@ pub struct ServerOptions {
     pub max_output_bytes: usize,
     /// `GET /metrics` without a token.
     pub metrics_public: bool,
+    /// `server.allowed_hosts`: more names the `Host` header may give (`hosts.rs`).
+    pub allowed_hosts: Vec<String>,
     /// The pack directories (`packs.dirs`): the only places a client may ask a pack to be loaded from.
     pub pack_dirs: Vec<std::path::PathBuf>,
     /// How often a waiting poll or `…/wait` looks again without being woken (catches changes made
@@ -76,6 +79,7 @@ impl ServerOptions {
             },
             max_output_bytes: s.worker.max_output_bytes,
             metrics_public: s.server.metrics_public,
+            allowed_hosts: s.server.allowed_hosts.clone(),
             pack_dirs: s.packs.dirs.clone(),
             recheck: Duration::from_secs(1),
         }
@@ -179,7 +183,9 @@ impl Server {
             forward.cancelled().await;
             stop.cancel();
         });
-        let app = api::router(shared.clone());
+        let hosts = hosts::AllowedHosts::new(&shared.opts.allowed_hosts, listener.local_addr()?);
+        let app = api::router(shared.clone())
+            .layer(axum::middleware::from_fn_with_state(std::sync::Arc::new(hosts), hosts::check));
         http::serve(shared.clone(), listener, app).await;
         shared.shutdown.cancel();
         shutdown.cancel();

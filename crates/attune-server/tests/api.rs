@@ -35,6 +35,7 @@ both!(
     worker_protocol_is_fenced,
     long_poll_wakes_on_submit,
     packs_load_only_from_the_servers_dirs,
+    browsers_on_other_sites_cannot_reach_in,
     cancel_rules,
     metrics_parse_and_move,
     events_stream_in_order_and_resume,
@@ -479,6 +480,58 @@ async fn packs_load_only_from_the_servers_dirs(db: TestDb) {
     // The old body (a client's own pack description) is not accepted any more.
     let (s, v) = api.post("/api/v1/packs", r#"{"pack": {"ref": "x"}, "actions": []}"#).await;
     assert_eq!((s, code(&v)), (422, "invalid_body"), "{v}");
+    api.stop().await;
+}
+
+/// DNS rebinding (a foreign `Host`) is refused before anything else; a cross-site form or `fetch`
+/// carries no bearer token, so it changes nothing; no CORS header invites a browser to read.
+async fn browsers_on_other_sites_cannot_reach_in(db: TestDb) {
+    let api = Api::start(db).await;
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", api.url);
+    let body = r#"{"action_ref": "core.sleep", "parameters": {"seconds": 30}}"#;
+    for (method, path) in [(reqwest::Method::POST, "/api/v1/executions"), (reqwest::Method::GET, "/health")] {
+        let resp = http
+            .request(method, url(path))
+            .header("host", "attacker.example")
+            .bearer_auth(&api.admin)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(code(&v), "host_not_allowed", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("server.allowed_hosts"), "{v}");
+    }
+    assert_eq!(api.executions().await, 0, "a foreign Host created nothing");
+
+    let e = submit_noop(&api).await;
+    let cancel = url(&format!("/api/v1/executions/{}/cancel", e.id));
+    for ct in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let resp = http
+            .post(&cancel)
+            .header("origin", "https://attacker.example")
+            .header("content-type", ct)
+            .body("")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{ct}");
+        assert!(resp.headers().get("access-control-allow-origin").is_none());
+    }
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, &cancel)
+        .header("origin", "https://attacker.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.headers().keys().all(|k| !k.as_str().starts_with("access-control-")), "{preflight:?}");
+    let still = api.client.get_execution(e.id).await.unwrap();
+    assert_eq!(still.status, ExecutionStatus::Scheduled, "nothing canceled it");
     api.stop().await;
 }
 
