@@ -7,6 +7,7 @@
 //! not be reached.
 
 mod cmds;
+mod keys;
 mod output;
 mod roles;
 mod settings;
@@ -65,6 +66,9 @@ enum Command {
     /// API tokens: create (the secret is shown once), list, revoke. Administrators only.
     #[command(subcommand)]
     Token(tokens::TokenCmd),
+    /// The key store: values parameters use as {{ key('NAME') }}; secrets encrypted at rest.
+    #[command(subcommand)]
+    Key(keys::KeyCmd),
 }
 
 #[derive(Args)]
@@ -130,6 +134,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Execution(c) => cmds::execution(&ctx, c).await,
         Command::Dlq(c) => cmds::dlq(&ctx, c).await,
         Command::Token(c) => tokens::run(&ctx, c).await,
+        Command::Key(c) => keys::run(&ctx, c).await,
     };
     match result {
         Ok(code) => code,

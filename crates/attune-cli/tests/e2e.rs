@@ -270,3 +270,107 @@ fn tokens_from_the_first_start_and_roles_at_the_door() {
     assert!(out.code != 0 && out.stderr.contains("401"), "{out:?}");
     drop(p);
 }
+
+/// Reads the event stream from its start until it has been quiet for a second.
+fn sse_replay(url: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let req = format!(
+        "GET /api/v1/events?after=0-0 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Issue 11's test of the key store: an action uses a secret key and sees its value; no API
+/// response, log line of the server or the worker, event on the stream, or byte of the database
+/// files holds it.
+#[test]
+fn a_secret_key_reaches_the_action_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = tempfile::tempdir().unwrap();
+    let pack = mine.path().join("proof");
+    std::fs::create_dir_all(pack.join("actions")).unwrap();
+    std::fs::write(pack.join("pack.yaml"), "ref: proof\n").unwrap();
+    std::fs::write(
+        pack.join("actions/use.yaml"),
+        "ref: use\nruntime: shell\nentry_point: use.sh\nparameters:\n  type: object\n  properties:\n    \
+         password: {type: string}\n    out: {type: string}\n",
+    )
+    .unwrap();
+    // The action writes what it received where the test can see it, and prints it too.
+    std::fs::write(
+        pack.join("actions/use.sh"),
+        "params=$(cat)\nout=$(echo \"$params\" | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"out\"])')\n\
+         echo \"$params\" > \"$out\"\necho \"got $params\"\necho \"to stderr $params\" >&2\n",
+    )
+    .unwrap();
+    let (p, url) = up_with_packs(&[], dir.path(), &format!("{},{}", packs_dir(), mine.path().display()));
+    let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4().simple());
+    let mut seen = String::new();
+    let mut call = |args: &[&str]| {
+        let out = cli(&url, args);
+        seen.push_str(&out.stdout);
+        seen.push_str(&out.stderr);
+        out
+    };
+    let out = call(&["key", "set", "db_pw", &secret, "--secret", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let proof = mine.path().join("seen.json");
+    let out = call(&[
+        "run",
+        "proof.use",
+        "password={{ key('db_pw') }}",
+        &format!("out={}", proof.display()),
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let e = out.json();
+    let id = e["id"].as_str().unwrap().to_owned();
+    let received = std::fs::read_to_string(&proof).unwrap();
+    assert!(received.contains(&secret), "the action saw the value: {received}");
+    assert!(e["stdout"].as_str().unwrap().contains("********"), "{e}");
+    for args in [
+        vec!["execution", "get", id.as_str(), "-o", "json"],
+        vec!["execution", "list", "-o", "json"],
+        vec!["execution", "logs", id.as_str()],
+        vec!["key", "list", "-o", "json"],
+        vec!["key", "get", "db_pw", "-o", "yaml"],
+        vec!["action", "show", "proof.use", "-o", "json"],
+    ] {
+        let out = call(&args);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    }
+    let events = sse_replay(&url, &common::tokens(&url).admin);
+    assert!(events.contains(&id), "the stream was read: {events}");
+    let logs = p.output();
+    let mut db = Vec::new();
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap().to_string_lossy().starts_with("attune.db") {
+            db.extend(std::fs::read(&f).unwrap());
+        }
+    }
+    let template = b"key('db_pw')";
+    assert!(db.windows(template.len()).any(|w| w == template), "the scan reads what the database holds");
+    for (what, text) in [
+        ("API responses", seen.as_bytes()),
+        ("events", events.as_bytes()),
+        ("logs", logs.as_bytes()),
+        ("database", &db[..]),
+    ] {
+        assert!(!text.windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret is in the {what}");
+    }
+    drop(p);
+}

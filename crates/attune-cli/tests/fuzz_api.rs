@@ -46,12 +46,15 @@ fn fuzz(db_url: &str) {
     let _worker = worker("fuzz-worker", &url, &env);
     // The worker door is fuzzed as a worker of its own: its id in every path, its credential.
     let (id, credential) = common::register(&url, "fuzzed");
+    let (leaver_id, leaver) = common::register(&url, "leaver");
     let t = common::tokens(&url);
     let creds = [
         ("ATTUNE_FUZZ_ADMIN", t.admin.as_str()),
         ("ATTUNE_FUZZ_ENROLL", t.enroll.as_str()),
         ("ATTUNE_FUZZ_AGENT", credential.as_str()),
         ("ATTUNE_FUZZ_WORKER", id.as_str()),
+        ("ATTUNE_FUZZ_LEAVER", leaver.as_str()),
+        ("ATTUNE_FUZZ_LEAVER_ID", leaver_id.as_str()),
     ];
     let (ok, text) = run_schemathesis(&st, &url, &creds);
     let (ok, text) = if !ok && only_tool_errors(&text) {
@@ -63,7 +66,7 @@ fn fuzz(db_url: &str) {
         (ok, text)
     };
     assert!(ok, "schemathesis found problems (seed {SEED}):\n{text}");
-    assert!(text.contains("30 passed"), "every operation but the event stream was tested:\n{text}");
+    assert!(text.contains("35 passed"), "every operation but the event stream was tested:\n{text}");
     // The server lived through it and never panicked.
     // (Any token may have been revoked by the fuzzing: revoking is an operation like any other.)
     assert_eq!(common::request(&url, "GET", "/health", None, "").0, 200);

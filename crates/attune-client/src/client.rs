@@ -279,6 +279,49 @@ impl Client {
         self.post(&format!("/api/v1/tokens/{name}/revoke"), &serde_json::json!({})).await
     }
 
+    /// `?pack=P` when a pack is given.
+    fn scoped(path: &str, pack: Option<&str>) -> String {
+        match pack {
+            Some(p) => format!("{path}?pack={p}"),
+            None => path.to_owned(),
+        }
+    }
+
+    pub async fn set_key(
+        &self,
+        req: &attune_wire::SetKey,
+    ) -> Result<attune_core::keys::KeyInfo, ClientError> {
+        self.post("/api/v1/keys", req).await
+    }
+
+    pub async fn list_keys(
+        &self,
+        pack: Option<&str>,
+    ) -> Result<Vec<attune_core::keys::KeyInfo>, ClientError> {
+        self.get(&Self::scoped("/api/v1/keys", pack)).await
+    }
+
+    pub async fn get_key(
+        &self,
+        name: &str,
+        pack: Option<&str>,
+    ) -> Result<attune_core::keys::KeyInfo, ClientError> {
+        self.get(&Self::scoped(&format!("/api/v1/keys/{name}"), pack)).await
+    }
+
+    pub async fn delete_key(
+        &self,
+        name: &str,
+        pack: Option<&str>,
+    ) -> Result<attune_core::keys::KeyInfo, ClientError> {
+        let path = Self::scoped(&format!("/api/v1/keys/{name}"), pack);
+        self.call::<(), _>(Method::DELETE, &path, None, Duration::from_secs(30)).await
+    }
+
+    pub async fn rotate_master_key(&self) -> Result<attune_wire::Resealed, ClientError> {
+        self.post("/api/v1/keys/rotate-master", &serde_json::json!({})).await
+    }
+
     pub async fn list_dead_letters(&self, all: bool) -> Result<Vec<DeadLetter>, ClientError> {
         self.get(&format!("/api/v1/dead-letters?all={all}")).await
     }

@@ -20,6 +20,17 @@ pub struct Settings {
     pub packs: PackSettings,
     pub log: LogSettings,
     pub client: ClientSettings,
+    pub security: SecuritySettings,
+}
+
+/// Secrets at rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// The key store's master key file (created, mode 0600, on a data directory's first start).
+    /// Absent: `<data_dir>/master.key`. Every replica must read the same key; production keeps it
+    /// outside the data directory (a mounted secret, say).
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// How the command line reaches the server.
@@ -219,7 +230,15 @@ impl Default for Settings {
             packs: PackSettings::default(),
             log: LogSettings::default(),
             client: ClientSettings::default(),
+            security: SecuritySettings::default(),
         }
+    }
+}
+
+impl Settings {
+    /// The master key file in use (`security.master_key_file`, else `<data_dir>/master.key`).
+    pub fn master_key_file(&self) -> PathBuf {
+        self.security.master_key_file.clone().unwrap_or_else(|| self.data_dir.join("master.key"))
     }
 }
 

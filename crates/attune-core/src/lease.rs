@@ -20,6 +20,14 @@ pub struct Task {
     pub action: Action,
     pub parameters: Value,
     pub timeout_seconds: Option<u64>,
+    /// Values to mask in everything the worker sends back besides the secret parameters' own
+    /// (the secret keys the parameters' templates used).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masks: Vec<String>,
+    /// Why the parameters could not be made ready (a key gone, say): the worker runs nothing and
+    /// fails the execution with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter_error: Option<String>,
 }
 
 /// A lease a worker says it holds, as sent in its heartbeat.

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod duration;
 pub mod execution;
+pub mod keys;
 pub mod lease;
 pub mod lifecycle;
 pub mod names;

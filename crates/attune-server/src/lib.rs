@@ -10,6 +10,7 @@ mod group;
 pub mod hosts;
 mod http;
 mod json_guard;
+pub mod keys;
 mod metrics;
 mod monitors;
 pub mod packs;
@@ -53,6 +54,8 @@ pub struct ServerOptions {
     pub allowed_hosts: Vec<String>,
     /// The pack directories (`packs.dirs`): the only places a client may ask a pack to be loaded from.
     pub pack_dirs: Vec<std::path::PathBuf>,
+    /// The key store's master key file (`keys.rs`); created on first start.
+    pub master_key_file: std::path::PathBuf,
     /// How often a waiting poll or `…/wait` looks again without being woken (catches changes made
     /// by another replica whose notification was lost). Tests set it long to prove the wake-ups.
     pub recheck: Duration,
@@ -81,6 +84,7 @@ impl ServerOptions {
             metrics_public: s.server.metrics_public,
             allowed_hosts: s.server.allowed_hosts.clone(),
             pack_dirs: s.packs.dirs.clone(),
+            master_key_file: s.master_key_file(),
             recheck: Duration::from_secs(1),
         }
     }
@@ -96,6 +100,8 @@ pub(crate) struct Shared {
     pub submissions: submission::Submissions,
     /// Tokens recently read from the store.
     pub tokens: auth::TokenCache,
+    /// The key store's master keys (read at `run`; replaced by a rotation).
+    pub keyring: std::sync::RwLock<keys::Keyring>,
     /// Every status change this server made, for waiters (`GET …/wait`) in this process.
     pub changes: tokio::sync::broadcast::Sender<Uuid>,
     pub metrics: metrics::Metrics,
@@ -159,6 +165,7 @@ impl Server {
                 opts,
                 work_available: Notify::new(),
                 tokens: auth::TokenCache::default(),
+                keyring: Default::default(),
                 changes: tokio::sync::broadcast::channel(4096).0,
                 judge_after: Mutex::new(judge_after),
                 metrics: metrics::Metrics::default(),
@@ -172,6 +179,11 @@ impl Server {
     /// work, and returns once every task it started has ended.
     pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         let shared = self.shared;
+        let (ring, created) = keys::Keyring::load_or_create(&shared.opts.master_key_file)?;
+        if created {
+            tracing::info!(file = %shared.opts.master_key_file.display(), "created the key store's master key");
+        }
+        *shared.keyring.write().unwrap_or_else(|e| e.into_inner()) = ring;
         let mut tasks = JoinSet::new();
         tasks.spawn(monitors::run(shared.clone()));
         tasks.spawn(submission::run(shared.clone(), self.inserts));

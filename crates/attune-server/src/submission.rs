@@ -107,7 +107,12 @@ impl Submissions {
             ActionSource::Snapshot(a) => *a,
         };
         if req.parameters.is_object() {
-            if let Err(details) = self.validator(&action)?.validate(&req.parameters) {
+            // Templates (`{{ key('name') }}`) are checked and validated as they will render; the
+            // execution keeps them as written, and they are rendered when a worker is handed it.
+            let as_rendered = crate::keys::check_templates(&self.store, &action, &req.parameters)
+                .await
+                .map_err(|details| SubmitError::Parameters { action: action.action_ref.clone(), details })?;
+            if let Err(details) = self.validator(&action)?.validate(&as_rendered) {
                 return Err(SubmitError::Parameters { action: action.action_ref, details });
             }
         }

@@ -43,6 +43,7 @@ both!(
     every_accepted_value_is_stored_unchanged_or_refused,
     every_operation_is_guarded,
     bounds_are_enforced_and_waits_are_cut,
+    secret_keys_are_sealed_and_opened_only_for_the_worker,
 );
 
 struct Api {
@@ -58,6 +59,8 @@ struct Api {
     enroll: String,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Holds the master key file.
+    keys_dir: tempfile::TempDir,
     _db: TestDb,
 }
 
@@ -75,6 +78,8 @@ impl Api {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         let mut opts = ServerOptions::from_settings(&Settings::default());
+        let keys_dir = tempfile::tempdir().unwrap();
+        opts.master_key_file = keys_dir.path().join("master.key");
         tune(&mut opts);
         let mut secrets = Vec::new();
         for role in [Role::Admin, Role::Viewer, Role::Operator, Role::Worker] {
@@ -103,6 +108,7 @@ impl Api {
             enroll,
             stop,
             task: Some(task),
+            keys_dir,
             _db: db,
         }
     }
@@ -746,8 +752,9 @@ async fn openapi_documents_every_route(db: TestDb) {
                 .replace("{id}", &uuid::Uuid::now_v7().to_string())
                 .replace("{execution}", &uuid::Uuid::now_v7().to_string())
                 .replace("{action_ref}", "core.nope")
+                .replace("{name}", "nobody")
                 + if path == "/api/v1/events" { "?kind=probe" } else { "" };
-            let m = if method == "post" { reqwest::Method::POST } else { reqwest::Method::GET };
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let mut req = api.http.request(m, format!("{}{probe}", api.url));
             if method == "post" {
                 req = req.header("content-type", "application/json").body("{}");
@@ -759,7 +766,8 @@ async fn openapi_documents_every_route(db: TestDb) {
                 status != 405 && !body.contains("no_route"),
                 "{method} {path} is documented but not routed: {status} {body}"
             );
-            if method == "post" {
+            let takes_input = op.get("requestBody").is_some() || op.get("parameters").is_some();
+            if method == "post" && takes_input {
                 let e400 = op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].as_str();
                 assert_eq!(
                     e400,
@@ -769,7 +777,7 @@ async fn openapi_documents_every_route(db: TestDb) {
             }
         }
     }
-    assert_eq!(operations, 31, "every public route is documented");
+    assert_eq!(operations, 36, "every public route is documented");
     assert!(doc["components"]["schemas"]["Execution"].is_object());
     let page = api.http.get(format!("{}/api/v1/docs", api.url)).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
@@ -912,7 +920,7 @@ async fn every_operation_is_guarded(db: TestDb) {
                 .replace("{action_ref}", "core.nope")
                 .replace("{name}", "nobody")
                 + if path == "/api/v1/events" { "?kind=probe" } else { "" };
-            let m = if method == "post" { reqwest::Method::POST } else { reqwest::Method::GET };
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = (method == "post").then_some("{}");
             let Some(permission) = op["x-attune-permission"].as_str() else {
                 assert_eq!(path, "/health", "only /health is open; {method} {path} declares no permission");
@@ -976,5 +984,82 @@ async fn every_operation_is_guarded(db: TestDb) {
     assert_eq!(s, 200, "{v}");
     let (s, _) = api.post_as(&second, "/api/v1/tokens/second-admin/revoke", "{}").await;
     assert_eq!(s, 403, "the second is now the last");
+    api.stop().await;
+}
+
+/// A secret key goes in once: never shown by the API, stored sealed, checked at submission,
+/// opened only in the task handed to the worker (marked secret there, and masked), sealed again
+/// by a master key rotation; a key gone by hand-out time fails the execution with the reason.
+async fn secret_keys_are_sealed_and_opened_only_for_the_worker(db: TestDb) {
+    let api = Api::start(db).await;
+    let secret = "pa55-w0rd-7c1d";
+    let set = json!({"name": "db_pw", "value": secret, "secret": true}).to_string();
+    let (s, v) = api.post_as(&api.viewer, "/api/v1/keys", &set).await;
+    assert_eq!((s, code(&v)), (403, "forbidden"), "{v}");
+    let (s, v) = api.post("/api/v1/keys", &set).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["name"].as_str(), v["secret"].as_bool(), v.get("value")),
+        (Some("db_pw"), Some(true), None)
+    );
+    let (s, v) = api.post("/api/v1/keys", r#"{"name": "region", "value": "eu-1"}"#).await;
+    assert_eq!((s, v["value"].as_str()), (200, Some("eu-1")), "{v}");
+    for path in ["/api/v1/keys", "/api/v1/keys/db_pw"] {
+        let (s, v) = api.raw_as(Some(&api.viewer), reqwest::Method::GET, path, None).await;
+        assert_eq!(s, 200, "{path}: {v}");
+        assert!(!v.to_string().contains(secret), "{path}: {v}");
+    }
+    let (s, v) = api.post("/api/v1/keys", r#"{"name": "bad name", "value": "x"}"#).await;
+    assert_eq!((s, code(&v)), (422, "invalid_key"), "{v}");
+
+    // At submission: the templates compile and their keys exist; the execution keeps the text.
+    // (core.fail is a builtin with a string parameter: the test's worker runs builtins only.)
+    let run =
+        |message: &str| json!({"action_ref": "core.fail", "parameters": {"message": message}}).to_string();
+    let (s, v) = api.post("/api/v1/executions", &run("{{ key('nope') }}")).await;
+    assert_eq!((s, code(&v)), (422, "invalid_parameters"), "{v}");
+    assert!(v.to_string().contains("key \\\"nope\\\" is not set"), "{v}");
+    let (s, v) = api.post("/api/v1/executions", &run("{{ key('db_pw' }}")).await;
+    assert_eq!(s, 422, "{v}");
+    let template = "pw={{ key('db_pw') }} in {{ key('region') }}";
+    let (s, v) = api.post("/api/v1/executions", &run(template)).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["parameters"]["message"], template);
+    let id = v["id"].as_str().unwrap().to_owned();
+
+    // Handed to a worker: rendered, marked secret, masked.
+    let w = register(&api, "w1").await;
+    let t = w.client.poll(w.id, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
+    assert_eq!(t.execution_id.to_string(), id);
+    assert_eq!(t.parameters["message"], format!("pw={secret} in eu-1"));
+    assert_eq!(t.action.parameters["properties"]["message"]["secret"], true);
+    assert_eq!(t.masks, vec![secret.to_string()]);
+    assert_eq!(t.parameter_error, None);
+    let (_, e) = api.raw(reqwest::Method::GET, &format!("/api/v1/executions/{id}"), None).await;
+    assert!(!e.to_string().contains(secret), "{e}");
+
+    // A rotation seals it again; it still opens, and the old master key is gone from the file.
+    let before = std::fs::read_to_string(api.keys_dir.path().join("master.key")).unwrap();
+    let (s, v) = api.post("/api/v1/keys/rotate-master", "{}").await;
+    assert_eq!((s, v["resealed"].as_u64()), (200, Some(1)), "{v}");
+    let after = std::fs::read_to_string(api.keys_dir.path().join("master.key")).unwrap();
+    let keys = |t: &str| {
+        t.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&after).len(), 1);
+    assert_ne!(keys(&after), keys(&before));
+    let (s, _) = api.post("/api/v1/executions", &run("{{ key('db_pw') }}")).await;
+    assert_eq!(s, 201);
+    let t = w.client.poll(w.id, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
+    assert_eq!(t.parameters["message"], secret);
+
+    // Deleted before hand-out: the task says why, and carries no parameters.
+    let (s, _) = api.post("/api/v1/executions", &run("{{ key('db_pw') }}")).await;
+    assert_eq!(s, 201);
+    let (s, v) = api.raw_as(Some(&api.admin), reqwest::Method::DELETE, "/api/v1/keys/db_pw", None).await;
+    assert_eq!(s, 200, "{v}");
+    let t = w.client.poll(w.id, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
+    assert!(t.parameter_error.as_deref().unwrap().contains("key \"db_pw\" is not set"), "{t:?}");
+    assert_eq!(t.parameters, json!({}));
     api.stop().await;
 }

@@ -14,6 +14,7 @@ const SQLITE: &[(i64, &str)] = &[
     (8, include_str!("../migrations/sqlite/0008_backoff_column.sql")),
     (9, include_str!("../migrations/sqlite/0009_output_encoding.sql")),
     (10, include_str!("../migrations/sqlite/0010_tokens.sql")),
+    (11, include_str!("../migrations/sqlite/0011_keys.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -25,6 +26,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (8, include_str!("../migrations/postgres/0008_backoff_column.sql")),
     (9, include_str!("../migrations/postgres/0009_output_encoding.sql")),
     (10, include_str!("../migrations/postgres/0010_tokens.sql")),
+    (11, include_str!("../migrations/postgres/0011_keys.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

@@ -71,6 +71,8 @@ impl Store {
                         action: json("executions", "action", &r.text("action")?)?,
                         parameters: json("executions", "parameters", &r.text("parameters")?)?,
                         timeout_seconds: r.opt_big("timeout_seconds")?.map(|t| t as u64),
+                        masks: Vec::new(),
+                        parameter_error: None,
                     })
                 })
                 .collect::<Result<_>>()?

@@ -294,6 +294,31 @@ pub struct CreateToken {
     pub expires_in: Option<String>,
 }
 
+/// `POST /api/v1/keys`: set a key (create or replace).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetKey {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
+    pub name: String,
+    /// At most 64 KiB, no NUL. A secret's is stored encrypted and never shown again.
+    #[schema(max_length = 65536, pattern = "^[^\\x00]*$")]
+    pub value: String,
+    #[serde(default)]
+    pub secret: bool,
+    /// The pack the key belongs to (its actions see it before a global key of the same name).
+    #[serde(default)]
+    #[schema(pattern = "^[a-z][a-z0-9_-]{0,63}$")]
+    pub pack: Option<String>,
+}
+
+/// `POST /api/v1/keys/rotate-master`: how many secrets were sealed again, and under which key.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Resealed {
+    pub resealed: u64,
+    /// The new master key's fingerprint.
+    pub key_id: String,
+}
+
 /// A new token: its secret is shown here, once, and never again.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedToken {

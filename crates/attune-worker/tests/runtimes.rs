@@ -37,6 +37,8 @@ fn task(action: Action, parameters: Value) -> Task {
         timeout_seconds: action.timeout_seconds,
         action,
         parameters,
+        masks: Vec::new(),
+        parameter_error: None,
     }
 }
 

@@ -9,6 +9,7 @@ mod catalog;
 mod deadletters;
 mod events;
 mod executions;
+mod keys;
 mod ops;
 mod tokens;
 mod worker;
@@ -57,6 +58,11 @@ type Door = Router<Arc<Shared>>;
         tokens::create,
         tokens::list,
         tokens::revoke,
+        keys::set,
+        keys::list,
+        keys::get,
+        keys::delete,
+        keys::rotate_master,
         worker::register,
         worker::heartbeat,
         worker::poll,
@@ -88,9 +94,10 @@ impl utoipa::Modify for ErrorResponses {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         for (path, item) in api.paths.paths.iter_mut() {
-            for method in [HttpMethod::Get, HttpMethod::Post] {
+            for method in [HttpMethod::Get, HttpMethod::Post, HttpMethod::Delete] {
                 let (op, m) = match method {
                     HttpMethod::Get => (item.get.as_mut(), Method::GET),
+                    HttpMethod::Delete => (item.delete.as_mut(), Method::DELETE),
                     _ => (item.post.as_mut(), Method::POST),
                 };
                 if let Some(op) = op {
@@ -241,6 +248,9 @@ fn public_door() -> Door {
         .route("/api/v1/actions/{action_ref}", get(catalog::action))
         .route("/api/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/api/v1/tokens/{name}/revoke", post(tokens::revoke))
+        .route("/api/v1/keys", post(keys::set).get(keys::list))
+        .route("/api/v1/keys/rotate-master", post(keys::rotate_master))
+        .route("/api/v1/keys/{name}", get(keys::get).delete(keys::delete))
 }
 
 /// What each public route needs (`attune_core::auth` says which role has what).
@@ -258,6 +268,11 @@ const PUBLIC_RULES: auth::Rules = &[
     (Method::GET, "/api/v1/workers", Permission::Read),
     (Method::GET, "/api/v1/packs", Permission::Read),
     (Method::POST, "/api/v1/packs", Permission::Admin),
+    (Method::POST, "/api/v1/keys", Permission::Admin),
+    (Method::GET, "/api/v1/keys", Permission::Read),
+    (Method::POST, "/api/v1/keys/rotate-master", Permission::Admin),
+    (Method::GET, "/api/v1/keys/{name}", Permission::Read),
+    (Method::DELETE, "/api/v1/keys/{name}", Permission::Admin),
     (Method::GET, "/api/v1/actions", Permission::Read),
     (Method::GET, "/api/v1/actions/{action_ref}", Permission::Read),
     (Method::POST, "/api/v1/tokens", Permission::Admin),

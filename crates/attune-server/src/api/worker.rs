@@ -231,8 +231,15 @@ pub async fn poll(state: State, caller: Caller, Body(p): Body<Poll>) -> Result<J
         let notified = state.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let tasks = claim_for_live_poller(&state, &w, p.max_tasks).await?;
+        let mut tasks = claim_for_live_poller(&state, &w, p.max_tasks).await?;
         if !tasks.is_empty() {
+            if tasks.iter().any(|t| attune_template::has_templates(&t.parameters)) {
+                // Secrets are opened here, for the worker that runs the task, and nowhere else.
+                let ring = state.keyring.read().unwrap_or_else(|e| e.into_inner()).clone();
+                for t in &mut tasks {
+                    crate::keys::prepare_task(&state.store, &ring, t).await;
+                }
+            }
             for t in &tasks {
                 tracing::debug!(execution_id = %t.execution_id, worker = %w.name, "task delivered");
             }

@@ -62,6 +62,9 @@ fn on_path(program: &str) -> bool {
 
 /// Runs the task; never fails: problems become a failed `Report` with the reason.
 pub async fn execute(task: &Task, ctx: &RunContext, cancel: CancellationToken) -> Report {
+    if let Some(why) = &task.parameter_error {
+        return failed(json!({"error": why, "worker_error": "parameters_unresolved"}));
+    }
     let timeout = task.timeout_seconds.map(Duration::from_secs);
     let secrets = secret_values(task);
     let mut report = match task.action.runtime {
@@ -78,7 +81,8 @@ pub async fn execute(task: &Task, ctx: &RunContext, cancel: CancellationToken) -
     report
 }
 
-/// The values of the task's secret parameters, to be masked wherever output goes.
+/// The values of the task's secret parameters (and the secret keys they used), to be masked
+/// wherever output goes.
 pub fn secret_values(task: &Task) -> Vec<String> {
     task.action
         .secret_parameters()
@@ -88,6 +92,7 @@ pub fn secret_values(task: &Task) -> Vec<String> {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         })
+        .chain(task.masks.iter().cloned())
         .collect()
 }
 

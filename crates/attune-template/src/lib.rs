@@ -1,0 +1,180 @@
+//! The one template engine (minijinja), for every place a value may be computed: parameters of a
+//! run now (`{{ key('name') }}`), rule parameters and workflow expressions later. Pure: no I/O; the
+//! caller looks keys up and hands their values in.
+//!
+//! A string that is exactly one `{{ … }}` expression keeps the expression's type (a list stays a
+//! list, a number a number); any other string with template syntax renders to a string; strings
+//! without it are left as they are. Undefined names are errors, not empty strings.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value;
+
+/// A template that could not be rendered: where (`parameters.password`), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Whether `s` holds template syntax.
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
+/// Whether any string in `v` (keys of objects excepted) holds template syntax.
+pub fn has_templates(v: &Value) -> bool {
+    match v {
+        Value::String(s) => is_template(s),
+        Value::Array(a) => a.iter().any(has_templates),
+        Value::Object(o) => o.values().any(has_templates),
+        _ => false,
+    }
+}
+
+/// The names `v`'s templates pass to `key()`, each once. Template errors
+/// (syntax, undefined names) are reported here already.
+pub fn keys_used(v: &Value, path: &str) -> Result<Vec<String>, Error> {
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let env = environment(move |name: String| {
+        let mut s = record.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.contains(&name) {
+            s.push(name);
+        }
+        Ok(String::new())
+    });
+    walk(v, path, &env)?;
+    let names = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(names)
+}
+
+/// `v` with every template rendered; `key(name)` is `keys[name]`, and a name not in `keys` is an
+/// error that says so.
+pub fn render(v: &Value, path: &str, keys: &HashMap<String, String>) -> Result<Value, Error> {
+    let keys = keys.clone();
+    let env = environment(move |name: String| {
+        keys.get(&name).cloned().ok_or_else(|| {
+            minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("key {name:?} is not set"))
+        })
+    });
+    walk(v, path, &env)
+}
+
+fn environment(
+    key: impl Fn(String) -> Result<String, minijinja::Error> + Send + Sync + 'static,
+) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.add_function("key", key);
+    env
+}
+
+fn walk(v: &Value, path: &str, env: &Environment<'static>) -> Result<Value, Error> {
+    Ok(match v {
+        Value::String(s) if is_template(s) => one(s, path, env)?,
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| walk(x, &format!("{path}[{i}]"), env))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), walk(x, &format!("{path}.{k}"), env)?)))
+                .collect::<Result<_, Error>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// The inside of a string that is exactly one `{{ … }}` expression.
+fn single_expression(s: &str) -> Option<&str> {
+    let inner = s.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%")).then_some(inner)
+}
+
+fn one(s: &str, path: &str, env: &Environment<'static>) -> Result<Value, Error> {
+    let fail = |e: minijinja::Error| Error { path: path.to_owned(), message: describe(&e) };
+    if let Some(expr) = single_expression(s) {
+        let compiled = env.compile_expression(expr).map_err(fail)?;
+        let out = compiled.eval(()).map_err(fail)?;
+        if out.is_undefined() {
+            return Err(Error { path: path.to_owned(), message: format!("{expr:?} is undefined") });
+        }
+        return serde_json::to_value(&out)
+            .map_err(|e| Error { path: path.to_owned(), message: format!("the value is not JSON: {e}") });
+    }
+    env.render_str(s, ()).map(Value::String).map_err(fail)
+}
+
+/// minijinja's message, with its source chain (the key function's own message included).
+fn describe(e: &minijinja::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn keys(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn one_expression_keeps_its_type_and_text_renders_to_text() {
+        let v = json!({
+            "n": "{{ 1 + 2 }}",
+            "list": "{{ [1, 'a'] }}",
+            "pw": "{{ key('db') }}",
+            "url": "postgres://app:{{ key('db') }}@h/{{ key('name') | upper }}",
+            "plain": "no template",
+            "nested": [{"x": "{{ key('name') }}"}, 7],
+        });
+        let out = render(&v, "parameters", &keys(&[("db", "s3cr3t"), ("name", "app")])).unwrap();
+        assert_eq!(
+            out,
+            json!({
+                "n": 3, "list": [1, "a"], "pw": "s3cr3t", "url": "postgres://app:s3cr3t@h/APP",
+                "plain": "no template", "nested": [{"x": "app"}, 7],
+            })
+        );
+        let mut used = keys_used(&v, "parameters").unwrap();
+        used.sort();
+        assert_eq!(used, vec!["db", "name"], "each once");
+    }
+
+    #[test]
+    fn errors_name_the_place_and_the_reason() {
+        let e = render(&json!({"a": "{{ key('gone') }}"}), "parameters", &keys(&[])).unwrap_err();
+        assert_eq!(e.path, "parameters.a");
+        assert!(e.message.contains("key \"gone\" is not set"), "{e}");
+        let e = keys_used(&json!({"a": ["{{ nope }}"]}), "parameters").unwrap_err();
+        assert_eq!(e.path, "parameters.a[0]");
+        assert!(e.message.contains("undefined"), "{e}");
+        let e = keys_used(&json!({"a": "{{ key('x' }}"}), "parameters").unwrap_err();
+        assert!(e.message.contains("syntax error"), "{e}");
+        assert!(!has_templates(&json!({"{{k}}": 1, "b": [true, null, "x"]})));
+    }
+}
