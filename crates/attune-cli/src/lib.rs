@@ -37,6 +37,10 @@ pub struct Cli {
     /// first `attune up` or `attune server` in this directory wrote).
     #[arg(long, global = true, env = "ATTUNE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM certificates to trust for an https:// server besides the system's: its own certificate
+    /// when self-signed, or its CA (else `client.ca_file`, or for `attune worker` `worker.ca_file`).
+    #[arg(long, global = true, env = "ATTUNE_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,21 +114,28 @@ where
 async fn dispatch(cli: Cli) -> i32 {
     let first = cli.server.split(',').next().unwrap_or_default().trim().to_owned();
     let config = cli.config.as_deref();
-    let token = match &cli.command {
-        Command::Up(_) | Command::Server(_) | Command::Worker(WorkerCmd { list: None, .. }) => None,
-        _ => match settings::client_token(cli.token.clone(), config) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return 2;
-            }
-        },
+    let access = match &cli.command {
+        Command::Up(_) | Command::Server(_) | Command::Worker(WorkerCmd { list: None, .. }) => {
+            Ok((None, attune_client::Trust::default()))
+        }
+        _ => settings::client_token(cli.token.clone(), config)
+            .and_then(|t| Ok((t, settings::client_trust(cli.ca_file.as_deref(), config)?))),
     };
-    let ctx = Ctx { client: attune_client::Client::new(&first).with_token(token), output: cli.output };
+    let (token, trust) = match access {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let client = attune_client::Client::with_trust(&first, &trust).with_token(token);
+    let ctx = Ctx { client, output: cli.output };
     let result = match cli.command {
         Command::Up(a) => roles::up(config, a).await,
         Command::Server(a) => roles::server(config, a).await,
-        Command::Worker(WorkerCmd { list: None, run }) => roles::worker(config, &cli.server, run).await,
+        Command::Worker(WorkerCmd { list: None, run }) => {
+            roles::worker(config, &cli.server, cli.ca_file.as_deref(), run).await
+        }
         Command::Worker(WorkerCmd { list: Some(WorkerSub::List { all }), .. }) => {
             cmds::worker_list(&ctx, all).await
         }
@@ -158,7 +169,21 @@ fn render(e: &anyhow::Error) -> String {
         }
         return s;
     }
-    format!("{e:#}")
+    let mut s = format!("{e:#}");
+    if let Some(attune_client::ClientError::Unreachable { message, .. }) = e.downcast_ref() {
+        if message.contains("CaUsedAsEndEntity") {
+            s.push_str(
+                "\n  hint: the server's certificate is marked as a CA (basicConstraints CA:TRUE); a server \
+                        needs one made with CA:FALSE, signed by that CA or self-signed",
+            );
+        } else if message.contains("certificate") {
+            s.push_str(
+                "\n  hint: to trust the server's certificate, pass --ca-file with it (or its CA), or set \
+                        ATTUNE_CA_FILE or client.ca_file",
+            );
+        }
+    }
+    s
 }
 
 fn exit_code(e: &anyhow::Error) -> i32 {

@@ -110,8 +110,10 @@ fn worker_options(
     servers: Vec<String>,
     name: String,
     scratch: std::path::PathBuf,
+    trust: attune_client::Trust,
 ) -> WorkerOptions {
     WorkerOptions {
+        trust,
         servers,
         name,
         concurrency: s.worker.concurrency,
@@ -162,16 +164,22 @@ pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
     }
     let s = load(config, flags)?;
     init_logging(&s);
+    let opts = ServerOptions::load(&s)?;
+    // Its own workers trust what a worker is told to (`worker.ca_file`), else the server's own
+    // certificate (enough when it is self-signed).
+    let trust = attune_client::Trust::from_optional_file(
+        s.worker.ca_file.as_deref().or(s.server.tls.as_ref().map(|t| t.cert_file.as_path())),
+    )
+    .map_err(anyhow::Error::msg)?;
     let store = open_store(&s).await?;
     bootstrap(&store, &s).await?;
     let packs = load_packs(&store, &s).await;
     let listener = bind(&s.server.listen).await?;
-    let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = url_of(&listener, &s)?;
     let (stop, signals) = on_signals();
 
     let server_stop = CancellationToken::new();
-    let server = Server::build(ServerOptions::from_settings(&s), store.clone());
+    let server = Server::build(opts, store.clone());
     let mut server_task = tokio::spawn(server.run(listener, server_stop.clone()));
 
     let host = attune_worker_host();
@@ -180,7 +188,7 @@ pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
     let runtimes = s.worker.runtimes.clone().unwrap_or_else(attune_worker::detect_runtimes);
     for i in 1..=a.workers {
         let name = format!("{host}-up-{i}");
-        let opts = worker_options(&s, vec![url.clone()], name, s.data_dir.join("tmp"));
+        let opts = worker_options(&s, vec![url.clone()], name, s.data_dir.join("tmp"), trust.clone());
         workers.spawn(Agent::build(opts).run(worker_stop.clone()));
     }
 
@@ -193,7 +201,12 @@ pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
                 .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| format!("./{}", r.display())))
         })
         .unwrap_or_else(|| "attune".into());
-    let server_flag = if url == "http://127.0.0.1:8080" { String::new() } else { format!(" --server {url}") };
+    let mut server_flag =
+        if url == "http://127.0.0.1:8080" { String::new() } else { format!(" --server {url}") };
+    if let Some(t) = &s.server.tls {
+        let ca = s.worker.ca_file.as_deref().unwrap_or(&t.cert_file);
+        server_flag.push_str(&format!(" --ca-file {}", ca.display()));
+    }
     println!("Attune {} is up.", env!("CARGO_PKG_VERSION"));
     println!("  API        {url}   (health: {url}/health)");
     println!("  Database   {}", attune_store::redact(&s.database_url()));
@@ -261,21 +274,41 @@ pub async fn server(config: Option<&Path>, a: ServerArgs) -> anyhow::Result<i32>
     }
     let s = load(config, flags)?;
     init_logging(&s);
+    let opts = ServerOptions::load(&s)?;
     let store = open_store(&s).await?;
     bootstrap(&store, &s).await?;
     let packs = load_packs(&store, &s).await;
     let listener = bind(&s.server.listen).await?;
-    let addr = listener.local_addr()?;
+    let url = url_of(&listener, &s)?;
     tracing::info!(packs = ?packs, database = %attune_store::redact(&s.database_url()), "server starting");
-    println!("attune server listening on http://{addr}");
+    println!("attune server listening on {url}");
     let (stop, signals) = on_signals();
-    Server::build(ServerOptions::from_settings(&s), store.clone()).run(listener, stop).await?;
+    Server::build(opts, store.clone()).run(listener, stop).await?;
     store.close().await;
     signals.abort();
     Ok(0)
 }
 
-pub async fn worker(config: Option<&Path>, server: &str, a: WorkerArgs) -> anyhow::Result<i32> {
+/// How this machine reaches a listener: `https://` when `server.tls` is set; a wildcard address
+/// (`0.0.0.0`, `::`) is reached on the loopback.
+fn url_of(listener: &tokio::net::TcpListener, s: &Settings) -> anyhow::Result<String> {
+    let mut addr = listener.local_addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    Ok(format!("{}://{addr}", if s.server.tls.is_some() { "https" } else { "http" }))
+}
+
+pub async fn worker(
+    config: Option<&Path>,
+    server: &str,
+    ca_file: Option<&Path>,
+    a: WorkerArgs,
+) -> anyhow::Result<i32> {
     let mut flags = Vec::new();
     if let Some(n) = a.name {
         flags.push(Override::str("worker.name", n));
@@ -294,8 +327,10 @@ pub async fn worker(config: Option<&Path>, server: &str, a: WorkerArgs) -> anyho
         s.worker.servers.clone()
     };
     let scratch = std::env::temp_dir().join(format!("attune-{name}"));
+    let trust = attune_client::Trust::from_optional_file(ca_file.or(s.worker.ca_file.as_deref()))
+        .map_err(crate::cmds::UsageError)?;
     let (stop, signals) = on_signals();
-    Agent::build(worker_options(&s, servers, name, scratch)).run(stop).await?;
+    Agent::build(worker_options(&s, servers, name, scratch, trust)).run(stop).await?;
     signals.abort();
     Ok(0)
 }

@@ -35,6 +35,20 @@ pub fn client_token(flag: Option<String>, file: Option<&Path>) -> anyhow::Result
     Ok(std::fs::read_to_string(".attune/admin.token").ok().map(|t| t.trim().to_owned()))
 }
 
+/// The certificates the CLI trusts besides the system's: `--ca-file`/`ATTUNE_CA_FILE`, else
+/// `client.ca_file` from the configuration.
+pub fn client_trust(flag: Option<&Path>, file: Option<&Path>) -> anyhow::Result<attune_client::Trust> {
+    let configured;
+    let path = match flag {
+        Some(p) => Some(p),
+        None => {
+            configured = load(file, Vec::new())?.client.ca_file;
+            configured.as_deref()
+        }
+    };
+    attune_client::Trust::from_optional_file(path).map_err(|e| crate::cmds::UsageError(e).into())
+}
+
 /// Settings from the file, the environment and the flags; any problem is a usage error (exit 2).
 pub fn load(file: Option<&Path>, flags: Vec<Override>) -> anyhow::Result<Settings> {
     let env: Vec<(String, String)> = std::env::vars().collect();

@@ -374,3 +374,96 @@ fn a_secret_key_reaches_the_action_and_nothing_else() {
     }
     drop(p);
 }
+
+/// Issue 11's TLS: `attune up` serves HTTPS with a certificate made for the test; its own worker,
+/// a worker process given `--ca-file`, and the CLI given `--ca-file` all get through. Without the
+/// certificate, or over plain HTTP, nothing does, and a key that does not fit stops the start.
+#[test]
+fn https_with_a_certificate_made_for_the_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let path = |f: &str| files.path().join(f).display().to_string();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(path("cert.pem"), made.cert.pem()).unwrap();
+    std::fs::write(path("key.pem"), made.key_pair.serialize_pem()).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(path("other.key"), other.key_pair.serialize_pem()).unwrap();
+    let config = |key: &str| {
+        let f = path(&format!("config-{key}.yaml"));
+        let text =
+            format!("server:\n  tls:\n    cert_file: {}\n    key_file: {}\n", path("cert.pem"), path(key));
+        std::fs::write(&f, text).unwrap();
+        f
+    };
+    let dd = dir.path().display().to_string();
+
+    let wrong = config("other.key");
+    let out = attune_testkit::run_cli(
+        BIN,
+        &["--config", &wrong, "up", "--listen", "127.0.0.1:0", "--data-dir", &dd],
+    );
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("other.key") && out.stderr.contains("does not fit"), "{}", out.stderr);
+
+    let good = config("key.pem");
+    let dirs = format!("[{}]", packs_dir());
+    let mut p = Proc::spawn(
+        "attune up (tls)",
+        BIN,
+        &["--config", &good, "up", "--listen", "127.0.0.1:0", "--data-dir", &dd],
+        &[("ATTUNE__PACKS__DIRS", dirs.as_str())],
+    );
+    let url = p.wait_line(Duration::from_secs(60), |l| {
+        let i = l.find("https://127.0.0.1:")?;
+        Some(l[i..].split_whitespace().next()?.to_owned())
+    });
+    p.wait_line(Duration::from_secs(5), |l| l.contains("--ca-file").then_some(()));
+    let tokens = common::remember_tokens(&url, dir.path());
+    let cert = path("cert.pem");
+    let as_admin = |server: &str, ca: Option<&str>, args: &[&str]| {
+        let mut all = vec!["--server", server, "--token", tokens.admin.as_str()];
+        if let Some(ca) = ca {
+            all.extend(["--ca-file", ca]);
+        }
+        all.extend_from_slice(args);
+        attune_testkit::run_cli(BIN, &all)
+    };
+
+    let out = as_admin(&url, Some(&cert), &["run", "core.echo", "message=over tls", "--wait", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["stdout"], "over tls\n", "up's own worker ran it over HTTPS");
+
+    let out = as_admin(&url, None, &["execution", "list"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("certificate") && out.stderr.contains("--ca-file"), "{}", out.stderr);
+    let plain = url.replace("https://", "http://");
+    let out = as_admin(&plain, Some(&cert), &["execution", "list"]);
+    assert_eq!(out.code, 3, "plain HTTP gets no answer: {out:?}");
+    let out = as_admin(&url, Some(&path("key.pem")), &["execution", "list"]);
+    assert_eq!(out.code, 2, "a CA file without a certificate is a usage error: {out:?}");
+    assert!(out.stderr.contains("key.pem"), "{}", out.stderr);
+
+    let enroll = [("ATTUNE__WORKER__TOKEN", tokens.enroll.as_str())];
+    let untrusting =
+        Proc::spawn("worker without CA", BIN, &["--server", &url, "worker", "--name", "untrusting"], &enroll);
+    untrusting.wait_line(Duration::from_secs(30), |l| {
+        (l.contains("cannot register yet") && l.contains("certificate")).then_some(())
+    });
+    drop(untrusting);
+    let trusting = Proc::spawn(
+        "worker with CA",
+        BIN,
+        &["--server", &url, "--ca-file", &cert, "worker", "--name", "trusting"],
+        &enroll,
+    );
+    trusting.wait_line(Duration::from_secs(30), |l| l.contains("worker registered").then_some(()));
+    let out = as_admin(&url, Some(&cert), &["worker", "list", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let names: Vec<String> = out.json().as_array().unwrap().iter().map(|w| w["name"].to_string()).collect();
+    assert!(names.iter().any(|n| n.contains("trusting") && !n.contains("untrusting")), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("untrusting")), "{names:?}");
+    trusting.signal(Signal::SIGTERM);
+    p.signal(Signal::SIGINT);
+    let status = p.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", p.output());
+}

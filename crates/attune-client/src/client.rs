@@ -38,6 +38,43 @@ impl ClientError {
     }
 }
 
+/// Certificates a client trusts for `https://` servers besides the system's own store: the
+/// server's certificate when it is self-signed, or the CA that signed it.
+#[derive(Clone, Default)]
+pub struct Trust {
+    certs: Vec<reqwest::Certificate>,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Trust({} certificates)", self.certs.len())
+    }
+}
+
+impl Trust {
+    /// Every certificate of a PEM file (`--ca-file`).
+    pub fn from_pem_file(path: &std::path::Path) -> Result<Trust, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("CA file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("CA file {}: {}", path.display(), error_chain(&e)))?;
+        if certs.is_empty() {
+            return Err(format!("CA file {}: no PEM certificate in it", path.display()));
+        }
+        // PEM that holds no valid X.509 certificate fails only when a client is built: find out now.
+        let mut probe = reqwest::Client::builder().tls_built_in_root_certs(false);
+        for c in &certs {
+            probe = probe.add_root_certificate(c.clone());
+        }
+        probe.build().map_err(|e| format!("CA file {}: {}", path.display(), error_chain(&e)))?;
+        Ok(Trust { certs })
+    }
+
+    /// `path`'s certificates, or none.
+    pub fn from_optional_file(path: Option<&std::path::Path>) -> Result<Trust, String> {
+        path.map(Trust::from_pem_file).transpose().map(Option::unwrap_or_default)
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -47,15 +84,30 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client trusting the system's certificates only.
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            // Below the server's idle timeout (30 s), so a pooled connection is not reused just as
-            // the server closes it.
-            .pool_idle_timeout(Duration::from_secs(20))
-            .tcp_nodelay(true)
-            .build()
-            .expect("building an HTTP client without TLS cannot fail");
+        Self::with_trust(base, &Trust::default())
+    }
+
+    /// A client trusting `trust` besides the system's certificates.
+    pub fn with_trust(base: &str, trust: &Trust) -> Self {
+        let builder = |native_roots: bool| {
+            let mut b = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                // Below the server's idle timeout (30 s), so a pooled connection is not reused just
+                // as the server closes it.
+                .pool_idle_timeout(Duration::from_secs(20))
+                .tcp_nodelay(true)
+                .tls_built_in_root_certs(native_roots);
+            for c in &trust.certs {
+                b = b.add_root_certificate(c.clone());
+            }
+            b.build()
+        };
+        // The system's store can hold nothing usable (a bare container); then only `trust` counts.
+        let http = builder(true)
+            .or_else(|_| builder(false))
+            .expect("certificates were checked by Trust::from_pem_file, and nothing else can fail");
         Client { base: base.trim_end_matches('/').to_owned(), http, token: None }
     }
 

@@ -4,4 +4,4 @@
 
 mod client;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Trust};

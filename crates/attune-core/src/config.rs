@@ -39,6 +39,19 @@ pub struct SecuritySettings {
 pub struct ClientSettings {
     /// The API token the CLI sends (after `--token` and `ATTUNE_TOKEN`; before `./.attune/admin.token`).
     pub token: Option<String>,
+    /// PEM certificates to trust for an `https://` server besides the system's (after `--ca-file`
+    /// and `ATTUNE_CA_FILE`): the server's own certificate when it is self-signed, or its CA.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The server's certificate and private key (PEM), for HTTPS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain, the server's own certificate first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +89,9 @@ pub struct ServerSettings {
     /// each stream holds up to `worker.max_output_bytes`; set it lower only to match a proxy in
     /// front of the server (a larger report then fails its execution with the proxy's reason).
     pub max_worker_request_bytes: usize,
+    /// Serve HTTPS with this certificate and key (absent: plain HTTP, fit only for loopback or a
+    /// network that a proxy in front terminates TLS for).
+    pub tls: Option<TlsSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +143,8 @@ pub struct WorkerSettings {
     pub runtimes: Option<Vec<Runtime>>,
     /// The enrollment token (role `worker`) to register with; `<data_dir>/worker.token` when absent.
     pub token: Option<String>,
+    /// PEM certificates to trust for `https://` servers besides the system's (after `--ca-file`).
+    pub ca_file: Option<PathBuf>,
     /// Cap on captured stdout and on captured stderr, each.
     pub max_output_bytes: usize,
     /// After SIGTERM to a timed-out or canceled action, wait this long before SIGKILL.
@@ -255,6 +273,7 @@ impl Default for ServerSettings {
             metrics_public: false,
             allowed_hosts: Vec::new(),
             max_worker_request_bytes: 0,
+            tls: None,
         }
     }
 }
@@ -292,6 +311,7 @@ impl Default for WorkerSettings {
             concurrency: 8,
             runtimes: None,
             token: None,
+            ca_file: None,
             max_output_bytes: 10 * 1024 * 1024,
             kill_grace: Duration::from_secs(5),
         }

@@ -152,15 +152,35 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, app: Route
             let (close, busy) = (conn.close.clone(), conn.busy.clone());
             reg.insert(next_id, conn);
             stats.open.store(reg.len() as u64, Relaxed);
-            conns.spawn(connection(
-                shared.clone(),
-                stream,
-                app.clone(),
-                close,
-                busy,
-                registry.clone(),
-                next_id,
-            ));
+            let (shared, app, registry, id) = (shared.clone(), app.clone(), registry.clone(), next_id);
+            conns.spawn(async move {
+                match shared.opts.tls.clone() {
+                    None => connection(shared, stream, app, close, busy, registry, id).await,
+                    Some(tls) => {
+                        // The handshake is bounded like a request header, and ends with the server.
+                        let handshake =
+                            tokio::time::timeout(shared.opts.http.header_timeout, tls.0.accept(stream));
+                        let outcome = tokio::select! {
+                            r = handshake => Some(r),
+                            _ = close.cancelled() => None,
+                        };
+                        match outcome {
+                            Some(Ok(Ok(stream))) => {
+                                connection(shared, stream, app, close, busy, registry, id).await;
+                                return;
+                            }
+                            Some(Ok(Err(e))) => {
+                                tracing::debug!(connection = id, error = %e, "TLS handshake failed")
+                            }
+                            Some(Err(_)) => {
+                                tracing::debug!(connection = id, "no TLS handshake within header_timeout")
+                            }
+                            None => {}
+                        }
+                        forget(&shared, &registry, id);
+                    }
+                }
+            });
         }
         next_id += 1;
     }
@@ -170,15 +190,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, app: Route
     while conns.join_next().await.is_some() {}
 }
 
-async fn connection(
+async fn connection<S>(
     shared: Arc<Shared>,
-    stream: tokio::net::TcpStream,
+    stream: S,
     app: Router,
     close: CancellationToken,
     busy: Arc<AtomicBool>,
     registry: Registry,
     id: u64,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let marker = busy.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let (app, busy) = (app.clone(), marker.clone());
@@ -217,6 +239,11 @@ async fn connection(
             tracing::debug!(connection = id, error = %e, "connection ended with an error");
         }
     }
+    forget(&shared, &registry, id);
+}
+
+/// A connection has ended: it no longer counts against the limit.
+fn forget(shared: &Shared, registry: &Registry, id: u64) {
     let mut reg = registry.lock().expect("registry lock");
     reg.remove(&id);
     shared.metrics.http.open.store(reg.len() as u64, Relaxed);

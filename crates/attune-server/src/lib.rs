@@ -16,6 +16,7 @@ mod monitors;
 pub mod packs;
 mod replicas;
 mod submission;
+pub mod tls;
 
 use std::{
     sync::{Arc, Mutex},
@@ -56,12 +57,24 @@ pub struct ServerOptions {
     pub pack_dirs: Vec<std::path::PathBuf>,
     /// The key store's master key file (`keys.rs`); created on first start.
     pub master_key_file: std::path::PathBuf,
+    /// HTTPS (`server.tls`); `None` serves plain HTTP. Loaded by `Tls::load` before binding.
+    pub tls: Option<tls::Tls>,
     /// How often a waiting poll or `…/wait` looks again without being woken (catches changes made
     /// by another replica whose notification was lost). Tests set it long to prove the wake-ups.
     pub recheck: Duration,
 }
 
 impl ServerOptions {
+    /// `from_settings`, with the files it names read: the TLS certificate and key.
+    pub fn load(s: &Settings) -> anyhow::Result<Self> {
+        let mut opts = Self::from_settings(s);
+        if let Some(t) = &s.server.tls {
+            opts.tls = Some(tls::Tls::load(&t.cert_file, &t.key_file)?);
+        }
+        Ok(opts)
+    }
+
+    /// The options `s` gives, without reading any file (`tls` stays `None`; see `load`).
     pub fn from_settings(s: &Settings) -> Self {
         ServerOptions {
             heartbeat_interval: s.worker.heartbeat_interval,
@@ -85,6 +98,7 @@ impl ServerOptions {
             allowed_hosts: s.server.allowed_hosts.clone(),
             pack_dirs: s.packs.dirs.clone(),
             master_key_file: s.master_key_file(),
+            tls: None,
             recheck: Duration::from_secs(1),
         }
     }
@@ -102,6 +116,9 @@ pub(crate) struct Shared {
     pub tokens: auth::TokenCache,
     /// The key store's master keys (read at `run`; replaced by a rotation).
     pub keyring: std::sync::RwLock<keys::Keyring>,
+    /// Held while a secret is sealed and stored, and through a master key rotation, so that no
+    /// value is sealed under a key the rotation is about to drop.
+    pub key_writes: tokio::sync::Mutex<()>,
     /// Every status change this server made, for waiters (`GET …/wait`) in this process.
     pub changes: tokio::sync::broadcast::Sender<Uuid>,
     pub metrics: metrics::Metrics,
@@ -166,6 +183,7 @@ impl Server {
                 work_available: Notify::new(),
                 tokens: auth::TokenCache::default(),
                 keyring: Default::default(),
+                key_writes: Default::default(),
                 changes: tokio::sync::broadcast::channel(4096).0,
                 judge_after: Mutex::new(judge_after),
                 metrics: metrics::Metrics::default(),

@@ -39,6 +39,8 @@ pub struct WorkerOptions {
     /// The enrollment token (role `worker`) it registers with; the server then issues it a
     /// credential of its own for everything else.
     pub enroll_token: Option<String>,
+    /// Certificates trusted for `https://` servers besides the system's (`--ca-file`).
+    pub trust: attune_client::Trust,
 }
 
 struct InFlight {
@@ -101,8 +103,11 @@ impl Shared {
 
 impl Agent {
     pub fn build(opts: WorkerOptions) -> Agent {
-        let clients =
-            opts.servers.iter().map(|s| Client::new(s).with_token(opts.enroll_token.clone())).collect();
+        let clients = opts
+            .servers
+            .iter()
+            .map(|s| Client::with_trust(s, &opts.trust).with_token(opts.enroll_token.clone()))
+            .collect();
         Agent { opts, clients }
     }
 

@@ -52,6 +52,7 @@ pub async fn set(
     check_name(&req.name).map_err(invalid)?;
     check_value(&req.value).map_err(invalid)?;
     let pack = scope(req.pack)?;
+    let _writing = state.key_writes.lock().await;
     let value = if req.secret {
         let ring = state.keyring.read().unwrap_or_else(|e| e.into_inner()).clone();
         ring.seal(pack.as_deref(), &req.name, &req.value)
@@ -111,6 +112,7 @@ pub async fn rotate_master(
 ) -> Result<Json<Resealed>, ApiError> {
     let unavailable =
         |e: String| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "rotation_failed", e);
+    let _writing = state.key_writes.lock().await;
     let old = state.keyring.read().unwrap_or_else(|e| e.into_inner()).clone();
     let ring = old.rotate().map_err(|e| unavailable(format!("cannot write the master key file: {e:#}")))?;
     *state.keyring.write().unwrap_or_else(|e| e.into_inner()) = ring.clone();
