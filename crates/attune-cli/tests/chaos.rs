@@ -507,3 +507,60 @@ async fn a_second_signal_stops_at_once() {
     })
     .await;
 }
+
+/// Issue 11's forged and impersonating workers, against a real server and a real worker: a worker
+/// cannot register without an enrollment token, and an enrolled one cannot poll, report, drain or
+/// deregister as another, nor complete another's task under its own name.
+async fn forged_workers_get_nothing(db: TestDb) {
+    let c = Cluster::start(db, &[]);
+    let _real = c.worker("real", &[]);
+    let url = c.url.as_str();
+    let admin = common::tokens(url).admin;
+    let body = r#"{"name":"forged","host":"h","runtimes":["builtin"],"concurrency":1,"version":"t"}"#;
+    for (token, want) in [(None, 401), (Some("attune_made_up"), 401), (Some(admin.as_str()), 403)] {
+        let (status, reply) = common::request(url, "POST", "/api/v1/worker/register", token, body);
+        assert_eq!(status, want, "register with {token:?}: {reply}");
+    }
+    let workers = c.client.list_workers(true).await.unwrap();
+    assert!(workers.iter().all(|w| w.name != "forged"), "{workers:?}");
+    let real_id = workers.iter().find(|w| w.name == "real").unwrap().id;
+
+    let e = c.submit("core.sleep", json!({"seconds": 2}), None).await;
+    c.wait_status(e.id, |e| e.status == ExecutionStatus::Running, "running", Duration::from_secs(10)).await;
+    let (forged_id, credential) = common::register(url, "enrolled-but-not-real");
+    let report =
+        json!({"lease_token": "attune_guessed", "status": "succeeded", "stdout": "forged"}).to_string();
+    let as_real = |what: &str| format!("/api/v1/worker/{real_id}/{what}");
+    let attempts = [
+        (as_real("poll"), r#"{"max_tasks": 1, "wait_ms": 0}"#.to_owned(), 403),
+        (as_real("heartbeat"), r#"{"leases": []}"#.to_owned(), 403),
+        (as_real(&format!("executions/{}/complete", e.id)), report.clone(), 403),
+        (as_real(&format!("executions/{}/release", e.id)), r#"{"lease_token": "x"}"#.to_owned(), 403),
+        (as_real("drain"), String::new(), 403),
+        (as_real("deregister"), String::new(), 403),
+        (format!("/api/v1/worker/{forged_id}/executions/{}/complete", e.id), report, 409),
+    ];
+    for (path, body, want) in attempts {
+        let (status, reply) = common::request(url, "POST", &path, Some(&credential), &body);
+        assert_eq!(status, want, "{path}: {reply}");
+    }
+    let now = c.get(e.id).await;
+    assert_eq!((now.status, now.worker.as_deref()), (ExecutionStatus::Running, Some("real")), "{now:?}");
+
+    let done = c.wait_status(e.id, |e| e.status.is_terminal(), "terminal", Duration::from_secs(30)).await;
+    assert_eq!(done.status, ExecutionStatus::Succeeded, "{done:?}");
+    assert_eq!(done.worker.as_deref(), Some("real"));
+    assert!(!done.stdout.contains("forged"), "{done:?}");
+    assert_eq!(c.get(e.id).await.attempts.len(), 1);
+    assert_eq!(c.worker_status("real").await, Some(WorkerStatus::Active), "not drained, not deregistered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_workers_get_nothing_on_sqlite() {
+    forged_workers_get_nothing(TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_workers_get_nothing_on_postgres() {
+    forged_workers_get_nothing(TestDb::postgres().await).await;
+}
