@@ -16,6 +16,7 @@ pub mod names;
 #[cfg(feature = "openapi")]
 mod openapi;
 pub mod output;
+pub mod rules;
 pub mod status;
 pub mod submission;
 pub mod time;

@@ -55,7 +55,8 @@ pub struct NewExecution {
     pub actor: String,
     pub parent: Option<Uuid>,
     pub trace_id: Option<String>,
-    pub enforcement: Option<String>,
+    /// The rule enforcement that starts it: recorded with it, or neither (`Enforcing`).
+    pub enforces: Option<crate::rules::Enforcing>,
     /// A dead letter this execution requeues: marked requeued in the same transaction, and the
     /// execution is not created if it was requeued already.
     pub requeue_of: Option<Uuid>,
@@ -88,13 +89,13 @@ pub struct Origin {
     pub actor: String,
     pub parent: Option<Uuid>,
     pub trace_id: Option<String>,
-    pub enforcement: Option<String>,
+    pub enforces: Option<crate::rules::Enforcing>,
     pub requeue_of: Option<Uuid>,
 }
 
 impl Origin {
     pub fn actor(actor: impl Into<String>) -> Origin {
-        Origin { actor: actor.into(), parent: None, trace_id: None, enforcement: None, requeue_of: None }
+        Origin { actor: actor.into(), parent: None, trace_id: None, enforces: None, requeue_of: None }
     }
 }
 
@@ -166,7 +167,7 @@ pub fn prepare(
         actor: origin.actor,
         parent: origin.parent,
         trace_id: origin.trace_id,
-        enforcement: origin.enforcement,
+        enforces: origin.enforces,
         requeue_of: origin.requeue_of,
     })
 }

@@ -168,7 +168,7 @@ impl Store {
                         .bind(new.timeout_seconds.map(|t| t as i64))
                         .bind(new.parent.map(|u| u.to_string()))
                         .bind(new.trace_id.clone())
-                        .bind(new.enforcement.clone())
+                        .bind(new.enforces.as_ref().map(|e| e.id.to_string()))
                         .bind(new.action.retry.backoff_seconds as i64)
                         .bind(new.actor.clone())
                         .bind(reason);
@@ -385,7 +385,7 @@ fn accepted_execution(id: Uuid, new: NewExecution, now: Timestamp) -> Execution 
         finished_at: None,
         parent: new.parent,
         trace_id: new.trace_id,
-        enforcement: new.enforcement,
+        enforcement: new.enforces.as_ref().map(|e| e.id.to_string()),
         history: Vec::new(),
         attempts: Vec::new(),
         action: Some(new.action),

@@ -110,7 +110,7 @@ async fn submit(s: &Store, a: &Action, now: Timestamp) -> Uuid {
         actor: "test".into(),
         parent: None,
         trace_id: None,
-        enforcement: None,
+        enforces: None,
         requeue_of: None,
     };
     s.create_execution(new, now).await.unwrap().id
@@ -671,7 +671,7 @@ async fn dead_letters_list_and_requeue_once(db: &TestDb) {
         actor: "dlq_requeue".into(),
         parent: Some(old.id),
         trace_id: None,
-        enforcement: None,
+        enforces: None,
         requeue_of: Some(dl),
     };
     let new = s.create_execution(requeue(dls[1].id), at(50)).await.unwrap();
@@ -705,7 +705,7 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
             actor: "api".into(),
             parent: None,
             trace_id: None,
-            enforcement: None,
+            enforces: None,
             requeue_of: None,
         })
         .collect();

@@ -56,7 +56,7 @@ pub fn keys_used(v: &Value, path: &str) -> Result<Vec<String>, Error> {
         }
         Ok(String::new())
     });
-    walk(v, path, &env)?;
+    walk(v, path, &env, &Value::Null)?;
     let names = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(names)
 }
@@ -70,7 +70,90 @@ pub fn render(v: &Value, path: &str, keys: &HashMap<String, String>) -> Result<V
             minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, format!("key {name:?} is not set"))
         })
     });
-    walk(v, path, &env)
+    walk(v, path, &env, &Value::Null)
+}
+
+/// `v` rendered over `context` (an object: its fields are the templates' names, such as `event`
+/// and `rule`), leaving each `key('name')` for later: the result holds `{{ key('name') }}` where a
+/// key was used, so that a secret is opened only when its task is handed out, and nothing else
+/// that will be rendered again. Text that came from the context (an event's payload, say) and
+/// looks like a template is escaped, so that data can never name a key or run an expression when
+/// the result is rendered (`render`) later.
+pub fn render_deferring_keys(v: &Value, path: &str, context: &Value) -> Result<Value, Error> {
+    // Unguessable, so that no text in the context can pass for a key marker.
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error { path: path.into(), message: format!("no randomness: {e}") })?;
+    let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let names = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = names.clone();
+    let mark = nonce.clone();
+    let env = environment(move |name: String| {
+        if !valid_key_name(&name) {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("{name:?} is not a key name (letters, digits, '.', '_', '-')"),
+            ));
+        }
+        let mut all = record.lock().unwrap_or_else(|e| e.into_inner());
+        let i = all.iter().position(|n| *n == name).unwrap_or_else(|| {
+            all.push(name);
+            all.len() - 1
+        });
+        Ok(format!("\u{1}{mark}:{i}\u{1}"))
+    });
+    let rendered = walk(v, path, &env, context)?;
+    let names = names.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(seal_for_later(rendered, &nonce, &names))
+}
+
+fn valid_key_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Escapes what would be template syntax in every string of `v`, then puts `{{ key('…') }}`
+/// where the key markers of this render are.
+fn seal_for_later(v: Value, nonce: &str, names: &[String]) -> Value {
+    match v {
+        Value::String(s) => Value::String(seal_string(&s, nonce, names)),
+        Value::Array(a) => Value::Array(a.into_iter().map(|x| seal_for_later(x, nonce, names)).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, x)| (k, seal_for_later(x, nonce, names))).collect())
+        }
+        other => other,
+    }
+}
+
+fn seal_string(s: &str, nonce: &str, names: &[String]) -> String {
+    let mut out = if is_template(s) { escape(s) } else { s.to_owned() };
+    for (i, name) in names.iter().enumerate() {
+        out = out.replace(&format!("\u{1}{nonce}:{i}\u{1}"), &format!("{{{{ key('{name}') }}}}"));
+    }
+    out
+}
+
+/// A template that renders to `s`: each `{{`, `{%` and `{#` written as an expression of itself.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 16);
+    let mut rest = s;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after.chars().next() {
+            Some(c @ ('{' | '%' | '#')) => {
+                out.push_str(&format!("{{{{ '{{{c}' }}}}"));
+                rest = &after[1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn environment(
@@ -82,18 +165,18 @@ fn environment(
     env
 }
 
-fn walk(v: &Value, path: &str, env: &Environment<'static>) -> Result<Value, Error> {
+fn walk(v: &Value, path: &str, env: &Environment<'static>, ctx: &Value) -> Result<Value, Error> {
     Ok(match v {
-        Value::String(s) if is_template(s) => one(s, path, env)?,
+        Value::String(s) if is_template(s) => one(s, path, env, ctx)?,
         Value::Array(a) => Value::Array(
             a.iter()
                 .enumerate()
-                .map(|(i, x)| walk(x, &format!("{path}[{i}]"), env))
+                .map(|(i, x)| walk(x, &format!("{path}[{i}]"), env, ctx))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(o) => Value::Object(
             o.iter()
-                .map(|(k, x)| Ok((k.clone(), walk(x, &format!("{path}.{k}"), env)?)))
+                .map(|(k, x)| Ok((k.clone(), walk(x, &format!("{path}.{k}"), env, ctx)?)))
                 .collect::<Result<_, Error>>()?,
         ),
         other => other.clone(),
@@ -106,18 +189,18 @@ fn single_expression(s: &str) -> Option<&str> {
     (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%")).then_some(inner)
 }
 
-fn one(s: &str, path: &str, env: &Environment<'static>) -> Result<Value, Error> {
+fn one(s: &str, path: &str, env: &Environment<'static>, ctx: &Value) -> Result<Value, Error> {
     let fail = |e: minijinja::Error| Error { path: path.to_owned(), message: describe(&e) };
     if let Some(expr) = single_expression(s) {
         let compiled = env.compile_expression(expr).map_err(fail)?;
-        let out = compiled.eval(()).map_err(fail)?;
+        let out = compiled.eval(ctx).map_err(fail)?;
         if out.is_undefined() {
             return Err(Error { path: path.to_owned(), message: format!("{expr:?} is undefined") });
         }
         return serde_json::to_value(&out)
             .map_err(|e| Error { path: path.to_owned(), message: format!("the value is not JSON: {e}") });
     }
-    env.render_str(s, ()).map(Value::String).map_err(fail)
+    env.render_str(s, ctx).map(Value::String).map_err(fail)
 }
 
 /// minijinja's message, with its source chain (the key function's own message included).
@@ -176,5 +259,42 @@ mod tests {
         let e = keys_used(&json!({"a": "{{ key('x' }}"}), "parameters").unwrap_err();
         assert!(e.message.contains("syntax error"), "{e}");
         assert!(!has_templates(&json!({"{{k}}": 1, "b": [true, null, "x"]})));
+    }
+
+    #[test]
+    fn data_rendered_in_stays_data_when_rendered_again() {
+        let ctx = json!({
+            "event": {"payload": {
+                "service": "web",
+                "evil": "{{ key('db') }} {% if true %}x{% endif %} {# c #}",
+                "list": ["a", "{{ 7 * 6 }}"],
+                "n": 3,
+            }},
+            "rule": {"ref": "ops.r"},
+        });
+        let v = json!({
+            "cmd": "restart {{ event.payload.service }} for {{ rule.ref }}",
+            "count": "{{ event.payload.n }}",
+            "copied": "{{ event.payload.evil }}",
+            "inline": "x={{ event.payload.evil }}",
+            "all": "{{ event.payload.list }}",
+            "token": "{{ key('api') }}",
+            "auth": "Bearer {{ key('api') }} for {{ event.payload.service }}",
+        });
+        let out = render_deferring_keys(&v, "parameters", &ctx).unwrap();
+        assert_eq!(out["cmd"], "restart web for ops.r");
+        assert_eq!(out["count"], 3, "one expression keeps its type");
+        assert_eq!(out["token"], "{{ key('api') }}", "keys are left for hand-out");
+        assert_eq!(out["auth"], "Bearer {{ key('api') }} for web");
+        assert_eq!(keys_used(&out, "parameters").unwrap(), vec!["api"], "only the rule's own key");
+        let later = render(&out, "parameters", &keys(&[("api", "T0K"), ("db", "s3cr3t")])).unwrap();
+        assert_eq!(later["copied"], ctx["event"]["payload"]["evil"], "the payload's text, exactly");
+        assert_eq!(later["inline"], format!("x={}", ctx["event"]["payload"]["evil"].as_str().unwrap()));
+        assert_eq!(later["all"], json!(["a", "{{ 7 * 6 }}"]));
+        assert_eq!(later["auth"], "Bearer T0K for web");
+        let e = render_deferring_keys(&json!({"a": "{{ event.nope }}"}), "parameters", &ctx).unwrap_err();
+        assert_eq!(e.path, "parameters.a");
+        let e = render_deferring_keys(&json!({"a": "{{ key('a b') }}"}), "parameters", &ctx).unwrap_err();
+        assert!(e.message.contains("not a key name"), "{e}");
     }
 }
