@@ -31,6 +31,7 @@ pub struct TriggerType {
 /// webhook's name, an interval's seconds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
     #[serde(rename = "type")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, example = "core.interval"))]
@@ -109,6 +110,7 @@ impl Op {
 /// with `pattern`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct Criterion {
     pub key: String,
     #[serde(rename = "type")]
@@ -133,6 +135,7 @@ pub enum Overlap {
 /// `{{ key('…') }}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct RuleAction {
     #[serde(rename = "ref")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, example = "core.echo"))]
@@ -230,4 +233,57 @@ pub struct Enforcing {
     pub id: Uuid,
     pub event_id: Uuid,
     pub rule_ref: ActionRef,
+}
+
+/// The trigger types every server has.
+pub fn builtin_trigger_types() -> Vec<TriggerType> {
+    let t = |name: &str, description: &str, parameters: Value, payload: Value| TriggerType {
+        type_ref: ActionRef::parse(&format!("core.{name}")).expect("a valid built-in name"),
+        pack: PackRef::parse("core").expect("a valid pack name"),
+        description: description.into(),
+        parameters,
+        payload,
+    };
+    let tick = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "scheduled_at": {"type": "string", "description": "when the tick was due (RFC 3339)"},
+            "fired_at": {"type": "string"},
+            "missed": {"type": "integer", "description": "ticks missed while no server ran (late events)"}
+        }
+    });
+    vec![
+        t(
+            "interval",
+            "Fires every `seconds`, on one server of several, exactly once per tick; ticks missed \
+             while no server ran fire once, late.",
+            serde_json::json!({
+                "type": "object", "additionalProperties": false, "required": ["seconds"],
+                "properties": {"seconds": {"type": "integer", "minimum": 1, "maximum": 31_536_000}}
+            }),
+            tick.clone(),
+        ),
+        t(
+            "datetime",
+            "Fires once at `at` (RFC 3339), or at once (late) if a server first sees it after then.",
+            serde_json::json!({
+                "type": "object", "additionalProperties": false, "required": ["at"],
+                "properties": {"at": {"type": "string", "format": "date-time"}}
+            }),
+            tick,
+        ),
+        t(
+            "webhook",
+            "Fires on POST /api/v1/webhooks/{name} with the JSON body as payload; with `secret_key`, \
+             the request must carry X-Attune-Signature: sha256=<HMAC-SHA256 of the body under that key's value>.",
+            serde_json::json!({
+                "type": "object", "additionalProperties": false, "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+                    "secret_key": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}
+                }
+            }),
+            serde_json::json!({}),
+        ),
+    ]
 }

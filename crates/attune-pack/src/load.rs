@@ -4,6 +4,8 @@
 //! <dir>/pack.yaml            ref, label, description, version
 //! <dir>/actions/<name>.yaml  one action each
 //! <dir>/actions/<script>     entry points
+//! <dir>/triggers/<name>.yaml one trigger type each: ref, description, parameters, payload
+//! <dir>/rules/<name>.yaml    one rule each: ref, enabled, trigger, criteria, action, overlap
 //! ```
 
 use std::{
@@ -12,6 +14,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use attune_core::rules::{
+    builtin_trigger_types, Criterion, Overlap, Rule, RuleAction, TriggerSpec, TriggerType,
+};
 use attune_core::{
     Action, ActionRef, OutputFormat, PackMeta, PackRef, ParameterDelivery, ParameterFormat, RetryPolicy,
     Runtime,
@@ -28,6 +33,8 @@ use crate::{
 pub struct LoadedPack {
     pub meta: PackMeta,
     pub actions: Vec<Action>,
+    pub triggers: Vec<TriggerType>,
+    pub rules: Vec<Rule>,
 }
 
 /// One problem, located: the file, and the field when there is one.
@@ -79,6 +86,9 @@ const ACTION_FIELDS: &[&str] = &[
     "timeout_seconds",
     "retry",
 ];
+
+const TRIGGER_FIELDS: &[&str] = &["ref", "description", "parameters", "payload"];
+const RULE_FIELDS: &[&str] = &["ref", "description", "enabled", "trigger", "criteria", "action", "overlap"];
 
 /// Collects located errors while reading one YAML document.
 struct Doc<'a> {
@@ -196,26 +206,11 @@ pub fn load_pack_dir(dir: &Path) -> Result<LoadedPack, PackErrors> {
     }
     let meta = read_manifest(&manifest, &dir_abs, &mut errors);
     let mut actions = Vec::new();
+    let mut triggers = Vec::new();
+    let mut rules = Vec::new();
     if let Some(meta) = &meta {
-        let actions_dir = dir.join("actions");
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(&actions_dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                errors.push(PackError {
-                    file: actions_dir.clone(),
-                    field: None,
-                    message: format!("cannot read: {e}"),
-                });
-                Vec::new()
-            }
-        };
-        files.sort();
         let mut seen = BTreeSet::new();
-        for f in files {
+        for f in yaml_files(&dir.join("actions"), &mut errors) {
             if let Some(a) = read_action(&f, meta, &dir_abs, &mut errors) {
                 if !seen.insert(a.action_ref.clone()) {
                     errors.push(PackError {
@@ -228,11 +223,230 @@ pub fn load_pack_dir(dir: &Path) -> Result<LoadedPack, PackErrors> {
                 }
             }
         }
+        for f in yaml_files(&dir.join("triggers"), &mut errors) {
+            if let Some(t) = read_trigger(&f, meta, &mut errors) {
+                if triggers.iter().any(|x: &TriggerType| x.type_ref == t.type_ref) {
+                    errors.push(PackError {
+                        file: f,
+                        field: Some("ref".into()),
+                        message: format!("{} is defined twice in this pack", t.type_ref),
+                    });
+                } else {
+                    triggers.push(t);
+                }
+            }
+        }
+        for f in yaml_files(&dir.join("rules"), &mut errors) {
+            if let Some(r) = read_rule(&f, meta, &triggers, &mut errors) {
+                if rules.iter().any(|x: &Rule| x.rule_ref == r.rule_ref) {
+                    errors.push(PackError {
+                        file: f,
+                        field: Some("ref".into()),
+                        message: format!("{} is defined twice in this pack", r.rule_ref),
+                    });
+                } else {
+                    rules.push(r);
+                }
+            }
+        }
     }
     match meta {
-        Some(meta) if errors.is_empty() => Ok(LoadedPack { meta, actions }),
+        Some(meta) if errors.is_empty() => Ok(LoadedPack { meta, actions, triggers, rules }),
         _ => Err(PackErrors(errors)),
     }
+}
+
+/// The YAML files directly in `dir`, sorted; none when it does not exist.
+fn yaml_files(dir: &Path, errors: &mut Vec<PackError>) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            errors.push(PackError { file: dir.into(), field: None, message: format!("cannot read: {e}") });
+            Vec::new()
+        }
+    };
+    files.sort();
+    files
+}
+
+/// `r` as a ref of this pack: `name` alone is `PACK.name`; a full ref must name this pack.
+fn own_ref(doc: &mut Doc<'_>, pack: &PackMeta) -> Option<ActionRef> {
+    let r = doc.string("ref", true)?;
+    let full = if r.contains('.') { r.clone() } else { format!("{}.{r}", pack.pack_ref) };
+    match ActionRef::parse(&full) {
+        Ok(a) if a.pack() == pack.pack_ref => Some(a),
+        Ok(a) => {
+            doc.err("ref", format!("{a} belongs to pack {}, not to this pack {}", a.pack(), pack.pack_ref));
+            None
+        }
+        Err(e) => {
+            doc.err("ref", e.to_string());
+            None
+        }
+    }
+}
+
+/// A JSON Schema field that must compile (absent: `default`).
+fn schema_field(doc: &mut Doc<'_>, field: &str, default: Value) -> Value {
+    let v = match doc.map.get(field).cloned() {
+        None | Some(Value::Null) => default,
+        Some(v) => v,
+    };
+    if let Err(e) = crate::ParamValidator::compile(&v) {
+        doc.err(field, format!("is not a valid JSON Schema: {e}"));
+    }
+    v
+}
+
+fn read_trigger(file: &Path, pack: &PackMeta, errors: &mut Vec<PackError>) -> Option<TriggerType> {
+    let before = errors.len();
+    let mut doc = Doc::open(file, errors, TRIGGER_FIELDS)?;
+    let type_ref = own_ref(&mut doc, pack);
+    let description = doc.string("description", false).unwrap_or_default();
+    let parameters = schema_field(&mut doc, "parameters", serde_json::json!({"type": "object"}));
+    let payload = schema_field(&mut doc, "payload", serde_json::json!({"type": "object"}));
+    if let Some(t) = &type_ref {
+        if builtin_trigger_types().iter().any(|b| b.type_ref == *t) {
+            doc.err("ref", format!("{t} is a built-in trigger type"));
+        }
+    }
+    let type_ref = type_ref?;
+    (doc.errors.len() == before).then(|| TriggerType {
+        type_ref,
+        pack: pack.pack_ref.clone(),
+        description,
+        parameters,
+        payload,
+    })
+}
+
+fn read_rule(
+    file: &Path,
+    pack: &PackMeta,
+    triggers: &[TriggerType],
+    errors: &mut Vec<PackError>,
+) -> Option<Rule> {
+    let before = errors.len();
+    let mut doc = Doc::open(file, errors, RULE_FIELDS)?;
+    let rule_ref = own_ref(&mut doc, pack);
+    let description = doc.string("description", false).unwrap_or_default();
+    let enabled = match doc.map.get("enabled") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            doc.err("enabled", format!("must be true or false, found {}", kind(other)));
+            true
+        }
+    };
+    let overlap: Overlap = doc.typed("overlap", "allow or skip").unwrap_or_default();
+    let trigger: Option<TriggerSpec> = match doc.map.get("trigger") {
+        None | Some(Value::Null) => {
+            doc.err("trigger", "is required: { type: core.webhook, parameters: { name: … } }");
+            None
+        }
+        Some(_) => doc.typed("trigger", "a mapping with `type` (a trigger type's ref) and `parameters`"),
+    };
+    if let Some(t) = &trigger {
+        if !t.parameters.is_object() {
+            doc.err("trigger.parameters", "must be a mapping");
+        }
+        let known = builtin_trigger_types()
+            .into_iter()
+            .chain(triggers.iter().cloned())
+            .find(|x| x.type_ref == t.type_ref);
+        match known {
+            Some(tt) => {
+                match crate::ParamValidator::compile(&tt.parameters).map(|v| v.validate(&t.parameters)) {
+                    Ok(Err(problems)) => doc.err("trigger.parameters", problems.join("; ")),
+                    Ok(Ok(())) => {
+                        if let Some(at) = t.parameters.get("at").and_then(Value::as_str) {
+                            if t.type_ref.as_str() == "core.datetime"
+                                && chrono::DateTime::parse_from_rfc3339(at).is_err()
+                            {
+                                doc.err(
+                                    "trigger.parameters.at",
+                                    format!("{at:?} is not an RFC 3339 date-time (2026-01-31T09:00:00Z)"),
+                                );
+                            }
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            // Another pack's type: the server checks it when the pack is loaded.
+            None if t.type_ref.pack() != pack.pack_ref && t.type_ref.pack().as_str() != "core" => {}
+            None => doc.err("trigger.type", format!("unknown trigger type {}", t.type_ref)),
+        }
+    }
+    let mut criteria = Vec::new();
+    match doc.map.get("criteria").cloned() {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (key, c) in m {
+                let field = format!("criteria.{key}");
+                let mut obj = match c {
+                    Value::Object(o) => o,
+                    other => {
+                        doc.err(
+                            &field,
+                            format!("must be a mapping with `type` and `pattern`, found {}", kind(&other)),
+                        );
+                        continue;
+                    }
+                };
+                obj.insert("key".into(), Value::String(key.clone()));
+                match serde_json::from_value::<Criterion>(Value::Object(obj)) {
+                    Ok(c) => match attune_rules::check_criterion(&c) {
+                        Ok(()) => criteria.push(c),
+                        Err(e) => doc.err(&field, e),
+                    },
+                    Err(e) => {
+                        let ops: Vec<&str> = attune_core::rules::Op::ALL.iter().map(|o| o.as_str()).collect();
+                        doc.err(
+                            &field,
+                            format!("{e}; expected {{ type: one of {}, pattern: … }}", ops.join(", ")),
+                        )
+                    }
+                }
+            }
+        }
+        Some(other) => doc.err(
+            "criteria",
+            format!("must be a mapping of key → {{ type, pattern }}, found {}", kind(&other)),
+        ),
+    }
+    let action: Option<RuleAction> = match doc.map.get("action") {
+        None | Some(Value::Null) => {
+            doc.err("action", "is required: { ref: core.echo, parameters: { … } }");
+            None
+        }
+        Some(_) => doc.typed("action", "a mapping with `ref` (an action's ref) and `parameters`"),
+    };
+    if let Some(a) = &action {
+        if !a.parameters.is_object() {
+            doc.err("action.parameters", "must be a mapping");
+        } else if let Err(e) = attune_template::keys_used(&a.parameters, "action.parameters")
+            .map(drop)
+            .or_else(|e| if e.message.contains("undefined") { Ok(()) } else { Err(e) })
+        {
+            doc.err(&e.path, e.message);
+        }
+    }
+    let (rule_ref, trigger, action) = (rule_ref?, trigger?, action?);
+    (doc.errors.len() == before).then_some(Rule {
+        rule_ref,
+        pack: pack.pack_ref.clone(),
+        description,
+        enabled,
+        trigger,
+        criteria,
+        action,
+        overlap,
+    })
 }
 
 fn read_manifest(file: &Path, dir_abs: &Path, errors: &mut Vec<PackError>) -> Option<PackMeta> {

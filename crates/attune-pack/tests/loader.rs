@@ -186,3 +186,36 @@ fn parameter_validation_names_parameters() {
     let errs = v.validate(&json!({"mesage": "hi"})).unwrap_err().join("\n");
     assert!(errs.contains("mesage") && errs.contains("message"), "{errs}");
 }
+
+#[test]
+fn rules_and_trigger_types_load_and_their_mistakes_are_named() {
+    let p = load_pack_dir(&repo_packs().join("examples")).unwrap_or_else(|e| panic!("{e}"));
+    let rules: Vec<_> = p.rules.iter().map(|r| r.rule_ref.to_string()).collect();
+    assert!(rules.contains(&"examples.on_alert".to_string()), "{rules:?}");
+    assert_eq!(p.triggers[0].type_ref.as_str(), "examples.disk_alert");
+    let every = p.rules.iter().find(|r| r.rule_ref.as_str() == "examples.every_two_seconds").unwrap();
+    assert!(!every.enabled, "shipped disabled");
+
+    let base = ("pack.yaml", "ref: ops\n");
+    let rule = |body: &str| errors_of(&[base, ("rules/r.yaml", body)]);
+    let action = "action: { ref: core.echo, parameters: { message: hi } }\n";
+    for (body, field, says) in [
+        (format!("ref: r\ntrigger: {{ type: core.webhook, parameters: {{ name: a }} }}\ncriteria:\n  payload.x: {{ type: almost, pattern: 1 }}\n{action}"), "criteria.payload.x", "unknown variant"),
+        (format!("ref: r\ntrigger: {{ type: core.webhook, parameters: {{ name: a }} }}\ncriteria:\n  payload.x: {{ type: matchregex, pattern: '(' }}\n{action}"), "criteria.payload.x", "regex"),
+        (format!("ref: r\ntrigger: {{ type: core.webhook, parameters: {{ name: a }} }}\ncriteria:\n  status: {{ type: equals, pattern: 1 }}\n{action}"), "criteria.status", "starting with `payload`"),
+        (format!("ref: r\ntrigger: {{ type: core.interval, parameters: {{ seconds: 0 }} }}\n{action}"), "trigger.parameters", "minimum"),
+        (format!("ref: r\ntrigger: {{ type: core.datetime, parameters: {{ at: tomorrow }} }}\n{action}"), "trigger.parameters.at", "RFC 3339"),
+        (format!("ref: r\ntrigger: {{ type: ops.nothing }}\n{action}"), "trigger.type", "unknown trigger type"),
+        (format!("ref: r\ntrigger: {{ type: core.webhook, paramters: {{ name: a }} }}\n{action}"), "trigger", "unknown field"),
+        ("ref: r\ntrigger: { type: core.webhook, parameters: { name: a } }\n".to_string(), "action", "is required"),
+        (format!("ref: r\nenabled: maybe\ntrigger: {{ type: core.webhook, parameters: {{ name: a }} }}\n{action}"), "enabled", "true or false"),
+        (format!("ref: other.r\ntrigger: {{ type: core.webhook, parameters: {{ name: a }} }}\n{action}"), "ref", "belongs to pack other"),
+    ] {
+        let e = rule(&body);
+        assert!(e.contains("rules/r.yaml") && e.contains(&format!("field `{field}`")) && e.contains(says), "{field}: {e}");
+    }
+    let e = errors_of(&[base, ("triggers/t.yaml", "ref: core_thing\npayload: { type: 3 }\n")]);
+    assert!(e.contains("triggers/t.yaml: field `payload`"), "{e}");
+    let e = errors_of(&[base, ("triggers/t.yaml", "ref: core.interval\n")]);
+    assert!(e.contains("triggers/t.yaml: field `ref`") && e.contains("belongs to pack core"), "{e}");
+}

@@ -107,12 +107,34 @@ impl Store {
         }
         let at = now.millis();
         let ids: Vec<Uuid> = news.iter().map(|_| Uuid::now_v7()).collect();
-        let requeues = news.iter().any(|n| n.requeue_of.is_some());
+        let claims = news.iter().any(|n| n.requeue_of.is_some() || n.enforces.is_some());
         let mut refused: Vec<Option<StoreError>> = news.iter().map(|_| None).collect();
         write_pool!(self, p => {
-            let mut tx = if requeues { Some(p.begin().await?) } else { None };
+            let mut tx = if claims { Some(p.begin().await?) } else { None };
             if let Some(tx) = tx.as_mut() {
                 for (i, new) in news.iter().enumerate() {
+                    if let Some(e) = &new.enforces {
+                        // The (event, rule) pair is enforced once: by this execution, or it
+                        // was already and this one is not created.
+                        let recorded = sqlx::query(
+                            "INSERT INTO enforcements (id, event_id, rule_ref, outcome, execution_id, created_at)
+                             VALUES ($1, $2, $3, 'matched', $4, $5) ON CONFLICT (event_id, rule_ref) DO NOTHING",
+                        )
+                        .bind(e.id.to_string())
+                        .bind(e.event_id.to_string())
+                        .bind(e.rule_ref.as_str())
+                        .bind(ids[i].to_string())
+                        .bind(at)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                        if recorded == 0 {
+                            refused[i] = Some(StoreError::AlreadyDone(format!(
+                                "event {} was already enforced by rule {}",
+                                e.event_id, e.rule_ref
+                            )));
+                        }
+                    }
                     let Some(dl) = new.requeue_of else { continue };
                     let claimed = sqlx::query(
                         "UPDATE dead_letters SET requeued_at = $2, requeued_as = $3 WHERE id = $1 AND requeued_at IS NULL",

@@ -23,6 +23,7 @@ mod notify;
 mod packs;
 mod queue;
 mod rows;
+mod rules;
 mod tokens;
 mod workers;
 
@@ -34,6 +35,7 @@ pub use keys::{KeyValue, StoredKey};
 pub use lifecycle::{Applied, Driven};
 pub use notify::{Listener, Notice};
 pub use packs::PackReplaced;
+pub use rules::{EventFilter, Timer};
 pub use tokens::NewToken;
 pub use workers::NewWorker;
 

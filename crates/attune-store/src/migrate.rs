@@ -15,6 +15,7 @@ const SQLITE: &[(i64, &str)] = &[
     (9, include_str!("../migrations/sqlite/0009_output_encoding.sql")),
     (10, include_str!("../migrations/sqlite/0010_tokens.sql")),
     (11, include_str!("../migrations/sqlite/0011_keys.sql")),
+    (12, include_str!("../migrations/sqlite/0012_events.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -27,6 +28,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (9, include_str!("../migrations/postgres/0009_output_encoding.sql")),
     (10, include_str!("../migrations/postgres/0010_tokens.sql")),
     (11, include_str!("../migrations/postgres/0011_keys.sql")),
+    (12, include_str!("../migrations/postgres/0012_events.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

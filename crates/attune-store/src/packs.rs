@@ -1,4 +1,4 @@
-//! Packs and actions: loaded as one transaction per pack, keyed by `ref`.
+//! Packs, their actions, trigger types and rules: loaded as one transaction per pack, keyed by `ref`.
 
 use attune_core::{Action, ActionRef, PackMeta, PackRef, PackSummary, Timestamp};
 
@@ -30,6 +30,8 @@ impl Store {
         &self,
         meta: &PackMeta,
         actions: &[Action],
+        triggers: &[attune_core::rules::TriggerType],
+        rules: &[attune_core::rules::Rule],
         replace: bool,
         now: Timestamp,
     ) -> Result<PackReplaced> {
@@ -100,6 +102,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            crate::rules::replace_pack_rules!(tx, &meta.pack_ref, triggers, rules, now);
             tx.commit().await?;
             Ok(change)
         })

@@ -15,6 +15,7 @@ pub(crate) trait RowExt {
     fn int(&self, c: &str) -> Result<i32>;
     fn opt_int(&self, c: &str) -> Result<Option<i32>>;
     fn boolean(&self, c: &str) -> Result<bool>;
+    fn opt_bool(&self, c: &str) -> Result<Option<bool>>;
 }
 
 macro_rules! impl_row_ext {
@@ -39,6 +40,9 @@ macro_rules! impl_row_ext {
                 Ok(self.try_get(c)?)
             }
             fn boolean(&self, c: &str) -> Result<bool> {
+                Ok(self.try_get(c)?)
+            }
+            fn opt_bool(&self, c: &str) -> Result<Option<bool>> {
                 Ok(self.try_get(c)?)
             }
         }

@@ -9,7 +9,7 @@ use attune_core::{
     Report, RetryPolicy, Runtime, Timestamp, WorkerStatus,
 };
 use attune_store::{
-    EventCursor, ExecutionFilter, NewExecution, NewWorker, Notice, Store, StoreError, StoreOptions,
+    EventCursor, ExecutionFilter, NewExecution, NewWorker, Notice, Store, StoreError, StoreOptions, Timer,
 };
 use attune_testkit::TestDb;
 use serde_json::json;
@@ -40,6 +40,7 @@ macro_rules! conformance {
 
 conformance!(
     migrations_are_idempotent,
+    events_are_enforced_once_and_ticks_fire_once,
     packs_load_by_ref_and_replace_only_when_asked,
     submit_records_history,
     list_filters_and_pages,
@@ -176,13 +177,16 @@ async fn packs_load_by_ref_and_replace_only_when_asked(db: &TestDb) {
     };
     let a = action("a", Runtime::Builtin, 1);
     let b = action("b", Runtime::Shell, 1);
-    assert_eq!(s.load_pack(&meta, &[a.clone(), b.clone()], false, at(0)).await.unwrap(), Default::default());
+    assert_eq!(
+        s.load_pack(&meta, &[a.clone(), b.clone()], &[], &[], false, at(0)).await.unwrap(),
+        Default::default()
+    );
     assert_eq!(s.list_actions(None).await.unwrap().len(), 2);
     // Re-load with one action changed and one removed: refused without replace, nothing changes.
     let mut a2 = a.clone();
     a2.description = "changed".into();
     let meta2 = PackMeta { version: "2".into(), ..meta.clone() };
-    let r = s.load_pack(&meta2, &[a2.clone()], false, at(1)).await;
+    let r = s.load_pack(&meta2, &[a2.clone()], &[], &[], false, at(1)).await;
     assert!(
         matches!(&r, Err(StoreError::Conflict { code: "pack_conflict", message }) if message.contains("t.b")),
         "{r:?}"
@@ -190,13 +194,13 @@ async fn packs_load_by_ref_and_replace_only_when_asked(db: &TestDb) {
     assert_eq!(s.list_actions(Some(&meta.pack_ref)).await.unwrap(), vec![a.clone(), b.clone()]);
     // From another directory: a take-over, refused too.
     let moved = PackMeta { dir: Some("/y".into()), ..meta.clone() };
-    let r = s.load_pack(&moved, &[a.clone(), b.clone()], false, at(1)).await;
+    let r = s.load_pack(&moved, &[a.clone(), b.clone()], &[], &[], false, at(1)).await;
     assert!(
         matches!(&r, Err(StoreError::Conflict { message, .. }) if message.contains("over from /x")),
         "{r:?}"
     );
     // With replace: done, and said.
-    let change = s.load_pack(&meta2, &[a2.clone()], true, at(1)).await.unwrap();
+    let change = s.load_pack(&meta2, &[a2.clone()], &[], &[], true, at(1)).await.unwrap();
     assert_eq!((change.previous_dir, change.removed), (None, vec!["t.b".to_string()]));
     let actions = s.list_actions(Some(&meta.pack_ref)).await.unwrap();
     assert_eq!(actions, vec![a2.clone()]);
@@ -970,4 +974,81 @@ async fn many_events_about_one_execution_are_decided_in_order(db: &TestDb) {
     assert!(done[..300].iter().all(|(_, r)| r.as_ref().unwrap().status() == ExecutionStatus::Succeeded));
     assert!(matches!(done[300].1, Err(StoreError::NotFound { .. })));
     assert_eq!(s.execution_history(id).await.unwrap().len(), 4);
+}
+
+/// Issue 12's exactly once, by data: one enforcement per (event, rule) whichever way it is
+/// recorded and however often, and one firing per timer tick.
+async fn events_are_enforced_once_and_ticks_fire_once(db: &TestDb) {
+    use attune_core::rules::{Enforcement, Enforcing, Outcome, TriggerEvent};
+    let s = open(db).await;
+    let a = action("echo", Runtime::Shell, 1);
+    let event = TriggerEvent {
+        id: Uuid::now_v7(),
+        trigger: ActionRef::parse("core.webhook").unwrap(),
+        trigger_parameters: json!({"name": "alerts"}),
+        payload: json!({"status": "failed"}),
+        source: "webhook:alerts".into(),
+        late: false,
+        created_at: at(0),
+        processed_at: None,
+    };
+    s.insert_events(std::slice::from_ref(&event)).await.unwrap();
+    assert_eq!(s.unprocessed_events(10).await.unwrap().len(), 1);
+    let rule = ActionRef::parse("ops.restart").unwrap();
+    let new = |enforcement: Uuid| NewExecution {
+        action: a.clone(),
+        parameters: json!({}),
+        timeout_seconds: None,
+        max_attempts: 1,
+        actor: "rule:ops.restart".into(),
+        parent: None,
+        trace_id: None,
+        enforces: Some(Enforcing { id: enforcement, event_id: event.id, rule_ref: rule.clone() }),
+        requeue_of: None,
+    };
+    let first = s.create_execution(new(Uuid::now_v7()), at(1)).await.unwrap();
+    let again = s.create_execution(new(Uuid::now_v7()), at(2)).await;
+    assert!(matches!(again, Err(StoreError::AlreadyDone(_))), "{again:?}");
+    let other = Enforcement {
+        id: Uuid::now_v7(),
+        event_id: event.id,
+        rule_ref: rule.clone(),
+        outcome: Outcome::NotMatched,
+        execution_id: None,
+        reason: Some("late duplicate".into()),
+        created_at: at(3),
+    };
+    assert!(!s.record_enforcement(&other).await.unwrap(), "the pair is enforced already");
+    let second_rule = Enforcement { rule_ref: ActionRef::parse("ops.other").unwrap(), ..other.clone() };
+    assert!(s.record_enforcement(&second_rule).await.unwrap());
+    let all = s.enforcements_of(event.id).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!((all[1].outcome, all[1].execution_id), (Outcome::Matched, Some(first.id)));
+    assert_eq!(s.get_execution(first.id).await.unwrap().unwrap().enforcement, Some(all[1].id.to_string()));
+    let count = s.list_executions(&ExecutionFilter { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(count.items.len(), 1, "one execution");
+    s.mark_event_processed(event.id, at(4)).await.unwrap();
+    assert!(s.unprocessed_events(10).await.unwrap().is_empty());
+
+    let timer = attune_store::Timer {
+        key: "core.interval:{\"seconds\":2}".into(),
+        trigger: ActionRef::parse("core.interval").unwrap(),
+        parameters: json!({"seconds": 2}),
+        next_fire_at: at(10),
+    };
+    s.sync_timers(std::slice::from_ref(&timer)).await.unwrap();
+    s.sync_timers(&[Timer { next_fire_at: at(99), ..timer.clone() }]).await.unwrap();
+    assert_eq!(s.due_timers(at(10)).await.unwrap(), vec![timer.clone()], "a sync keeps the next tick");
+    let tick = |n: u64| TriggerEvent {
+        id: Uuid::now_v7(),
+        trigger: timer.trigger.clone(),
+        created_at: at(n),
+        ..event.clone()
+    };
+    assert!(s.fire_timer(&timer.key, at(10), Some(at(12)), &tick(10)).await.unwrap());
+    assert!(!s.fire_timer(&timer.key, at(10), Some(at(12)), &tick(10)).await.unwrap(), "taken once");
+    assert_eq!(s.next_timer_at().await.unwrap(), Some(at(12)));
+    assert_eq!(s.unprocessed_events(10).await.unwrap().len(), 1, "one event for the tick");
+    s.sync_timers(&[]).await.unwrap();
+    assert_eq!(s.next_timer_at().await.unwrap(), None, "no rule, no timer");
 }
