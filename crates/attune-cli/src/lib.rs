@@ -7,6 +7,7 @@
 //! not be reached.
 
 mod cmds;
+mod events;
 mod keys;
 mod output;
 mod roles;
@@ -73,6 +74,15 @@ enum Command {
     /// The key store: values parameters use as {{ key('NAME') }}; secrets encrypted at rest.
     #[command(subcommand)]
     Key(keys::KeyCmd),
+    /// Trigger types: what events can be of.
+    #[command(subcommand)]
+    Trigger(events::TriggerCmd),
+    /// Rules: when an event of its trigger matches its criteria, run its action.
+    #[command(subcommand)]
+    Rule(events::RuleCmd),
+    /// Stored events (webhook calls, timer ticks, emitted events) and what rules did with them.
+    #[command(subcommand)]
+    Event(events::EventCmd),
 }
 
 #[derive(Args)]
@@ -146,6 +156,9 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Dlq(c) => cmds::dlq(&ctx, c).await,
         Command::Token(c) => tokens::run(&ctx, c).await,
         Command::Key(c) => keys::run(&ctx, c).await,
+        Command::Trigger(c) => events::trigger(&ctx, c).await,
+        Command::Rule(c) => events::rule(&ctx, c).await,
+        Command::Event(c) => events::event(&ctx, c).await,
     };
     match result {
         Ok(code) => code,

@@ -22,11 +22,17 @@ pub fn print<T: Serialize>(format: Format, value: &T, table: impl FnOnce() -> Ta
 pub struct Table {
     header: Vec<&'static str>,
     rows: Vec<Vec<String>>,
+    /// Tables printed after this one, each after a blank line.
+    after: Vec<Table>,
 }
 
 impl Table {
     pub fn new(header: Vec<&'static str>) -> Self {
-        Table { header, rows: Vec::new() }
+        Table { header, rows: Vec::new(), after: Vec::new() }
+    }
+    /// Prints `t` after this table (a detail's list below its fields).
+    pub fn append(&mut self, t: Table) {
+        self.after.push(t);
     }
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
@@ -72,6 +78,10 @@ impl Table {
         }
         if self.rows.is_empty() && !self.header.is_empty() {
             out.push_str("(none)\n");
+        }
+        for t in &self.after {
+            out.push('\n');
+            out.push_str(&t.render());
         }
         out
     }

@@ -564,3 +564,71 @@ async fn forged_workers_get_nothing_on_sqlite() {
 async fn forged_workers_get_nothing_on_postgres() {
     forged_workers_get_nothing(TestDb::postgres().await).await;
 }
+
+/// Issue 12: the server is killed with SIGKILL right after accepting a burst of webhook events;
+/// once it is back, every event has exactly one enforcement from the one rule that matches it,
+/// and exactly one execution exists per event.
+async fn events_survive_a_server_kill(db: TestDb) {
+    let mut c = Cluster::start(db, &[]);
+    let n = 150;
+    let mut set = tokio::task::JoinSet::new();
+    for k in 0..6 {
+        let (url, token) = (c.url.clone(), common::tokens(&c.url).admin);
+        set.spawn(async move {
+            let http = reqwest::Client::new();
+            let mut ids = Vec::new();
+            for i in (k..n).step_by(6) {
+                let r = http
+                    .post(format!("{url}/api/v1/webhooks/alerts"))
+                    .bearer_auth(&token)
+                    .json(&json!({"status": "failed", "service": format!("svc-{i}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+                ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(r) = set.join_next().await {
+        ids.extend(r.unwrap());
+    }
+    c.restart_server();
+    c.client = common::client(&c.url);
+    let http = reqwest::Client::new();
+    let token = common::tokens(&c.url).admin;
+    let mut executions = std::collections::BTreeSet::new();
+    for id in &ids {
+        let d: Value = wait_for("the event processed after the restart", Duration::from_secs(30), || async {
+            let r = http
+                .get(format!("{}/api/v1/trigger-events/{id}", c.url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?;
+            let v: Value = r.json().await.ok()?;
+            (!v["processed_at"].is_null()).then_some(v)
+        })
+        .await;
+        let enf = d["enforcements"].as_array().unwrap();
+        assert_eq!(enf.len(), 1, "{d}");
+        assert_eq!(enf[0]["outcome"], "matched", "{d}");
+        executions.insert(enf[0]["execution_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(executions.len(), n, "one execution per event");
+    let all = c.client.list_executions("limit=1000").await.unwrap().items;
+    assert_eq!(all.len(), n, "and no other");
+    assert!(all.iter().all(|e| executions.contains(&e.id.to_string())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_server_kill_on_sqlite() {
+    events_survive_a_server_kill(TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_server_kill_on_postgres() {
+    events_survive_a_server_kill(TestDb::postgres().await).await;
+}

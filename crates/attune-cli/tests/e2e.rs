@@ -467,3 +467,50 @@ fn https_with_a_certificate_made_for_the_test() {
     let status = p.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", p.output());
 }
+
+/// Issue 12 as a user meets it: an emitted event fires a rule whose action prints a field of the
+/// payload; `attune rule test` shows the verdicts and exits 0 only on a match; `event get` shows
+/// the enforcement; a bad payload is refused naming the field.
+#[test]
+fn an_emitted_event_runs_a_rule_and_the_tester_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, url) = up(&[], dir.path());
+    let out = cli(&url, &["event", "emit", "examples.disk_alert", "host=db1", "used=93", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = out.json()["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let execution = loop {
+        let d = cli(&url, &["event", "get", &id, "-o", "json"]).json();
+        if let Some(x) = d["enforcements"][0]["execution_id"].as_str() {
+            break x.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no enforcement: {d}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = cli(&url, &["execution", "get", &execution, "-o", "json"]);
+    let mut e = out.json();
+    while !["succeeded", "failed"].contains(&e["status"].as_str().unwrap()) {
+        assert!(std::time::Instant::now() < deadline, "{e}");
+        std::thread::sleep(Duration::from_millis(50));
+        e = cli(&url, &["execution", "get", &execution, "-o", "json"]).json();
+    }
+    assert_eq!(e["stdout"], "clean up db1: 93 % used\n", "{e}");
+    let out = cli(&url, &["event", "get", &id]);
+    assert!(out.stdout.contains("examples.disk_full") && out.stdout.contains("matched"), "{}", out.stdout);
+
+    let out = cli(&url, &["rule", "test", "examples.disk_full", "--payload", r#"{"host": "h", "used": 40}"#]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("payload.used greaterthan 90") && out.stdout.contains("fails"),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&url, &["rule", "test", "examples.disk_full", "--event", &id]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("clean up db1"), "{}", out.stdout);
+
+    let out = cli(&url, &["event", "emit", "examples.disk_alert", "host=db1"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("used"), "{}", out.stderr);
+    drop(p);
+}

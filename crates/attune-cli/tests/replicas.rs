@@ -216,3 +216,32 @@ async fn two_monitors_retry_a_dead_workers_execution_once() {
     assert_eq!(requeues, 1, "retried once, not once per replica: {:?}", done.history);
     assert_eq!(done.attempts.len(), 2);
 }
+
+/// Issue 12: two replicas share one 2-second interval timer for about 10 s: one event per tick,
+/// never two for the same tick, whichever replica fires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_fire_each_timer_tick_once() {
+    let db = TestDb::postgres().await;
+    let env = fast_env(&[]);
+    let (_a, url_a) = server("server A", "127.0.0.1:0", &db.url, &env);
+    let (_b, url_b) = server("server B", "127.0.0.1:0", &db.url, &env);
+    let a = common::client(&url_a);
+    a.set_rule_enabled("examples.every_two_seconds", true).await.unwrap();
+    let started = Instant::now();
+    let b = common::client(&url_b);
+    let events = wait_for("five ticks", Duration::from_secs(30), || async {
+        let e = b.list_trigger_events("trigger=core.interval&limit=1000").await.ok()?;
+        (e.len() >= 5).then_some(e)
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut ticks: Vec<String> =
+        events.iter().map(|e| e.payload["scheduled_at"].as_str().unwrap().to_owned()).collect();
+    let n = ticks.len();
+    ticks.sort();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "no tick fired twice: {events:?}");
+    let expected = elapsed / 2.0;
+    assert!((n as f64 - expected).abs() <= 1.5, "{n} ticks in {elapsed:.1}s (every 2 s)");
+    assert!(events.iter().all(|e| !e.late), "none late: {events:?}");
+}

@@ -339,6 +339,48 @@ impl Client {
         }
     }
 
+    /// `POST /api/v1/trigger-events`: an event of a trigger type.
+    pub async fn emit_event(&self, req: &EmitEvent) -> Result<attune_core::rules::TriggerEvent, ClientError> {
+        self.post("/api/v1/trigger-events", req).await
+    }
+
+    /// Stored events, newest first; `query` is e.g. `trigger=core.webhook&limit=20`.
+    pub async fn list_trigger_events(
+        &self,
+        query: &str,
+    ) -> Result<Vec<attune_core::rules::TriggerEvent>, ClientError> {
+        self.get(&format!("/api/v1/trigger-events?{query}")).await
+    }
+
+    pub async fn get_trigger_event(&self, id: Uuid) -> Result<EventDetail, ClientError> {
+        self.get(&format!("/api/v1/trigger-events/{id}")).await
+    }
+
+    pub async fn list_triggers(&self) -> Result<Vec<attune_core::rules::TriggerType>, ClientError> {
+        self.get("/api/v1/triggers").await
+    }
+
+    pub async fn list_rules(&self) -> Result<Vec<attune_core::rules::Rule>, ClientError> {
+        self.get("/api/v1/rules").await
+    }
+
+    pub async fn get_rule(&self, r: &str) -> Result<RuleDetail, ClientError> {
+        self.get(&format!("/api/v1/rules/{r}")).await
+    }
+
+    pub async fn set_rule_enabled(
+        &self,
+        r: &str,
+        enabled: bool,
+    ) -> Result<attune_core::rules::Rule, ClientError> {
+        let verb = if enabled { "enable" } else { "disable" };
+        self.post(&format!("/api/v1/rules/{r}/{verb}"), &serde_json::json!({})).await
+    }
+
+    pub async fn test_rule(&self, r: &str, req: &TestRule) -> Result<RuleTestResult, ClientError> {
+        self.post(&format!("/api/v1/rules/{r}/test"), req).await
+    }
+
     pub async fn set_key(
         &self,
         req: &attune_wire::SetKey,

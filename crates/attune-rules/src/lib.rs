@@ -15,7 +15,14 @@ use serde_json::{json, Value};
 /// Whether `event` is of the rule's trigger: the same type, and every parameter the rule gives
 /// the trigger equal in the event's (a webhook's `name`, an interval's `seconds`).
 pub fn concerns(rule: &Rule, event: &TriggerEvent) -> bool {
-    rule.trigger.type_ref == event.trigger && subset(&rule.trigger.parameters, &event.trigger_parameters)
+    if rule.trigger.type_ref != event.trigger {
+        return false;
+    }
+    // A webhook is named by its name alone; `secret_key` is how its calls are checked.
+    if rule.trigger.type_ref.as_str() == "core.webhook" {
+        return rule.trigger.parameters.get("name") == event.trigger_parameters.get("name");
+    }
+    subset(&rule.trigger.parameters, &event.trigger_parameters)
 }
 
 fn subset(want: &Value, have: &Value) -> bool {

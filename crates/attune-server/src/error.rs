@@ -155,6 +155,22 @@ impl IntoResponse for ApiError {
 /// unknown fields and integers beyond 64 bits become `ApiError`s naming what is wrong.
 pub struct Body<T>(pub T);
 
+/// A JSON body as `Body` reads it, kept as its exact bytes too (a webhook's signature is over
+/// them): any JSON value.
+pub struct RawJson(pub Bytes, pub serde_json::Value);
+
+impl FromRequest<Arc<Shared>> for RawJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<Shared>) -> Result<Self, Self::Rejection> {
+        let bytes = json_bytes(req, state).await?;
+        let value = Json::<serde_json::Value>::from_bytes(&bytes)
+            .map_err(|rej| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", rej.body_text()))?
+            .0;
+        Ok(RawJson(bytes, value))
+    }
+}
+
 impl<T> FromRequest<Arc<Shared>> for Body<T>
 where
     T: DeserializeOwned,
@@ -162,6 +178,32 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<Shared>) -> Result<Self, Self::Rejection> {
+        let bytes = json_bytes(req, state).await?;
+        // Every body this API takes is an object; serde would also fill a struct from a list.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{')
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok()
+        {
+            return Err(ApiError::unprocessable("invalid_body", "expected a JSON object"));
+        }
+        match Json::<T>::from_bytes(&bytes) {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rej) => {
+                let (status, code) = match &rej {
+                    JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+                    JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+                    _ => (StatusCode::BAD_REQUEST, "invalid_body"),
+                };
+                Err(ApiError::new(status, code, rej.body_text()))
+            }
+        }
+    }
+}
+
+/// A JSON body's bytes: the content type, the door's size limit, the body timeout and (for
+/// people's requests) integers beyond 64 bits checked.
+async fn json_bytes(req: Request, state: &Arc<Shared>) -> Result<Bytes, ApiError> {
+    {
         if !json_content_type(req.headers()) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -218,17 +260,7 @@ where
                 format!("{path}: the integer is outside the 64-bit range and would not be kept exactly; send it as a string"),
             ));
         }
-        match Json::<T>::from_bytes(&bytes) {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(rej) => {
-                let (status, code) = match &rej {
-                    JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-                    JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-                    _ => (StatusCode::BAD_REQUEST, "invalid_body"),
-                };
-                Err(ApiError::new(status, code, rej.body_text()))
-            }
-        }
+        Ok(bytes)
     }
 }
 

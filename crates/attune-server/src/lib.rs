@@ -14,6 +14,7 @@ pub mod keys;
 mod metrics;
 mod monitors;
 pub mod packs;
+mod reactor;
 mod replicas;
 mod submission;
 pub mod tls;
@@ -110,6 +111,8 @@ pub(crate) struct Shared {
     pub opts: ServerOptions,
     /// Woken whenever a task may have become available (submit, retry, delivery expiry).
     pub work_available: Notify,
+    /// Woken when events were stored (`reactor::run`).
+    pub events_ready: Notify,
     /// The one way new executions are accepted.
     pub submissions: submission::Submissions,
     /// Tokens recently read from the store.
@@ -181,6 +184,7 @@ impl Server {
                 store,
                 opts,
                 work_available: Notify::new(),
+                events_ready: Notify::new(),
                 tokens: auth::TokenCache::default(),
                 keyring: Default::default(),
                 key_writes: Default::default(),
@@ -207,6 +211,8 @@ impl Server {
         tasks.spawn(submission::run(shared.clone(), self.inserts));
         tasks.spawn(replicas::listen(shared.clone()));
         tasks.spawn(replicas::notify(shared.clone(), self.notices));
+        tasks.spawn(reactor::run(shared.clone()));
+        tasks.spawn(reactor::timers(shared.clone()));
         let stop = shared.shutdown.clone();
         let forward = shutdown.clone();
         tasks.spawn(async move {

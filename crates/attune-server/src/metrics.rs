@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use attune_core::{ExecutionStatus, Timestamp};
+use attune_core::{rules::Outcome, ExecutionStatus, Timestamp};
 
 /// Bucket bounds, in seconds.
 const LATENCY_BUCKETS: &[f64] =
@@ -68,6 +68,51 @@ pub(crate) struct Metrics {
     pub http: crate::http::Stats,
     pub submit_to_start: Histogram,
     pub run_duration: Histogram,
+    pub events: EventMetrics,
+}
+
+/// What the event loop did on this server.
+pub(crate) struct EventMetrics {
+    /// Events stored by this server, by trigger type.
+    by_trigger: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Enforcements recorded by this server, by `Outcome` (in its order).
+    pub enforcements: [AtomicU64; 4],
+    /// How late timers fired after their tick was due.
+    timer_lag: Histogram,
+}
+
+impl EventMetrics {
+    pub(crate) fn accepted(&self, trigger: &str) {
+        *self.by_trigger.lock().expect("event metrics lock").entry(trigger.to_owned()).or_default() += 1;
+    }
+
+    pub(crate) fn record_timer_lag(&self, millis: u64) {
+        self.timer_lag.observe(Duration::from_millis(millis));
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP attune_events_total Events stored by this server, by trigger type.\n# TYPE attune_events_total counter"
+        );
+        for (t, n) in self.by_trigger.lock().expect("event metrics lock").iter() {
+            let _ = writeln!(out, "attune_events_total{{trigger=\"{}\"}} {n}", label(t));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP attune_enforcements_total Rule enforcements recorded by this server, by outcome.\n\
+             # TYPE attune_enforcements_total counter"
+        );
+        for o in [Outcome::Matched, Outcome::NotMatched, Outcome::Failed, Outcome::Skipped] {
+            let n = self.enforcements[o as usize].load(Relaxed);
+            let _ = writeln!(out, "attune_enforcements_total{{outcome=\"{}\"}} {n}", o.as_str());
+        }
+        self.timer_lag.render(
+            out,
+            "attune_timer_lag_seconds",
+            "How long after its tick was due a timer fired.",
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -83,6 +128,11 @@ impl Default for Metrics {
             http: Default::default(),
             submit_to_start: Histogram::new(LATENCY_BUCKETS),
             run_duration: Histogram::new(DURATION_BUCKETS),
+            events: EventMetrics {
+                by_trigger: Default::default(),
+                enforcements: Default::default(),
+                timer_lag: Histogram::new(LATENCY_BUCKETS),
+            },
         }
     }
 }
@@ -229,6 +279,7 @@ pub(crate) fn render(
         "attune_run_duration_seconds",
         "Time from running to the end of the attempt, seen by this server.",
     );
+    m.events.render(&mut out);
     out
 }
 

@@ -30,18 +30,70 @@ pub async fn load_dirs(store: &Store, dirs: &[impl AsRef<Path>]) -> (Vec<String>
         };
         for dir in packs {
             match load_pack_dir(&dir) {
-                Ok(p) => match store.load_pack(&p.meta, &p.actions, true, Timestamp::now()).await {
-                    Ok(change) => {
-                        say_replaced(p.meta.pack_ref.as_str(), &change);
-                        loaded.push(format!("{} ({} actions)", p.meta.pack_ref, p.actions.len()));
-                    }
+                Ok(p) => match check_rules(store, &p).await {
                     Err(e) => problems.push(format!("{}: {e}", dir.display())),
+                    Ok(()) => match store
+                        .load_pack(&p.meta, &p.actions, &p.triggers, &p.rules, true, Timestamp::now())
+                        .await
+                    {
+                        Ok(change) => {
+                            say_replaced(p.meta.pack_ref.as_str(), &change);
+                            loaded.push(format!(
+                                "{} ({} actions{})",
+                                p.meta.pack_ref,
+                                p.actions.len(),
+                                if p.rules.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", {} rules", p.rules.len())
+                                }
+                            ));
+                        }
+                        Err(e) => problems.push(format!("{}: {e}", dir.display())),
+                    },
                 },
                 Err(e) => problems.push(e.to_string()),
             }
         }
     }
     (loaded, problems)
+}
+
+/// What only the server can check of a pack's rules: a trigger type of another pack must be loaded
+/// already, and the rule's trigger parameters must fit it.
+pub(crate) async fn check_rules(store: &Store, p: &attune_pack::LoadedPack) -> Result<(), String> {
+    let mut stored = None;
+    let mut problems = Vec::new();
+    for r in &p.rules {
+        let t = &r.trigger.type_ref;
+        if t.pack() == p.meta.pack_ref || t.pack().as_str() == "core" {
+            continue; // checked by the loader
+        }
+        if stored.is_none() {
+            stored = Some(store.list_trigger_types().await.map_err(|e| e.to_string())?);
+        }
+        let Some(tt) = stored.as_ref().and_then(|all| all.iter().find(|x| x.type_ref == *t)) else {
+            problems.push(format!(
+                "rule {}: trigger type {t} is not loaded (load pack {} first)",
+                r.rule_ref,
+                t.pack()
+            ));
+            continue;
+        };
+        match attune_pack::ParamValidator::compile(&tt.parameters).map(|v| v.validate(&r.trigger.parameters))
+        {
+            Ok(Err(details)) => {
+                problems.push(format!("rule {}: trigger.parameters: {}", r.rule_ref, details.join("; ")))
+            }
+            Err(e) => problems.push(format!("rule {}: trigger type {t}'s parameter schema {e}", r.rule_ref)),
+            Ok(Ok(())) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
 }
 
 /// Logs what a load replaced (it is never silent).

@@ -44,6 +44,8 @@ both!(
     every_operation_is_guarded,
     bounds_are_enforced_and_waits_are_cut,
     secret_keys_are_sealed_and_opened_only_for_the_worker,
+    rules_fire_on_webhooks_and_emitted_events,
+    signed_webhooks_timers_and_disabled_rules,
 );
 
 struct Api {
@@ -272,10 +274,14 @@ impl std::fmt::Display for W {
 }
 
 async fn register(api: &Api, name: &str) -> W {
+    register_for(api, name, vec![Runtime::Builtin]).await
+}
+
+async fn register_for(api: &Api, name: &str, runtimes: Vec<Runtime>) -> W {
     let req = attune_wire::RegisterWorker {
         name: name.into(),
         host: "test".into(),
-        runtimes: vec![Runtime::Builtin],
+        runtimes,
         labels: json!({}),
         concurrency: 2,
         version: "t".into(),
@@ -777,7 +783,7 @@ async fn openapi_documents_every_route(db: TestDb) {
             }
         }
     }
-    assert_eq!(operations, 36, "every public route is documented");
+    assert_eq!(operations, 46, "every public route is documented");
     assert!(doc["components"]["schemas"]["Execution"].is_object());
     let page = api.http.get(format!("{}/api/v1/docs", api.url)).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
@@ -1061,5 +1067,183 @@ async fn secret_keys_are_sealed_and_opened_only_for_the_worker(db: TestDb) {
     let t = w.client.poll(w.id, 1, Duration::from_secs(5)).await.unwrap().tasks.remove(0);
     assert!(t.parameter_error.as_deref().unwrap().contains("key \"db_pw\" is not set"), "{t:?}");
     assert_eq!(t.parameters, json!({}));
+    api.stop().await;
+}
+
+/// The event's detail once every rule has recorded its enforcement.
+async fn processed(api: &Api, id: &str) -> Value {
+    attune_testkit::wait_for("the event processed", Duration::from_secs(10), || async {
+        let (s, v) = api.raw(reqwest::Method::GET, &format!("/api/v1/trigger-events/{id}"), None).await;
+        (s == 200 && !v["processed_at"].is_null()).then_some(v)
+    })
+    .await
+}
+
+/// Issue 12: webhooks and emitted events fire the rules they match, once each, with parameters
+/// from the payload; what does not match is recorded with the criterion that failed; payload text
+/// that looks like a template stays text; bad payloads store nothing.
+async fn rules_fire_on_webhooks_and_emitted_events(db: TestDb) {
+    let api = Api::start(db).await;
+    let (s, v) = api.post("/api/v1/webhooks/alerts", r#"{"status": "failed", "service": "web"}"#).await;
+    assert_eq!(s, 202, "{v}");
+    let hit = processed(&api, v["id"].as_str().unwrap()).await;
+    let enf = &hit["enforcements"].as_array().unwrap();
+    assert_eq!(enf.len(), 1, "{hit}");
+    assert_eq!(
+        (enf[0]["rule_ref"].as_str(), enf[0]["outcome"].as_str()),
+        (Some("examples.on_alert"), Some("matched"))
+    );
+    let exec_id = enf[0]["execution_id"].as_str().unwrap();
+    let (_, e) = api.raw(reqwest::Method::GET, &format!("/api/v1/executions/{exec_id}"), None).await;
+    assert_eq!(e["parameters"]["message"], "restart web", "{e}");
+    assert_eq!(e["enforcement"], enf[0]["id"], "the execution points back at its enforcement");
+    assert_eq!(e["history"][0]["actor"], "rule:examples.on_alert", "{e}");
+
+    let (s, v) = api.post("/api/v1/webhooks/alerts", r#"{"status": "ok", "service": "web"}"#).await;
+    assert_eq!(s, 202);
+    let miss = processed(&api, v["id"].as_str().unwrap()).await;
+    assert_eq!(miss["enforcements"][0]["outcome"], "not_matched", "{miss}");
+    let reason = miss["enforcements"][0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("payload.status equals \"failed\": found \"ok\""), "{reason}");
+
+    // A payload that tries to name a key or run an expression reaches the action as its text.
+    let (s, _) = api.post("/api/v1/keys", r#"{"name": "db_pw", "value": "s3cr3t", "secret": true}"#).await;
+    assert_eq!(s, 200);
+    let evil = "{{ key('db_pw') }} {{ 6 * 7 }}";
+    let body = json!({"status": "failed", "service": evil}).to_string();
+    let (s, v) = api.post("/api/v1/webhooks/alerts", &body).await;
+    assert_eq!(s, 202);
+    let d = processed(&api, v["id"].as_str().unwrap()).await;
+    assert_eq!(d["enforcements"][0]["outcome"], "matched", "{d}");
+    let w = register_for(&api, "w1", vec![Runtime::Shell]).await;
+    let mut tasks = w.client.poll(w.id, 10, Duration::from_secs(5)).await.unwrap().tasks;
+    let t = tasks.iter_mut().find(|t| t.execution_id.to_string() != exec_id).expect("the second execution");
+    assert_eq!(t.parameters["message"], format!("restart {evil}"), "{t:?}");
+    assert!(t.masks.is_empty());
+
+    // Emitted events are checked against their trigger type's payload schema.
+    let before =
+        api.raw(reqwest::Method::GET, "/api/v1/trigger-events", None).await.1.as_array().unwrap().len();
+    for (body, want) in [
+        (r#"{"trigger": "examples.disk_alert", "payload": {"host": "db1"}}"#, "invalid_payload"),
+        (
+            r#"{"trigger": "examples.disk_alert", "payload": {"host": "db1", "used": "lots"}}"#,
+            "invalid_payload",
+        ),
+        (r#"{"trigger": "examples.nope", "payload": {}}"#, "unknown_trigger"),
+        (r#"{"trigger": "core.interval", "parameters": {"seconds": 0}}"#, "invalid_trigger_parameters"),
+    ] {
+        let (s, v) = api.post("/api/v1/trigger-events", body).await;
+        assert_eq!((s, code(&v)), (422, want), "{body}: {v}");
+    }
+    let (s, v) =
+        api.post_as(&api.viewer, "/api/v1/trigger-events", r#"{"trigger": "examples.disk_alert"}"#).await;
+    assert_eq!((s, code(&v)), (403, "forbidden"));
+    let after =
+        api.raw(reqwest::Method::GET, "/api/v1/trigger-events", None).await.1.as_array().unwrap().len();
+    assert_eq!(before, after, "refused events are not stored");
+    let (s, v) = api
+        .post_as(
+            &api.operator,
+            "/api/v1/trigger-events",
+            r#"{"trigger": "examples.disk_alert", "payload": {"host": "db1", "used": 93}}"#,
+        )
+        .await;
+    assert_eq!((s, v["source"].as_str()), (201, Some("user:test-operator")), "{v}");
+    let d = processed(&api, v["id"].as_str().unwrap()).await;
+    assert_eq!(d["enforcements"][0]["rule_ref"], "examples.disk_full", "{d}");
+    assert_eq!(d["enforcements"][0]["outcome"], "matched", "{d}");
+
+    // The tester runs the same code, and changes nothing.
+    let n = api.executions().await;
+    let (s, v) =
+        api.post("/api/v1/rules/examples.disk_full/test", r#"{"payload": {"host": "h", "used": 50}}"#).await;
+    assert_eq!(
+        (s, v["outcome"].as_str(), v["criteria"][0]["holds"].as_bool()),
+        (200, Some("not_matched"), Some(false)),
+        "{v}"
+    );
+    let (s, v) =
+        api.post("/api/v1/rules/examples.disk_full/test", r#"{"payload": {"host": "h", "used": 95}}"#).await;
+    assert_eq!((s, v["outcome"].as_str()), (200, Some("matched")), "{v}");
+    assert_eq!(v["parameters"]["message"], "clean up h: 95 % used");
+    assert_eq!(api.executions().await, n, "testing a rule runs nothing");
+    let (s, v) = api.post("/api/v1/webhooks/nobody", "{}").await;
+    assert_eq!((s, code(&v)), (404, "unknown_webhook"));
+    api.stop().await;
+}
+
+/// Issue 12: a webhook that names a secret key takes signed calls without a token, and refuses
+/// unsigned or wrongly signed ones; a disabled rule fires nothing; an interval rule fires on its
+/// own, and `overlap: skip` records the ticks it skipped.
+async fn signed_webhooks_timers_and_disabled_rules(db: TestDb) {
+    use hmac::Mac;
+    let api = Api::start(db).await;
+    let body = r#"{"ref": "v1.2"}"#;
+    let sign = |secret: &str| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let call = |sig: Option<String>| {
+        let url = format!("{}/api/v1/webhooks/deploy", api.url);
+        async move {
+            let mut req =
+                reqwest::Client::new().post(url).header("content-type", "application/json").body(body);
+            if let Some(s) = sig {
+                req = req.header("x-attune-signature", s);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    // The key is not set yet: nothing verifies.
+    assert_eq!(call(Some(sign("hook-s3cret"))).await.0, 401);
+    let (s, _) = api
+        .post("/api/v1/keys", r#"{"name": "deploy_hook_secret", "value": "hook-s3cret", "secret": true}"#)
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = call(None).await;
+    assert_eq!((s, code(&v)), (401, "unauthorized"), "{v}");
+    let (s, v) = call(Some(sign("wrong"))).await;
+    assert_eq!((s, code(&v)), (401, "bad_signature"), "{v}");
+    let (s, v) = call(Some("sha256=zz".into())).await;
+    assert_eq!((s, code(&v)), (401, "bad_signature"), "{v}");
+    let (s, v) = call(Some(sign("hook-s3cret"))).await;
+    assert_eq!(s, 202, "{v}");
+    let d = processed(&api, v["id"].as_str().unwrap()).await;
+    assert_eq!(d["enforcements"][0]["outcome"], "matched", "{d}");
+    assert!(!d.to_string().contains("hook-s3cret"));
+    // A signature on a webhook without a secret key is no way in.
+    let (s, v) = api
+        .raw_as(None, reqwest::Method::POST, "/api/v1/webhooks/alerts", Some(r#"{"status": "failed"}"#))
+        .await;
+    assert_eq!((s, code(&v)), (401, "unauthorized"), "{v}");
+
+    // Disabled: nothing fires; and a disabled interval rule has no timer.
+    let (s, v) = api.post("/api/v1/rules/examples.on_alert/disable", "{}").await;
+    assert_eq!((s, v["enabled"].as_bool()), (200, Some(false)), "{v}");
+    let (s, v) = api.post("/api/v1/webhooks/alerts", r#"{"status": "failed"}"#).await;
+    assert_eq!((s, code(&v)), (404, "unknown_webhook"), "{v}");
+    let (s, v) = api.post_as(&api.operator, "/api/v1/rules/examples.every_two_seconds/enable", "{}").await;
+    assert_eq!((s, code(&v)), (403, "forbidden"));
+    let n = api.executions().await;
+    let (s, _) = api.post("/api/v1/rules/examples.every_two_seconds/enable", "{}").await;
+    assert_eq!(s, 200);
+    // Nothing runs the echo here (no shell worker), so the first tick's execution stays open and
+    // the next ticks are skipped (overlap: skip), each recorded.
+    let recorded = attune_testkit::wait_for("two ticks enforced", Duration::from_secs(15), || async {
+        let (_, v) = api.raw(reqwest::Method::GET, "/api/v1/rules/examples.every_two_seconds", None).await;
+        let e = v["recent_enforcements"].as_array()?.clone();
+        (e.len() >= 2).then_some(e)
+    })
+    .await;
+    let outcomes: Vec<&str> = recorded.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes.last(), Some(&"matched"), "{recorded:?}");
+    assert!(outcomes[..outcomes.len() - 1].iter().all(|o| *o == "skipped"), "{recorded:?}");
+    assert_eq!(api.executions().await, n + 1, "one execution, the other ticks skipped");
+    let (_, ev) = api.raw(reqwest::Method::GET, "/api/v1/trigger-events?trigger=core.interval", None).await;
+    assert_eq!(ev[0]["source"], "timer");
     api.stop().await;
 }

@@ -83,6 +83,11 @@ pub struct PackLoaded {
     /// The directory the server read, resolved.
     pub dir: String,
     pub actions: Vec<String>,
+    /// Its rules (`rules/`) and trigger types (`triggers/`), replaced with each load.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    #[serde(default)]
+    pub triggers: Vec<String>,
     /// Actions removed by a `replace` load.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
@@ -324,4 +329,78 @@ pub struct Resealed {
 pub struct CreatedToken {
     pub token: attune_core::auth::TokenInfo,
     pub secret: String,
+}
+
+/// `POST /api/v1/trigger-events` (`attune event emit`): an event of a trigger type, as a sensor
+/// or a script would send it. The payload must satisfy the type's payload schema.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmitEvent {
+    /// A trigger type's ref (`attune trigger list`).
+    #[schema(example = "examples.disk_alert")]
+    pub trigger: String,
+    /// The trigger instance's parameters; rules whose trigger parameters are a subset match.
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    #[serde(default)]
+    pub payload: Option<Value>,
+}
+
+/// An event with what each rule did with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventDetail {
+    #[serde(flatten)]
+    pub event: attune_core::rules::TriggerEvent,
+    pub enforcements: Vec<attune_core::rules::Enforcement>,
+}
+
+/// A rule with its latest enforcements, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RuleDetail {
+    #[serde(flatten)]
+    pub rule: attune_core::rules::Rule,
+    pub recent_enforcements: Vec<attune_core::rules::Enforcement>,
+}
+
+/// `POST /api/v1/rules/{ref}/test`: try a rule on a payload, or on a stored event, with no side
+/// effects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestRule {
+    /// A payload to try (with `trigger_parameters`, else the rule's own).
+    #[serde(default)]
+    pub payload: Option<Value>,
+    #[serde(default)]
+    pub trigger_parameters: Option<Value>,
+    /// A stored event to try instead.
+    #[serde(default)]
+    pub event_id: Option<Uuid>,
+}
+
+/// One criterion as the engine evaluated it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CheckedCriterion {
+    pub key: String,
+    #[serde(rename = "type")]
+    pub op: attune_core::rules::Op,
+    pub pattern: Value,
+    /// What the key held (absent: null with `found: false`).
+    pub value: Value,
+    pub found: bool,
+    pub holds: bool,
+    pub why: String,
+}
+
+/// What the rule would do with the event: the same code as the server's processor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RuleTestResult {
+    /// The event is of the rule's trigger (type and parameters).
+    pub concerns: bool,
+    pub criteria: Vec<CheckedCriterion>,
+    pub matched: bool,
+    /// `matched`, `not_matched` or `failed`, as an enforcement would record it.
+    pub outcome: attune_core::rules::Outcome,
+    pub reason: Option<String>,
+    /// The action's parameters as rendered (keys left as `{{ key('…') }}`).
+    pub parameters: Option<Value>,
 }

@@ -72,7 +72,14 @@ pub async fn load_pack(
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("pack loading stopped: {e}"))
     })?;
     let (dir, p) = read?;
-    let change = state.store.load_pack(&p.meta, &p.actions, req.replace, Timestamp::now()).await?;
+    crate::packs::check_rules(&state.store, &p).await.map_err(|e| {
+        ApiError::unprocessable("invalid_pack", "the pack was not loaded")
+            .with_details(e.lines().map(str::to_owned).collect())
+    })?;
+    let change = state
+        .store
+        .load_pack(&p.meta, &p.actions, &p.triggers, &p.rules, req.replace, Timestamp::now())
+        .await?;
     state.submissions.forget_pack(&p.meta.pack_ref);
     crate::packs::say_replaced(p.meta.pack_ref.as_str(), &change);
     tracing::info!(pack = %p.meta.pack_ref, actions = p.actions.len(), dir = %dir.display(), by = %who.actor(), "pack loaded");
@@ -82,6 +89,8 @@ pub async fn load_pack(
             pack_ref: p.meta.pack_ref.to_string(),
             dir: dir.display().to_string(),
             actions: p.actions.iter().map(|a| a.action_ref.to_string()).collect(),
+            rules: p.rules.iter().map(|r| r.rule_ref.to_string()).collect(),
+            triggers: p.triggers.iter().map(|t| t.type_ref.to_string()).collect(),
             removed: change.removed,
             previous_dir: change.previous_dir,
         }),

@@ -11,6 +11,7 @@ mod events;
 mod executions;
 mod keys;
 mod ops;
+mod rules;
 mod tokens;
 mod worker;
 
@@ -63,6 +64,16 @@ type Door = Router<Arc<Shared>>;
         keys::get,
         keys::delete,
         keys::rotate_master,
+        rules::webhook,
+        rules::emit,
+        rules::list_events,
+        rules::get_event,
+        rules::triggers,
+        rules::rules,
+        rules::rule,
+        rules::enable,
+        rules::disable,
+        rules::test,
         worker::register,
         worker::heartbeat,
         worker::poll,
@@ -193,6 +204,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .merge(guarded(ops_door(shared.opts.metrics_public), OPS_RULES))
         .merge(guarded(public_door(), PUBLIC_RULES).layer(DefaultBodyLimit::max(limits.max_body_bytes)))
         .merge(
+            webhook_door()
+                .route_layer(axum::middleware::from_fn_with_state(
+                    (shared.clone(), WEBHOOK_RULES),
+                    webhook_guard,
+                ))
+                .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+        )
+        .merge(
             guarded(worker::door(), worker::RULES)
                 .layer(DefaultBodyLimit::max(limits.max_worker_request_bytes)),
         )
@@ -251,6 +270,36 @@ fn public_door() -> Door {
         .route("/api/v1/keys", post(keys::set).get(keys::list))
         .route("/api/v1/keys/rotate-master", post(keys::rotate_master))
         .route("/api/v1/keys/{name}", get(keys::get).delete(keys::delete))
+        .route("/api/v1/trigger-events", post(rules::emit).get(rules::list_events))
+        .route("/api/v1/trigger-events/{id}", get(rules::get_event))
+        .route("/api/v1/triggers", get(rules::triggers))
+        .route("/api/v1/rules", get(rules::rules))
+        .route("/api/v1/rules/{rule_ref}", get(rules::rule))
+        .route("/api/v1/rules/{rule_ref}/enable", post(rules::enable))
+        .route("/api/v1/rules/{rule_ref}/disable", post(rules::disable))
+        .route("/api/v1/rules/{rule_ref}/test", post(rules::test))
+}
+
+/// Webhooks: called by other systems, which authenticate with a token or by signing the body.
+fn webhook_door() -> Door {
+    Router::new().route("/api/v1/webhooks/{name}", axum::routing::post(rules::webhook))
+}
+
+const WEBHOOK_RULES: auth::Rules = &[(Method::POST, "/api/v1/webhooks/{name}", Permission::EmitEvents)];
+
+/// A webhook call with a signature and no token goes to its handler, which checks the signature
+/// against the webhook's secret key (and refuses it when there is none); anything else is guarded
+/// like every other route.
+async fn webhook_guard(
+    state: axum::extract::State<(Arc<Shared>, auth::Rules)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let h = req.headers();
+    if !h.contains_key(axum::http::header::AUTHORIZATION) && h.contains_key(rules::SIGNATURE_HEADER) {
+        return next.run(req).await;
+    }
+    auth::guard(state, req, next).await
 }
 
 /// What each public route needs (`attune_core::auth` says which role has what).
@@ -278,11 +327,20 @@ const PUBLIC_RULES: auth::Rules = &[
     (Method::POST, "/api/v1/tokens", Permission::Admin),
     (Method::GET, "/api/v1/tokens", Permission::Admin),
     (Method::POST, "/api/v1/tokens/{name}/revoke", Permission::Admin),
+    (Method::POST, "/api/v1/trigger-events", Permission::EmitEvents),
+    (Method::GET, "/api/v1/trigger-events", Permission::Read),
+    (Method::GET, "/api/v1/trigger-events/{id}", Permission::Read),
+    (Method::GET, "/api/v1/triggers", Permission::Read),
+    (Method::GET, "/api/v1/rules", Permission::Read),
+    (Method::GET, "/api/v1/rules/{rule_ref}", Permission::Read),
+    (Method::POST, "/api/v1/rules/{rule_ref}/enable", Permission::Admin),
+    (Method::POST, "/api/v1/rules/{rule_ref}/disable", Permission::Admin),
+    (Method::POST, "/api/v1/rules/{rule_ref}/test", Permission::Read),
 ];
 
 /// Every rule of every door (the API document states each operation's).
 fn all_rules() -> impl Iterator<Item = &'static (Method, &'static str, Permission)> {
-    OPS_RULES.iter().chain(PUBLIC_RULES).chain(worker::RULES)
+    OPS_RULES.iter().chain(PUBLIC_RULES).chain(WEBHOOK_RULES).chain(worker::RULES)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -1,0 +1,357 @@
+//! Events in, enforcements out. `accept` checks an event against its trigger type and stores it;
+//! `run` processes stored events: for each enabled rule the event concerns, `attune_rules::decide`
+//! says what to do, and exactly one enforcement is recorded — a matched one in the same
+//! transaction as its execution, which goes through the one submission path. An event is marked
+//! processed only once every rule has its enforcement, so a server killed half-way resumes where
+//! it stopped and the UNIQUE (event, rule) constraint keeps it from doing anything twice; several
+//! replicas may process the same event at once for the same reason. `timers` fires interval and
+//! datetime triggers: a tick is taken by a conditional update with its event, so one replica fires it.
+
+use std::{sync::Arc, time::Duration};
+
+use attune_core::{
+    rules::{builtin_trigger_types, Enforcement, Enforcing, Outcome, Rule, TriggerEvent, TriggerType},
+    submission::{Origin, Overrides},
+    ActionRef, Timestamp,
+};
+use attune_pack::ParamValidator;
+use attune_rules::Decision;
+use attune_store::{StoreError, Timer};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::{
+    submission::{ActionSource, Request, SubmitError},
+    ApiError, Shared,
+};
+
+/// Events read per round.
+const BATCH: u32 = 200;
+
+/// A trigger type by ref: built in, or loaded with a pack.
+pub(crate) async fn trigger_type(shared: &Shared, r: &ActionRef) -> Result<Option<TriggerType>, StoreError> {
+    if let Some(t) = builtin_trigger_types().into_iter().find(|t| t.type_ref == *r) {
+        return Ok(Some(t));
+    }
+    Ok(shared.store.list_trigger_types().await?.into_iter().find(|t| t.type_ref == *r))
+}
+
+/// Checks an event against its trigger type (parameters and payload schemas) and stores it; the
+/// processor is woken. Nothing is stored when anything is wrong.
+pub(crate) async fn accept(
+    shared: &Shared,
+    trigger: &str,
+    parameters: Value,
+    payload: Value,
+    source: String,
+) -> Result<TriggerEvent, ApiError> {
+    let unknown = || {
+        ApiError::unprocessable(
+            "unknown_trigger",
+            format!("unknown trigger type {trigger:?}; `attune trigger list` shows them"),
+        )
+    };
+    let r = ActionRef::parse(trigger).map_err(|_| unknown())?;
+    let t = trigger_type(shared, &r).await?.ok_or_else(unknown)?;
+    for (what, schema, value) in
+        [("parameters", &t.parameters, &parameters), ("payload", &t.payload, &payload)]
+    {
+        // An empty schema takes any JSON (a webhook's body).
+        if schema.as_object().is_some_and(|o| o.is_empty()) {
+            continue;
+        }
+        let v = ParamValidator::compile(schema).map_err(|e| {
+            ApiError::unprocessable("broken_trigger", format!("trigger type {r}'s {what} schema {e}"))
+        })?;
+        v.validate(value).map_err(|details| {
+            // The validator names parameters; here they may be the payload's fields.
+            let details: Vec<String> = details
+                .into_iter()
+                .map(|d| match d.strip_prefix("parameter") {
+                    Some(rest) if what == "payload" => format!("payload{}", rest.trim_start_matches('s')),
+                    _ => d,
+                })
+                .collect();
+            ApiError::unprocessable(
+                if what == "payload" { "invalid_payload" } else { "invalid_trigger_parameters" },
+                format!("the event's {what} does not match trigger type {r} ({} problem(s))", details.len()),
+            )
+            .with_details(details)
+        })?;
+    }
+    let event = TriggerEvent {
+        id: Uuid::now_v7(),
+        trigger: r,
+        trigger_parameters: parameters,
+        payload,
+        source,
+        late: false,
+        created_at: Timestamp::now(),
+        processed_at: None,
+    };
+    shared.store.insert_events(std::slice::from_ref(&event)).await?;
+    shared.metrics.events.accepted(event.trigger.as_str());
+    shared.events_ready.notify_one();
+    Ok(event)
+}
+
+/// The event processor: until the server stops.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.events_ready.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        loop {
+            let batch = match shared.store.unprocessed_events(BATCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read events; retrying");
+                    break;
+                }
+            };
+            let full = batch.len() as u32 == BATCH;
+            let mut stuck = false;
+            for event in &batch {
+                if let Err(e) = process(&shared, event).await {
+                    tracing::warn!(event = %event.id, error = %e, "event not processed yet; retrying");
+                    stuck = true;
+                    break;
+                }
+            }
+            if stuck || !full || shared.shutdown.is_cancelled() {
+                break;
+            }
+        }
+    }
+}
+
+/// Every enabled rule the event concerns, once; then the event is done.
+async fn process(shared: &Shared, event: &TriggerEvent) -> Result<(), String> {
+    let rules = shared.store.list_rules(Some(event.trigger.as_str())).await.map_err(|e| e.to_string())?;
+    let done = shared.store.enforcements_of(event.id).await.map_err(|e| e.to_string())?;
+    for rule in rules.iter().filter(|r| r.enabled && attune_rules::concerns(r, event)) {
+        if done.iter().any(|d| d.rule_ref == rule.rule_ref) {
+            continue;
+        }
+        enforce(shared, rule, event).await?;
+    }
+    shared.store.mark_event_processed(event.id, Timestamp::now()).await.map_err(|e| e.to_string())
+}
+
+/// What one rule does with one event, recorded. An error means try again later (the store or
+/// the server is unavailable); every other outcome is an enforcement.
+async fn enforce(shared: &Shared, rule: &Rule, event: &TriggerEvent) -> Result<(), String> {
+    let (_, decision) = attune_rules::decide(rule, event);
+    let record = |outcome: Outcome, reason: String| Enforcement {
+        id: Uuid::now_v7(),
+        event_id: event.id,
+        rule_ref: rule.rule_ref.clone(),
+        outcome,
+        execution_id: None,
+        reason: Some(reason),
+        created_at: Timestamp::now(),
+    };
+    let skipped = match &decision {
+        Decision::Run(_) if rule.overlap == attune_core::rules::Overlap::Skip => {
+            shared.store.rule_has_open_execution(rule.rule_ref.as_str()).await.map_err(|e| e.to_string())?
+        }
+        _ => false,
+    };
+    let enforcement = match decision {
+        Decision::NotMatched(why) => record(Outcome::NotMatched, why),
+        Decision::Failed(why) => record(Outcome::Failed, why),
+        Decision::Run(_) if skipped => {
+            record(Outcome::Skipped, "its previous execution is still running (overlap: skip)".into())
+        }
+        Decision::Run(parameters) => {
+            match shared.submissions.submit(request(rule, event, parameters)).await {
+                Ok(e) => {
+                    count(shared, Outcome::Matched);
+                    tracing::debug!(rule = %rule.rule_ref, event = %event.id, execution = %e.id, "rule matched");
+                    return Ok(());
+                }
+                Err(SubmitError::Store(e)) if matches!(*e, StoreError::AlreadyDone(_)) => return Ok(()),
+                Err(e @ (SubmitError::Store(_) | SubmitError::ShuttingDown)) => return Err(e.to_string()),
+                Err(e) => record(Outcome::Failed, refusal(&e)),
+            }
+        }
+    };
+    if shared.store.record_enforcement(&enforcement).await.map_err(|e| e.to_string())? {
+        count(shared, enforcement.outcome);
+    }
+    Ok(())
+}
+
+fn count(shared: &Shared, outcome: Outcome) {
+    shared.metrics.events.enforcements[outcome as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The submission a matched rule makes: its enforcement goes with it.
+pub(crate) fn request(rule: &Rule, event: &TriggerEvent, parameters: Value) -> Request {
+    Request {
+        action: ActionSource::Ref(rule.action.action_ref.clone()),
+        parameters,
+        overrides: Overrides::default(),
+        origin: Origin {
+            trace_id: Some(format!("event:{}", event.id)),
+            enforces: Some(Enforcing {
+                id: Uuid::now_v7(),
+                event_id: event.id,
+                rule_ref: rule.rule_ref.clone(),
+            }),
+            ..Origin::actor(format!("rule:{}", rule.rule_ref))
+        },
+    }
+}
+
+/// Why a submission was refused, with its details.
+pub(crate) fn refusal(e: &SubmitError) -> String {
+    match e {
+        SubmitError::Parameters { details, .. } => format!("{e}: {}", details.join("; ")),
+        other => other.to_string(),
+    }
+}
+
+/// The timers every enabled interval and datetime rule needs, keyed by trigger instance (rules
+/// with the same trigger share its ticks), with the first tick each would have.
+fn wanted_timers(rules: &[Rule], now: Timestamp) -> Vec<Timer> {
+    let mut out: Vec<Timer> = Vec::new();
+    for r in rules.iter().filter(|r| r.enabled) {
+        let t = &r.trigger;
+        let first = match t.type_ref.as_str() {
+            "core.interval" => match t.parameters.get("seconds").and_then(Value::as_u64) {
+                Some(s) if s > 0 => now.plus(Duration::from_secs(s)),
+                _ => continue,
+            },
+            "core.datetime" => {
+                match t.parameters.get("at").and_then(Value::as_str).map(chrono::DateTime::parse_from_rfc3339)
+                {
+                    Some(Ok(at)) => Timestamp(at.timestamp_millis()),
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        };
+        let key = format!("{}:{}", t.type_ref, t.parameters);
+        if !out.iter().any(|x| x.key == key) {
+            out.push(Timer {
+                key,
+                trigger: t.type_ref.clone(),
+                parameters: t.parameters.clone(),
+                next_fire_at: first,
+            });
+        }
+    }
+    out
+}
+
+/// A timer's tick due at `t.next_fire_at`, fired at `now`: its event, and the tick after it
+/// (`None`: a datetime, which fires once). Ticks missed meanwhile are not fired one by one: the
+/// event says how many and is `late`.
+pub(crate) fn tick(t: &Timer, now: Timestamp) -> (TriggerEvent, Option<Timestamp>) {
+    let due = t.next_fire_at;
+    let behind = (now.millis() - due.millis()).max(0);
+    let (next, missed) = match t.parameters.get("seconds").and_then(Value::as_u64) {
+        Some(s) if t.trigger.as_str() == "core.interval" => {
+            let every = (s * 1000) as i64;
+            let missed = behind / every;
+            (Some(Timestamp(due.millis() + (missed + 1) * every)), missed)
+        }
+        _ => (None, i64::from(behind > 5_000)),
+    };
+    let iso = |t: Timestamp| t.to_datetime().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let event = TriggerEvent {
+        id: Uuid::now_v7(),
+        trigger: t.trigger.clone(),
+        trigger_parameters: t.parameters.clone(),
+        payload: json!({"scheduled_at": iso(due), "fired_at": iso(now), "missed": missed}),
+        source: "timer".into(),
+        late: missed > 0,
+        created_at: now,
+        processed_at: None,
+    };
+    (event, next)
+}
+
+/// Fires due timers until the server stops, and keeps the timer table in step with the rules.
+pub(crate) async fn timers(shared: Arc<Shared>) {
+    let mut synced_at: Option<std::time::Instant> = None;
+    loop {
+        if synced_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            synced_at = Some(std::time::Instant::now());
+            if let Err(e) = sync(&shared).await {
+                tracing::warn!(error = %e, "cannot update timers; retrying");
+            }
+        }
+        let now = Timestamp::now();
+        match shared.store.due_timers(now).await {
+            Ok(due) => {
+                for t in due {
+                    let (event, next) = tick(&t, now);
+                    match shared.store.fire_timer(&t.key, t.next_fire_at, next, &event).await {
+                        Ok(true) => {
+                            let lag = (now.millis() - t.next_fire_at.millis()).max(0) as u64;
+                            shared.metrics.events.record_timer_lag(lag);
+                            shared.metrics.events.accepted(t.trigger.as_str());
+                            if event.late {
+                                tracing::info!(timer = %t.key, missed = %event.payload["missed"], "timer fired late");
+                            }
+                            shared.events_ready.notify_one();
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(timer = %t.key, error = %e, "cannot fire timer; retrying"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read timers; retrying"),
+        }
+        let wait = match shared.store.next_timer_at().await {
+            Ok(Some(at)) => {
+                Duration::from_millis((at.millis() - Timestamp::now().millis()).clamp(2, 250) as u64)
+            }
+            _ => Duration::from_millis(250),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn sync(shared: &Shared) -> Result<(), StoreError> {
+    let mut rules = shared.store.list_rules(Some("core.interval")).await?;
+    rules.extend(shared.store.list_rules(Some("core.datetime")).await?);
+    shared.store.sync_timers(&wanted_timers(&rules, Timestamp::now())).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timer(trigger: &str, parameters: Value, next: i64) -> Timer {
+        Timer {
+            key: "k".into(),
+            trigger: ActionRef::parse(trigger).unwrap(),
+            parameters,
+            next_fire_at: Timestamp(next),
+        }
+    }
+
+    #[test]
+    fn ticks_on_time_late_and_once() {
+        let t = timer("core.interval", json!({"seconds": 2}), 10_000);
+        let (e, next) = tick(&t, Timestamp(10_003));
+        assert_eq!((e.late, next), (false, Some(Timestamp(12_000))));
+        assert_eq!(e.payload["missed"], 0);
+        // Down from 10 s to 17.5 s: the ticks at 12, 14 and 16 s were missed; one late event.
+        let (e, next) = tick(&t, Timestamp(17_500));
+        assert_eq!((e.late, next), (true, Some(Timestamp(18_000))));
+        assert_eq!(e.payload["missed"], 3);
+        let d = timer("core.datetime", json!({"at": "2026-01-01T00:00:00Z"}), 1_000);
+        assert_eq!(tick(&d, Timestamp(1_010)).1, None, "a datetime fires once");
+        assert!(!tick(&d, Timestamp(1_010)).0.late);
+        assert!(tick(&d, Timestamp(60_000)).0.late);
+    }
+}
