@@ -264,6 +264,20 @@ pub fn builtin_trigger_types() -> Vec<TriggerType> {
             tick.clone(),
         ),
         t(
+            "cron",
+            "Fires when a cron expression matches the wall clock of `timezone` (IANA name, default UTC): 5 \
+             fields, or 6 with seconds first. A time skipped by a daylight-saving change fires when the \
+             skipped hour ends; a repeated time fires once, at its first occurrence.",
+            serde_json::json!({
+                "type": "object", "additionalProperties": false, "required": ["expression"],
+                "properties": {
+                    "expression": {"type": "string", "examples": ["*/5 * * * *", "0 9 * * MON-FRI"]},
+                    "timezone": {"type": "string", "examples": ["Europe/Berlin"]}
+                }
+            }),
+            tick.clone(),
+        ),
+        t(
             "datetime",
             "Fires once at `at` (RFC 3339), or at once (late) if a server first sees it after then.",
             serde_json::json!({

@@ -363,6 +363,14 @@ fn read_rule(
                 match crate::ParamValidator::compile(&tt.parameters).map(|v| v.validate(&t.parameters)) {
                     Ok(Err(problems)) => doc.err("trigger.parameters", problems.join("; ")),
                     Ok(Ok(())) => {
+                        if t.type_ref.as_str() == "core.cron" {
+                            let expr =
+                                t.parameters.get("expression").and_then(Value::as_str).unwrap_or_default();
+                            let tz = t.parameters.get("timezone").and_then(Value::as_str);
+                            if let Err(e) = attune_rules::schedule::CronSchedule::parse(expr, tz) {
+                                doc.err("trigger.parameters", e);
+                            }
+                        }
                         if let Some(at) = t.parameters.get("at").and_then(Value::as_str) {
                             if t.type_ref.as_str() == "core.datetime"
                                 && chrono::DateTime::parse_from_rfc3339(at).is_err()

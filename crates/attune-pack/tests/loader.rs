@@ -206,6 +206,8 @@ fn rules_and_trigger_types_load_and_their_mistakes_are_named() {
         (format!("ref: r\ntrigger: {{ type: core.interval, parameters: {{ seconds: 0 }} }}\n{action}"), "trigger.parameters", "minimum"),
         (format!("ref: r\ntrigger: {{ type: core.datetime, parameters: {{ at: tomorrow }} }}\n{action}"), "trigger.parameters.at", "RFC 3339"),
         (format!("ref: r\ntrigger: {{ type: ops.nothing }}\n{action}"), "trigger.type", "unknown trigger type"),
+        (format!("ref: r\ntrigger: {{ type: core.cron, parameters: {{ expression: '61 * * * *' }} }}\n{action}"), "trigger.parameters", "not a cron expression"),
+        (format!("ref: r\ntrigger: {{ type: core.cron, parameters: {{ expression: '0 9 * * *', timezone: Mars/Base }} }}\n{action}"), "trigger.parameters", "not a time zone"),
         (format!("ref: r\ntrigger: {{ type: core.webhook, paramters: {{ name: a }} }}\n{action}"), "trigger", "unknown field"),
         ("ref: r\ntrigger: { type: core.webhook, parameters: { name: a } }\n".to_string(), "action", "is required"),
         (format!("ref: r\nenabled: maybe\ntrigger: {{ type: core.webhook, parameters: {{ name: a }} }}\n{action}"), "enabled", "true or false"),

@@ -268,5 +268,7 @@ fn regex(p: &str) -> Option<Regex> {
     c.entry(p.to_owned()).or_insert_with(|| Regex::new(p).ok()).clone()
 }
 
+pub mod schedule;
+
 #[cfg(test)]
 mod tests;

@@ -225,6 +225,10 @@ fn wanted_timers(rules: &[Rule], now: Timestamp) -> Vec<Timer> {
                 Some(s) if s > 0 => now.plus(Duration::from_secs(s)),
                 _ => continue,
             },
+            "core.cron" => match cron_of(&t.parameters).and_then(|c| c.next_after(now.to_datetime())) {
+                Some(next) => Timestamp(next.timestamp_millis()),
+                None => continue,
+            },
             "core.datetime" => {
                 match t.parameters.get("at").and_then(Value::as_str).map(chrono::DateTime::parse_from_rfc3339)
                 {
@@ -259,6 +263,19 @@ pub(crate) fn tick(t: &Timer, now: Timestamp) -> (TriggerEvent, Option<Timestamp
             let missed = behind / every;
             (Some(Timestamp(due.millis() + (missed + 1) * every)), missed)
         }
+        _ if t.trigger.as_str() == "core.cron" => match cron_of(&t.parameters) {
+            Some(c) => {
+                let mut missed = 0;
+                let mut next = c.next_after(due.to_datetime());
+                while let Some(n) = next.filter(|n| n.timestamp_millis() <= now.millis() && missed < 100_000)
+                {
+                    missed += 1;
+                    next = c.next_after(n);
+                }
+                (next.map(|n| Timestamp(n.timestamp_millis())), missed)
+            }
+            None => (None, 0),
+        },
         _ => (None, i64::from(behind > 5_000)),
     };
     let iso = |t: Timestamp| t.to_datetime().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -320,8 +337,15 @@ pub(crate) async fn timers(shared: Arc<Shared>) {
     }
 }
 
+/// A `core.cron` trigger's schedule (its parameters were checked when its rule loaded).
+fn cron_of(p: &Value) -> Option<attune_rules::schedule::CronSchedule> {
+    let expr = p.get("expression").and_then(Value::as_str)?;
+    attune_rules::schedule::CronSchedule::parse(expr, p.get("timezone").and_then(Value::as_str)).ok()
+}
+
 async fn sync(shared: &Shared) -> Result<(), StoreError> {
     let mut rules = shared.store.list_rules(Some("core.interval")).await?;
+    rules.extend(shared.store.list_rules(Some("core.cron")).await?);
     rules.extend(shared.store.list_rules(Some("core.datetime")).await?);
     shared.store.sync_timers(&wanted_timers(&rules, Timestamp::now())).await
 }
@@ -353,5 +377,11 @@ mod tests {
         assert_eq!(tick(&d, Timestamp(1_010)).1, None, "a datetime fires once");
         assert!(!tick(&d, Timestamp(1_010)).0.late);
         assert!(tick(&d, Timestamp(60_000)).0.late);
+        // Every 10 s by cron, due at 20 s and fired at 55 s: 30, 40 and 50 s were missed.
+        let c = timer("core.cron", json!({"expression": "*/10 * * * * *"}), 20_000);
+        let (e, next) = tick(&c, Timestamp(55_000));
+        assert_eq!((e.payload["missed"].as_i64(), e.late, next), (Some(3), true, Some(Timestamp(60_000))));
+        let (e, next) = tick(&c, Timestamp(20_004));
+        assert_eq!((e.late, next), (false, Some(Timestamp(30_000))));
     }
 }
