@@ -1170,6 +1170,19 @@ async fn rules_fire_on_webhooks_and_emitted_events(db: TestDb) {
     assert_eq!(api.executions().await, n, "testing a rule runs nothing");
     let (s, v) = api.post("/api/v1/webhooks/nobody", "{}").await;
     assert_eq!((s, code(&v)), (404, "unknown_webhook"));
+
+    // On the stream: every event as it arrived, and what each rule did with it.
+    let received = read_sse(&api, "/api/v1/events?kind=event&after=0-0-0", None, |ev| ev.len() >= 4).await;
+    assert!(
+        received.iter().all(|(_, name, d)| name == "EventReceived" && d["event_id"].is_string()),
+        "{received:?}"
+    );
+    assert_eq!(received[0].2["trigger"], "core.webhook");
+    let ruled = read_sse(&api, "/api/v1/events?kind=enforcement&after=0-0-0", None, |ev| ev.len() >= 4).await;
+    let names: Vec<&str> = ruled.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(&names[..2], ["RuleMatched", "RuleNotMatched"], "{ruled:?}");
+    assert_eq!(ruled[0].2["rule"], "examples.on_alert");
+    assert_eq!(ruled[0].2["execution_id"].as_str(), Some(exec_id));
     api.stop().await;
 }
 

@@ -1,7 +1,8 @@
-//! The event stream's source: execution transitions (the `execution_history` log) and worker
-//! lifecycle events (`worker_events`), read after a cursor. The cursor is a pair of ids, one per
-//! log, written `<history id>-<worker event id>`; it is what SSE clients send back as
-//! `Last-Event-ID` to resume.
+//! The event stream's source: execution transitions (the `execution_history` log), worker
+//! lifecycle events (`worker_events`) and events with their enforcements (`rule_events`), read
+//! after a cursor. The cursor is one id per log, written `<history>-<worker>-<rule>`; it is what
+//! SSE clients send back as `Last-Event-ID` to resume. (A cursor of two ids, from before the third
+//! log, resumes that log from now: `rules` is then -1 until the server sets it.)
 
 use crate::{rows::RowExt, Result, Store, StoreError};
 use attune_core::Timestamp;
@@ -10,25 +11,30 @@ use attune_core::Timestamp;
 pub struct EventCursor {
     pub history: i64,
     pub workers: i64,
+    pub rules: i64,
 }
 
 impl EventCursor {
     pub fn parse(s: &str) -> Option<EventCursor> {
-        let (h, w) = s.trim().split_once('-')?;
-        Some(EventCursor { history: h.parse().ok()?, workers: w.parse().ok()? })
+        let parts: Vec<i64> = s.trim().split('-').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        match parts[..] {
+            [h, w] if h >= 0 && w >= 0 => Some(EventCursor { history: h, workers: w, rules: -1 }),
+            [h, w, r] if h >= 0 && w >= 0 && r >= 0 => Some(EventCursor { history: h, workers: w, rules: r }),
+            _ => None,
+        }
     }
 }
 
 impl std::fmt::Display for EventCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.history, self.workers)
+        write!(f, "{}-{}-{}", self.history, self.workers, self.rules)
     }
 }
 
 /// One event as read from the logs (the server turns it into `attune_wire::StreamEvent`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// `execution` or `worker`.
+    /// `execution`, `worker`, `event` or `enforcement`.
     pub kind: &'static str,
     /// `ExecutionScheduled`, `ExecutionRunning`, …, `ExecutionCompleted` (any terminal status);
     /// `WorkerRegistered`, `WorkerActive`, `WorkerInactive`, `WorkerDeregistered`.
@@ -42,6 +48,10 @@ pub struct Event {
     pub worker: Option<String>,
     pub actor: Option<String>,
     pub reason: Option<String>,
+    /// An event's id (`event` and `enforcement`), its trigger type, the rule that enforced it.
+    pub event_id: Option<String>,
+    pub trigger: Option<String>,
+    pub rule: Option<String>,
     /// The cursor just after this event.
     pub cursor: EventCursor,
 }
@@ -57,7 +67,8 @@ impl Store {
         read_pool!(self, p => {
             let h: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM execution_history").fetch_one(p).await?;
             let w: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM worker_events").fetch_one(p).await?;
-            Ok(EventCursor { history: h.unwrap_or(0), workers: w.unwrap_or(0) })
+            let r: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM rule_events").fetch_one(p).await?;
+            Ok(EventCursor { history: h.unwrap_or(0), workers: w.unwrap_or(0), rules: r.unwrap_or(0) })
         })
     }
 
@@ -105,6 +116,9 @@ impl Store {
                     worker: None,
                     actor: Some(r.text("actor")?),
                     reason: r.opt_text("reason")?,
+                    event_id: None,
+                    trigger: None,
+                    rule: None,
                     cursor: next,
                 });
             }
@@ -131,6 +145,44 @@ impl Store {
                     worker: Some(r.text("worker_name")?),
                     actor: None,
                     reason: r.opt_text("reason")?,
+                    event_id: None,
+                    trigger: None,
+                    rule: None,
+                    cursor: next,
+                });
+            }
+            let rows = sqlx::query(
+                "SELECT id, at, kind, event_id, trigger_type, rule_ref, outcome, execution_id, reason FROM rule_events
+                 WHERE id > $1 AND at <= $2 ORDER BY id LIMIT $3",
+            )
+            .bind(cursor.rules.max(0))
+            .bind(horizon)
+            .bind(limit as i64)
+            .fetch_all(p)
+            .await?;
+            for r in &rows {
+                next.rules = r.big("id")?;
+                let kind = r.text("kind")?;
+                let outcome = r.opt_text("outcome")?;
+                let (kind, name) = match outcome.as_deref() {
+                    Some(o) if kind == "enforcement" => ("enforcement", format!("Rule{}", o.split('_').map(camel).collect::<String>())),
+                    _ => ("event", "EventReceived".to_owned()),
+                };
+                out.push(Event {
+                    kind,
+                    name,
+                    at: Timestamp(r.big("at")?),
+                    execution_id: r.opt_text("execution_id")?,
+                    action_ref: None,
+                    from: None,
+                    status: outcome,
+                    attempt: None,
+                    worker: None,
+                    actor: None,
+                    reason: r.opt_text("reason")?,
+                    event_id: Some(r.text("event_id")?),
+                    trigger: r.opt_text("trigger_type")?,
+                    rule: r.opt_text("rule_ref")?,
                     cursor: next,
                 });
             }
@@ -141,10 +193,10 @@ impl Store {
         out.sort_by_key(|e| e.at);
         let mut running = cursor;
         for e in &mut out {
-            if e.kind == "execution" {
-                running.history = e.cursor.history;
-            } else {
-                running.workers = e.cursor.workers;
+            match e.kind {
+                "execution" => running.history = e.cursor.history,
+                "worker" => running.workers = e.cursor.workers,
+                _ => running.rules = e.cursor.rules,
             }
             e.cursor = running;
         }

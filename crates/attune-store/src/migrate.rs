@@ -16,6 +16,7 @@ const SQLITE: &[(i64, &str)] = &[
     (10, include_str!("../migrations/sqlite/0010_tokens.sql")),
     (11, include_str!("../migrations/sqlite/0011_keys.sql")),
     (12, include_str!("../migrations/sqlite/0012_events.sql")),
+    (13, include_str!("../migrations/sqlite/0013_rule_events.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -29,6 +30,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (10, include_str!("../migrations/postgres/0010_tokens.sql")),
     (11, include_str!("../migrations/postgres/0011_keys.sql")),
     (12, include_str!("../migrations/postgres/0012_events.sql")),
+    (13, include_str!("../migrations/postgres/0013_rule_events.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

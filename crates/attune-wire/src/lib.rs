@@ -262,10 +262,11 @@ pub struct Logs {
 /// cursor and its `event` the `name`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamEvent {
-    /// `execution` or `worker`.
+    /// `execution`, `worker`, `event` or `enforcement`.
     pub kind: String,
     /// `ExecutionScheduled`, `ExecutionRunning`, …, `ExecutionCompleted` (any terminal status);
-    /// `WorkerRegistered`, `WorkerActive`, `WorkerInactive`, `WorkerDeregistered`.
+    /// `WorkerRegistered`, `WorkerActive`, `WorkerInactive`, `WorkerDeregistered`;
+    /// `EventReceived`; `RuleMatched`, `RuleNotMatched`, `RuleFailed`, `RuleSkipped`.
     pub name: String,
     pub at: attune_core::Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -282,6 +283,13 @@ pub struct StreamEvent {
     pub worker: Option<String>,
     pub actor: Option<String>,
     pub reason: Option<String>,
+    /// The event (`event`, `enforcement`), its trigger type (`event`), the rule (`enforcement`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 /// `POST /api/v1/tokens`.

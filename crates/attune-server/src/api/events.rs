@@ -98,10 +98,13 @@ fn wire_event(e: Event) -> StreamEvent {
         worker: e.worker,
         actor: e.actor,
         reason: e.reason,
+        event_id: e.event_id,
+        trigger: e.trigger,
+        rule: e.rule,
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/events", tag = "executions", params(("kind" = Option<String>, Query, description = "execution or worker", pattern = "^(execution|worker)$"), ("action" = Option<String>, Query), ("after" = Option<String>, Query, description = "resume cursor, like Last-Event-ID", pattern = "^[0-9]{1,18}-[0-9]{1,18}$")), responses((status = 200, description = "Server-Sent Events; data is an event object", content_type = "text/event-stream", body = String)))]
+#[utoipa::path(get, path = "/api/v1/events", tag = "executions", params(("kind" = Option<String>, Query, description = "execution, worker, event or enforcement", pattern = "^(execution|worker|event|enforcement)$"), ("action" = Option<String>, Query), ("after" = Option<String>, Query, description = "resume cursor, like Last-Event-ID", pattern = "^[0-9]{1,18}-[0-9]{1,18}(-[0-9]{1,18})?$")), responses((status = 200, description = "Server-Sent Events; data is an event object", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     state: State,
     headers: HeaderMap,
@@ -109,10 +112,10 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<sse::Event, Infallible>>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     if let Some(k) = q.kind.as_deref() {
-        if k != "execution" && k != "worker" {
+        if !["execution", "worker", "event", "enforcement"].contains(&k) {
             return Err(ApiError::bad_request(
                 "invalid_query",
-                format!("kind must be execution or worker, not {k:?}"),
+                format!("kind must be execution, worker, event or enforcement, not {k:?}"),
             ));
         }
     }
@@ -126,6 +129,10 @@ pub async fn events(
         })?,
         None => state.store.event_cursor_now().await?,
     };
+    let mut cursor = cursor;
+    if cursor.rules < 0 {
+        cursor.rules = state.store.event_cursor_now().await?.rules;
+    }
     let follow = Follow {
         shared: state.0.clone(),
         cursor,
