@@ -132,8 +132,19 @@ fn packs_dir() -> String {
 impl Cluster {
     /// A server on `backend` ("sqlite" or "postgres"); no workers yet.
     pub async fn start(backend: &str, pg: &str) -> anyhow::Result<Cluster> {
+        Self::start_with(backend, pg, |_| Ok(())).await
+    }
+
+    /// As `start`, with a pack directory of the run's own that `packs` fills first (loaded beside
+    /// the repository's packs).
+    pub async fn start_with(
+        backend: &str,
+        pg: &str,
+        packs: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Cluster> {
         let dir = std::env::temp_dir().join(format!("attune-bench-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir.join("packs"))?;
+        packs(&dir.join("packs"))?;
         let (db_url, drop_db) = match backend {
             "sqlite" => (format!("sqlite://{}", dir.join("bench.db").display()), None),
             "postgres" => {
@@ -145,7 +156,7 @@ impl Cluster {
         let mut env = vec![
             ("ATTUNE__WORKER__HEARTBEAT_INTERVAL".to_string(), "1s".to_string()),
             ("ATTUNE__EXECUTOR__HEARTBEAT_CHECK_INTERVAL".into(), "250ms".into()),
-            ("ATTUNE__PACKS__DIRS".into(), format!("[{}]", packs_dir())),
+            ("ATTUNE__PACKS__DIRS".into(), format!("[{}, {}]", packs_dir(), dir.join("packs").display())),
             ("ATTUNE__DATABASE__MAX_CONNECTIONS".into(), "16".into()),
         ];
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

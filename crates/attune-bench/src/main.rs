@@ -5,6 +5,7 @@
 
 mod celery;
 mod cluster;
+mod events;
 mod report;
 mod workloads;
 
@@ -51,6 +52,9 @@ pub struct Sizes {
     pub backlog_measured: usize,
     pub kills: usize,
     pub spawn_seconds: f64,
+    /// Webhook events posted for the events/s row, and probes for webhook → started.
+    pub events: usize,
+    pub event_latency: usize,
 }
 
 impl Args {
@@ -64,6 +68,8 @@ impl Args {
                 backlog_measured: 20_000,
                 kills: 5,
                 spawn_seconds: 5.0,
+                events: 10_000,
+                event_latency: 500,
             }
         } else {
             Sizes {
@@ -74,6 +80,8 @@ impl Args {
                 backlog_measured: 5_000,
                 kills: 3,
                 spawn_seconds: 2.0,
+                events: 2_000,
+                event_latency: 200,
             }
         }
     }

@@ -16,6 +16,12 @@ pub struct BackendResult {
     pub backlog_per_sec: Option<f64>,
     /// Submit on one replica → started by a worker polling another (PostgreSQL), p50/p95/p99 ms.
     pub cross_replica_start_ms: Option<[f64; 3]>,
+    /// Webhook posted → its rule's execution running, p50/p95/p99 ms.
+    pub webhook_to_start_ms: Option<[f64; 3]>,
+    /// Webhook events accepted and enforced by 100 enabled rules (10 match each), per second.
+    pub events_per_sec: Option<f64>,
+    /// A 1 s interval timer's firing after its tick was due, p50/p95/p99 ms.
+    pub timer_lag_ms: Option<[f64; 3]>,
     pub detection_seconds: Vec<f64>,
     pub idle_server_rss_mb: Option<f64>,
     pub idle_worker_rss_mb: Option<f64>,
@@ -32,6 +38,9 @@ impl BackendResult {
             submit_to_finish_ms: None,
             backlog_per_sec: None,
             cross_replica_start_ms: None,
+            webhook_to_start_ms: None,
+            events_per_sec: None,
+            timer_lag_ms: None,
             detection_seconds: Vec::new(),
             idle_server_rss_mb: None,
             idle_worker_rss_mb: None,
@@ -178,6 +187,24 @@ impl Results {
             "submit on replica A → started via replica B, ms, p50 / p95 / p99",
             "",
             b.iter().map(|x| pcts(x.cross_replica_start_ms)).collect(),
+            None,
+        );
+        row(
+            "webhook → rule's execution started, ms, p50 / p95 / p99",
+            "p50 ≤ 5 SQLite",
+            b.iter().map(|x| pcts(x.webhook_to_start_ms)).collect(),
+            None,
+        );
+        row(
+            &format!("webhook events/s, 100 enabled rules, 10 match ({})", self.sizes.events),
+            "≥ 2,000 SQLite",
+            b.iter().map(|x| f(x.events_per_sec, 0)).collect(),
+            None,
+        );
+        row(
+            "1 s interval timer lag, ms, p50 / p95 / p99",
+            "p99 ≤ 50",
+            b.iter().map(|x| pcts(x.timer_lag_ms)).collect(),
             None,
         );
         row(

@@ -165,6 +165,18 @@ pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> an
         c.add_worker_on(&url_b, args.concurrency).await?;
         r.cross_replica_start_ms = Some(cross_replica(&c, &url_b, s.latency / 4).await?);
     }
+    eprintln!(
+        "[{backend}] events: webhook latency ({}), {} events on 100 rules, timer lag",
+        s.event_latency, s.events
+    );
+    {
+        let mut c = Cluster::start_with(backend, &args.pg, crate::events::write_pack).await?;
+        c.add_workers(args.workers, args.concurrency).await?;
+        let e = crate::events::run(&c, s.event_latency, s.events).await?;
+        r.webhook_to_start_ms = Some(e.webhook_to_start_ms);
+        r.events_per_sec = Some(e.per_sec);
+        r.timer_lag_ms = Some(e.timer_lag_ms);
+    }
     eprintln!("[{backend}] dead-worker detection, {} kills", s.kills);
     {
         let mut c = Cluster::start(backend, &args.pg).await?;

@@ -7,7 +7,7 @@
 //! replicas may process the same event at once for the same reason. `timers` fires interval and
 //! datetime triggers: a tick is taken by a conditional update with its event, so one replica fires it.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use attune_core::{
     rules::{builtin_trigger_types, Enforcement, Enforcing, Outcome, Rule, TriggerEvent, TriggerType},
@@ -112,76 +112,108 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             };
             let full = batch.len() as u32 == BATCH;
-            let mut stuck = false;
-            for event in &batch {
-                if let Err(e) = process(&shared, event).await {
-                    tracing::warn!(event = %event.id, error = %e, "event not processed yet; retrying");
-                    stuck = true;
-                    break;
-                }
+            if let Err(e) = process(&shared, &batch).await {
+                tracing::warn!(events = batch.len(), error = %e, "events not processed yet; retrying");
+                break;
             }
-            if stuck || !full || shared.shutdown.is_cancelled() {
+            if !full || shared.shutdown.is_cancelled() {
                 break;
             }
         }
     }
 }
 
-/// Every enabled rule the event concerns, once; then the event is done.
-async fn process(shared: &Shared, event: &TriggerEvent) -> Result<(), String> {
-    let rules = shared.store.list_rules(Some(event.trigger.as_str())).await.map_err(|e| e.to_string())?;
-    let done = shared.store.enforcements_of(event.id).await.map_err(|e| e.to_string())?;
-    for rule in rules.iter().filter(|r| r.enabled && attune_rules::concerns(r, event)) {
-        if done.iter().any(|d| d.rule_ref == rule.rule_ref) {
-            continue;
+/// Every enabled rule each event concerns, once; then the events are done. Decisions are made for
+/// the whole batch, matched rules' executions submitted together (the group commit batches them),
+/// the other enforcements written in one transaction, and the events marked in one statement. An
+/// error leaves the batch to be processed again, which repeats nothing that was recorded.
+async fn process(shared: &Arc<Shared>, events: &[TriggerEvent]) -> Result<(), String> {
+    let err = |e: StoreError| e.to_string();
+    let mut rules: HashMap<String, Vec<Rule>> = HashMap::new();
+    for e in events {
+        if !rules.contains_key(e.trigger.as_str()) {
+            let all = shared.store.list_rules(Some(e.trigger.as_str())).await.map_err(err)?;
+            rules.insert(e.trigger.to_string(), all.into_iter().filter(|r| r.enabled).collect());
         }
-        enforce(shared, rule, event).await?;
     }
-    shared.store.mark_event_processed(event.id, Timestamp::now()).await.map_err(|e| e.to_string())
-}
-
-/// What one rule does with one event, recorded. An error means try again later (the store or
-/// the server is unavailable); every other outcome is an enforcement.
-async fn enforce(shared: &Shared, rule: &Rule, event: &TriggerEvent) -> Result<(), String> {
-    let (_, decision) = attune_rules::decide(rule, event);
-    let record = |outcome: Outcome, reason: String| Enforcement {
-        id: Uuid::now_v7(),
-        event_id: event.id,
-        rule_ref: rule.rule_ref.clone(),
-        outcome,
-        execution_id: None,
-        reason: Some(reason),
-        created_at: Timestamp::now(),
-    };
-    let skipped = match &decision {
-        Decision::Run(_) if rule.overlap == attune_core::rules::Overlap::Skip => {
-            shared.store.rule_has_open_execution(rule.rule_ref.as_str()).await.map_err(|e| e.to_string())?
-        }
-        _ => false,
-    };
-    let enforcement = match decision {
-        Decision::NotMatched(why) => record(Outcome::NotMatched, why),
-        Decision::Failed(why) => record(Outcome::Failed, why),
-        Decision::Run(_) if skipped => {
-            record(Outcome::Skipped, "its previous execution is still running (overlap: skip)".into())
-        }
-        Decision::Run(parameters) => {
-            match shared.submissions.submit(request(rule, event, parameters)).await {
-                Ok(e) => {
-                    count(shared, Outcome::Matched);
-                    tracing::debug!(rule = %rule.rule_ref, event = %event.id, execution = %e.id, "rule matched");
-                    return Ok(());
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let done = shared.store.enforced_pairs(&ids).await.map_err(err)?;
+    let mut records = Vec::new();
+    let mut runs: Vec<(Rule, TriggerEvent, Value)> = Vec::new();
+    // `overlap: skip` rules: open already, or started earlier in this batch.
+    let mut busy: HashMap<String, bool> = HashMap::new();
+    for event in events {
+        for rule in rules[event.trigger.as_str()].iter().filter(|r| attune_rules::concerns(r, event)) {
+            if done.iter().any(|(e, r)| *e == event.id && r == rule.rule_ref.as_str()) {
+                continue;
+            }
+            let record = |outcome: Outcome, reason: String| Enforcement {
+                id: Uuid::now_v7(),
+                event_id: event.id,
+                rule_ref: rule.rule_ref.clone(),
+                outcome,
+                execution_id: None,
+                reason: Some(reason),
+                created_at: Timestamp::now(),
+            };
+            match attune_rules::decide(rule, event).1 {
+                Decision::NotMatched(why) => records.push(record(Outcome::NotMatched, why)),
+                Decision::Failed(why) => records.push(record(Outcome::Failed, why)),
+                Decision::Run(parameters) => {
+                    if rule.overlap == attune_core::rules::Overlap::Skip {
+                        let key = rule.rule_ref.to_string();
+                        let open = match busy.get(&key) {
+                            Some(b) => *b,
+                            None => shared.store.rule_has_open_execution(&key).await.map_err(err)?,
+                        };
+                        busy.insert(key, true);
+                        if open {
+                            records.push(record(
+                                Outcome::Skipped,
+                                "its previous execution is still running (overlap: skip)".into(),
+                            ));
+                            continue;
+                        }
+                    }
+                    runs.push((rule.clone(), event.clone(), parameters));
                 }
-                Err(SubmitError::Store(e)) if matches!(*e, StoreError::AlreadyDone(_)) => return Ok(()),
-                Err(e @ (SubmitError::Store(_) | SubmitError::ShuttingDown)) => return Err(e.to_string()),
-                Err(e) => record(Outcome::Failed, refusal(&e)),
             }
         }
-    };
-    if shared.store.record_enforcement(&enforcement).await.map_err(|e| e.to_string())? {
-        count(shared, enforcement.outcome);
     }
-    Ok(())
+    let mut submits = tokio::task::JoinSet::new();
+    for (rule, event, parameters) in runs {
+        let shared = shared.clone();
+        submits.spawn(async move {
+            let r = shared.submissions.submit(request(&rule, &event, parameters)).await;
+            (rule, event, r)
+        });
+    }
+    let mut transient = None;
+    while let Some(joined) = submits.join_next().await {
+        let (rule, event, r) = joined.map_err(|e| e.to_string())?;
+        match r {
+            Ok(_) => count(shared, Outcome::Matched),
+            Err(SubmitError::Store(e)) if matches!(*e, StoreError::AlreadyDone(_)) => {}
+            Err(e @ (SubmitError::Store(_) | SubmitError::ShuttingDown)) => transient = Some(e.to_string()),
+            Err(e) => records.push(Enforcement {
+                id: Uuid::now_v7(),
+                event_id: event.id,
+                rule_ref: rule.rule_ref.clone(),
+                outcome: Outcome::Failed,
+                execution_id: None,
+                reason: Some(refusal(&e)),
+                created_at: Timestamp::now(),
+            }),
+        }
+    }
+    shared.store.record_enforcements(&records).await.map_err(err)?;
+    for r in &records {
+        count(shared, r.outcome);
+    }
+    if let Some(e) = transient {
+        return Err(e);
+    }
+    shared.store.mark_events_processed(&ids, Timestamp::now()).await.map_err(err)
 }
 
 fn count(shared: &Shared, outcome: Outcome) {

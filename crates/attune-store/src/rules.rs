@@ -204,6 +204,14 @@ impl Store {
         Ok(())
     }
 
+    /// How many events wait for their rules.
+    pub async fn count_unprocessed_events(&self) -> Result<u64> {
+        read_pool!(self, p => {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trigger_events WHERE processed_at IS NULL").fetch_one(p).await?;
+            Ok(n as u64)
+        })
+    }
+
     /// Events not yet processed by every rule, oldest first.
     pub async fn unprocessed_events(&self, limit: u32) -> Result<Vec<TriggerEvent>> {
         read_pool!(self, p => {
@@ -226,6 +234,88 @@ impl Store {
                 .await?;
         });
         Ok(())
+    }
+
+    /// Records enforcements without an execution (not matched, failed, skipped) in one
+    /// transaction; a pair enforced already keeps its first. Returns how many were new.
+    pub async fn record_enforcements(&self, all: &[Enforcement]) -> Result<u64> {
+        const COLS: usize = 7;
+        let mut n = 0;
+        write_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for chunk in all.chunks(500) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|i| {
+                        let b = i * COLS;
+                        format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7)
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO enforcements (id, event_id, rule_ref, outcome, execution_id, reason, created_at)
+                     VALUES {} ON CONFLICT (event_id, rule_ref) DO NOTHING",
+                    rows.join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for e in chunk {
+                    q = q
+                        .bind(e.id.to_string())
+                        .bind(e.event_id.to_string())
+                        .bind(e.rule_ref.as_str())
+                        .bind(e.outcome.as_str())
+                        .bind(e.execution_id.map(|u| u.to_string()))
+                        .bind(e.reason.clone())
+                        .bind(e.created_at.millis());
+                }
+                n += q.execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+        });
+        Ok(n)
+    }
+
+    /// Marks events processed (every rule has its enforcement).
+    pub async fn mark_events_processed(&self, ids: &[Uuid], now: Timestamp) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        write_pool!(self, p => {
+            for chunk in ids.chunks(500) {
+                let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                let sql = format!(
+                    "UPDATE trigger_events SET processed_at = $1 WHERE processed_at IS NULL AND id IN ({})",
+                    marks.join(", ")
+                );
+                let mut q = sqlx::query(&sql).bind(now.millis());
+                for id in chunk {
+                    q = q.bind(id.to_string());
+                }
+                q.execute(p).await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// The (event, rule) pairs already enforced among `events`.
+    pub async fn enforced_pairs(&self, events: &[Uuid]) -> Result<Vec<(Uuid, String)>> {
+        let mut out = Vec::new();
+        read_pool!(self, p => {
+            for chunk in events.chunks(500) {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
+                let sql = format!("SELECT event_id, rule_ref FROM enforcements WHERE event_id IN ({})", marks.join(", "));
+                let mut q = sqlx::query(&sql);
+                for id in chunk {
+                    q = q.bind(id.to_string());
+                }
+                for r in q.fetch_all(p).await? {
+                    out.push((uuid("enforcements", &r.text("event_id")?)?, r.text("rule_ref")?));
+                }
+            }
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(out)
     }
 
     /// Records an enforcement without an execution (not matched, failed, skipped). False when

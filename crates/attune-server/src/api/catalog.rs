@@ -28,7 +28,8 @@ pub async fn workers(
     Ok(Json(state.store.list_workers(q.all).await?))
 }
 
-/// Counts for dashboards and benchmarks: executions by status, workers by status.
+/// Counts for dashboards and benchmarks: executions by status, workers by status, events still
+/// waiting for their rules.
 #[utoipa::path(get, path = "/api/v1/stats", tag = "meta", responses((status = 200, description = "Executions and workers by status", body = Object)))]
 pub async fn stats(state: State) -> Result<Json<serde_json::Value>, ApiError> {
     let mut executions = serde_json::Map::new();
@@ -37,9 +38,11 @@ pub async fn stats(state: State) -> Result<Json<serde_json::Value>, ApiError> {
     }
     let workers = state.store.list_workers(false).await?;
     let active = workers.iter().filter(|w| w.status == attune_core::WorkerStatus::Active).count();
+    let waiting = state.store.count_unprocessed_events().await?;
     Ok(Json(serde_json::json!({
         "executions": executions,
         "workers": {"active": active, "inactive": workers.len() - active},
+        "events": {"unprocessed": waiting},
     })))
 }
 
