@@ -25,8 +25,10 @@ use crate::{
     ApiError, Shared,
 };
 
-/// Events read per round.
-const BATCH: u32 = 200;
+/// Events read per round. Each is one transaction of enforcements (about 90 rows per event at 100
+/// rules): on SQLite, whose one writer a timer's tick waits for, 200 held ticks back up to 0.85 s
+/// under a storm of events, 50 up to 0.25 s, 20 up to 0.11 s at 15 % fewer events/s.
+const BATCH: u32 = 50;
 
 /// A trigger type by ref: built in, or loaded with a pack.
 pub(crate) async fn trigger_type(shared: &Shared, r: &ActionRef) -> Result<Option<TriggerType>, StoreError> {
