@@ -9,7 +9,6 @@
 //! ```
 
 use std::{
-    collections::BTreeSet,
     fmt,
     path::{Path, PathBuf},
 };
@@ -209,50 +208,39 @@ pub fn load_pack_dir(dir: &Path) -> Result<LoadedPack, PackErrors> {
     let mut triggers = Vec::new();
     let mut rules = Vec::new();
     if let Some(meta) = &meta {
-        let mut seen = BTreeSet::new();
         for f in yaml_files(&dir.join("actions"), &mut errors) {
-            if let Some(a) = read_action(&f, meta, &dir_abs, &mut errors) {
-                if !seen.insert(a.action_ref.clone()) {
-                    errors.push(PackError {
-                        file: f,
-                        field: Some("ref".into()),
-                        message: format!("{} is defined twice in this pack", a.action_ref),
-                    });
-                } else {
-                    actions.push(a);
-                }
-            }
+            let a = read_action(&f, meta, &dir_abs, &mut errors);
+            add_once(&mut actions, a, f, |a| &a.action_ref, &mut errors);
         }
         for f in yaml_files(&dir.join("triggers"), &mut errors) {
-            if let Some(t) = read_trigger(&f, meta, &mut errors) {
-                if triggers.iter().any(|x: &TriggerType| x.type_ref == t.type_ref) {
-                    errors.push(PackError {
-                        file: f,
-                        field: Some("ref".into()),
-                        message: format!("{} is defined twice in this pack", t.type_ref),
-                    });
-                } else {
-                    triggers.push(t);
-                }
-            }
+            let t = read_trigger(&f, meta, &mut errors);
+            add_once(&mut triggers, t, f, |t| &t.type_ref, &mut errors);
         }
         for f in yaml_files(&dir.join("rules"), &mut errors) {
-            if let Some(r) = read_rule(&f, meta, &triggers, &mut errors) {
-                if rules.iter().any(|x: &Rule| x.rule_ref == r.rule_ref) {
-                    errors.push(PackError {
-                        file: f,
-                        field: Some("ref".into()),
-                        message: format!("{} is defined twice in this pack", r.rule_ref),
-                    });
-                } else {
-                    rules.push(r);
-                }
-            }
+            let r = read_rule(&f, meta, &triggers, &mut errors);
+            add_once(&mut rules, r, f, |r| &r.rule_ref, &mut errors);
         }
     }
     match meta {
         Some(meta) if errors.is_empty() => Ok(LoadedPack { meta, actions, triggers, rules }),
         _ => Err(PackErrors(errors)),
+    }
+}
+
+/// Adds what `file` defined to `all`, unless its ref is defined already (an error at `ref`).
+fn add_once<T>(
+    all: &mut Vec<T>,
+    item: Option<T>,
+    file: PathBuf,
+    key: impl Fn(&T) -> &ActionRef,
+    errors: &mut Vec<PackError>,
+) {
+    let Some(item) = item else { return };
+    if all.iter().any(|x| key(x) == key(&item)) {
+        let message = format!("{} is defined twice in this pack", key(&item));
+        errors.push(PackError { file, field: Some("ref".into()), message });
+    } else {
+        all.push(item);
     }
 }
 

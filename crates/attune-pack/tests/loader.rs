@@ -218,6 +218,9 @@ fn rules_and_trigger_types_load_and_their_mistakes_are_named() {
     }
     let e = errors_of(&[base, ("triggers/t.yaml", "ref: core_thing\npayload: { type: 3 }\n")]);
     assert!(e.contains("triggers/t.yaml: field `payload`"), "{e}");
+    let twice = format!("ref: r\ntrigger: {{ type: core.webhook, parameters: {{ name: a }} }}\n{action}");
+    let e = errors_of(&[base, ("rules/a.yaml", &twice), ("rules/b.yaml", &twice)]);
+    assert!(e.contains("rules/b.yaml: field `ref`: ops.r is defined twice in this pack"), "{e}");
     let e = errors_of(&[base, ("triggers/t.yaml", "ref: core.interval\n")]);
     assert!(e.contains("triggers/t.yaml: field `ref`") && e.contains("belongs to pack core"), "{e}");
 }
