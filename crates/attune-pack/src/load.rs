@@ -425,10 +425,7 @@ fn read_rule(
     if let Some(a) = &action {
         if !a.parameters.is_object() {
             doc.err("action.parameters", "must be a mapping");
-        } else if let Err(e) = attune_template::keys_used(&a.parameters, "action.parameters")
-            .map(drop)
-            .or_else(|e| if e.message.contains("undefined") { Ok(()) } else { Err(e) })
-        {
+        } else if let Err(e) = attune_template::check_syntax(&a.parameters, "action.parameters") {
             doc.err(&e.path, e.message);
         }
     }

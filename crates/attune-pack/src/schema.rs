@@ -26,16 +26,18 @@ impl ParamValidator {
     /// Every problem with `params`, each naming the parameter; values are not echoed (they may be
     /// secrets).
     pub fn validate(&self, params: &Value) -> Result<(), Vec<String>> {
+        self.validate_as(params, "parameters", "parameter")
+    }
+
+    /// As `validate`, for a document that is not parameters: problems with the whole are said of
+    /// `whole` (`payload`), problems with a field of `field` (`payload field used`).
+    pub fn validate_as(&self, value: &Value, whole: &str, field: &str) -> Result<(), Vec<String>> {
         let errors: Vec<String> = self
             .inner
-            .iter_errors(params)
+            .iter_errors(value)
             .map(|e| {
                 let path = e.instance_path().to_string();
-                let at = if path.is_empty() {
-                    "parameters".to_owned()
-                } else {
-                    format!("parameter {}", &path[1..])
-                };
+                let at = if path.is_empty() { whole.to_owned() } else { format!("{field} {}", &path[1..]) };
                 format!("{at}: {}", e.masked())
             })
             .collect();

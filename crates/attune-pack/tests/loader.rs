@@ -210,6 +210,7 @@ fn rules_and_trigger_types_load_and_their_mistakes_are_named() {
         (format!("ref: r\ntrigger: {{ type: core.cron, parameters: {{ expression: '0 9 * * *', timezone: Mars/Base }} }}\n{action}"), "trigger.parameters", "not a time zone"),
         (format!("ref: r\ntrigger: {{ type: core.webhook, paramters: {{ name: a }} }}\n{action}"), "trigger", "unknown field"),
         ("ref: r\ntrigger: { type: core.webhook, parameters: { name: a } }\n".to_string(), "action", "is required"),
+        ("ref: r\ntrigger: { type: core.webhook, parameters: { name: a } }\naction: { ref: core.echo, parameters: { message: \"{{ event.x ) }}\" } }\n".to_string(), "action.parameters.message", "syntax error"),
         (format!("ref: r\nenabled: maybe\ntrigger: {{ type: core.webhook, parameters: {{ name: a }} }}\n{action}"), "enabled", "true or false"),
         (format!("ref: other.r\ntrigger: {{ type: core.webhook, parameters: {{ name: a }} }}\n{action}"), "ref", "belongs to pack other"),
     ] {

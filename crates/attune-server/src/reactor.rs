@@ -65,15 +65,8 @@ pub(crate) async fn accept(
         let v = ParamValidator::compile(schema).map_err(|e| {
             ApiError::unprocessable("broken_trigger", format!("trigger type {r}'s {what} schema {e}"))
         })?;
-        v.validate(value).map_err(|details| {
-            // The validator names parameters; here they may be the payload's fields.
-            let details: Vec<String> = details
-                .into_iter()
-                .map(|d| match d.strip_prefix("parameter") {
-                    Some(rest) if what == "payload" => format!("payload{}", rest.trim_start_matches('s')),
-                    _ => d,
-                })
-                .collect();
+        let field = if what == "payload" { "payload field" } else { "trigger parameter" };
+        v.validate_as(value, what, field).map_err(|details| {
             ApiError::unprocessable(
                 if what == "payload" { "invalid_payload" } else { "invalid_trigger_parameters" },
                 format!("the event's {what} does not match trigger type {r} ({} problem(s))", details.len()),

@@ -225,17 +225,6 @@ impl Store {
         })
     }
 
-    pub async fn mark_event_processed(&self, id: Uuid, now: Timestamp) -> Result<()> {
-        write_pool!(self, p => {
-            sqlx::query("UPDATE trigger_events SET processed_at = $2 WHERE id = $1 AND processed_at IS NULL")
-                .bind(id.to_string())
-                .bind(now.millis())
-                .execute(p)
-                .await?;
-        });
-        Ok(())
-    }
-
     /// Records enforcements without an execution (not matched, failed, skipped) in one
     /// transaction; a pair enforced already keeps its first. Returns how many were new.
     pub async fn record_enforcements(&self, all: &[Enforcement]) -> Result<u64> {
@@ -318,28 +307,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Records an enforcement without an execution (not matched, failed, skipped). False when
-    /// that (event, rule) was enforced already.
-    pub async fn record_enforcement(&self, e: &Enforcement) -> Result<bool> {
-        let n = write_pool!(self, p => {
-            sqlx::query(
-                "INSERT INTO enforcements (id, event_id, rule_ref, outcome, execution_id, reason, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id, rule_ref) DO NOTHING",
-            )
-            .bind(e.id.to_string())
-            .bind(e.event_id.to_string())
-            .bind(e.rule_ref.as_str())
-            .bind(e.outcome.as_str())
-            .bind(e.execution_id.map(|u| u.to_string()))
-            .bind(e.reason.clone())
-            .bind(e.created_at.millis())
-            .execute(p)
-            .await?
-            .rows_affected()
-        });
-        Ok(n == 1)
-    }
-
     /// The rules that have recorded an enforcement for `event`.
     pub async fn enforcements_of(&self, event: Uuid) -> Result<Vec<Enforcement>> {
         read_pool!(self, p => {
@@ -367,12 +334,18 @@ impl Store {
 
     /// Whether an execution a rule started is not finished yet (for `overlap: skip`).
     pub async fn rule_has_open_execution(&self, rule: &str) -> Result<bool> {
+        let terminal: Vec<String> = attune_core::ExecutionStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let sql = format!(
+            "SELECT 1 AS one FROM enforcements e JOIN executions x ON x.id = e.execution_id
+             WHERE e.rule_ref = $1 AND x.status NOT IN ({}) LIMIT 1",
+            terminal.join(", ")
+        );
         read_pool!(self, p => {
-            let row = sqlx::query(
-                "SELECT 1 AS one FROM enforcements e JOIN executions x ON x.id = e.execution_id
-                 WHERE e.rule_ref = $1 AND x.status NOT IN ('succeeded', 'failed', 'timeout', 'canceled', 'abandoned')
-                 LIMIT 1",
-            )
+            let row = sqlx::query(&sql)
             .bind(rule)
             .fetch_optional(p)
             .await?;

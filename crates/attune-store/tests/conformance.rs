@@ -1018,16 +1018,20 @@ async fn events_are_enforced_once_and_ticks_fire_once(db: &TestDb) {
         reason: Some("late duplicate".into()),
         created_at: at(3),
     };
-    assert!(!s.record_enforcement(&other).await.unwrap(), "the pair is enforced already");
+    assert_eq!(
+        s.record_enforcements(std::slice::from_ref(&other)).await.unwrap(),
+        0,
+        "the pair is enforced already"
+    );
     let second_rule = Enforcement { rule_ref: ActionRef::parse("ops.other").unwrap(), ..other.clone() };
-    assert!(s.record_enforcement(&second_rule).await.unwrap());
+    assert_eq!(s.record_enforcements(&[second_rule, other.clone()]).await.unwrap(), 1, "only the new pair");
     let all = s.enforcements_of(event.id).await.unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!((all[1].outcome, all[1].execution_id), (Outcome::Matched, Some(first.id)));
     assert_eq!(s.get_execution(first.id).await.unwrap().unwrap().enforcement, Some(all[1].id.to_string()));
     let count = s.list_executions(&ExecutionFilter { limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(count.items.len(), 1, "one execution");
-    s.mark_event_processed(event.id, at(4)).await.unwrap();
+    s.mark_events_processed(&[event.id], at(4)).await.unwrap();
     assert!(s.unprocessed_events(10).await.unwrap().is_empty());
 
     let timer = attune_store::Timer {

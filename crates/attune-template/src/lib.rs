@@ -61,6 +61,24 @@ pub fn keys_used(v: &Value, path: &str) -> Result<Vec<String>, Error> {
     Ok(names)
 }
 
+/// Checks that every template in `v` compiles, without evaluating it (for definitions rendered
+/// later over a context they cannot see now, such as a rule's parameters).
+pub fn check_syntax(v: &Value, path: &str) -> Result<(), Error> {
+    let env = environment(|_: String| Ok(String::new()));
+    let fail = |path: &str, e: minijinja::Error| Error { path: path.to_owned(), message: describe(&e) };
+    match v {
+        Value::String(s) if is_template(s) => match single_expression(s) {
+            Some(expr) => env.compile_expression(expr).map(drop).map_err(|e| fail(path, e)),
+            None => env.template_from_str(s).map(drop).map_err(|e| fail(path, e)),
+        },
+        Value::Array(a) => {
+            a.iter().enumerate().try_for_each(|(i, x)| check_syntax(x, &format!("{path}[{i}]")))
+        }
+        Value::Object(o) => o.iter().try_for_each(|(k, x)| check_syntax(x, &format!("{path}.{k}"))),
+        _ => Ok(()),
+    }
+}
+
 /// `v` with every template rendered; `key(name)` is `keys[name]`, and a name not in `keys` is an
 /// error that says so.
 pub fn render(v: &Value, path: &str, keys: &HashMap<String, String>) -> Result<Value, Error> {
@@ -257,6 +275,15 @@ mod tests {
         assert_eq!(e.path, "parameters.a[0]");
         assert!(e.message.contains("undefined"), "{e}");
         let e = keys_used(&json!({"a": "{{ key('x' }}"}), "parameters").unwrap_err();
+        assert!(e.message.contains("syntax error"), "{e}");
+        assert_eq!(
+            check_syntax(&json!({"a": ["{{ event.x }}", "t {{ rule.ref }}"]}), "p"),
+            Ok(()),
+            "names are not looked up"
+        );
+        let e = check_syntax(&json!({"a": ["ok", "{{ event.x ) }}"]}), "p").unwrap_err();
+        assert_eq!(e.path, "p.a[1]");
+        let e = check_syntax(&json!({"b": "x {% if %}"}), "p").unwrap_err();
         assert!(e.message.contains("syntax error"), "{e}");
         assert!(!has_templates(&json!({"{{k}}": 1, "b": [true, null, "x"]})));
     }
