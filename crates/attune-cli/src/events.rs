@@ -1,6 +1,7 @@
-//! `attune trigger`, `attune rule`, `attune event`: what starts work by itself.
+//! `attune trigger`, `attune rule`, `attune event`, `attune sensor`: what starts work by itself.
 
 use attune_core::rules::{Enforcement, Rule, TriggerEvent};
+use attune_core::sensors::SensorState;
 use attune_wire::{EmitEvent, TestRule};
 use clap::Subcommand;
 use serde_json::Value;
@@ -41,6 +42,20 @@ pub enum RuleCmd {
         #[arg(long)]
         event: Option<uuid::Uuid>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum SensorCmd {
+    /// Sensors: where each runs, its restarts, its last error, the events it emitted.
+    List,
+    /// One sensor in full.
+    Show { sensor: String },
+    /// Enable a sensor (kept across reloads of its pack): a capable worker starts it at its next
+    /// heartbeat. Administrators only.
+    Enable { sensor: String },
+    /// Disable a sensor (kept across reloads of its pack): its worker stops it at its next
+    /// heartbeat. Administrators only.
+    Disable { sensor: String },
 }
 
 #[derive(Subcommand)]
@@ -255,4 +270,88 @@ pub async fn event(ctx: &Ctx, c: EventCmd) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn since(t: Option<attune_core::Timestamp>) -> String {
+    t.map(|t| ago(attune_core::Timestamp::now().millis() - t.millis())).unwrap_or_else(|| "-".into())
+}
+
+/// Where a sensor is: `running on w1`, `backoff (retry in 4s)`, …
+fn sensor_where(s: &SensorState) -> String {
+    use attune_core::sensors::SensorStatus;
+    match s.status {
+        SensorStatus::Running | SensorStatus::Lost => {
+            format!("{} on {}", s.status.as_str(), s.worker_name.as_deref().unwrap_or("?"))
+        }
+        SensorStatus::Backoff => {
+            let wait = s.retry_at.map(|t| t.millis() - attune_core::Timestamp::now().millis()).unwrap_or(0);
+            format!("backoff (retry in {:.1}s)", wait.max(0) as f64 / 1000.0)
+        }
+        other => other.as_str().to_owned(),
+    }
+}
+
+pub async fn sensor(ctx: &Ctx, c: SensorCmd) -> anyhow::Result<i32> {
+    match c {
+        SensorCmd::List => {
+            let all = ctx.client.list_sensors().await?;
+            print(ctx.output, &all, || {
+                let mut t = Table::new(vec![
+                    "SENSOR",
+                    "STATUS",
+                    "SINCE",
+                    "RESTARTS",
+                    "EVENTS",
+                    "MALFORMED",
+                    "LAST ERROR",
+                ]);
+                for s in &all {
+                    t.row(vec![
+                        s.sensor.sensor_ref.to_string(),
+                        sensor_where(s),
+                        since(s.started_at.filter(|_| s.worker_id.is_some())),
+                        s.restarts.to_string(),
+                        s.events.to_string(),
+                        s.malformed.to_string(),
+                        s.last_error.clone().map(|e| e.chars().take(80).collect()).unwrap_or_default(),
+                    ]);
+                }
+                t
+            })?;
+        }
+        SensorCmd::Show { sensor } => {
+            let s = ctx.client.get_sensor(&sensor).await?;
+            print(ctx.output, &s, || sensor_fields(&s))?;
+        }
+        SensorCmd::Enable { sensor } => {
+            let s = ctx.client.set_sensor_enabled(&sensor, true).await?;
+            print(ctx.output, &s, || sensor_fields(&s))?;
+        }
+        SensorCmd::Disable { sensor } => {
+            let s = ctx.client.set_sensor_enabled(&sensor, false).await?;
+            print(ctx.output, &s, || sensor_fields(&s))?;
+        }
+    }
+    Ok(0)
+}
+
+fn sensor_fields(s: &SensorState) -> Table {
+    let x = &s.sensor;
+    Table::fields(vec![
+        ("sensor", x.sensor_ref.to_string()),
+        ("enabled", if s.effective_enabled { "yes".into() } else { "no".into() }),
+        ("status", sensor_where(s)),
+        ("worker", s.worker_id.map(|w| w.to_string()).unwrap_or_else(|| "-".into())),
+        ("started", since(s.started_at)),
+        ("restarts", s.restarts.to_string()),
+        ("events", s.events.to_string()),
+        ("malformed lines", s.malformed.to_string()),
+        ("last error", s.last_error.clone().unwrap_or_else(|| "-".into())),
+        ("last error at", since(s.last_error_at)),
+        ("runtime", x.runtime.as_str().to_owned()),
+        ("entry point", format!("sensors/{}", x.entry_point)),
+        ("trigger types", x.trigger_types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")),
+        ("parameters", x.parameters.to_string()),
+        ("description", x.description.clone()),
+    ])
 }

@@ -83,6 +83,9 @@ enum Command {
     /// Stored events (webhook calls, timer ticks, emitted events) and what rules did with them.
     #[command(subcommand)]
     Event(events::EventCmd),
+    /// Sensors: packs' programs that watch something and emit events; each runs on one worker.
+    #[command(subcommand)]
+    Sensor(events::SensorCmd),
 }
 
 #[derive(Args)]
@@ -159,6 +162,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Trigger(c) => events::trigger(&ctx, c).await,
         Command::Rule(c) => events::rule(&ctx, c).await,
         Command::Event(c) => events::event(&ctx, c).await,
+        Command::Sensor(c) => events::sensor(&ctx, c).await,
     };
     match result {
         Ok(code) => code,

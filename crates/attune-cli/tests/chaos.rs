@@ -632,3 +632,139 @@ async fn events_survive_a_server_kill_on_sqlite() {
 async fn events_survive_a_server_kill_on_postgres() {
     events_survive_a_server_kill(TestDb::postgres().await).await;
 }
+
+/// A pack `sense` of the sensor tests: `ticker` writes a tick with its pid every 200 ms, after a
+/// line that is not JSON and an event of a type it may not emit; `quitter` (disabled) says why on
+/// stderr and exits at once.
+fn sense_pack(root: &std::path::Path) {
+    let p = root.join("sense");
+    for d in ["triggers", "sensors"] {
+        std::fs::create_dir_all(p.join(d)).unwrap();
+    }
+    let files = [
+        ("pack.yaml", "ref: sense\n"),
+        (
+            "triggers/tick.yaml",
+            "ref: tick\npayload:\n  type: object\n  required: [pid]\n  properties:\n    pid: { type: integer }\n",
+        ),
+        ("sensors/ticker.yaml", "ref: ticker\nruntime: shell\nentry_point: ticker.sh\ntrigger_types: [sense.tick]\n"),
+        (
+            "sensors/ticker.sh",
+            "echo 'not json'\necho '{\"trigger\": \"sense.other\", \"payload\": {}}'\n\
+             while true; do\n  echo \"{\\\"trigger\\\": \\\"sense.tick\\\", \\\"payload\\\": {\\\"pid\\\": $$}}\"\n  sleep 0.2\ndone\n",
+        ),
+        (
+            "sensors/quitter.yaml",
+            "ref: quitter\nenabled: false\nruntime: shell\nentry_point: quitter.sh\ntrigger_types: [sense.tick]\n",
+        ),
+        ("sensors/quitter.sh", "echo 'cannot reach the thing' >&2\nexit 3\n"),
+    ];
+    for (f, text) in files {
+        std::fs::write(p.join(f), text).unwrap();
+    }
+}
+
+fn with_sense_pack(db: TestDb) -> (Cluster, tempfile::TempDir) {
+    let packs = tempfile::tempdir().unwrap();
+    sense_pack(packs.path());
+    let dirs = format!("[{}, {}]", common::packs_dir(), packs.path().display());
+    (Cluster::start(db, &[("ATTUNE__PACKS__DIRS", &dirs)]), packs)
+}
+
+/// The pid in the newest tick whose pid is not `not`.
+async fn ticking_pid(c: &Cluster, not: Option<i64>) -> i64 {
+    wait_for("a tick from the sensor", Duration::from_secs(15), || async {
+        let e = c.client.list_trigger_events("trigger=sense.tick&limit=1").await.ok()?;
+        let pid = e.first()?.payload["pid"].as_i64()?;
+        (Some(pid) != not).then_some(pid)
+    })
+    .await
+}
+
+/// Issue 12: kill -9 of the worker running a sensor → the sensor runs on another worker within
+/// the staleness window (3 heartbeats), and the orphaned program dies at its next write; a
+/// draining worker stops its sensor and gives it back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensor_moves_when_its_worker_dies_or_drains() {
+    use attune_core::sensors::SensorStatus;
+    let (c, _packs) = with_sense_pack(TestDb::sqlite());
+    let mut workers = vec![("w1", c.worker("w1", &[])), ("w2", c.worker("w2", &[]))];
+    let first = wait_for("the ticker running, its bad lines counted", Duration::from_secs(15), || async {
+        let s = c.client.get_sensor("sense.ticker").await.ok()?;
+        (s.status == SensorStatus::Running && s.events >= 2 && s.malformed >= 2).then_some(s)
+    })
+    .await;
+    assert_eq!((first.restarts, first.malformed), (0, 2), "{first:?}");
+    let old_pid = ticking_pid(&c, None).await;
+    let on = first.worker_name.clone().unwrap();
+    let i = workers.iter().position(|(n, _)| *n == on).unwrap();
+    let (_, mut victim) = workers.remove(i);
+    victim.signal(Signal::SIGKILL);
+    victim.wait_exit(Duration::from_secs(5));
+    let killed = Instant::now();
+    let moved = wait_for("the ticker running elsewhere", Duration::from_secs(15), || async {
+        let s = c.client.get_sensor("sense.ticker").await.ok()?;
+        (s.status == SensorStatus::Running && s.worker_name.as_deref() != Some(&on)).then_some(s)
+    })
+    .await;
+    let took = killed.elapsed();
+    // Staleness is 3 heartbeats (3 s); the other worker asks at its next heartbeat (1 s).
+    assert!(took < Duration::from_millis(5500), "moved after {took:?}");
+    assert_eq!(moved.restarts, 1);
+    let why = moved.last_error.clone().unwrap();
+    assert!(why.contains(&format!("worker {on} stopped renewing")), "{why}");
+    println!("sensor moved {took:?} after its worker was killed");
+    let new_pid = ticking_pid(&c, Some(old_pid)).await;
+    wait_for("the orphaned sensor program gone", Duration::from_secs(10), || async {
+        gone(old_pid as i32).then_some(())
+    })
+    .await;
+
+    // A drain gives it back at once: the next worker takes it, with no lease left to lapse.
+    let (survivor, mut holder) = workers.remove(0);
+    let w3 = c.worker("w3", &[]);
+    holder.signal(Signal::SIGTERM);
+    let drained = holder.wait_exit(Duration::from_secs(15));
+    assert!(drained.success(), "{drained:?}");
+    assert!(gone(new_pid as i32), "the drained worker stopped its sensor");
+    let last = wait_for("the ticker on w3", Duration::from_secs(15), || async {
+        let s = c.client.get_sensor("sense.ticker").await.ok()?;
+        (s.status == SensorStatus::Running && s.worker_name.as_deref() == Some("w3")).then_some(s)
+    })
+    .await;
+    assert_eq!(last.restarts, 2);
+    assert_eq!(last.last_error, moved.last_error, "no lease lapsed: {survivor} gave it back");
+    drop(w3);
+}
+
+/// Issue 12: a sensor that exits is started again after a backoff that doubles (1 s, 2 s, 4 s…),
+/// shown with its restarts and the end of its stderr, and counted in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exiting_sensor_is_restarted_with_backoff() {
+    use attune_core::sensors::SensorStatus;
+    let (c, _packs) = with_sense_pack(TestDb::postgres().await);
+    let _w = c.worker("w1", &[]);
+    let out = common::cli(&c.url, &["sensor", "disable", "sense.ticker"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = common::cli(&c.url, &["sensor", "enable", "sense.quitter"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let s = wait_for("the quitter in its third backoff", Duration::from_secs(20), || async {
+        let s = c.client.get_sensor("sense.quitter").await.ok()?;
+        (s.status == SensorStatus::Backoff && s.restarts == 2).then_some(s)
+    })
+    .await;
+    let why = s.last_error.clone().unwrap();
+    assert!(why.contains("exited with code 3") && why.contains("cannot reach the thing"), "{why}");
+    let wait = s.retry_at.unwrap().millis() - s.last_error_at.unwrap().millis();
+    assert_eq!(wait, 4000, "third exit in a row: 4 s");
+    let out = common::cli(&c.url, &["sensor", "list"]);
+    assert!(
+        out.stdout.contains("backoff (retry in") && out.stdout.contains("exited with code 3"),
+        "{}",
+        out.stdout
+    );
+    let (_, metrics) = common::request(&c.url, "GET", "/metrics", Some(&common::tokens(&c.url).admin), "");
+    assert!(metrics.contains("attune_sensor_restarts_total{sensor=\"sense.quitter\"} 2"), "{metrics}");
+    let ticker = c.client.get_sensor("sense.ticker").await.unwrap();
+    assert_eq!((ticker.status, ticker.events), (SensorStatus::Disabled, 0));
+}

@@ -481,7 +481,10 @@ fn an_emitted_event_runs_a_rule_and_the_tester_agrees() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let execution = loop {
         let d = cli(&url, &["event", "get", &id, "-o", "json"]).json();
-        if let Some(x) = d["enforcements"][0]["execution_id"].as_str() {
+        let full = d["enforcements"]
+            .as_array()
+            .and_then(|es| es.iter().find(|e| e["rule_ref"] == "examples.disk_full"));
+        if let Some(x) = full.and_then(|e| e["execution_id"].as_str()) {
             break x.to_owned();
         }
         assert!(std::time::Instant::now() < deadline, "no enforcement: {d}");
@@ -512,5 +515,44 @@ fn an_emitted_event_runs_a_rule_and_the_tester_agrees() {
     let out = cli(&url, &["event", "emit", "examples.disk_alert", "host=db1"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("used"), "{}", out.stderr);
+    drop(p);
+}
+
+/// Issue 12, as a new user tries it: the examples pack's sensor, once enabled, reports the disk
+/// and its events run the `disk_seen` rule's action.
+#[test]
+fn the_example_sensor_fires_a_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let dd = dir.path().display().to_string();
+    let dirs = format!("[{}]", packs_dir());
+    let args = ["up", "--listen", "127.0.0.1:0", "--data-dir", dd.as_str()];
+    let env = [("ATTUNE__PACKS__DIRS", dirs.as_str()), ("ATTUNE__WORKER__HEARTBEAT_INTERVAL", "1s")];
+    let p = Proc::spawn("attune up", BIN, &args, &env);
+    let url = p.wait_url();
+    common::remember_tokens(&url, dir.path());
+    let out = cli(&url, &["sensor", "list"]);
+    assert!(out.stdout.contains("examples.disk_watch") && out.stdout.contains("disabled"), "{}", out.stdout);
+    let out = cli(&url, &["sensor", "enable", "examples.disk_watch"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let echoed = loop {
+        let list = cli(&url, &["execution", "list", "--action", "core.echo", "-o", "json"]).json();
+        let done = list["items"].as_array().and_then(|items| {
+            items.iter().find(|e| {
+                e["status"] == "succeeded" && e["stdout"].as_str().is_some_and(|s| s.contains("% full"))
+            })
+        });
+        if let Some(e) = done {
+            break e.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no execution from the sensor's events: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(echoed["stdout"].as_str().unwrap().contains(":/ is "), "{echoed}");
+    let s = cli(&url, &["sensor", "show", "examples.disk_watch", "-o", "json"]).json();
+    assert_eq!(s["status"], "running", "{s}");
+    assert!(s["events"].as_u64().unwrap() >= 1, "{s}");
+    let out = cli(&url, &["sensor", "disable", "examples.disk_watch"]);
+    assert!(out.stdout.contains("disabled"), "{}", out.stdout);
     drop(p);
 }

@@ -260,7 +260,30 @@ impl Client {
     }
 
     pub async fn heartbeat(&self, worker: Uuid, leases: Vec<Lease>) -> Result<HeartbeatReply, ClientError> {
-        self.post(&format!("/api/v1/worker/{worker}/heartbeat"), &Heartbeat { leases }).await
+        self.heartbeat_with(worker, Heartbeat { leases, sensors: Vec::new() }).await
+    }
+
+    /// A heartbeat that also names the sensors the worker runs.
+    pub async fn heartbeat_with(&self, worker: Uuid, hb: Heartbeat) -> Result<HeartbeatReply, ClientError> {
+        self.post(&format!("/api/v1/worker/{worker}/heartbeat"), &hb).await
+    }
+
+    pub async fn sensor_events(
+        &self,
+        worker: Uuid,
+        sensor: &str,
+        body: &attune_wire::SensorEvents,
+    ) -> Result<attune_wire::SensorEventsReply, ClientError> {
+        self.post(&format!("/api/v1/worker/{worker}/sensors/{sensor}/events"), body).await
+    }
+
+    pub async fn sensor_exit(
+        &self,
+        worker: Uuid,
+        sensor: &str,
+        body: &attune_wire::SensorExit,
+    ) -> Result<attune_wire::SensorExitReply, ClientError> {
+        self.post(&format!("/api/v1/worker/{worker}/sensors/{sensor}/exit"), body).await
     }
 
     /// Long-polls; the HTTP timeout is the wait plus a margin.
@@ -366,6 +389,23 @@ impl Client {
 
     pub async fn get_rule(&self, r: &str) -> Result<RuleDetail, ClientError> {
         self.get(&format!("/api/v1/rules/{r}")).await
+    }
+
+    pub async fn list_sensors(&self) -> Result<Vec<attune_core::sensors::SensorState>, ClientError> {
+        self.get("/api/v1/sensors").await
+    }
+
+    pub async fn get_sensor(&self, r: &str) -> Result<attune_core::sensors::SensorState, ClientError> {
+        self.get(&format!("/api/v1/sensors/{r}")).await
+    }
+
+    pub async fn set_sensor_enabled(
+        &self,
+        r: &str,
+        enabled: bool,
+    ) -> Result<attune_core::sensors::SensorState, ClientError> {
+        let verb = if enabled { "enable" } else { "disable" };
+        self.post(&format!("/api/v1/sensors/{r}/{verb}"), &serde_json::json!({})).await
     }
 
     pub async fn set_rule_enabled(

@@ -17,6 +17,7 @@ pub mod names;
 mod openapi;
 pub mod output;
 pub mod rules;
+pub mod sensors;
 pub mod status;
 pub mod submission;
 pub mod time;

@@ -8,5 +8,7 @@ mod load;
 mod schema;
 
 pub use check::{check_action, entry_point_is_contained, Problem};
-pub use load::{discover, load_pack_dir, resolve_entry_point, LoadedPack, PackError, PackErrors};
+pub use load::{
+    discover, load_pack_dir, resolve_entry_in, resolve_entry_point, LoadedPack, PackError, PackErrors,
+};
 pub use schema::{default_schema, ParamValidator};

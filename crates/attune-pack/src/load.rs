@@ -6,6 +6,8 @@
 //! <dir>/actions/<script>     entry points
 //! <dir>/triggers/<name>.yaml one trigger type each: ref, description, parameters, payload
 //! <dir>/rules/<name>.yaml    one rule each: ref, enabled, trigger, criteria, action, overlap
+//! <dir>/sensors/<name>.yaml  one sensor each: ref, runtime, entry_point, trigger_types, parameters
+//! <dir>/sensors/<program>    sensors' entry points
 //! ```
 
 use std::{
@@ -16,6 +18,7 @@ use std::{
 use attune_core::rules::{
     builtin_trigger_types, Criterion, Overlap, Rule, RuleAction, TriggerSpec, TriggerType,
 };
+use attune_core::sensors::Sensor;
 use attune_core::{
     Action, ActionRef, OutputFormat, PackMeta, PackRef, ParameterDelivery, ParameterFormat, RetryPolicy,
     Runtime,
@@ -34,6 +37,7 @@ pub struct LoadedPack {
     pub actions: Vec<Action>,
     pub triggers: Vec<TriggerType>,
     pub rules: Vec<Rule>,
+    pub sensors: Vec<Sensor>,
 }
 
 /// One problem, located: the file, and the field when there is one.
@@ -88,6 +92,8 @@ const ACTION_FIELDS: &[&str] = &[
 
 const TRIGGER_FIELDS: &[&str] = &["ref", "description", "parameters", "payload"];
 const RULE_FIELDS: &[&str] = &["ref", "description", "enabled", "trigger", "criteria", "action", "overlap"];
+const SENSOR_FIELDS: &[&str] =
+    &["ref", "description", "enabled", "runtime", "entry_point", "trigger_types", "parameters"];
 
 /// Collects located errors while reading one YAML document.
 struct Doc<'a> {
@@ -164,6 +170,19 @@ impl<'a> Doc<'a> {
         }
     }
 
+    /// A true/false field (absent: `default`).
+    fn flag(&mut self, field: &str, default: bool) -> bool {
+        match self.map.get(field) {
+            None | Some(Value::Null) => default,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                let found = kind(other);
+                self.err(field, format!("must be true or false, found {found}"));
+                default
+            }
+        }
+    }
+
     /// A field read with serde (enums, numbers, structs), with serde's message located.
     fn typed<T: DeserializeOwned>(&mut self, field: &str, what: &str) -> Option<T> {
         let v = self.map.get(field)?.clone();
@@ -207,6 +226,7 @@ pub fn load_pack_dir(dir: &Path) -> Result<LoadedPack, PackErrors> {
     let mut actions = Vec::new();
     let mut triggers = Vec::new();
     let mut rules = Vec::new();
+    let mut sensors = Vec::new();
     if let Some(meta) = &meta {
         for f in yaml_files(&dir.join("actions"), &mut errors) {
             let a = read_action(&f, meta, &dir_abs, &mut errors);
@@ -220,9 +240,13 @@ pub fn load_pack_dir(dir: &Path) -> Result<LoadedPack, PackErrors> {
             let r = read_rule(&f, meta, &triggers, &mut errors);
             add_once(&mut rules, r, f, |r| &r.rule_ref, &mut errors);
         }
+        for f in yaml_files(&dir.join("sensors"), &mut errors) {
+            let x = read_sensor(&f, meta, &dir_abs, &triggers, &mut errors);
+            add_once(&mut sensors, x, f, |x| &x.sensor_ref, &mut errors);
+        }
     }
     match meta {
-        Some(meta) if errors.is_empty() => Ok(LoadedPack { meta, actions, triggers, rules }),
+        Some(meta) if errors.is_empty() => Ok(LoadedPack { meta, actions, triggers, rules, sensors }),
         _ => Err(PackErrors(errors)),
     }
 }
@@ -322,14 +346,7 @@ fn read_rule(
     let mut doc = Doc::open(file, errors, RULE_FIELDS)?;
     let rule_ref = own_ref(&mut doc, pack);
     let description = doc.string("description", false).unwrap_or_default();
-    let enabled = match doc.map.get("enabled") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            doc.err("enabled", format!("must be true or false, found {}", kind(other)));
-            true
-        }
-    };
+    let enabled = doc.flag("enabled", true);
     let overlap: Overlap = doc.typed("overlap", "allow or skip").unwrap_or_default();
     let trigger: Option<TriggerSpec> = match doc.map.get("trigger") {
         None | Some(Value::Null) => {
@@ -442,6 +459,87 @@ fn read_rule(
     })
 }
 
+fn read_sensor(
+    file: &Path,
+    pack: &PackMeta,
+    dir_abs: &Path,
+    triggers: &[TriggerType],
+    errors: &mut Vec<PackError>,
+) -> Option<Sensor> {
+    let before = errors.len();
+    let mut doc = Doc::open(file, errors, SENSOR_FIELDS)?;
+    let sensor_ref = own_ref(&mut doc, pack);
+    let description = doc.string("description", false).unwrap_or_default();
+    let enabled = doc.flag("enabled", true);
+    let runtime = doc.string("runtime", true).and_then(|r| match Runtime::parse(&r) {
+        Some(Runtime::Builtin) => {
+            doc.err("runtime", "a sensor is a program: shell, python, node or native");
+            None
+        }
+        Some(rt) => Some(rt),
+        None => {
+            doc.err(
+                "runtime",
+                format!("unknown runtime {r:?}; expected one of: shell, python, node, native"),
+            );
+            None
+        }
+    });
+    let entry_point = doc.string("entry_point", true);
+    if let (Some(rt), Some(ep)) = (runtime, &entry_point) {
+        check_entry_file(&mut doc, rt, dir_abs, "sensors", ep);
+    }
+    let trigger_types: Vec<ActionRef> = match doc.map.get("trigger_types") {
+        None | Some(Value::Null) => {
+            doc.err("trigger_types", "is required: the trigger types whose events it emits, [pack.type, …]");
+            Vec::new()
+        }
+        Some(_) => {
+            doc.typed("trigger_types", "a list of trigger type refs ([pack.type, …])").unwrap_or_default()
+        }
+    };
+    if doc.map.get("trigger_types").is_some_and(|v| v.as_array().is_some_and(|a| a.is_empty())) {
+        doc.err("trigger_types", "must name at least one trigger type");
+    }
+    for t in &trigger_types {
+        if builtin_trigger_types().iter().any(|b| b.type_ref == *t) {
+            doc.err(
+                "trigger_types",
+                format!("{t} is a built-in trigger type, whose events the server makes"),
+            );
+        } else if t.pack() == pack.pack_ref && !triggers.iter().any(|x| x.type_ref == *t) {
+            doc.err(
+                "trigger_types",
+                format!("unknown trigger type {t}: this pack's triggers/ does not define it"),
+            );
+        }
+        // Another pack's type: the server checks it when the pack is loaded.
+    }
+    let parameters = match doc.map.get("parameters").cloned() {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v,
+        Some(other) => {
+            doc.err(
+                "parameters",
+                format!("must be a mapping of values for the sensor, found {}", kind(&other)),
+            );
+            Value::Null
+        }
+    };
+    let (sensor_ref, runtime, entry_point) = (sensor_ref?, runtime?, entry_point?);
+    (doc.errors.len() == before).then(|| Sensor {
+        sensor_ref,
+        pack: pack.pack_ref.clone(),
+        description,
+        runtime,
+        entry_point,
+        trigger_types,
+        parameters,
+        enabled,
+        pack_dir: pack.dir.clone(),
+    })
+}
+
 fn read_manifest(file: &Path, dir_abs: &Path, errors: &mut Vec<PackError>) -> Option<PackMeta> {
     let mut doc = Doc::open(file, errors, PACK_FIELDS)?;
     let r = doc.string("ref", true);
@@ -536,20 +634,24 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         doc.err(p.field, p.message);
     }
     if entry_ok && action.runtime != Runtime::Builtin {
-        check_entry_file(&mut doc, action.runtime, dir_abs, &action.entry_point);
+        check_entry_file(&mut doc, action.runtime, dir_abs, "actions", &action.entry_point);
     }
     (doc.errors.len() == before).then_some(action)
 }
 
-/// What only the directory can tell: the entry point exists, stays inside the pack once symlinks
-/// are followed, and (a native one) is executable.
-fn check_entry_file(doc: &mut Doc<'_>, rt: Runtime, dir_abs: &Path, entry_point: &str) {
-    let full = dir_abs.join("actions").join(entry_point);
+/// What only the directory can tell: the entry point (in the pack's `sub` directory) exists, stays
+/// inside the pack once symlinks are followed, and (a native one) is executable.
+fn check_entry_file(doc: &mut Doc<'_>, rt: Runtime, dir_abs: &Path, sub: &str, entry_point: &str) {
+    if !crate::check::entry_point_is_contained(entry_point) {
+        doc.err("entry_point", format!("must be a relative path inside the pack's {sub}/ directory"));
+        return;
+    }
+    let full = dir_abs.join(sub).join(entry_point);
     if !full.is_file() {
         doc.err("entry_point", format!("{} does not exist", full.display()));
         return;
     }
-    if let Err(e) = resolve_entry_point(dir_abs, entry_point) {
+    if let Err(e) = resolve_entry_in(dir_abs, sub, entry_point) {
         doc.err("entry_point", e);
         return;
     }
@@ -562,12 +664,17 @@ fn check_entry_file(doc: &mut Doc<'_>, rt: Runtime, dir_abs: &Path, entry_point:
 /// directory (itself resolved); otherwise why not. The loader checks it, and the worker again
 /// before it runs anything (the files may have changed since).
 pub fn resolve_entry_point(pack_dir: &Path, entry_point: &str) -> Result<PathBuf, String> {
+    resolve_entry_in(pack_dir, "actions", entry_point)
+}
+
+/// The same for an entry point in the pack's `sub` directory (`actions`, `sensors`).
+pub fn resolve_entry_in(pack_dir: &Path, sub: &str, entry_point: &str) -> Result<PathBuf, String> {
     if !crate::check::entry_point_is_contained(entry_point) {
-        return Err(format!("{entry_point:?} must be a relative path inside the pack's actions/ directory"));
+        return Err(format!("{entry_point:?} must be a relative path inside the pack's {sub}/ directory"));
     }
     let root =
         std::fs::canonicalize(pack_dir).map_err(|e| format!("pack directory {}: {e}", pack_dir.display()))?;
-    let full = root.join("actions").join(entry_point);
+    let full = root.join(sub).join(entry_point);
     let real = std::fs::canonicalize(&full).map_err(|e| format!("{}: {e}", full.display()))?;
     if !real.starts_with(&root) {
         return Err(format!(

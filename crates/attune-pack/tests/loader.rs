@@ -225,3 +225,97 @@ fn rules_and_trigger_types_load_and_their_mistakes_are_named() {
     let e = errors_of(&[base, ("triggers/t.yaml", "ref: core.interval\n")]);
     assert!(e.contains("triggers/t.yaml: field `ref`") && e.contains("belongs to pack core"), "{e}");
 }
+
+#[test]
+fn sensors_load_and_their_mistakes_are_named() {
+    let p = load_pack_dir(&repo_packs().join("examples")).unwrap_or_else(|e| panic!("{e}"));
+    let s = p.sensors.iter().find(|s| s.sensor_ref.as_str() == "examples.disk_watch").unwrap();
+    assert!(!s.enabled, "shipped disabled");
+    assert_eq!(s.trigger_types[0].as_str(), "examples.disk_alert");
+    assert!(s.pack_dir.is_some());
+
+    let base = [
+        ("pack.yaml", "ref: ops\n"),
+        ("triggers/t.yaml", "ref: seen\n"),
+        ("sensors/watch.sh", "while true; do sleep 1; done\n"),
+    ];
+    let sensor = |body: &str| {
+        let mut files = base.to_vec();
+        files.push(("sensors/s.yaml", body));
+        errors_of(&files)
+    };
+    for (body, field, says) in [
+        (
+            "ref: s\nruntime: shell\nentry_point: gone.sh\ntrigger_types: [ops.seen]\n",
+            "entry_point",
+            "does not exist",
+        ),
+        (
+            "ref: s\nruntime: shell\nentry_point: ../pack.yaml\ntrigger_types: [ops.seen]\n",
+            "entry_point",
+            "inside the pack's sensors/",
+        ),
+        (
+            "ref: s\nruntime: builtin\nentry_point: watch.sh\ntrigger_types: [ops.seen]\n",
+            "runtime",
+            "a sensor is a program",
+        ),
+        (
+            "ref: s\nruntime: cobol\nentry_point: watch.sh\ntrigger_types: [ops.seen]\n",
+            "runtime",
+            "unknown runtime",
+        ),
+        ("ref: s\nruntime: shell\nentry_point: watch.sh\n", "trigger_types", "is required"),
+        (
+            "ref: s\nruntime: shell\nentry_point: watch.sh\ntrigger_types: []\n",
+            "trigger_types",
+            "at least one",
+        ),
+        (
+            "ref: s\nruntime: shell\nentry_point: watch.sh\ntrigger_types: [ops.nothing]\n",
+            "trigger_types",
+            "unknown trigger type ops.nothing",
+        ),
+        (
+            "ref: s\nruntime: shell\nentry_point: watch.sh\ntrigger_types: [core.webhook]\n",
+            "trigger_types",
+            "built-in",
+        ),
+        (
+            "ref: s\nruntime: shell\nentry_point: watch.sh\ntrigger_types: ops.seen\n",
+            "trigger_types",
+            "a list of trigger type refs",
+        ),
+        (
+            "ref: s\nruntime: shell\nentry_point: watch.sh\ntrigger_types: [ops.seen]\nparameters: 3\n",
+            "parameters",
+            "must be a mapping",
+        ),
+        (
+            "ref: s\nruntime: shell\nentry_point: watch.sh\ntrigger_types: [ops.seen]\nenabled: yes please\n",
+            "enabled",
+            "true or false",
+        ),
+        (
+            "ref: s\nruntime: shell\nentrypoint: watch.sh\ntrigger_types: [ops.seen]\n",
+            "entrypoint",
+            "unknown field",
+        ),
+    ] {
+        let e = sensor(body);
+        assert!(
+            e.contains("sensors/s.yaml") && e.contains(&format!("field `{field}`")) && e.contains(says),
+            "{field}: {e}"
+        );
+    }
+    let ok = "ref: s\nruntime: shell\nentry_point: watch.sh\ntrigger_types: [ops.seen, other.thing]\n";
+    let mut files = base.to_vec();
+    files.push(("sensors/s.yaml", ok));
+    let dir = pack(&files);
+    let p = load_pack_dir(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        p.sensors[0].sensor_ref.as_str(),
+        "ops.s",
+        "another pack's trigger type is the server's to check"
+    );
+}

@@ -47,6 +47,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+    /// The message with its details, on one line.
+    pub fn describe(&self) -> String {
+        if self.details.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.message, self.details.join("; "))
+        }
+    }
     /// The error as it appears in a batch reply.
     pub fn detail(&self) -> ErrorDetail {
         ErrorDetail {

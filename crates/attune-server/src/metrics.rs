@@ -79,11 +79,19 @@ pub(crate) struct EventMetrics {
     pub enforcements: [AtomicU64; 4],
     /// How late timers fired after their tick was due.
     timer_lag: Histogram,
+    /// Sensors this server started again (after an exit, or elsewhere after their worker died).
+    sensor_restarts: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Lines sensors wrote that were not events they may emit.
+    pub sensor_malformed: AtomicU64,
 }
 
 impl EventMetrics {
     pub(crate) fn accepted(&self, trigger: &str) {
         *self.by_trigger.lock().expect("event metrics lock").entry(trigger.to_owned()).or_default() += 1;
+    }
+
+    pub(crate) fn sensor_restarted(&self, sensor: &str) {
+        *self.sensor_restarts.lock().expect("event metrics lock").entry(sensor.to_owned()).or_default() += 1;
     }
 
     pub(crate) fn record_timer_lag(&self, millis: u64) {
@@ -107,6 +115,20 @@ impl EventMetrics {
             let n = self.enforcements[o as usize].load(Relaxed);
             let _ = writeln!(out, "attune_enforcements_total{{outcome=\"{}\"}} {n}", o.as_str());
         }
+        let _ = writeln!(
+            out,
+            "# HELP attune_sensor_restarts_total Sensors this server started again, after an exit or on \
+             another worker.\n# TYPE attune_sensor_restarts_total counter"
+        );
+        for (t, n) in self.sensor_restarts.lock().expect("event metrics lock").iter() {
+            let _ = writeln!(out, "attune_sensor_restarts_total{{sensor=\"{}\"}} {n}", label(t));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP attune_sensor_malformed_lines_total Lines sensors wrote that were not events they may \
+             emit.\n# TYPE attune_sensor_malformed_lines_total counter\nattune_sensor_malformed_lines_total {}",
+            self.sensor_malformed.load(Relaxed)
+        );
         self.timer_lag.render(
             out,
             "attune_timer_lag_seconds",
@@ -132,6 +154,8 @@ impl Default for Metrics {
                 by_trigger: Default::default(),
                 enforcements: Default::default(),
                 timer_lag: Histogram::new(LATENCY_BUCKETS),
+                sensor_restarts: Default::default(),
+                sensor_malformed: AtomicU64::new(0),
             },
         }
     }

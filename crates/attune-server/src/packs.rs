@@ -32,10 +32,7 @@ pub async fn load_dirs(store: &Store, dirs: &[impl AsRef<Path>]) -> (Vec<String>
             match load_pack_dir(&dir) {
                 Ok(p) => match check_rules(store, &p).await {
                     Err(e) => problems.push(format!("{}: {e}", dir.display())),
-                    Ok(()) => match store
-                        .load_pack(&p.meta, &p.actions, &p.triggers, &p.rules, true, Timestamp::now())
-                        .await
-                    {
+                    Ok(()) => match store.load_pack(&p.meta, content(&p), true, Timestamp::now()).await {
                         Ok(change) => {
                             say_replaced(p.meta.pack_ref.as_str(), &change);
                             loaded.push(format!(
@@ -89,10 +86,34 @@ pub(crate) async fn check_rules(store: &Store, p: &attune_pack::LoadedPack) -> R
             Ok(Ok(())) => {}
         }
     }
+    for s in &p.sensors {
+        for t in s.trigger_types.iter().filter(|t| t.pack() != p.meta.pack_ref) {
+            if stored.is_none() {
+                stored = Some(store.list_trigger_types().await.map_err(|e| e.to_string())?);
+            }
+            if !stored.as_ref().is_some_and(|all| all.iter().any(|x| x.type_ref == *t)) {
+                problems.push(format!(
+                    "sensor {}: trigger type {t} is not loaded (load pack {} first)",
+                    s.sensor_ref,
+                    t.pack()
+                ));
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
         Err(problems.join("\n"))
+    }
+}
+
+/// What the store keeps of a loaded pack besides its manifest.
+pub(crate) fn content(p: &attune_pack::LoadedPack) -> attune_store::PackContent<'_> {
+    attune_store::PackContent {
+        actions: &p.actions,
+        triggers: &p.triggers,
+        rules: &p.rules,
+        sensors: &p.sensors,
     }
 }
 

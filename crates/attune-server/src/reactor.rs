@@ -47,6 +47,30 @@ pub(crate) async fn accept(
     payload: Value,
     source: String,
 ) -> Result<TriggerEvent, ApiError> {
+    let event = check(shared, trigger, parameters, payload, source).await?;
+    shared.store.insert_events(std::slice::from_ref(&event)).await?;
+    accepted(shared, std::slice::from_ref(&event));
+    Ok(event)
+}
+
+/// Counts stored events and wakes the processor.
+pub(crate) fn accepted(shared: &Shared, events: &[TriggerEvent]) {
+    for e in events {
+        shared.metrics.events.accepted(e.trigger.as_str());
+    }
+    if !events.is_empty() {
+        shared.events_ready.notify_one();
+    }
+}
+
+/// The event, if it fits its trigger type (parameters and payload schemas); not stored.
+pub(crate) async fn check(
+    shared: &Shared,
+    trigger: &str,
+    parameters: Value,
+    payload: Value,
+    source: String,
+) -> Result<TriggerEvent, ApiError> {
     let unknown = || {
         ApiError::unprocessable(
             "unknown_trigger",
@@ -84,9 +108,6 @@ pub(crate) async fn accept(
         created_at: Timestamp::now(),
         processed_at: None,
     };
-    shared.store.insert_events(std::slice::from_ref(&event)).await?;
-    shared.metrics.events.accepted(event.trigger.as_str());
-    shared.events_ready.notify_one();
     Ok(event)
 }
 

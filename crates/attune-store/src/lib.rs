@@ -24,6 +24,7 @@ mod packs;
 mod queue;
 mod rows;
 mod rules;
+mod sensors;
 mod tokens;
 mod workers;
 
@@ -34,8 +35,9 @@ pub use executions::{ExecutionFilter, MetricsSnapshot, Page};
 pub use keys::{KeyValue, StoredKey};
 pub use lifecycle::{Applied, Driven};
 pub use notify::{Listener, Notice};
-pub use packs::PackReplaced;
+pub use packs::{PackContent, PackReplaced};
 pub use rules::{EventFilter, Timer};
+pub use sensors::{SensorBeat, StartedSensor};
 pub use tokens::NewToken;
 pub use workers::NewWorker;
 

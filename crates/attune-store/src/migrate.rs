@@ -17,6 +17,7 @@ const SQLITE: &[(i64, &str)] = &[
     (11, include_str!("../migrations/sqlite/0011_keys.sql")),
     (12, include_str!("../migrations/sqlite/0012_events.sql")),
     (13, include_str!("../migrations/sqlite/0013_rule_events.sql")),
+    (14, include_str!("../migrations/sqlite/0014_sensors.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -31,6 +32,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (11, include_str!("../migrations/postgres/0011_keys.sql")),
     (12, include_str!("../migrations/postgres/0012_events.sql")),
     (13, include_str!("../migrations/postgres/0013_rule_events.sql")),
+    (14, include_str!("../migrations/postgres/0014_sensors.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

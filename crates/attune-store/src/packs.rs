@@ -21,6 +21,15 @@ impl PackReplaced {
     }
 }
 
+/// What a pack defines besides its manifest; all of it is replaced with each load.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PackContent<'a> {
+    pub actions: &'a [Action],
+    pub triggers: &'a [attune_core::rules::TriggerType],
+    pub rules: &'a [attune_core::rules::Rule],
+    pub sensors: &'a [attune_core::sensors::Sensor],
+}
+
 impl Store {
     /// Loads the pack `meta.pack_ref` and its actions in one transaction. Actions are inserted or
     /// updated. Removing actions the pack had, or taking the pack over from another directory,
@@ -29,12 +38,11 @@ impl Store {
     pub async fn load_pack(
         &self,
         meta: &PackMeta,
-        actions: &[Action],
-        triggers: &[attune_core::rules::TriggerType],
-        rules: &[attune_core::rules::Rule],
+        content: PackContent<'_>,
         replace: bool,
         now: Timestamp,
     ) -> Result<PackReplaced> {
+        let PackContent { actions, triggers, rules, sensors } = content;
         let lock = match self.kind {
             crate::BackendKind::Postgres => " FOR UPDATE",
             crate::BackendKind::Sqlite => "",
@@ -103,6 +111,7 @@ impl Store {
                 .await?;
             }
             crate::rules::replace_pack_rules!(tx, &meta.pack_ref, triggers, rules, now);
+            crate::sensors::replace_pack_sensors!(tx, &meta.pack_ref, sensors, now);
             tx.commit().await?;
             Ok(change)
         })

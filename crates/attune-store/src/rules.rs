@@ -24,8 +24,8 @@ macro_rules! insert_event {
         )
         .bind(e.id.to_string())
         .bind(e.trigger.as_str())
-        .bind(to_json(&e.trigger_parameters))
-        .bind(to_json(&e.payload))
+        .bind($crate::rows::to_json(&e.trigger_parameters))
+        .bind($crate::rows::to_json(&e.payload))
         .bind(e.source.as_str())
         .bind(e.late)
         .bind(e.created_at.millis())
@@ -76,6 +76,7 @@ macro_rules! replace_pack_rules {
         }
     }};
 }
+pub(crate) use insert_event;
 pub(crate) use replace_pack_rules;
 
 /// Which events to list.

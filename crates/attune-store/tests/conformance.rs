@@ -67,6 +67,7 @@ conformance!(
     notifications_reach_listeners,
     any_output_is_stored_exactly,
     many_events_about_one_execution_are_decided_in_order,
+    sensors_run_on_one_worker_at_a_time,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -79,6 +80,10 @@ fn h(token: &str, worker: Uuid) -> Holder<'_> {
 
 fn at(secs: u64) -> Timestamp {
     T0.plus(Duration::from_secs(secs))
+}
+
+fn acts(a: &[Action]) -> attune_store::PackContent<'_> {
+    attune_store::PackContent { actions: a, ..Default::default() }
 }
 
 async fn open(db: &TestDb) -> Store {
@@ -178,7 +183,7 @@ async fn packs_load_by_ref_and_replace_only_when_asked(db: &TestDb) {
     let a = action("a", Runtime::Builtin, 1);
     let b = action("b", Runtime::Shell, 1);
     assert_eq!(
-        s.load_pack(&meta, &[a.clone(), b.clone()], &[], &[], false, at(0)).await.unwrap(),
+        s.load_pack(&meta, acts(&[a.clone(), b.clone()]), false, at(0)).await.unwrap(),
         Default::default()
     );
     assert_eq!(s.list_actions(None).await.unwrap().len(), 2);
@@ -186,7 +191,7 @@ async fn packs_load_by_ref_and_replace_only_when_asked(db: &TestDb) {
     let mut a2 = a.clone();
     a2.description = "changed".into();
     let meta2 = PackMeta { version: "2".into(), ..meta.clone() };
-    let r = s.load_pack(&meta2, &[a2.clone()], &[], &[], false, at(1)).await;
+    let r = s.load_pack(&meta2, acts(&[a2.clone()]), false, at(1)).await;
     assert!(
         matches!(&r, Err(StoreError::Conflict { code: "pack_conflict", message }) if message.contains("t.b")),
         "{r:?}"
@@ -194,13 +199,13 @@ async fn packs_load_by_ref_and_replace_only_when_asked(db: &TestDb) {
     assert_eq!(s.list_actions(Some(&meta.pack_ref)).await.unwrap(), vec![a.clone(), b.clone()]);
     // From another directory: a take-over, refused too.
     let moved = PackMeta { dir: Some("/y".into()), ..meta.clone() };
-    let r = s.load_pack(&moved, &[a.clone(), b.clone()], &[], &[], false, at(1)).await;
+    let r = s.load_pack(&moved, acts(&[a.clone(), b.clone()]), false, at(1)).await;
     assert!(
         matches!(&r, Err(StoreError::Conflict { message, .. }) if message.contains("over from /x")),
         "{r:?}"
     );
     // With replace: done, and said.
-    let change = s.load_pack(&meta2, &[a2.clone()], &[], &[], true, at(1)).await.unwrap();
+    let change = s.load_pack(&meta2, acts(&[a2.clone()]), true, at(1)).await.unwrap();
     assert_eq!((change.previous_dir, change.removed), (None, vec!["t.b".to_string()]));
     let actions = s.list_actions(Some(&meta.pack_ref)).await.unwrap();
     assert_eq!(actions, vec![a2.clone()]);
@@ -1055,4 +1060,155 @@ async fn events_are_enforced_once_and_ticks_fire_once(db: &TestDb) {
     assert_eq!(s.unprocessed_events(10).await.unwrap().len(), 1, "one event for the tick");
     s.sync_timers(&[]).await.unwrap();
     assert_eq!(s.next_timer_at().await.unwrap(), None, "no rule, no timer");
+}
+
+/// Issue 12: a sensor is held by one worker at a time under a lease its heartbeats renew; it moves
+/// when the lease lapses, waits out a doubling backoff after each exit, and a worker that lost it
+/// can store nothing more; disabling or changing it takes the lease back.
+async fn sensors_run_on_one_worker_at_a_time(db: &TestDb) {
+    use attune_core::{
+        rules::TriggerEvent,
+        sensors::{Sensor, SensorStatus},
+    };
+    let s = open(db).await;
+    let sensor = |parameters: serde_json::Value| Sensor {
+        sensor_ref: ActionRef::parse("t.watch").unwrap(),
+        pack: PackRef::parse("t").unwrap(),
+        description: String::new(),
+        runtime: Runtime::Python,
+        entry_point: "watch.py".into(),
+        trigger_types: vec![ActionRef::parse("t.seen").unwrap()],
+        parameters,
+        enabled: true,
+        pack_dir: None,
+    };
+    let meta = PackMeta {
+        pack_ref: PackRef::parse("t").unwrap(),
+        label: "t".into(),
+        description: String::new(),
+        version: "1".into(),
+        dir: None,
+    };
+    let v1 = [sensor(json!({"n": 1}))];
+    let load = |sensors| attune_store::PackContent { sensors, ..Default::default() };
+    s.load_pack(&meta, load(&v1), false, at(0)).await.unwrap();
+    let shell_only = worker(&s, "shell", &[Runtime::Shell], at(0)).await;
+    let w1 = worker(&s, "w1", &[Runtime::Shell, Runtime::Python], at(0)).await;
+    let w2 = worker(&s, "w2", &[Runtime::Python], at(0)).await;
+    let until = |t: u64| at(t).plus(STALENESS);
+
+    assert!(
+        s.sensor_heartbeat(shell_only, &[], true, at(1), until(1)).await.unwrap().start.is_none(),
+        "no python"
+    );
+    assert!(s.sensor_heartbeat(w1, &[], false, at(1), until(1)).await.unwrap().start.is_none(), "draining");
+    let got = s.sensor_heartbeat(w1, &[], true, at(1), until(1)).await.unwrap().start.expect("w1 takes it");
+    assert!(!got.restart);
+    let t1 = got.task.lease_token.clone();
+    assert!(s.sensor_heartbeat(w2, &[], true, at(2), until(2)).await.unwrap().start.is_none(), "held by w1");
+    let held = vec![("t.watch".to_owned(), t1.clone())];
+    let beat = s.sensor_heartbeat(w1, &held, true, at(20), until(20)).await.unwrap();
+    assert_eq!(beat.held, vec![("t.watch".to_owned(), true)]);
+    assert!(beat.start.is_none());
+    let st = s.get_sensor("t.watch", at(21)).await.unwrap().unwrap();
+    assert_eq!((st.status, st.worker_name.as_deref()), (SensorStatus::Running, Some("w1")));
+
+    // Events under the lease are stored and counted; malformed lines counted.
+    let ev = |t: u64| TriggerEvent {
+        id: Uuid::now_v7(),
+        trigger: ActionRef::parse("t.seen").unwrap(),
+        trigger_parameters: json!({}),
+        payload: json!({"x": 1}),
+        source: "sensor:t.watch".into(),
+        late: false,
+        created_at: at(t),
+        processed_at: None,
+    };
+    s.sensor_events("t.watch", w1, &t1, &[ev(21), ev(21)], 3).await.unwrap();
+    let st = s.get_sensor("t.watch", at(21)).await.unwrap().unwrap();
+    assert_eq!((st.events, st.malformed), (2, 3));
+
+    // w1 stops heartbeating: after its lease lapses, w2 takes the sensor over.
+    assert!(
+        s.sensor_heartbeat(w2, &[], true, at(40), until(40)).await.unwrap().start.is_none(),
+        "not lapsed yet"
+    );
+    assert_eq!(s.get_sensor("t.watch", at(51)).await.unwrap().unwrap().status, SensorStatus::Lost);
+    let got =
+        s.sensor_heartbeat(w2, &[], true, at(51), until(51)).await.unwrap().start.expect("w2 takes over");
+    assert!(got.restart);
+    assert_eq!(got.taken_from.as_deref(), Some("w1"));
+    let t2 = got.task.lease_token.clone();
+    let st = s.get_sensor("t.watch", at(52)).await.unwrap().unwrap();
+    assert_eq!((st.restarts, st.worker_name.as_deref()), (1, Some("w2")));
+    assert!(st.last_error.unwrap().contains("w1 stopped renewing"));
+    // w1 comes back: its lease is gone, its events are refused and nothing is stored.
+    let beat = s.sensor_heartbeat(w1, &held, true, at(53), until(53)).await.unwrap();
+    assert_eq!(beat.held, vec![("t.watch".to_owned(), false)]);
+    assert!(beat.start.is_none());
+    let late = s.sensor_events("t.watch", w1, &t1, &[ev(53)], 0).await;
+    assert!(matches!(late, Err(StoreError::Conflict { code: "stale_lease", .. })), "{late:?}");
+    assert!(s.sensor_exited("t.watch", w1, &t1, "gone", at(53)).await.is_err());
+    assert_eq!(s.count_unprocessed_events().await.unwrap(), 2);
+
+    // Exits in a row: 1 s, 2 s, 4 s of backoff; nobody may take it meanwhile.
+    let mut token = t2;
+    let mut now = 60;
+    let mut holder = w2;
+    for (n, wait) in [(1, 1), (2, 2), (3, 4)] {
+        let retry = s.sensor_exited("t.watch", holder, &token, "exited with code 3", at(now)).await.unwrap();
+        holder = w1;
+        assert_eq!(retry, at(now + wait), "exit {n}");
+        let st = s.get_sensor("t.watch", at(now)).await.unwrap().unwrap();
+        assert_eq!((st.status, st.retry_at), (SensorStatus::Backoff, Some(at(now + wait))));
+        assert!(s.sensor_heartbeat(w1, &[], true, at(now), until(now)).await.unwrap().start.is_none());
+        now += wait;
+        let got = s.sensor_heartbeat(w1, &[], true, at(now), until(now)).await.unwrap().start.unwrap();
+        token = got.task.lease_token;
+        // Stays on w1 from now on.
+        let beat = s
+            .sensor_heartbeat(w1, &[("t.watch".into(), token.clone())], true, at(now), until(now))
+            .await
+            .unwrap();
+        assert_eq!(beat.held, vec![("t.watch".to_owned(), true)]);
+    }
+    // A run of a minute or more starts the backoff over.
+    let retry = s.sensor_exited("t.watch", w1, &token, "exited", at(now + 61)).await.unwrap();
+    assert_eq!(retry, at(now + 62));
+    now += 62;
+    token =
+        s.sensor_heartbeat(w1, &[], true, at(now), until(now)).await.unwrap().start.unwrap().task.lease_token;
+    assert_eq!(s.get_sensor("t.watch", at(now)).await.unwrap().unwrap().restarts, 5);
+
+    // Disabled: the lease is taken back, and nobody gets it.
+    let st = s.set_sensor_enabled("t.watch", false, at(now)).await.unwrap();
+    assert_eq!(st.status, SensorStatus::Disabled);
+    let beat = s
+        .sensor_heartbeat(w1, &[("t.watch".into(), token.clone())], true, at(now), until(now))
+        .await
+        .unwrap();
+    assert_eq!(beat.held, vec![("t.watch".to_owned(), false)]);
+    assert!(beat.start.is_none());
+    s.set_sensor_enabled("t.watch", true, at(now)).await.unwrap();
+    let token =
+        s.sensor_heartbeat(w2, &[], true, at(now), until(now)).await.unwrap().start.unwrap().task.lease_token;
+
+    // Reloading the same definition keeps the lease; a changed one takes it back; a drain gives
+    // back what the worker held.
+    s.load_pack(&meta, load(&v1), false, at(now)).await.unwrap();
+    let held = vec![("t.watch".to_owned(), token.clone())];
+    assert!(
+        s.sensor_heartbeat(w2, &held, false, at(now), until(now)).await.unwrap().held[0].1,
+        "same definition"
+    );
+    let v2 = [sensor(json!({"n": 2}))];
+    s.load_pack(&meta, load(&v2), false, at(now)).await.unwrap();
+    assert!(!s.sensor_heartbeat(w2, &held, false, at(now), until(now)).await.unwrap().held[0].1, "changed");
+    let got = s.sensor_heartbeat(w2, &[], true, at(now), until(now)).await.unwrap().start.unwrap();
+    assert_eq!(got.task.sensor.parameters, json!({"n": 2}));
+    assert_eq!(s.release_sensors(w2).await.unwrap(), vec![ActionRef::parse("t.watch").unwrap()]);
+    assert_eq!(s.get_sensor("t.watch", at(now)).await.unwrap().unwrap().status, SensorStatus::Pending);
+    // Gone from the pack: gone.
+    s.load_pack(&meta, load(&[]), false, at(now)).await.unwrap();
+    assert!(s.list_sensors(at(now)).await.unwrap().is_empty());
 }

@@ -88,6 +88,9 @@ pub struct PackLoaded {
     pub rules: Vec<String>,
     #[serde(default)]
     pub triggers: Vec<String>,
+    /// Its sensors (`sensors/`), replaced with each load.
+    #[serde(default)]
+    pub sensors: Vec<String>,
     /// Actions removed by a `replace` load.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
@@ -152,6 +155,80 @@ pub struct Registered {
 pub struct Heartbeat {
     #[serde(default)]
     pub leases: Vec<Lease>,
+    /// The sensors it runs, each with the lease token it was handed.
+    #[serde(default)]
+    #[schema(max_items = 4096)]
+    pub sensors: Vec<SensorLease>,
+}
+
+/// A sensor a worker runs (heartbeat), by ref and lease token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SensorLease {
+    #[serde(rename = "ref")]
+    #[schema(pattern = "^[a-z][a-z0-9_-]{0,63}\\.[a-z][a-z0-9_-]{0,63}$")]
+    pub sensor_ref: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
+    pub lease_token: String,
+}
+
+/// Whether the worker still holds a sensor it said it runs: if not, it stops it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SensorLeaseReply {
+    #[serde(rename = "ref")]
+    pub sensor_ref: String,
+    pub held: bool,
+}
+
+/// One event a sensor wrote, as read from its line.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SensedEvent {
+    /// A trigger type among the sensor's `trigger_types`.
+    #[schema(pattern = "^[a-z][a-z0-9_-]{0,63}\\.[a-z][a-z0-9_-]{0,63}$")]
+    pub trigger: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Value,
+}
+
+/// Events a sensor emitted since the last such request (worker → server).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SensorEvents {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
+    pub lease_token: String,
+    #[schema(max_items = 4096)]
+    pub events: Vec<SensedEvent>,
+    /// Lines the worker could not read as an event (not JSON, no `trigger`), counted on the sensor.
+    #[serde(default)]
+    pub malformed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SensorEventsReply {
+    pub accepted: u64,
+    /// Why each refused event was refused (unknown trigger type, payload not matching its schema);
+    /// they are counted as malformed.
+    #[serde(default)]
+    pub refused: Vec<String>,
+}
+
+/// A sensor's program ended (worker → server): it is started again after a backoff.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SensorExit {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
+    pub lease_token: String,
+    /// How it ended: exit code or signal, and the end of what it wrote to stderr.
+    #[schema(max_length = 65536)]
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SensorExitReply {
+    /// When it may start again (ms since the epoch).
+    pub retry_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -164,6 +241,12 @@ pub struct LeaseReply {
 pub struct HeartbeatReply {
     pub status: WorkerStatus,
     pub leases: Vec<LeaseReply>,
+    /// For each sensor the heartbeat named.
+    #[serde(default)]
+    pub sensors: Vec<SensorLeaseReply>,
+    /// Sensors to start now, each under its new lease.
+    #[serde(default)]
+    pub start_sensors: Vec<attune_core::sensors::SensorTask>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -70,6 +70,12 @@ pub(crate) struct Shared {
     /// Largest request the server takes (registration); reports and live output are sent in
     /// requests that fit.
     pub(crate) max_request: usize,
+    /// The sensors this worker runs, by ref.
+    pub(crate) sensors: Mutex<HashMap<String, crate::sensors::Running>>,
+    /// Set when shutdown begins: no sensor is started any more.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Sends a heartbeat now rather than at the next tick (a sensor may be started again).
+    pub(crate) heartbeat_now: Notify,
 }
 
 pub struct Agent {
@@ -139,6 +145,9 @@ impl Agent {
             } else {
                 2 * 1024 * 1024
             },
+            sensors: Mutex::new(HashMap::new()),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            heartbeat_now: Notify::new(),
         });
         let stop_reporter = CancellationToken::new();
         let reporter = tokio::spawn(report::reporter_loop(shared.clone(), outgoing, stop_reporter.clone()));
@@ -153,7 +162,9 @@ impl Agent {
         let mut tasks = JoinSet::new();
         poll_loop(&shared, &mut tasks, max_poll, &shutdown).await;
 
-        // Draining.
+        // Draining. Sensors stop first, so that the server hands them to another worker as soon
+        // as it hears we drain.
+        crate::sensors::stop_all(&shared).await;
         let n = shared.in_flight.lock().expect("in-flight lock").len();
         tracing::info!(in_flight = n, timeout = ?shared.opts.shutdown_timeout, "shutting down: draining");
         if let Err(e) = shared.client().drain(shared.id).await {
@@ -388,6 +399,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = shared.heartbeat_now.notified() => {}
         }
         let leases: Vec<Lease> = shared
             .in_flight
@@ -397,8 +409,17 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
             .map(|(id, f)| Lease { execution_id: *id, lease_token: f.token.clone() })
             .collect();
         let server = shared.server();
-        match shared.clients[server].heartbeat(shared.id, leases).await {
+        let hb = attune_wire::Heartbeat { leases, sensors: crate::sensors::leases(&shared) };
+        match shared.clients[server].heartbeat_with(shared.id, hb).await {
             Ok(reply) => {
+                for s in reply.sensors.iter().filter(|s| !s.held) {
+                    crate::sensors::revoke(&shared, &s.sensor_ref);
+                }
+                if reply.status == attune_core::WorkerStatus::Active {
+                    for t in reply.start_sensors {
+                        crate::sensors::start(&shared, t);
+                    }
+                }
                 let mut map = shared.in_flight.lock().expect("in-flight lock");
                 for l in reply.leases {
                     let Some(f) = map.get_mut(&l.execution_id) else { continue };
@@ -421,6 +442,9 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
             }
             Err(ClientError::Api { status: 404, .. }) => {
                 tracing::error!("the server does not know this worker any more; stopping all tasks");
+                for r in shared.sensors.lock().expect("sensors lock").keys().cloned().collect::<Vec<_>>() {
+                    crate::sensors::revoke(&shared, &r);
+                }
                 for f in shared.in_flight.lock().expect("in-flight lock").values_mut() {
                     f.revoked = true;
                     f.stop.cancel();

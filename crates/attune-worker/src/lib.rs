@@ -7,6 +7,7 @@ mod agent;
 pub mod process;
 mod report;
 pub mod runtime;
+mod sensors;
 
 pub use agent::{Agent, WorkerOptions};
 pub use runtime::detect_runtimes;

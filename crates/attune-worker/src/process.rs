@@ -26,7 +26,13 @@ pub struct Spec {
     pub timeout: Option<Duration>,
     /// Receives each piece of output as it is read (`"stdout"`/`"stderr"`, bytes), within the caps.
     pub tap: Option<Tap>,
+    /// For a program that runs for good (a sensor): every piece of output goes here instead, none
+    /// is kept, and the caps do not apply; reading waits while the channel is full, so a program
+    /// that writes faster than its output is used waits on its pipe.
+    pub stream: Option<Stream>,
 }
+
+pub type Stream = tokio::sync::mpsc::Sender<(&'static str, Vec<u8>)>;
 
 pub type Tap = tokio::sync::mpsc::UnboundedSender<(&'static str, Vec<u8>)>;
 
@@ -119,8 +125,17 @@ pub async fn run(spec: Spec, cancel: CancellationToken) -> std::io::Result<Outco
             let _ = pipe.shutdown().await;
         });
     }
-    let out = tokio::spawn(capture(child.stdout.take(), spec.max_output, "stdout", spec.tap.clone()));
-    let err = tokio::spawn(capture(child.stderr.take(), spec.max_output, "stderr", spec.tap.clone()));
+    let (out, err) = match &spec.stream {
+        Some(s) => (
+            tokio::spawn(forward(child.stdout.take(), "stdout", s.clone())),
+            tokio::spawn(forward(child.stderr.take(), "stderr", s.clone())),
+        ),
+        None => (
+            tokio::spawn(capture(child.stdout.take(), spec.max_output, "stdout", spec.tap.clone())),
+            tokio::spawn(capture(child.stderr.take(), spec.max_output, "stderr", spec.tap.clone())),
+        ),
+    };
+    drop(spec.stream);
 
     let timeout = async {
         match spec.timeout {
@@ -161,6 +176,24 @@ async fn stop(
 
 fn empty() -> Captured {
     Captured { bytes: Vec::new(), truncated: false, total_bytes: 0 }
+}
+
+/// Sends everything read from `pipe` to `sink` (waiting for room); keeps nothing.
+async fn forward<R: AsyncRead + Unpin>(pipe: Option<R>, stream: &'static str, sink: Stream) -> Captured {
+    let Some(mut pipe) = pipe else { return empty() };
+    let mut total: u64 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                total += n as u64;
+                // A receiver gone is not a reason to stop reading: the pipe must not fill up.
+                let _ = sink.send((stream, buf[..n].to_vec())).await;
+            }
+        }
+    }
+    Captured { bytes: Vec::new(), truncated: total > 0, total_bytes: total }
 }
 
 async fn capture<R: AsyncRead + Unpin>(

@@ -79,10 +79,8 @@ pub async fn load_pack(
         ApiError::unprocessable("invalid_pack", "the pack was not loaded")
             .with_details(e.lines().map(str::to_owned).collect())
     })?;
-    let change = state
-        .store
-        .load_pack(&p.meta, &p.actions, &p.triggers, &p.rules, req.replace, Timestamp::now())
-        .await?;
+    let change =
+        state.store.load_pack(&p.meta, crate::packs::content(&p), req.replace, Timestamp::now()).await?;
     state.submissions.forget_pack(&p.meta.pack_ref);
     crate::packs::say_replaced(p.meta.pack_ref.as_str(), &change);
     tracing::info!(pack = %p.meta.pack_ref, actions = p.actions.len(), dir = %dir.display(), by = %who.actor(), "pack loaded");
@@ -94,6 +92,7 @@ pub async fn load_pack(
             actions: p.actions.iter().map(|a| a.action_ref.to_string()).collect(),
             rules: p.rules.iter().map(|r| r.rule_ref.to_string()).collect(),
             triggers: p.triggers.iter().map(|t| t.type_ref.to_string()).collect(),
+            sensors: p.sensors.iter().map(|t| t.sensor_ref.to_string()).collect(),
             removed: change.removed,
             previous_dir: change.previous_dir,
         }),

@@ -12,6 +12,7 @@ mod executions;
 mod keys;
 mod ops;
 mod rules;
+mod sensors;
 mod tokens;
 mod worker;
 
@@ -85,6 +86,12 @@ type Door = Router<Arc<Shared>>;
         worker::release,
         worker::drain,
         worker::deregister,
+        sensors::events,
+        sensors::exit,
+        sensors::list,
+        sensors::get,
+        sensors::enable,
+        sensors::disable,
     ),
     components(schemas(attune_wire::ErrorBody, attune_wire::ErrorDetail, attune_wire::StreamEvent)),
     modifiers(&ErrorResponses)
@@ -278,6 +285,10 @@ fn public_door() -> Door {
         .route("/api/v1/rules/{rule_ref}/enable", post(rules::enable))
         .route("/api/v1/rules/{rule_ref}/disable", post(rules::disable))
         .route("/api/v1/rules/{rule_ref}/test", post(rules::test))
+        .route("/api/v1/sensors", get(sensors::list))
+        .route("/api/v1/sensors/{sensor_ref}", get(sensors::get))
+        .route("/api/v1/sensors/{sensor_ref}/enable", post(sensors::enable))
+        .route("/api/v1/sensors/{sensor_ref}/disable", post(sensors::disable))
 }
 
 /// Webhooks: called by other systems, which authenticate with a token or by signing the body.
@@ -336,6 +347,10 @@ const PUBLIC_RULES: auth::Rules = &[
     (Method::POST, "/api/v1/rules/{rule_ref}/enable", Permission::Admin),
     (Method::POST, "/api/v1/rules/{rule_ref}/disable", Permission::Admin),
     (Method::POST, "/api/v1/rules/{rule_ref}/test", Permission::Read),
+    (Method::GET, "/api/v1/sensors", Permission::Read),
+    (Method::GET, "/api/v1/sensors/{sensor_ref}", Permission::Read),
+    (Method::POST, "/api/v1/sensors/{sensor_ref}/enable", Permission::Admin),
+    (Method::POST, "/api/v1/sensors/{sensor_ref}/disable", Permission::Admin),
 ];
 
 /// Every rule of every door (the API document states each operation's).

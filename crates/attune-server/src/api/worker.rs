@@ -51,6 +51,8 @@ pub(super) const RULES: crate::auth::Rules = &[
     (Method::POST, "/api/v1/worker/{id}/complete-batch", Permission::WorkerProtocol),
     (Method::POST, "/api/v1/worker/{id}/drain", Permission::WorkerProtocol),
     (Method::POST, "/api/v1/worker/{id}/deregister", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/sensors/{sensor_ref}/events", Permission::WorkerProtocol),
+    (Method::POST, "/api/v1/worker/{id}/sensors/{sensor_ref}/exit", Permission::WorkerProtocol),
 ];
 
 pub(super) fn door() -> Door {
@@ -66,6 +68,8 @@ pub(super) fn door() -> Door {
         .route("/api/v1/worker/{id}/complete-batch", post(complete_batch))
         .route("/api/v1/worker/{id}/drain", post(drain))
         .route("/api/v1/worker/{id}/deregister", post(deregister))
+        .route("/api/v1/worker/{id}/sensors/{sensor_ref}/events", post(super::sensors::events))
+        .route("/api/v1/worker/{id}/sensors/{sensor_ref}/exit", post(super::sensors::exit))
 }
 
 /// The registered worker a worker-protocol call comes from: the `{id}` of its path, which must be
@@ -204,12 +208,51 @@ pub async fn heartbeat(
     for l in &hb.leases {
         check_token(&l.lease_token)?;
     }
+    if hb.sensors.len() > MAX_BATCH {
+        return Err(ApiError::unprocessable("invalid_heartbeat", format!("at most {MAX_BATCH} sensors")));
+    }
+    for s in &hb.sensors {
+        check_token(&s.lease_token)?;
+        attune_core::ActionRef::parse(&s.sensor_ref).map_err(|e| {
+            ApiError::unprocessable(
+                "invalid_heartbeat",
+                format!("sensors: {:?} is not a sensor ref: {e}", s.sensor_ref),
+            )
+        })?;
+    }
     let now = Timestamp::now();
-    let (status, leases) =
-        state.store.heartbeat(caller.id, &hb.leases, now, now.plus(state.opts.staleness)).await?;
+    let until = now.plus(state.opts.staleness);
+    let (status, leases) = state.store.heartbeat(caller.id, &hb.leases, now, until).await?;
+    let held: Vec<(String, String)> = hb.sensors.into_iter().map(|s| (s.sensor_ref, s.lease_token)).collect();
+    let beat = state
+        .store
+        .sensor_heartbeat(caller.id, &held, status == attune_core::WorkerStatus::Active, now, until)
+        .await?;
+    let mut start_sensors = Vec::new();
+    if let Some(s) = beat.start {
+        let r = s.task.sensor.sensor_ref.to_string();
+        if s.restart {
+            state.metrics.events.sensor_restarted(&r);
+        }
+        match &s.taken_from {
+            Some(from) => {
+                tracing::warn!(sensor = %r, worker = %caller.name, from = %from, "sensor moved: its worker stopped renewing the lease")
+            }
+            None => {
+                tracing::info!(sensor = %r, worker = %caller.name, restart = s.restart, "sensor handed out")
+            }
+        }
+        start_sensors.push(s.task);
+    }
     Ok(Json(HeartbeatReply {
         status,
         leases: leases.into_iter().map(|(execution_id, state)| LeaseReply { execution_id, state }).collect(),
+        sensors: beat
+            .held
+            .into_iter()
+            .map(|(sensor_ref, held)| attune_wire::SensorLeaseReply { sensor_ref, held })
+            .collect(),
+        start_sensors,
     }))
 }
 
@@ -496,7 +539,8 @@ pub async fn release(
 #[utoipa::path(post, path = "/api/v1/worker/{id}/drain", tag = "worker protocol", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = attune_core::Worker)))]
 pub async fn drain(state: State, caller: Caller) -> Result<Json<Worker>, ApiError> {
     let w = state.store.drain_worker(caller.id, Timestamp::now()).await?;
-    tracing::info!(worker = %w.name, "worker draining");
+    let sensors = state.store.release_sensors(caller.id).await?;
+    tracing::info!(worker = %w.name, sensors_given_back = ?sensors, "worker draining");
     Ok(Json(w))
 }
 
@@ -504,6 +548,7 @@ pub async fn drain(state: State, caller: Caller) -> Result<Json<Worker>, ApiErro
 pub async fn deregister(state: State, caller: Caller) -> Result<Json<Worker>, ApiError> {
     let now = Timestamp::now();
     let w = state.store.deregister_worker(caller.id, now).await?;
+    state.store.release_sensors(caller.id).await?;
     state.store.revoke_worker_tokens(caller.id, now).await?;
     state.tokens.clear();
     crate::metrics::Metrics::add(&state.metrics.workers_deregistered, 1);

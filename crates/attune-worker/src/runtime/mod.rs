@@ -160,6 +160,7 @@ async fn run_process(
         kill_grace: ctx.kill_grace,
         timeout,
         tap: ctx.tap.clone(),
+        stream: None,
     };
     let outcome = match process::run(spec, cancel).await {
         Ok(o) => o,
@@ -231,7 +232,7 @@ async fn run_process(
 }
 
 /// The few variables of the worker's own environment that programs reasonably expect.
-fn base_env() -> Vec<(String, String)> {
+pub(crate) fn base_env() -> Vec<(String, String)> {
     ["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"]
         .into_iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
