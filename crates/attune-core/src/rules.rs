@@ -129,6 +129,9 @@ pub enum Overlap {
     Allow,
     /// Record a `skipped` enforcement instead.
     Skip,
+    /// Keep one run waiting (a `buffered` enforcement) and start it when the running execution
+    /// ends; further events meanwhile are `skipped` (Temporal's BufferOne).
+    BufferOne,
 }
 
 /// The action a rule runs, with parameters that may use `{{ event.… }}`, `{{ rule.… }}` and
@@ -192,8 +195,12 @@ pub enum Outcome {
     NotMatched,
     /// The parameters could not be rendered or were refused; `reason` says why.
     Failed,
-    /// The rule's previous execution was still running (`overlap: skip`).
+    /// The rule's previous execution was still running (`overlap: skip`), or one run was already
+    /// waiting (`overlap: buffer_one`).
     Skipped,
+    /// Waits for the rule's running execution to end (`overlap: buffer_one`); then becomes
+    /// `matched` with the execution it started.
+    Buffered,
 }
 
 impl Outcome {
@@ -203,12 +210,13 @@ impl Outcome {
             Outcome::NotMatched => "not_matched",
             Outcome::Failed => "failed",
             Outcome::Skipped => "skipped",
+            Outcome::Buffered => "buffered",
         }
     }
+    pub const ALL: [Outcome; 5] =
+        [Outcome::Matched, Outcome::NotMatched, Outcome::Failed, Outcome::Skipped, Outcome::Buffered];
     pub fn parse(s: &str) -> Option<Outcome> {
-        [Outcome::Matched, Outcome::NotMatched, Outcome::Failed, Outcome::Skipped]
-            .into_iter()
-            .find(|o| o.as_str() == s)
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
     }
 }
 

@@ -347,7 +347,7 @@ fn read_rule(
     let rule_ref = own_ref(&mut doc, pack);
     let description = doc.string("description", false).unwrap_or_default();
     let enabled = doc.flag("enabled", true);
-    let overlap: Overlap = doc.typed("overlap", "allow or skip").unwrap_or_default();
+    let overlap: Overlap = doc.typed("overlap", "allow, skip or buffer_one").unwrap_or_default();
     let trigger: Option<TriggerSpec> = match doc.map.get("trigger") {
         None | Some(Value::Null) => {
             doc.err("trigger", "is required: { type: core.webhook, parameters: { name: … } }");

@@ -76,7 +76,7 @@ pub(crate) struct EventMetrics {
     /// Events stored by this server, by trigger type.
     by_trigger: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Enforcements recorded by this server, by `Outcome` (in its order).
-    pub enforcements: [AtomicU64; 4],
+    pub enforcements: [AtomicU64; 5],
     /// How late timers fired after their tick was due.
     timer_lag: Histogram,
     /// Sensors this server started again (after an exit, or elsewhere after their worker died).
@@ -111,7 +111,7 @@ impl EventMetrics {
             "# HELP attune_enforcements_total Rule enforcements recorded by this server, by outcome.\n\
              # TYPE attune_enforcements_total counter"
         );
-        for o in [Outcome::Matched, Outcome::NotMatched, Outcome::Failed, Outcome::Skipped] {
+        for o in Outcome::ALL {
             let n = self.enforcements[o as usize].load(Relaxed);
             let _ = writeln!(out, "attune_enforcements_total{{outcome=\"{}\"}} {n}", o.as_str());
         }

@@ -136,7 +136,63 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 break;
             }
         }
+        if let Err(e) = release_buffered(&shared).await {
+            tracing::warn!(error = %e, "buffered runs not released yet; retrying");
+        }
     }
+}
+
+/// Starts each buffered run (`overlap: buffer_one`) whose rule has no open execution any more:
+/// the rule's current definition decides again on the stored event, and the execution's
+/// enforcement turns the buffered one into `matched` in the same transaction. A rule disabled or
+/// removed meanwhile settles it as `skipped`.
+async fn release_buffered(shared: &Arc<Shared>) -> Result<(), String> {
+    let err = |e: StoreError| e.to_string();
+    let waiting = shared.store.buffered_enforcements().await.map_err(err)?;
+    let mut seen = std::collections::HashSet::new();
+    for b in waiting {
+        if !seen.insert(b.rule_ref.to_string()) {
+            continue; // one per rule (there is never more, but a race of replicas could make two)
+        }
+        let rule = shared.store.get_rule(b.rule_ref.as_str()).await.map_err(err)?;
+        let Some(rule) = rule.filter(|r| r.enabled) else {
+            if shared
+                .store
+                .settle_buffered(b.id, Outcome::Skipped, "its rule was disabled or removed while it waited")
+                .await
+                .map_err(err)?
+            {
+                count(shared, Outcome::Skipped);
+            }
+            continue;
+        };
+        if shared.store.rule_has_open_execution(b.rule_ref.as_str()).await.map_err(err)? {
+            continue;
+        }
+        let Some(event) = shared.store.get_event(b.event_id).await.map_err(err)? else { continue };
+        let settle = |outcome: Outcome, why: String| async move {
+            if shared.store.settle_buffered(b.id, outcome, &why).await.map_err(err)? {
+                count(shared, outcome);
+            }
+            Ok::<_, String>(())
+        };
+        match attune_rules::decide(&rule, &event).1 {
+            Decision::Run(parameters) => {
+                match shared.submissions.submit(buffered_request(&rule, &event, parameters, b.id)).await {
+                    Ok(x) => {
+                        count(shared, Outcome::Matched);
+                        tracing::info!(rule = %rule.rule_ref, event = %event.id, execution = %x.id, "buffered run started");
+                    }
+                    Err(SubmitError::Store(e)) if matches!(*e, StoreError::AlreadyDone(_)) => {}
+                    Err(e @ (SubmitError::Store(_) | SubmitError::ShuttingDown)) => return Err(e.to_string()),
+                    Err(e) => settle(Outcome::Failed, refusal(&e)).await?,
+                }
+            }
+            Decision::NotMatched(why) => settle(Outcome::NotMatched, why).await?,
+            Decision::Failed(why) => settle(Outcome::Failed, why).await?,
+        }
+    }
+    Ok(())
 }
 
 /// Every enabled rule each event concerns, once; then the events are done. Decisions are made for
@@ -156,8 +212,10 @@ async fn process(shared: &Arc<Shared>, events: &[TriggerEvent]) -> Result<(), St
     let done = shared.store.enforced_pairs(&ids).await.map_err(err)?;
     let mut records = Vec::new();
     let mut runs: Vec<(Rule, TriggerEvent, Value)> = Vec::new();
-    // `overlap: skip` rules: open already, or started earlier in this batch.
+    // `overlap: skip` and `buffer_one` rules: open already, or started earlier in this batch; and
+    // for `buffer_one`, whether a run waits already.
     let mut busy: HashMap<String, bool> = HashMap::new();
+    let mut waiting: Option<std::collections::HashSet<String>> = None;
     for event in events {
         for rule in rules[event.trigger.as_str()].iter().filter(|r| attune_rules::concerns(r, event)) {
             if done.iter().any(|(e, r)| *e == event.id && r == rule.rule_ref.as_str()) {
@@ -176,19 +234,46 @@ async fn process(shared: &Arc<Shared>, events: &[TriggerEvent]) -> Result<(), St
                 Decision::NotMatched(why) => records.push(record(Outcome::NotMatched, why)),
                 Decision::Failed(why) => records.push(record(Outcome::Failed, why)),
                 Decision::Run(parameters) => {
-                    if rule.overlap == attune_core::rules::Overlap::Skip {
+                    use attune_core::rules::Overlap;
+                    if rule.overlap != Overlap::Allow {
                         let key = rule.rule_ref.to_string();
                         let open = match busy.get(&key) {
                             Some(b) => *b,
                             None => shared.store.rule_has_open_execution(&key).await.map_err(err)?,
                         };
-                        busy.insert(key, true);
-                        if open {
+                        busy.insert(key.clone(), true);
+                        if open && rule.overlap == Overlap::Skip {
                             records.push(record(
                                 Outcome::Skipped,
                                 "its previous execution is still running (overlap: skip)".into(),
                             ));
                             continue;
+                        }
+                        if rule.overlap == Overlap::BufferOne {
+                            if waiting.is_none() {
+                                let all = shared.store.buffered_enforcements().await.map_err(err)?;
+                                waiting = Some(all.iter().map(|e| e.rule_ref.to_string()).collect());
+                            }
+                            let waits = waiting.as_mut().expect("read above");
+                            if waits.contains(&key) {
+                                // Whether it runs or not, one run waits already: this one is
+                                // skipped (the waiting run starts after the running one).
+                                records.push(record(
+                                    Outcome::Skipped,
+                                    "its previous execution is still running and one run waits already \
+                                     (overlap: buffer_one)"
+                                        .into(),
+                                ));
+                                continue;
+                            }
+                            if open {
+                                waits.insert(key);
+                                records.push(record(
+                                    Outcome::Buffered,
+                                    "waits for its previous execution to end (overlap: buffer_one)".into(),
+                                ));
+                                continue;
+                            }
                         }
                     }
                     runs.push((rule.clone(), event.clone(), parameters));
@@ -252,6 +337,15 @@ pub(crate) fn request(rule: &Rule, event: &TriggerEvent, parameters: Value) -> R
             ..Origin::actor(format!("rule:{}", rule.rule_ref))
         },
     }
+}
+
+/// The submission of a buffered run: it keeps its enforcement's id.
+fn buffered_request(rule: &Rule, event: &TriggerEvent, parameters: Value, enforcement: Uuid) -> Request {
+    let mut r = request(rule, event, parameters);
+    if let Some(e) = r.origin.enforces.as_mut() {
+        e.id = enforcement;
+    }
+    r
 }
 
 /// Why a submission was refused, with its details.

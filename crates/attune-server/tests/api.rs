@@ -46,6 +46,7 @@ both!(
     secret_keys_are_sealed_and_opened_only_for_the_worker,
     rules_fire_on_webhooks_and_emitted_events,
     signed_webhooks_timers_and_disabled_rules,
+    buffer_one_keeps_one_run_waiting,
 );
 
 struct Api {
@@ -1258,5 +1259,69 @@ async fn signed_webhooks_timers_and_disabled_rules(db: TestDb) {
     assert_eq!(api.executions().await, n + 1, "one execution, the other ticks skipped");
     let (_, ev) = api.raw(reqwest::Method::GET, "/api/v1/trigger-events?trigger=core.interval", None).await;
     assert_eq!(ev[0]["source"], "timer");
+    api.stop().await;
+}
+
+/// Issue 12, `overlap: buffer_one`: while the rule's execution is open, the next event's run waits
+/// (a `buffered` enforcement) and any more are skipped; when the open one ends, the waiting one
+/// starts, and its enforcement becomes `matched` with that execution.
+async fn buffer_one_keeps_one_run_waiting(db: TestDb) {
+    let api = Api::start(db).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (s, v) = api.post("/api/v1/webhooks/deploys", &format!(r#"{{"n": {n}}}"#)).await;
+        assert_eq!(s, 202, "{v}");
+        // One at a time, so that each sees what the one before did.
+        processed(&api, v["id"].as_str().unwrap()).await;
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let outcome = |d: &Value| d["enforcements"][0]["outcome"].as_str().unwrap_or_default().to_owned();
+    let first = processed(&api, &ids[0]).await;
+    assert_eq!(outcome(&first), "matched", "{first}");
+    let second = processed(&api, &ids[1]).await;
+    assert_eq!(outcome(&second), "buffered", "{second}");
+    assert!(second["enforcements"][0]["execution_id"].is_null());
+    let third = processed(&api, &ids[2]).await;
+    assert_eq!(outcome(&third), "skipped", "{third}");
+    assert!(
+        third["enforcements"][0]["reason"].as_str().unwrap().contains("one run waits already"),
+        "{third}"
+    );
+    let n = api.executions().await;
+    // Nothing runs here (no worker): the first stays open until it is canceled.
+    let x = first["enforcements"][0]["execution_id"].as_str().unwrap();
+    let (s, v) = api.post(&format!("/api/v1/executions/{x}/cancel"), "{}").await;
+    assert_eq!(s, 200, "{v}");
+    let second = attune_testkit::wait_for("the buffered run started", Duration::from_secs(10), || async {
+        let (_, v) = api.raw(reqwest::Method::GET, &format!("/api/v1/trigger-events/{}", ids[1]), None).await;
+        (v["enforcements"][0]["outcome"] == "matched").then_some(v)
+    })
+    .await;
+    let started = second["enforcements"][0]["execution_id"].as_str().unwrap().to_owned();
+    let (_, e) = api.raw(reqwest::Method::GET, &format!("/api/v1/executions/{started}"), None).await;
+    assert_eq!(e["action_ref"], "core.sleep", "{e}");
+    assert_eq!(
+        e["enforcement"], second["enforcements"][0]["id"],
+        "the execution points back to its enforcement"
+    );
+    assert_eq!(api.executions().await, n + 1, "one more run, not two");
+    // Disabled while one waits: the waiting run is settled, not started.
+    let (s, _) = api.post("/api/v1/webhooks/deploys", r#"{"n": 3}"#).await;
+    assert_eq!(s, 202);
+    let (_, rule) = attune_testkit::wait_for("a run waiting again", Duration::from_secs(10), || async {
+        let (s, v) = api.raw(reqwest::Method::GET, "/api/v1/rules/examples.deploy_serially", None).await;
+        (v["recent_enforcements"][0]["outcome"] == "buffered").then_some((s, v))
+    })
+    .await;
+    let waiting = rule["recent_enforcements"][0]["event_id"].as_str().unwrap().to_owned();
+    let (s, _) = api.post("/api/v1/rules/examples.deploy_serially/disable", "{}").await;
+    assert_eq!(s, 200);
+    let settled = attune_testkit::wait_for("the waiting run settled", Duration::from_secs(10), || async {
+        let (_, v) = api.raw(reqwest::Method::GET, &format!("/api/v1/trigger-events/{waiting}"), None).await;
+        (v["enforcements"][0]["outcome"] == "skipped").then_some(v)
+    })
+    .await;
+    assert!(settled["enforcements"][0]["reason"].as_str().unwrap().contains("disabled"), "{settled}");
+    assert_eq!(api.executions().await, n + 1);
     api.stop().await;
 }

@@ -115,10 +115,13 @@ impl Store {
                 for (i, new) in news.iter().enumerate() {
                     if let Some(e) = &new.enforces {
                         // The (event, rule) pair is enforced once: by this execution, or it
-                        // was already and this one is not created.
+                        // was already and this one is not created. A buffered enforcement
+                        // (`overlap: buffer_one`) is the one exception: it becomes this match.
                         let recorded = sqlx::query(
                             "INSERT INTO enforcements (id, event_id, rule_ref, outcome, execution_id, created_at)
-                             VALUES ($1, $2, $3, 'matched', $4, $5) ON CONFLICT (event_id, rule_ref) DO NOTHING",
+                             VALUES ($1, $2, $3, 'matched', $4, $5) ON CONFLICT (event_id, rule_ref) DO UPDATE
+                             SET outcome = 'matched', execution_id = excluded.execution_id, reason = NULL
+                             WHERE enforcements.outcome = 'buffered'",
                         )
                         .bind(e.id.to_string())
                         .bind(e.event_id.to_string())

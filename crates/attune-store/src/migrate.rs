@@ -18,6 +18,7 @@ const SQLITE: &[(i64, &str)] = &[
     (12, include_str!("../migrations/sqlite/0012_events.sql")),
     (13, include_str!("../migrations/sqlite/0013_rule_events.sql")),
     (14, include_str!("../migrations/sqlite/0014_sensors.sql")),
+    (15, include_str!("../migrations/sqlite/0015_buffered.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -33,6 +34,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (12, include_str!("../migrations/postgres/0012_events.sql")),
     (13, include_str!("../migrations/postgres/0013_rule_events.sql")),
     (14, include_str!("../migrations/postgres/0014_sensors.sql")),
+    (15, include_str!("../migrations/postgres/0015_buffered.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

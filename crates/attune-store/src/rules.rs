@@ -334,6 +334,34 @@ impl Store {
     }
 
     /// Whether an execution a rule started is not finished yet (for `overlap: skip`).
+    /// Enforcements waiting for their rule's running execution to end (`overlap: buffer_one`),
+    /// oldest first.
+    pub async fn buffered_enforcements(&self) -> Result<Vec<Enforcement>> {
+        read_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {ENF_COLS} FROM enforcements WHERE outcome = 'buffered' ORDER BY created_at, id"
+            ))
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(enforcement_from_row).collect()
+        })
+    }
+
+    /// Settles a buffered enforcement that will not run (its rule was disabled or removed, or its
+    /// parameters no longer render); false when it was settled already.
+    pub async fn settle_buffered(&self, id: Uuid, outcome: Outcome, reason: &str) -> Result<bool> {
+        let n = write_pool!(self, p => {
+            sqlx::query("UPDATE enforcements SET outcome = $2, reason = $3 WHERE id = $1 AND outcome = 'buffered'")
+                .bind(id.to_string())
+                .bind(outcome.as_str())
+                .bind(reason)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n == 1)
+    }
+
     pub async fn rule_has_open_execution(&self, rule: &str) -> Result<bool> {
         let terminal: Vec<String> = attune_core::ExecutionStatus::ALL
             .into_iter()

@@ -349,7 +349,7 @@ pub struct StreamEvent {
     pub kind: String,
     /// `ExecutionScheduled`, `ExecutionRunning`, …, `ExecutionCompleted` (any terminal status);
     /// `WorkerRegistered`, `WorkerActive`, `WorkerInactive`, `WorkerDeregistered`;
-    /// `EventReceived`; `RuleMatched`, `RuleNotMatched`, `RuleFailed`, `RuleSkipped`.
+    /// `EventReceived`; `RuleMatched`, `RuleNotMatched`, `RuleFailed`, `RuleSkipped`, `RuleBuffered`.
     pub name: String,
     pub at: attune_core::Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
