@@ -114,15 +114,23 @@ pub async fn pack(ctx: &Ctx, c: PackCmd) -> anyhow::Result<i32> {
             };
             let loaded = ctx.client.load_pack(&LoadPack { dir: sent, replace }).await?;
             print(ctx.output, &loaded, || {
-                let mut t = Table::new(vec!["PACK", "ACTION", "CHANGE"]);
-                for a in &loaded.actions {
-                    t.row(vec![loaded.pack_ref.clone(), a.clone(), "loaded".into()]);
+                let mut t = Table::new(vec!["PACK", "KIND", "REF", "CHANGE"]);
+                let p = || loaded.pack_ref.clone();
+                for (kind, refs) in [
+                    ("action", &loaded.actions),
+                    ("trigger", &loaded.triggers),
+                    ("rule", &loaded.rules),
+                    ("sensor", &loaded.sensors),
+                ] {
+                    for r in refs {
+                        t.row(vec![p(), kind.into(), r.clone(), "loaded".into()]);
+                    }
                 }
                 for a in &loaded.removed {
-                    t.row(vec![loaded.pack_ref.clone(), a.clone(), "removed".into()]);
+                    t.row(vec![p(), "action".into(), a.clone(), "removed".into()]);
                 }
                 if let Some(d) = &loaded.previous_dir {
-                    t.row(vec![loaded.pack_ref.clone(), "-".into(), format!("taken over from {d}")]);
+                    t.row(vec![p(), "pack".into(), "-".into(), format!("taken over from {d}")]);
                 }
                 t
             })?;

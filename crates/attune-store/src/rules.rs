@@ -226,14 +226,15 @@ impl Store {
         })
     }
 
-    /// Records enforcements without an execution (not matched, failed, skipped) in one
-    /// transaction; a pair enforced already keeps its first. Returns how many were new.
+    /// Records enforcements without an execution (not matched, failed, skipped, buffered); a pair
+    /// enforced already keeps its first. Returns how many were new. Each statement of at most 250
+    /// rows commits on its own: a partial write repeats nothing when the events are processed
+    /// again, and on SQLite a timer's tick waits for one such statement, not for all of them.
     pub async fn record_enforcements(&self, all: &[Enforcement]) -> Result<u64> {
         const COLS: usize = 7;
         let mut n = 0;
         write_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            for chunk in all.chunks(500) {
+            for chunk in all.chunks(250) {
                 let rows: Vec<String> = (0..chunk.len())
                     .map(|i| {
                         let b = i * COLS;
@@ -256,9 +257,8 @@ impl Store {
                         .bind(e.reason.clone())
                         .bind(e.created_at.millis());
                 }
-                n += q.execute(&mut *tx).await?.rows_affected();
+                n += q.execute(p).await?.rows_affected();
             }
-            tx.commit().await?;
         });
         Ok(n)
     }
