@@ -54,6 +54,7 @@ pub async fn submit_many(client: &Client, n: usize, action: &str, params: Value)
                 timeout_seconds: None,
                 max_attempts: None,
                 backoff_seconds: None,
+                ..Default::default()
             };
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
                 client.create_execution(&req).await?;

@@ -98,6 +98,31 @@ pub struct RunArgs {
     /// Seconds to wait before a retry (overrides the action's retry policy).
     #[arg(long)]
     backoff: Option<u64>,
+    /// Fail it if no worker starts it within this many seconds (overrides the action's
+    /// scheduled_timeout_seconds and the server's executor.scheduled_timeout).
+    #[arg(long, value_name = "SECONDS")]
+    scheduled_timeout: Option<u64>,
+    /// Run it only on a worker with this label (repeatable; replaces the action's worker_selector).
+    #[arg(long = "on", value_name = "LABEL=VALUE")]
+    on: Vec<String>,
+}
+
+/// `k=v` words as a JSON object of text values.
+pub fn parse_labels(words: &[String], flag: &str) -> anyhow::Result<Value> {
+    let mut m = Map::new();
+    for w in words {
+        match w.split_once('=') {
+            Some((k, v)) if attune_core::action::valid_label_name(k) => {
+                m.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+            _ => {
+                return Err(usage(format!(
+                    "{flag} {w:?}: expected NAME=VALUE, NAME being 1 to 63 of A-Z a-z 0-9 . _ -"
+                )))
+            }
+        }
+    }
+    Ok(Value::Object(m))
 }
 
 pub async fn pack(ctx: &Ctx, c: PackCmd) -> anyhow::Result<i32> {
@@ -178,6 +203,24 @@ pub async fn action(ctx: &Ctx, c: ActionCmd) -> anyhow::Result<i32> {
                     ("output_format", format!("{:?}", a.output_format).to_lowercase()),
                     ("timeout", a.timeout_seconds.map(|t| format!("{t}s")).unwrap_or_else(|| "none".into())),
                     ("max_attempts", a.retry.max_attempts.to_string()),
+                    (
+                        "scheduled_timeout",
+                        a.scheduled_timeout_seconds
+                            .map(|t| format!("{t}s"))
+                            .unwrap_or_else(|| "the server's (executor.scheduled_timeout)".into()),
+                    ),
+                    (
+                        "worker_selector",
+                        if a.worker_selector.is_empty() {
+                            "any worker of its runtime".into()
+                        } else {
+                            a.worker_selector
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        },
+                    ),
                 ];
                 let required: Vec<&str> = a
                     .parameters
@@ -257,6 +300,8 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
         timeout_seconds: a.timeout,
         max_attempts: a.max_attempts,
         backoff_seconds: a.backoff,
+        scheduled_timeout_seconds: a.scheduled_timeout,
+        worker_selector: if a.on.is_empty() { None } else { Some(parse_labels(&a.on, "--on")?) },
     };
     let e = ctx.client.create_execution(&req).await?;
     if !a.wait {
@@ -314,6 +359,13 @@ fn show_execution(ctx: &Ctx, e: &Execution) -> anyhow::Result<()> {
             ("worker", e.worker.clone().unwrap_or_default()),
             ("parameters", e.parameters.to_string()),
         ];
+        if !e.worker_selector.is_empty() {
+            let on: Vec<String> = e.worker_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            pairs.push(("runs on", format!("workers labelled {}", on.join(", "))));
+        }
+        if let Some(w) = &e.waiting {
+            pairs.push(("waiting", w.clone()));
+        }
         if let Some(c) = e.exit_code {
             pairs.push(("exit_code", c.to_string()));
         }

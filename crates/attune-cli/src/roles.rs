@@ -53,6 +53,9 @@ pub struct WorkerArgs {
     /// Tasks run at once.
     #[arg(long)]
     concurrency: Option<u32>,
+    /// A label offered to actions' worker selectors (repeatable; added to worker.labels).
+    #[arg(long = "label", value_name = "NAME=VALUE")]
+    labels: Vec<String>,
 }
 
 fn init_logging(s: &Settings) {
@@ -121,7 +124,7 @@ fn worker_options(
         shutdown_timeout: s.worker.shutdown_timeout,
         max_output: s.worker.max_output_bytes,
         kill_grace: s.worker.kill_grace,
-        labels: serde_json::json!({}),
+        labels: serde_json::to_value(&s.worker.labels).unwrap_or_default(),
         scratch_dir: scratch,
         enroll_token: enrollment_token(s),
     }
@@ -316,7 +319,17 @@ pub async fn worker(
     if let Some(c) = a.concurrency {
         flags.push(Override::num("worker.concurrency", c as u64));
     }
-    let s = load(config, flags)?;
+    let mut s = load(config, flags)?;
+    if let Some(serde_json::Value::Object(m)) = Some(crate::cmds::parse_labels(&a.labels, "--label")?) {
+        for (k, v) in m {
+            s.worker.labels.insert(k, v.as_str().unwrap_or_default().to_owned());
+        }
+    }
+    if let Some(bad) = s.worker.labels.keys().find(|k| !attune_core::action::valid_label_name(k)) {
+        return Err(crate::cmds::usage(format!(
+            "worker.labels: label name {bad:?} must be 1 to 63 of A-Z a-z 0-9 . _ -"
+        )));
+    }
     init_logging(&s);
     let name =
         s.worker.name.clone().unwrap_or_else(|| format!("{}-{}", attune_worker_host(), std::process::id()));

@@ -56,6 +56,7 @@ impl Cluster {
             max_attempts,
             timeout_seconds: None,
             backoff_seconds: None,
+            ..Default::default()
         };
         self.client.create_execution(&req).await.unwrap()
     }
@@ -767,4 +768,77 @@ async fn an_exiting_sensor_is_restarted_with_backoff() {
     assert!(metrics.contains("attune_sensor_restarts_total{sensor=\"sense.quitter\"} 2"), "{metrics}");
     let ticker = c.client.get_sensor("sense.ticker").await.unwrap();
     assert_eq!((ticker.status, ticker.events), (SensorStatus::Disabled, 0));
+}
+
+/// `attune worker --label …` against the cluster, once registered.
+fn labelled_worker(c: &Cluster, name: &str, labels: &[&str]) -> Proc {
+    let mut env = c.env.clone();
+    env.push(("ATTUNE__WORKER__TOKEN".into(), common::tokens(&c.url).enroll));
+    let mut args = vec!["--server", c.url.as_str(), "worker", "--name", name];
+    for l in labels {
+        args.extend(["--label", l]);
+    }
+    let w = common::spawn(name, &args, &env);
+    w.wait_line(Duration::from_secs(30), |l| l.contains("worker registered").then_some(()));
+    w
+}
+
+/// Issue 16: a label-routed execution runs only on a worker with the labels; one no worker can
+/// take says why it waits and fails with the seed's error after its own schedule-to-start timeout
+/// (2 s) while the server's is 300 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_routing_and_per_execution_schedule_timeouts() {
+    let c = Cluster::start(TestDb::sqlite(), &[("ATTUNE__EXECUTOR__TIMEOUT_CHECK_INTERVAL", "250ms")]);
+    let _eu = labelled_worker(&c, "w-eu", &["region=eu", "tier=gold"]);
+    let _us = labelled_worker(&c, "w-us", &["region=us"]);
+    let out = common::cli(&c.url, &["worker", "--label", "bad name=1"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--label"), "{}", out.stderr);
+    let routed = CreateExecution {
+        action_ref: "core.noop".into(),
+        worker_selector: Some(json!({"region": "eu"})),
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(c.client.create_execution(&routed).await.unwrap().id);
+    }
+    for id in ids {
+        let e = c.wait_status(id, |e| e.status.is_terminal(), "done", Duration::from_secs(20)).await;
+        assert_eq!((e.status, e.worker.as_deref()), (ExecutionStatus::Succeeded, Some("w-eu")));
+    }
+    // By the CLI: `attune run --on`.
+    let out = common::cli(&c.url, &["run", "core.noop", "--on", "region=us", "--wait", "-o", "json"]);
+    assert_eq!((out.code, out.json()["worker"].as_str()), (0, Some("w-us")), "{out:?}");
+
+    // Nobody is on Mars.
+    let t0 = Instant::now();
+    let nowhere = CreateExecution {
+        action_ref: "core.noop".into(),
+        worker_selector: Some(json!({"region": "mars"})),
+        scheduled_timeout_seconds: Some(2),
+        ..Default::default()
+    };
+    let e = c.client.create_execution(&nowhere).await.unwrap();
+    let out = common::cli(&c.url, &["execution", "get", &e.id.to_string()]);
+    assert!(out.stdout.contains("no active builtin worker has the labels region=mars"), "{}", out.stdout);
+    let done = c.wait_status(e.id, |e| e.status.is_terminal(), "failed", Duration::from_secs(10)).await;
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(5), "failed after {took:?}");
+    let err = done.error.unwrap();
+    assert_eq!(done.status, ExecutionStatus::Failed);
+    assert_eq!(
+        (err["failed_by"].as_str(), err["timeout_seconds"].as_u64()),
+        (Some("execution_timeout_monitor"), Some(2))
+    );
+    // Bad selectors are refused at the door.
+    let (s, body) = common::request(
+        &c.url,
+        "POST",
+        "/api/v1/executions",
+        Some(&common::tokens(&c.url).admin),
+        r#"{"action_ref": "core.noop", "worker_selector": {"region": ["eu"]}}"#,
+    );
+    assert_eq!(s, 422, "{body}");
+    assert!(body.contains("worker_selector") && body.contains("region"), "{body}");
 }

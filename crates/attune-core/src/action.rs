@@ -137,6 +137,58 @@ pub struct Action {
     /// `entry_point` under `<pack_dir>/actions/`.
     #[serde(default)]
     pub pack_dir: Option<String>,
+    /// How long an execution may wait to be started before it fails with the seed's
+    /// schedule-to-start error; absent: the server's `executor.scheduled_timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_timeout_seconds: Option<u64>,
+    /// Labels a worker must have, each with the same value, to run it (`{region: eu}`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub worker_selector: std::collections::BTreeMap<String, String>,
+}
+
+/// Whether `k` may be a worker label's or a selector's name: 1 to 63 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_label_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 63
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A label's value as text (`true` and `3` match `"true"` and `"3"`), or why it cannot be one.
+pub fn label_value(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) if s.len() <= 253 && !s.chars().any(char::is_control) => Ok(s.clone()),
+        Value::String(_) => Err("a text of at most 253 characters without control characters".into()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err("a text, a number or true/false".into()),
+    }
+}
+
+/// Labels (or a selector) as a map of text values, from a JSON object (`null`: none); or the first
+/// problem, naming the label.
+pub fn labels_from(v: &Value) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    match v {
+        Value::Null => {}
+        Value::Object(m) => {
+            for (k, x) in m {
+                if !valid_label_name(k) {
+                    return Err(format!("label name {k:?} must be 1 to 63 of A-Z a-z 0-9 . _ -"));
+                }
+                out.insert(k.clone(), label_value(x).map_err(|e| format!("label {k}: must be {e}"))?);
+            }
+        }
+        _ => return Err("labels must be a mapping of name to value".into()),
+    }
+    Ok(out)
+}
+
+/// Whether labels satisfy a selector: every selected label present with the same value.
+pub fn labels_match(
+    selector: &std::collections::BTreeMap<String, String>,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 impl Action {

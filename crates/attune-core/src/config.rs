@@ -150,6 +150,8 @@ pub struct WorkerSettings {
     /// After SIGTERM to a timed-out or canceled action, wait this long before SIGKILL.
     #[serde(with = "serde_duration")]
     pub kill_grace: Duration,
+    /// Labels this worker offers to actions' `worker_selector`s (`region: eu`); `--label` adds to them.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -314,6 +316,7 @@ impl Default for WorkerSettings {
             ca_file: None,
             max_output_bytes: 10 * 1024 * 1024,
             kill_grace: Duration::from_secs(5),
+            labels: Default::default(),
         }
     }
 }

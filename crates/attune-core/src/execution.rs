@@ -53,6 +53,12 @@ pub struct Execution {
     /// Every started attempt, oldest first. Filled on `get`, empty in lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// The worker labels it needs (its action's `worker_selector`, or its submission's).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub worker_selector: std::collections::BTreeMap<String, String>,
+    /// Why it still waits, when no active worker can take it (on `get` of a scheduled one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     /// The action definition as it was when the execution was accepted.
     #[serde(skip)]
     pub action: Option<Action>,

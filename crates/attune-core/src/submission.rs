@@ -81,6 +81,23 @@ pub struct Overrides {
     pub timeout_seconds: Option<u64>,
     pub max_attempts: Option<u32>,
     pub backoff_seconds: Option<u64>,
+    /// Overrides the action's `scheduled_timeout_seconds`.
+    pub scheduled_timeout_seconds: Option<u64>,
+    /// Replaces the action's `worker_selector`.
+    pub worker_selector: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Longest an execution may wait to be started (30 days).
+pub const MAX_SCHEDULED_TIMEOUT_SECONDS: u64 = 30 * 86_400;
+
+/// Checks a schedule-to-start timeout, from a submission or an action definition.
+pub fn check_scheduled_timeout(t: Option<u64>) -> Result<(), String> {
+    match t {
+        Some(t) if !(1..=MAX_SCHEDULED_TIMEOUT_SECONDS).contains(&t) => Err(format!(
+            "scheduled_timeout_seconds must be between 1 and {MAX_SCHEDULED_TIMEOUT_SECONDS} (30 days), not {t}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Where a submission comes from.
@@ -159,6 +176,25 @@ pub fn prepare(
         action.retry.backoff_seconds = b;
     }
     action.retry.max_attempts = max_attempts;
+    check_scheduled_timeout(o.scheduled_timeout_seconds)
+        .map_err(|m| invalid("invalid_scheduled_timeout", m))?;
+    // The snapshot carries the execution's own queue policy.
+    if let Some(t) = o.scheduled_timeout_seconds {
+        action.scheduled_timeout_seconds = Some(t);
+    }
+    if let Some(sel) = &o.worker_selector {
+        for (k, v) in sel {
+            if !crate::action::valid_label_name(k)
+                || crate::action::label_value(&Value::String(v.clone())).is_err()
+            {
+                return Err(invalid(
+                    "invalid_worker_selector",
+                    format!("worker_selector: label {k:?} must be 1 to 63 of A-Z a-z 0-9 . _ - with a short text value"),
+                ));
+            }
+        }
+        action.worker_selector = sel.clone();
+    }
     Ok(NewExecution {
         timeout_seconds: o.timeout_seconds.or(action.timeout_seconds),
         action,
@@ -192,6 +228,8 @@ mod tests {
             timeout_seconds: None,
             retry: RetryPolicy::default(),
             pack_dir: None,
+            scheduled_timeout_seconds: None,
+            worker_selector: Default::default(),
         }
     }
 

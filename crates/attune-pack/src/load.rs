@@ -88,6 +88,8 @@ const ACTION_FIELDS: &[&str] = &[
     "output_format",
     "timeout_seconds",
     "retry",
+    "scheduled_timeout_seconds",
+    "worker_selector",
 ];
 
 const TRIGGER_FIELDS: &[&str] = &["ref", "description", "parameters", "payload"];
@@ -607,6 +609,18 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
     let timeout_seconds: Option<u64> = doc.typed("timeout_seconds", "a whole number of seconds");
     let retry: RetryPolicy =
         doc.typed("retry", "a mapping with max_attempts (>= 1) and backoff_seconds").unwrap_or_default();
+    let scheduled_timeout_seconds: Option<u64> =
+        doc.typed("scheduled_timeout_seconds", "a whole number of seconds");
+    if let Err(e) = attune_core::submission::check_scheduled_timeout(scheduled_timeout_seconds) {
+        doc.err("scheduled_timeout_seconds", e);
+    }
+    let worker_selector = match doc.map.get("worker_selector").cloned() {
+        None => Default::default(),
+        Some(v) => attune_core::action::labels_from(&v).unwrap_or_else(|e| {
+            doc.err("worker_selector", e);
+            Default::default()
+        }),
+    };
     let (Some(action_ref), Some(runtime), Some(entry_point)) = (action_ref, runtime, entry_point) else {
         // Not an action yet; still report what can be checked on its own.
         if let Some(p) = check_parameters(&parameters) {
@@ -627,6 +641,8 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         timeout_seconds,
         retry,
         pack_dir: pack.dir.clone(),
+        scheduled_timeout_seconds,
+        worker_selector,
     };
     let problems = check_action(&pack.pack_ref, &action);
     let entry_ok = !problems.iter().any(|p| p.field == "entry_point");

@@ -319,3 +319,27 @@ fn sensors_load_and_their_mistakes_are_named() {
         "another pack's trigger type is the server's to check"
     );
 }
+
+#[test]
+fn queue_policies_of_an_action_load_and_their_mistakes_are_named() {
+    let base = ("pack.yaml", "ref: ops\n");
+    let script = ("actions/a.sh", "echo hi\n");
+    let ok = "ref: a\nruntime: shell\nentry_point: a.sh\nscheduled_timeout_seconds: 2\nworker_selector: { region: eu, gpu: true, slots: 4 }\n";
+    let dir = pack(&[base, script, ("actions/a.yaml", ok)]);
+    let p = load_pack_dir(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let a = &p.actions[0];
+    assert_eq!(a.scheduled_timeout_seconds, Some(2));
+    let sel: Vec<(&str, &str)> = a.worker_selector.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(sel, [("gpu", "true"), ("region", "eu"), ("slots", "4")], "values as text");
+    for (extra, field, says) in [
+        ("scheduled_timeout_seconds: 0\n", "scheduled_timeout_seconds", "between 1 and"),
+        ("scheduled_timeout_seconds: soon\n", "scheduled_timeout_seconds", "whole number"),
+        ("worker_selector: [eu]\n", "worker_selector", "mapping"),
+        ("worker_selector: { \"a b\": x }\n", "worker_selector", "label name"),
+        ("worker_selector: { region: [eu] }\n", "worker_selector", "label region"),
+    ] {
+        let body = format!("ref: a\nruntime: shell\nentry_point: a.sh\n{extra}");
+        let e = errors_of(&[base, script, ("actions/a.yaml", &body)]);
+        assert!(e.contains(&format!("field `{field}`")) && e.contains(says), "{extra}: {e}");
+    }
+}

@@ -146,7 +146,8 @@ impl Submissions {
             overrides: Overrides {
                 timeout_seconds: old.timeout_seconds,
                 max_attempts: Some(old.max_attempts),
-                backoff_seconds: None,
+                // The snapshot keeps its selector and schedule-to-start timeout.
+                ..Default::default()
             },
             origin: Origin {
                 parent: Some(old.id),

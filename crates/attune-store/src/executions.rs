@@ -55,6 +55,8 @@ pub(crate) fn exec_from_row(r: &impl RowExt) -> Result<Execution> {
         enforcement: r.opt_text("enforcement")?,
         history: Vec::new(),
         attempts: Vec::new(),
+        worker_selector: action.worker_selector.clone(),
+        waiting: None,
         action: Some(action),
     })
 }
@@ -162,7 +164,7 @@ impl Store {
             }
             let accepted: Vec<usize> = (0..news.len()).filter(|i| refused[*i].is_none()).collect();
             if !accepted.is_empty() {
-                const COLS: usize = 15;
+                const COLS: usize = 17;
                 let rows: Vec<String> = (0..accepted.len())
                     .map(|n| {
                         let b = n * COLS;
@@ -174,7 +176,8 @@ impl Store {
                 let sql = format!(
                     "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
                         not_before, created_at, updated_at, scheduled_at, timeout_seconds, parent, trace_id,
-                        enforcement, backoff_seconds, transition_actor, transition_reason) VALUES {}",
+                        enforcement, backoff_seconds, transition_actor, transition_reason, scheduled_timeout_ms,
+                        selector) VALUES {}",
                     rows.join(", ")
                 );
                 let mut q = sqlx::query(&sql);
@@ -196,7 +199,9 @@ impl Store {
                         .bind(new.enforces.as_ref().map(|e| e.id.to_string()))
                         .bind(new.action.retry.backoff_seconds as i64)
                         .bind(new.actor.clone())
-                        .bind(reason);
+                        .bind(reason)
+                        .bind(new.action.scheduled_timeout_seconds.map(|t| (t * 1000) as i64))
+                        .bind((!new.action.worker_selector.is_empty()).then(|| to_json(&new.action.worker_selector)));
                 }
                 match tx.as_mut() {
                     Some(tx) => q.execute(&mut **tx).await?,
@@ -413,6 +418,8 @@ fn accepted_execution(id: Uuid, new: NewExecution, now: Timestamp) -> Execution 
         enforcement: new.enforces.as_ref().map(|e| e.id.to_string()),
         history: Vec::new(),
         attempts: Vec::new(),
+        worker_selector: new.action.worker_selector.clone(),
+        waiting: None,
         action: Some(new.action),
     }
 }

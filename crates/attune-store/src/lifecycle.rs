@@ -193,7 +193,8 @@ impl Store {
         let (cond, list) = in_list(self.kind, "e.id", 1, ids);
         let sql = format!(
             "SELECT e.id, e.status, e.attempt, e.max_attempts, e.backoff_seconds, e.lease_token,
-                    e.lease_expires_at, e.worker_id, e.worker_name, e.scheduled_at, w.last_heartbeat
+                    e.lease_expires_at, e.worker_id, e.worker_name, e.scheduled_at, e.scheduled_timeout_ms,
+                    w.last_heartbeat
              FROM executions e LEFT JOIN workers w ON w.id = e.worker_id WHERE {cond}"
         );
         const T: &str = "executions";
@@ -215,6 +216,9 @@ impl Store {
                         worker_name: r.opt_text("worker_name")?,
                         worker_heartbeat: ts(r.opt_big("last_heartbeat")?),
                         scheduled_at: ts(r.opt_big("scheduled_at")?),
+                        scheduled_timeout: r
+                            .opt_big("scheduled_timeout_ms")?
+                            .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64)),
                     };
                     Ok((s.id, s))
                 })
@@ -498,9 +502,13 @@ impl Store {
     /// Fails executions that waited in `scheduled` longer than `timeout` (seed 003's execution
     /// timeout monitor), with the seed's error object.
     pub async fn fail_unstarted(&self, timeout: Duration, now: Timestamp) -> Result<Vec<Applied>> {
-        let ids = self
-            .ids_where("status = 'scheduled' AND scheduled_at < $1 ORDER BY id LIMIT 500", now.minus(timeout))
-            .await?;
+        // Each by its own timeout when it has one, else by the server's.
+        let sql = "SELECT id FROM executions WHERE status = 'scheduled'
+             AND scheduled_at < $1 - COALESCE(scheduled_timeout_ms, $2) ORDER BY id LIMIT 500";
+        let rows: Vec<String> = read_pool!(self, p => {
+            sqlx::query_scalar(sql).bind(now.millis()).bind(timeout.as_millis() as i64).fetch_all(p).await?
+        });
+        let ids = rows.iter().map(|s| uuid("executions", s)).collect::<Result<Vec<_>>>()?;
         Ok(applied_only(self.drive(&ids, |s| lifecycle::schedule_timeout(s, timeout, now)).await?))
     }
 

@@ -19,6 +19,7 @@ const SQLITE: &[(i64, &str)] = &[
     (13, include_str!("../migrations/sqlite/0013_rule_events.sql")),
     (14, include_str!("../migrations/sqlite/0014_sensors.sql")),
     (15, include_str!("../migrations/sqlite/0015_buffered.sql")),
+    (16, include_str!("../migrations/sqlite/0016_queue_policies.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -35,6 +36,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (13, include_str!("../migrations/postgres/0013_rule_events.sql")),
     (14, include_str!("../migrations/postgres/0014_sensors.sql")),
     (15, include_str!("../migrations/postgres/0015_buffered.sql")),
+    (16, include_str!("../migrations/postgres/0016_queue_policies.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

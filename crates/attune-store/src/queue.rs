@@ -36,12 +36,23 @@ impl Store {
             crate::BackendKind::Sqlite => "",
         };
         let avoid = AVOID_WINDOW.as_millis();
+        // An execution with a worker selector goes only to a worker whose labels (text values, as
+        // registration stores them) include every selected label with the same value.
+        let selected = match self.kind {
+            crate::BackendKind::Postgres => {
+                "(selector IS NULL OR (SELECT labels FROM workers WHERE id = $2)::jsonb @> selector::jsonb)"
+            }
+            crate::BackendKind::Sqlite => {
+                "(selector IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(executions.selector) s
+                    WHERE json_extract((SELECT labels FROM workers WHERE id = $2), '$.\"' || s.key || '\"') IS NOT s.value))"
+            }
+        };
         let sql = format!(
             "UPDATE executions SET lease_token = $1, worker_id = $2, worker_name = $3, delivered_at = $4,
                 lease_expires_at = $5, updated_at = $4
              WHERE id IN (SELECT id FROM executions
                  WHERE status = 'scheduled' AND lease_token IS NULL AND queue IN ({queues})
-                   AND not_before <= $4
+                   AND not_before <= $4 AND {selected}
                    AND (avoid_worker IS NULL OR avoid_worker <> $2 OR not_before < $4 - {avoid}
                         OR NOT EXISTS (SELECT 1 FROM workers o WHERE o.status = 'active' AND o.id <> $2
                                        AND o.runtimes LIKE '%\"' || executions.queue || '\"%'))

@@ -68,6 +68,7 @@ conformance!(
     any_output_is_stored_exactly,
     many_events_about_one_execution_are_decided_in_order,
     sensors_run_on_one_worker_at_a_time,
+    selectors_route_and_own_timeouts_expire,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -104,6 +105,8 @@ fn action(name: &str, runtime: Runtime, max_attempts: u32) -> Action {
         timeout_seconds: None,
         retry: RetryPolicy { max_attempts, backoff_seconds: 0 },
         pack_dir: None,
+        scheduled_timeout_seconds: None,
+        worker_selector: Default::default(),
     }
 }
 
@@ -1211,4 +1214,69 @@ async fn sensors_run_on_one_worker_at_a_time(db: &TestDb) {
     // Gone from the pack: gone.
     s.load_pack(&meta, load(&[]), false, at(now)).await.unwrap();
     assert!(s.list_sensors(at(now)).await.unwrap().is_empty());
+}
+
+/// Issue 16: an execution with a worker selector is claimed only by a worker whose labels include
+/// every selected label with the same value; an execution's own schedule-to-start timeout is used
+/// instead of the server's.
+async fn selectors_route_and_own_timeouts_expire(db: &TestDb) {
+    let s = open(db).await;
+    let labelled = |name: &str, labels: serde_json::Value| {
+        let w = NewWorker {
+            name: name.into(),
+            host: "h".into(),
+            runtimes: vec![Runtime::Shell],
+            labels,
+            concurrency: 4,
+            version: "t".into(),
+        };
+        let s = &s;
+        async move { s.register_worker(&w, at(0)).await.unwrap().id }
+    };
+    let bare = labelled("bare", json!({})).await;
+    let us = labelled("us", json!({"region": "us", "gpu": "true"})).await;
+    let eu = labelled("eu", json!({"region": "eu"})).await;
+    let eu_gpu = labelled("eu-gpu", json!({"region": "eu", "gpu": "true"})).await;
+    let mut a = action("echo", Runtime::Shell, 1);
+    a.worker_selector =
+        [("region".to_owned(), "eu".to_owned()), ("gpu".to_owned(), "true".to_owned())].into();
+    let routed = submit(&s, &a, at(1)).await;
+    let until = at(1).plus(STALENESS);
+    for w in [bare, us, eu] {
+        assert!(
+            s.claim(w, "x", &[Runtime::Shell], 10, at(2), until).await.unwrap().is_empty(),
+            "not for {w}"
+        );
+    }
+    let got = s.claim(eu_gpu, "eu-gpu", &[Runtime::Shell], 10, at(2), until).await.unwrap();
+    assert_eq!(got.iter().map(|t| t.execution_id).collect::<Vec<_>>(), vec![routed]);
+    assert_eq!(got[0].action.worker_selector.len(), 2);
+    let plain = submit(&s, &action("echo", Runtime::Shell, 1), at(3)).await;
+    let got = s.claim(bare, "bare", &[Runtime::Shell], 10, at(3), until).await.unwrap();
+    assert_eq!(got[0].execution_id, plain, "no selector: any worker");
+
+    // Its own schedule-to-start timeout (2 s) against the server's (300 s).
+    let mut quick = action("echo", Runtime::Shell, 1);
+    quick.scheduled_timeout_seconds = Some(2);
+    quick.worker_selector = [("region".to_owned(), "mars".to_owned())].into();
+    let stuck = submit(&s, &quick, at(10)).await;
+    let slow = {
+        let mut b = action("echo", Runtime::Shell, 1);
+        b.worker_selector = quick.worker_selector.clone();
+        submit(&s, &b, at(10)).await
+    };
+    let e = s.get_execution(stuck).await.unwrap().unwrap();
+    assert_eq!(e.worker_selector.get("region").map(String::as_str), Some("mars"));
+    assert!(s.fail_unstarted(Duration::from_secs(300), at(12)).await.unwrap().is_empty(), "not yet");
+    let failed = s.fail_unstarted(Duration::from_secs(300), at(13)).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    let e = s.get_execution(stuck).await.unwrap().unwrap();
+    assert_eq!(e.status, ExecutionStatus::Failed);
+    let err = e.error.unwrap();
+    assert_eq!(
+        (err["failed_by"].as_str(), err["timeout_seconds"].as_u64()),
+        (Some("execution_timeout_monitor"), Some(2))
+    );
+    assert!(err["error"].as_str().unwrap().contains("did not pick up task within 2 seconds"), "{err}");
+    assert_eq!(status(&s, slow).await, ExecutionStatus::Scheduled, "the server's 300 s for the other");
 }

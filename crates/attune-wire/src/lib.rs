@@ -52,6 +52,15 @@ pub struct CreateExecution {
     #[serde(default, with = "attune_core::whole::option")]
     #[schema(minimum = 0, maximum = 86400)]
     pub backoff_seconds: Option<u64>,
+    /// Overrides the action's `scheduled_timeout_seconds`: how long it may wait to be started
+    /// (1 s to 30 days) before it fails.
+    #[serde(default, with = "attune_core::whole::option")]
+    #[schema(minimum = 1, maximum = 2592000)]
+    pub scheduled_timeout_seconds: Option<u64>,
+    /// Replaces the action's `worker_selector`: labels a worker must have (`{"region": "eu"}`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub worker_selector: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -80,6 +80,8 @@ impl Scratch {
             timeout_seconds: None,
             retry: RetryPolicy::default(),
             pack_dir: Some(self.dir.path().display().to_string()),
+            scheduled_timeout_seconds: None,
+            worker_selector: Default::default(),
         }
     }
 

@@ -280,8 +280,9 @@ fn expiry_cause(s: &Stored, worker: &str, staleness: Duration, at: Timestamp) ->
 
 /// Seed 003's execution timeout monitor: an execution still `scheduled` `timeout` after it was
 /// queued fails, with the seed's error object, and is dead-lettered (`queue_ttl`).
-pub fn schedule_timeout(s: &Stored, timeout: Duration, at: Timestamp) -> Decision {
+pub fn schedule_timeout(s: &Stored, default: Duration, at: Timestamp) -> Decision {
     let Some(queued) = s.scheduled_at else { return Decision::Unchanged };
+    let timeout = s.scheduled_timeout.unwrap_or(default);
     if s.status != Scheduled || queued.plus(timeout) >= at {
         return Decision::Unchanged;
     }

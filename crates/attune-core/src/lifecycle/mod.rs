@@ -51,6 +51,8 @@ pub struct Stored {
     pub worker_heartbeat: Option<Timestamp>,
     /// When it was last put in the queue.
     pub scheduled_at: Option<Timestamp>,
+    /// Its own schedule-to-start timeout (the action's or the submission's), if it has one.
+    pub scheduled_timeout: Option<std::time::Duration>,
 }
 
 /// A worker's claim to a lease: the token of the delivery and the worker making the call.

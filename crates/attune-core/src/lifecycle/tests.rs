@@ -32,6 +32,7 @@ fn stored(status: ExecutionStatus, max_attempts: u32) -> Stored {
         worker_name: Some("w1".into()),
         worker_heartbeat: Some(at(-60)),
         scheduled_at: Some(at(-600)),
+        scheduled_timeout: None,
     }
 }
 

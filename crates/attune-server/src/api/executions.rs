@@ -31,6 +31,10 @@ pub async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     let action_ref = ActionRef::parse(&req.action_ref)
         .map_err(|e| ApiError::unprocessable("invalid_action_ref", e.to_string()))?;
+    let worker_selector =
+        req.worker_selector.as_ref().map(attune_core::action::labels_from).transpose().map_err(|e| {
+            ApiError::unprocessable("invalid_worker_selector", format!("worker_selector: {e}"))
+        })?;
     let e = state
         .submissions
         .submit(Request {
@@ -40,6 +44,8 @@ pub async fn create(
                 timeout_seconds: req.timeout_seconds,
                 max_attempts: req.max_attempts,
                 backoff_seconds: req.backoff_seconds,
+                scheduled_timeout_seconds: req.scheduled_timeout_seconds,
+                worker_selector,
             },
             origin: Origin::actor(who.actor()),
         })
@@ -90,9 +96,47 @@ pub async fn list(
 pub async fn get(state: State, Path(id): Path<String>) -> Result<Json<Execution>, ApiError> {
     let id = parse_id("execution", &id)?;
     match state.store.get_execution_with_history(id).await? {
-        Some(e) => Ok(Json(e.masked())),
+        Some(mut e) => {
+            if e.status == attune_core::ExecutionStatus::Scheduled && e.worker_id.is_none() {
+                e.waiting = why_waiting(&state, &e).await?;
+            }
+            Ok(Json(e.masked()))
+        }
         None => Err(ApiError::not_found("not_found", format!("execution {id} not found"))),
     }
+}
+
+/// Why no worker takes a scheduled execution, when that is knowable: no active worker runs its
+/// runtime, or none has the labels its selector asks for.
+async fn why_waiting(state: &State, e: &Execution) -> Result<Option<String>, ApiError> {
+    let Some(runtime) = e.action.as_ref().map(|a| a.runtime) else { return Ok(None) };
+    let active: Vec<attune_core::Worker> = state
+        .store
+        .list_workers(false)
+        .await?
+        .into_iter()
+        .filter(|w| w.status == attune_core::WorkerStatus::Active && w.runtimes.contains(&runtime))
+        .collect();
+    if active.is_empty() {
+        return Ok(Some(format!("no active worker runs the {runtime} runtime")));
+    }
+    if e.worker_selector.is_empty() {
+        return Ok(None);
+    }
+    let fits = active.iter().any(|w| {
+        attune_core::action::labels_from(&w.labels)
+            .map(|l| attune_core::action::labels_match(&e.worker_selector, &l))
+            .unwrap_or(false)
+    });
+    let wanted: Vec<String> = e.worker_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Ok((!fits).then(|| {
+        format!(
+            "no active {runtime} worker has the labels {} (active: {}); it waits for one, until its \
+             schedule-to-start timeout",
+            wanted.join(", "),
+            active.iter().map(|w| format!("{} {}", w.name, w.labels)).collect::<Vec<_>>().join("; ")
+        )
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions", params(("id" = uuid::Uuid, Path)), responses((status = 200, body = attune_core::Execution), (status = 409, description = "Stale lease or invalid transition")))]

@@ -151,14 +151,13 @@ pub async fn register(
     if req.concurrency == 0 || req.concurrency > 4096 {
         return Err(bad("concurrency must be between 1 and 4096"));
     }
-    if !(req.labels.is_null() || req.labels.is_object()) {
-        return Err(bad("labels must be an object"));
-    }
+    // Stored as text values, which is what worker selectors compare with.
+    let labels = attune_core::action::labels_from(&req.labels).map_err(|e| bad(&e))?;
     let w = NewWorker {
         name: req.name,
         host: req.host,
         runtimes: req.runtimes,
-        labels: if req.labels.is_null() { serde_json::json!({}) } else { req.labels },
+        labels: serde_json::to_value(labels).unwrap_or_default(),
         concurrency: req.concurrency,
         version: req.version,
     };
