@@ -221,6 +221,24 @@ pub async fn action(ctx: &Ctx, c: ActionCmd) -> anyhow::Result<i32> {
                                 .join(", ")
                         },
                     ),
+                    (
+                        "concurrency",
+                        match &a.concurrency {
+                            None => "unlimited".into(),
+                            Some(c) => format!(
+                                "at most {} at once{}, on_limit: {}",
+                                c.limit,
+                                c.key
+                                    .as_ref()
+                                    .map(|k| format!(" per {k}"))
+                                    .unwrap_or_else(|| " in all".into()),
+                                serde_json::to_value(c.on_limit)
+                                    .ok()
+                                    .and_then(|v| v.as_str().map(str::to_owned))
+                                    .unwrap_or_default()
+                            ),
+                        },
+                    ),
                 ];
                 let required: Vec<&str> = a
                     .parameters

@@ -842,3 +842,70 @@ async fn label_routing_and_per_execution_schedule_timeouts() {
     assert_eq!(s, 422, "{body}");
     assert!(body.contains("worker_selector") && body.contains("region"), "{body}");
 }
+
+/// The running intervals of `e` from its history: (from, to) for each time it ran.
+fn running_intervals(e: &Execution) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    let mut since = None;
+    for h in &e.history {
+        match (h.to, since) {
+            (ExecutionStatus::Running, None) => since = Some(h.at.millis()),
+            (ExecutionStatus::Running | ExecutionStatus::Canceling, Some(_)) => {}
+            (_, Some(s)) => {
+                out.push((s, h.at.millis()));
+                since = None;
+            }
+            _ => {}
+        }
+    }
+    assert!(since.is_none(), "{} still running", e.id);
+    out
+}
+
+/// Issue 16: `examples.deploy` has `concurrency: {limit: 1, key: "{{ parameters.environment }}"}`.
+/// 20 submissions over 2 environments on 3 workers, one worker killed -9 while it deploys: all
+/// succeed, and the history shows never two deploys running at once to one environment — the
+/// killed worker's slot is held until its lease is resolved, not freed when the worker dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_holds_per_key_through_a_worker_kill() {
+    let c = Cluster::start(TestDb::sqlite(), &[]);
+    let mut workers: Vec<(String, Proc)> =
+        ["w1", "w2", "w3"].iter().map(|n| (n.to_string(), c.worker(n, &[]))).collect();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let env = if i % 2 == 0 { "staging" } else { "prod" };
+        let req = CreateExecution {
+            action_ref: "examples.deploy".into(),
+            parameters: Some(json!({"environment": env, "version": format!("1.{i}"), "seconds": 0.3})),
+            max_attempts: Some(2),
+            ..Default::default()
+        };
+        ids.push(c.client.create_execution(&req).await.unwrap().id);
+    }
+    // Kill whichever worker runs a deploy now.
+    let running =
+        c.wait_status(ids[4], |e| running_on(e).is_some(), "a deploy running", Duration::from_secs(20)).await;
+    let victim = running.worker.clone().unwrap();
+    let i = workers.iter().position(|(n, _)| *n == victim).unwrap();
+    let (_, mut w) = workers.remove(i);
+    w.signal(Signal::SIGKILL);
+    w.wait_exit(Duration::from_secs(5));
+    let mut by_env: std::collections::BTreeMap<String, Vec<(i64, i64, Uuid)>> = Default::default();
+    for id in &ids {
+        let done = c.wait_status(*id, |e| e.status.is_terminal(), "deployed", Duration::from_secs(60)).await;
+        assert_eq!(done.status, ExecutionStatus::Succeeded, "{done:?}");
+        let full = c.get(*id).await;
+        let env = full.parameters["environment"].as_str().unwrap().to_owned();
+        for (from, to) in running_intervals(&full) {
+            by_env.entry(env.clone()).or_default().push((from, to, *id));
+        }
+    }
+    assert!(c.get(running.id).await.attempts.len() == 2, "the killed deploy was run again");
+    for (env, mut spans) in by_env {
+        spans.sort();
+        for pair in spans.windows(2) {
+            let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+            assert!(start >= end, "{env}: {b} started at {start} while {a} ran until {end}");
+        }
+    }
+}

@@ -102,6 +102,38 @@ fn one() -> u32 {
     1
 }
 
+/// How many executions of an action (with the same rendered `key`) may run at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyPolicy {
+    /// At most this many hold a slot at once: delivered to a worker, running or being canceled.
+    pub limit: u32,
+    /// A template over `parameters` (`"{{ parameters.environment }}"`): executions with the same
+    /// rendered key share the limit. Absent: one limit for the whole action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub on_limit: OnLimit,
+}
+
+/// What a submission does when its key is at the limit already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// Wait in `scheduled`, in order, for a slot.
+    #[default]
+    Queue,
+    /// The new execution is canceled at once, with the reason.
+    CancelNew,
+    /// The oldest open execution of the key is canceled, and the new one waits for its slot.
+    CancelOldest,
+}
+
+/// Most executions a concurrency limit may allow at once.
+pub const MAX_CONCURRENCY_LIMIT: u32 = 10_000;
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy { max_attempts: 1, backoff_seconds: 0 }
@@ -144,6 +176,9 @@ pub struct Action {
     /// Labels a worker must have, each with the same value, to run it (`{region: eu}`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub worker_selector: std::collections::BTreeMap<String, String>,
+    /// How many may run at once, per rendered key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyPolicy>,
 }
 
 /// Whether `k` may be a worker label's or a selector's name: 1 to 63 of `A-Z a-z 0-9 . _ -`.

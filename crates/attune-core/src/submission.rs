@@ -60,6 +60,9 @@ pub struct NewExecution {
     /// A dead letter this execution requeues: marked requeued in the same transaction, and the
     /// execution is not created if it was requeued already.
     pub requeue_of: Option<Uuid>,
+    /// Its concurrency slot's key (`<action>/<rendered key>`) and limit, when its action has a
+    /// concurrency policy (set by the submission service, which renders the key).
+    pub concurrency: Option<(String, u32)>,
 }
 
 impl NewExecution {
@@ -205,6 +208,7 @@ pub fn prepare(
         trace_id: origin.trace_id,
         enforces: origin.enforces,
         requeue_of: origin.requeue_of,
+        concurrency: None,
     })
 }
 
@@ -230,6 +234,7 @@ mod tests {
             pack_dir: None,
             scheduled_timeout_seconds: None,
             worker_selector: Default::default(),
+            concurrency: None,
         }
     }
 

@@ -90,6 +90,7 @@ const ACTION_FIELDS: &[&str] = &[
     "retry",
     "scheduled_timeout_seconds",
     "worker_selector",
+    "concurrency",
 ];
 
 const TRIGGER_FIELDS: &[&str] = &["ref", "description", "parameters", "payload"];
@@ -621,6 +622,25 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
             Default::default()
         }),
     };
+    let concurrency: Option<attune_core::action::ConcurrencyPolicy> = doc.typed(
+        "concurrency",
+        "a mapping with limit (1 to 10000), key (a template over parameters) and on_limit (queue, cancel_new or cancel_oldest)",
+    );
+    if let Some(c) = &concurrency {
+        if c.limit == 0 || c.limit > attune_core::action::MAX_CONCURRENCY_LIMIT {
+            doc.err(
+                "concurrency.limit",
+                format!("must be between 1 and {}", attune_core::action::MAX_CONCURRENCY_LIMIT),
+            );
+        }
+        if let Some(k) = &c.key {
+            if let Err(e) = attune_template::check_syntax(&Value::String(k.clone()), "concurrency.key") {
+                doc.err("concurrency.key", e.message);
+            } else if !attune_template::has_templates(&Value::String(k.clone())) {
+                doc.err("concurrency.key", "must use the parameters, e.g. \"{{ parameters.environment }}\" (a fixed key is the same as none)");
+            }
+        }
+    }
     let (Some(action_ref), Some(runtime), Some(entry_point)) = (action_ref, runtime, entry_point) else {
         // Not an action yet; still report what can be checked on its own.
         if let Some(p) = check_parameters(&parameters) {
@@ -643,6 +663,7 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         pack_dir: pack.dir.clone(),
         scheduled_timeout_seconds,
         worker_selector,
+        concurrency,
     };
     let problems = check_action(&pack.pack_ref, &action);
     let entry_ok = !problems.iter().any(|p| p.field == "entry_point");

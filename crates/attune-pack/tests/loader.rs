@@ -331,12 +331,21 @@ fn queue_policies_of_an_action_load_and_their_mistakes_are_named() {
     assert_eq!(a.scheduled_timeout_seconds, Some(2));
     let sel: Vec<(&str, &str)> = a.worker_selector.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(sel, [("gpu", "true"), ("region", "eu"), ("slots", "4")], "values as text");
+    let p = load_pack_dir(&repo_packs().join("examples")).unwrap_or_else(|e| panic!("{e}"));
+    let deploy = p.actions.iter().find(|a| a.action_ref.as_str() == "examples.deploy").unwrap();
+    let c = deploy.concurrency.as_ref().unwrap();
+    assert_eq!((c.limit, c.key.as_deref()), (1, Some("{{ parameters.environment }}")));
     for (extra, field, says) in [
         ("scheduled_timeout_seconds: 0\n", "scheduled_timeout_seconds", "between 1 and"),
         ("scheduled_timeout_seconds: soon\n", "scheduled_timeout_seconds", "whole number"),
         ("worker_selector: [eu]\n", "worker_selector", "mapping"),
         ("worker_selector: { \"a b\": x }\n", "worker_selector", "label name"),
         ("worker_selector: { region: [eu] }\n", "worker_selector", "label region"),
+        ("concurrency: { limit: 0 }\n", "concurrency.limit", "between 1 and"),
+        ("concurrency: { limit: 1, on_limit: drop }\n", "concurrency", "unknown variant"),
+        ("concurrency: { limit: 1, per: x }\n", "concurrency", "unknown field"),
+        ("concurrency: { limit: 1, key: \"{{ parameters.x \" }\n", "concurrency.key", "syntax"),
+        ("concurrency: { limit: 1, key: prod }\n", "concurrency.key", "must use the parameters"),
     ] {
         let body = format!("ref: a\nruntime: shell\nentry_point: a.sh\n{extra}");
         let e = errors_of(&[base, script, ("actions/a.yaml", &body)]);

@@ -143,7 +143,10 @@ impl Shared {
             // No receivers is fine: nobody is waiting.
             let _ = self.changes.send(*id);
         }
-        let work = changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled);
+        // A task is waiting now (submitted, retried), or a concurrency slot may have been freed.
+        let limits = self.submissions.limits_in_use.load(std::sync::atomic::Ordering::Relaxed);
+        let work =
+            changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled || (limits && s.is_terminal()));
         if work {
             self.work_available.notify_waiters();
         }

@@ -12,6 +12,7 @@ use std::{
 };
 
 use attune_core::{
+    action::OnLimit,
     submission::{prepare, Invalid, Origin, Overrides},
     Action, ActionRef, Execution, NewExecution, PackRef, Timestamp,
 };
@@ -78,6 +79,9 @@ pub(crate) struct Submissions {
     commits: Commit,
     validators: Mutex<HashMap<ActionRef, (Value, Arc<ParamValidator>)>>,
     actions: Mutex<HashMap<ActionRef, (Instant, Action)>>,
+    /// Set once an execution under a concurrency limit was accepted here: from then on an
+    /// execution that ends may free a slot, and waiting workers are woken for it.
+    pub(crate) limits_in_use: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) type Inserts = Batches<NewExecution, Inserted>;
@@ -90,6 +94,7 @@ impl Submissions {
             commits,
             validators: Mutex::new(HashMap::new()),
             actions: Mutex::new(HashMap::new()),
+            limits_in_use: std::sync::atomic::AtomicBool::new(false),
         };
         (s, batches)
     }
@@ -97,7 +102,52 @@ impl Submissions {
     /// Validates and accepts one execution.
     pub(crate) async fn submit(&self, req: Request) -> Result<Execution, SubmitError> {
         let new = self.prepare(req).await?;
-        self.commits.submit(new).await.ok_or(SubmitError::ShuttingDown)?.map_err(SubmitError::Store)
+        let limited = new.concurrency.clone().zip(new.action.concurrency.as_ref().map(|c| c.on_limit));
+        if limited.is_some() {
+            self.limits_in_use.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let e =
+            self.commits.submit(new).await.ok_or(SubmitError::ShuttingDown)?.map_err(SubmitError::Store)?;
+        match limited {
+            Some(((key, limit), on)) if on != OnLimit::Queue => self.on_limit(e, &key, limit, on).await,
+            _ => Ok(e),
+        }
+    }
+
+    /// `on_limit: cancel_new | cancel_oldest` once `e` is accepted: when its key has more open
+    /// executions than the limit, the new one or the oldest other one is canceled.
+    async fn on_limit(
+        &self,
+        e: Execution,
+        key: &str,
+        limit: u32,
+        on: OnLimit,
+    ) -> Result<Execution, SubmitError> {
+        let open = self.store.open_with_concurrency_key(key).await?;
+        if open.len() <= limit as usize {
+            return Ok(e);
+        }
+        let now = attune_core::Timestamp::now();
+        match on {
+            OnLimit::CancelNew => {
+                let actor = format!("concurrency limit {limit} of {key} (on_limit: cancel_new)");
+                Ok(self.store.cancel_execution(e.id, &actor, now).await?)
+            }
+            _ => {
+                if let Some(oldest) = open.into_iter().find(|id| *id != e.id) {
+                    let actor = format!("concurrency limit {limit} of {key} (on_limit: cancel_oldest)");
+                    match self.store.cancel_execution(oldest, &actor, now).await {
+                        Ok(_) => {
+                            tracing::info!(canceled = %oldest, new = %e.id, key, "oldest execution canceled for a new one")
+                        }
+                        // It ended meanwhile: its slot is free anyway.
+                        Err(StoreError::Transition { .. }) => {}
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                Ok(e)
+            }
+        }
     }
 
     /// Everything but the insert: the action, the parameters against its schema, the bounds.
@@ -116,7 +166,30 @@ impl Submissions {
                 return Err(SubmitError::Parameters { action: action.action_ref, details });
             }
         }
-        Ok(prepare(action, req.parameters, &req.overrides, req.origin)?)
+        let mut new = prepare(action, req.parameters, &req.overrides, req.origin)?;
+        if let Some(c) = &new.action.concurrency {
+            let key = match &c.key {
+                None => String::new(),
+                Some(k) => {
+                    let ctx = serde_json::json!({ "parameters": new.parameters });
+                    match attune_template::render_over(&Value::String(k.clone()), "concurrency.key", &ctx) {
+                        Ok(Value::String(s)) => s,
+                        Ok(other) => other.to_string(),
+                        Err(e) => {
+                            return Err(SubmitError::Parameters {
+                                action: new.action.action_ref.clone(),
+                                details: vec![format!(
+                                    "the action's concurrency key {k:?} cannot be rendered with these parameters: {}",
+                                    e.message
+                                )],
+                            })
+                        }
+                    }
+                }
+            };
+            new.concurrency = Some((format!("{}/{key}", new.action.action_ref), c.limit));
+        }
+        Ok(new)
     }
 
     /// Requeues a dead letter: a new execution of the same action snapshot with the same

@@ -47,6 +47,7 @@ both!(
     rules_fire_on_webhooks_and_emitted_events,
     signed_webhooks_timers_and_disabled_rules,
     buffer_one_keeps_one_run_waiting,
+    on_limit_cancels_the_new_or_the_oldest,
 );
 
 struct Api {
@@ -75,7 +76,8 @@ impl Api {
     async fn start_with(db: TestDb, tune: impl FnOnce(&mut ServerOptions)) -> Api {
         let store = Arc::new(Store::open(&StoreOptions::new(db.url.clone())).await.unwrap());
         let packs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
-        let (loaded, problems) = attune_server::packs::load_dirs(&store, &[packs]).await;
+        let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/packs");
+        let (loaded, problems) = attune_server::packs::load_dirs(&store, &[packs, policies]).await;
         assert!(loaded.iter().any(|p| p.starts_with("core")), "{problems:?}");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1323,5 +1325,48 @@ async fn buffer_one_keeps_one_run_waiting(db: TestDb) {
     .await;
     assert!(settled["enforcements"][0]["reason"].as_str().unwrap().contains("disabled"), "{settled}");
     assert_eq!(api.executions().await, n + 1);
+    api.stop().await;
+}
+
+/// Issue 16: `on_limit: cancel_new` cancels a submission whose key is at its limit, and
+/// `cancel_oldest` cancels the key's oldest open execution instead; other keys are untouched; a
+/// key that cannot be rendered is refused.
+async fn on_limit_cancels_the_new_or_the_oldest(db: TestDb) {
+    let api = Api::start(db).await;
+    let run = |action: &'static str, target: &'static str| {
+        let api = &api;
+        async move {
+            let body =
+                format!(r#"{{"action_ref": "policies.{action}", "parameters": {{"target": "{target}"}}}}"#);
+            let (s, v) = api.post("/api/v1/executions", &body).await;
+            assert_eq!(s, 201, "{v}");
+            v
+        }
+    };
+    let status = |id: &Value| {
+        let api = &api;
+        let id = id.as_str().unwrap().to_owned();
+        async move {
+            api.raw(reqwest::Method::GET, &format!("/api/v1/executions/{id}"), None).await.1["status"].clone()
+        }
+    };
+    // Nothing runs here (no worker): the first of a key stays open.
+    let a = run("first_wins", "db1").await;
+    let b = run("first_wins", "db1").await;
+    let other = run("first_wins", "db2").await;
+    assert_eq!((a["status"].as_str(), b["status"].as_str()), (Some("scheduled"), Some("canceled")), "{b}");
+    assert_eq!(other["status"], "scheduled");
+    let (_, full) = api
+        .raw(reqwest::Method::GET, &format!("/api/v1/executions/{}", b["id"].as_str().unwrap()), None)
+        .await;
+    assert!(full.to_string().contains("on_limit: cancel_new"), "{full}");
+
+    let x = run("only_newest", "db1").await;
+    let y = run("only_newest", "db1").await;
+    assert_eq!(y["status"], "scheduled");
+    assert_eq!(status(&x["id"]).await, "canceled", "the oldest made room");
+    let z = run("only_newest", "db1").await;
+    assert_eq!((status(&y["id"]).await, status(&z["id"]).await), (json!("canceled"), json!("scheduled")));
+    assert_eq!(status(&a["id"]).await, "scheduled", "another action's limit is its own");
     api.stop().await;
 }

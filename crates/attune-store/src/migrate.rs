@@ -20,6 +20,7 @@ const SQLITE: &[(i64, &str)] = &[
     (14, include_str!("../migrations/sqlite/0014_sensors.sql")),
     (15, include_str!("../migrations/sqlite/0015_buffered.sql")),
     (16, include_str!("../migrations/sqlite/0016_queue_policies.sql")),
+    (17, include_str!("../migrations/sqlite/0017_concurrency.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -37,6 +38,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (14, include_str!("../migrations/postgres/0014_sensors.sql")),
     (15, include_str!("../migrations/postgres/0015_buffered.sql")),
     (16, include_str!("../migrations/postgres/0016_queue_policies.sql")),
+    (17, include_str!("../migrations/postgres/0017_concurrency.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

@@ -69,6 +69,7 @@ conformance!(
     many_events_about_one_execution_are_decided_in_order,
     sensors_run_on_one_worker_at_a_time,
     selectors_route_and_own_timeouts_expire,
+    concurrency_limits_hold_per_key,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -107,6 +108,7 @@ fn action(name: &str, runtime: Runtime, max_attempts: u32) -> Action {
         pack_dir: None,
         scheduled_timeout_seconds: None,
         worker_selector: Default::default(),
+        concurrency: None,
     }
 }
 
@@ -121,6 +123,7 @@ async fn submit(s: &Store, a: &Action, now: Timestamp) -> Uuid {
         trace_id: None,
         enforces: None,
         requeue_of: None,
+        concurrency: None,
     };
     s.create_execution(new, now).await.unwrap().id
 }
@@ -685,6 +688,7 @@ async fn dead_letters_list_and_requeue_once(db: &TestDb) {
         trace_id: None,
         enforces: None,
         requeue_of: Some(dl),
+        concurrency: None,
     };
     let new = s.create_execution(requeue(dls[1].id), at(50)).await.unwrap();
     assert_eq!((new.status, new.parent, new.attempt), (ExecutionStatus::Scheduled, Some(id), 0));
@@ -719,6 +723,7 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
             trace_id: None,
             enforces: None,
             requeue_of: None,
+            concurrency: None,
         })
         .collect();
     let created: Vec<_> =
@@ -1013,6 +1018,7 @@ async fn events_are_enforced_once_and_ticks_fire_once(db: &TestDb) {
         trace_id: None,
         enforces: Some(Enforcing { id: enforcement, event_id: event.id, rule_ref: rule.clone() }),
         requeue_of: None,
+        concurrency: None,
     };
     let first = s.create_execution(new(Uuid::now_v7()), at(1)).await.unwrap();
     let again = s.create_execution(new(Uuid::now_v7()), at(2)).await;
@@ -1279,4 +1285,60 @@ async fn selectors_route_and_own_timeouts_expire(db: &TestDb) {
     );
     assert!(err["error"].as_str().unwrap().contains("did not pick up task within 2 seconds"), "{err}");
     assert_eq!(status(&s, slow).await, ExecutionStatus::Scheduled, "the server's 300 s for the other");
+}
+
+/// Issue 16: at most `limit` executions with the same concurrency key hold a slot (delivered,
+/// running or canceling); the others wait, in order, and take a slot when one is freed — by an
+/// end, or by a delivery that was never started — never earlier.
+async fn concurrency_limits_hold_per_key(db: &TestDb) {
+    let s = open(db).await;
+    let w = worker(&s, "w", &[Runtime::Shell], at(0)).await;
+    let a = action("deploy", Runtime::Shell, 1);
+    let submit_keyed = |key: &str, t: u64| {
+        let new = NewExecution {
+            action: a.clone(),
+            parameters: json!({}),
+            timeout_seconds: None,
+            max_attempts: 1,
+            actor: "t".into(),
+            parent: None,
+            trace_id: None,
+            enforces: None,
+            requeue_of: None,
+            concurrency: Some((format!("t.deploy/{key}"), 1)),
+        };
+        let s = &s;
+        async move { s.create_executions(vec![new], at(t)).await.unwrap().remove(0).unwrap().id }
+    };
+    let a1 = submit_keyed("prod", 1).await;
+    let a2 = submit_keyed("prod", 2).await;
+    let b1 = submit_keyed("staging", 3).await;
+    let a3 = submit_keyed("prod", 4).await;
+    let until = |t: u64| at(t).plus(STALENESS);
+    let ids = |tasks: Vec<attune_core::Task>| {
+        tasks.into_iter().map(|t| (t.execution_id, t.lease_token)).collect::<Vec<_>>()
+    };
+    let got = ids(s.claim(w, "w", &[Runtime::Shell], 10, at(5), until(5)).await.unwrap());
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![a1, b1], "one per key, oldest first");
+    assert!(
+        s.claim(w, "w", &[Runtime::Shell], 10, at(6), until(6)).await.unwrap().is_empty(),
+        "delivered holds"
+    );
+    // A delivery never started frees its slot when it expires.
+    let n = s.expire_deliveries(until(5).plus(Duration::from_secs(1))).await.unwrap();
+    assert_eq!(n, 2);
+    let t = until(5).plus(Duration::from_secs(2)).millis() / 1000 - T0.millis() / 1000;
+    let got = ids(s.claim(w, "w", &[Runtime::Shell], 10, at(t as u64), until(t as u64)).await.unwrap());
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![a1, b1], "the same two again");
+    let (_, tok1) = got.iter().find(|(i, _)| *i == a1).unwrap().clone();
+    let now = at(t as u64 + 1);
+    s.start(a1, h(&tok1, w), now, until(t as u64 + 1)).await.unwrap();
+    assert!(
+        s.claim(w, "w", &[Runtime::Shell], 10, now, until(t as u64 + 1)).await.unwrap().is_empty(),
+        "running holds"
+    );
+    s.complete(a1, h(&tok1, w), &ok_report(), now).await.unwrap();
+    let got = ids(s.claim(w, "w", &[Runtime::Shell], 10, now, until(t as u64 + 1)).await.unwrap());
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![a2], "the next of prod, not a3");
+    assert_eq!(s.open_with_concurrency_key("t.deploy/prod").await.unwrap(), vec![a2, a3]);
 }

@@ -91,6 +91,18 @@ pub fn render(v: &Value, path: &str, keys: &HashMap<String, String>) -> Result<V
     walk(v, path, &env, &Value::Null)
 }
 
+/// `v` rendered over `context` (an object of names), with `key()` refused: for values that are
+/// compared or stored, never handed to an action (a concurrency key, say).
+pub fn render_over(v: &Value, path: &str, context: &Value) -> Result<Value, Error> {
+    let env = environment(|name: String| {
+        Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("key({name:?}) cannot be used here"),
+        ))
+    });
+    walk(v, path, &env, context)
+}
+
 /// `v` rendered over `context` (an object: its fields are the templates' names, such as `event`
 /// and `rule`), leaving each `key('name')` for later: the result holds `{{ key('name') }}` where a
 /// key was used, so that a secret is opened only when its task is handed out, and nothing else

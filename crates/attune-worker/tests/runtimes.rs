@@ -82,6 +82,7 @@ impl Scratch {
             pack_dir: Some(self.dir.path().display().to_string()),
             scheduled_timeout_seconds: None,
             worker_selector: Default::default(),
+            concurrency: None,
         }
     }
 
