@@ -239,6 +239,18 @@ pub async fn action(ctx: &Ctx, c: ActionCmd) -> anyhow::Result<i32> {
                             ),
                         },
                     ),
+                    (
+                        "rate_limit",
+                        match &a.rate_limit {
+                            None => "none".into(),
+                            Some(r) => format!(
+                                "{} starts a second, bursts of {}{}",
+                                r.per_second,
+                                r.burst(),
+                                r.key.as_ref().map(|k| format!(", per {k}")).unwrap_or_default()
+                            ),
+                        },
+                    ),
                 ];
                 let required: Vec<&str> = a
                     .parameters

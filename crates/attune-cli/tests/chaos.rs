@@ -909,3 +909,41 @@ async fn a_concurrency_limit_holds_per_key_through_a_worker_kill() {
         }
     }
 }
+
+/// Issue 16: an action limited to 5 starts a second (burst 5): 50 submissions on 3 workers take
+/// at least 9 s from the first start to the last — 5 at once, then 5 a second — and all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_spaces_the_starts() {
+    let packs = tempfile::tempdir().unwrap();
+    let p = packs.path().join("rated");
+    std::fs::create_dir_all(p.join("actions")).unwrap();
+    std::fs::write(p.join("pack.yaml"), "ref: rated\n").unwrap();
+    std::fs::write(
+        p.join("actions/call.yaml"),
+        "ref: call\nruntime: builtin\nentry_point: noop\nrate_limit: { per_second: 5, burst: 5 }\n",
+    )
+    .unwrap();
+    let dirs = format!("[{}, {}]", common::packs_dir(), packs.path().display());
+    let c = Cluster::start(TestDb::sqlite(), &[("ATTUNE__PACKS__DIRS", &dirs)]);
+    let _workers: Vec<Proc> = ["w1", "w2", "w3"].iter().map(|n| c.worker(n, &[])).collect();
+    let t0 = Instant::now();
+    let req = CreateExecution { action_ref: "rated.call".into(), ..Default::default() };
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(c.client.create_execution(&req).await.unwrap().id);
+    }
+    let mut starts = Vec::new();
+    for id in ids {
+        let e = c.wait_status(id, |e| e.status.is_terminal(), "done", Duration::from_secs(40)).await;
+        assert_eq!(e.status, ExecutionStatus::Succeeded);
+        starts.push(e.started_at.unwrap().millis());
+    }
+    starts.sort();
+    let spread = starts[49] - starts[0];
+    assert!(spread >= 8_900, "50 starts within {spread} ms");
+    for w in starts.windows(6) {
+        // Any 6 starts span at least 0.2 s: never more than the burst at once.
+        assert!(w[5] - w[0] >= 190, "6 starts within {} ms", w[5] - w[0]);
+    }
+    println!("50 starts at 5/s took {:?} ({spread} ms first to last)", t0.elapsed());
+}

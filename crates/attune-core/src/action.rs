@@ -131,6 +131,28 @@ pub enum OnLimit {
     CancelOldest,
 }
 
+/// How often executions of an action (with the same rendered `key`) may start: a token bucket
+/// refilled at `per_second`, holding at most `burst`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    /// Starts allowed at once after a quiet spell (default: `per_second` rounded up, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// A template over `parameters`; executions with the same rendered key share the bucket.
+    /// Absent: one bucket for the whole action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl RateLimit {
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or_else(|| (self.per_second.ceil() as u32).max(1))
+    }
+}
+
 /// Most executions a concurrency limit may allow at once.
 pub const MAX_CONCURRENCY_LIMIT: u32 = 10_000;
 
@@ -179,6 +201,9 @@ pub struct Action {
     /// How many may run at once, per rendered key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<ConcurrencyPolicy>,
+    /// How often they may start, per rendered key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Whether `k` may be a worker label's or a selector's name: 1 to 63 of `A-Z a-z 0-9 . _ -`.

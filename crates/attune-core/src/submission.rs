@@ -63,6 +63,9 @@ pub struct NewExecution {
     /// Its concurrency slot's key (`<action>/<rendered key>`) and limit, when its action has a
     /// concurrency policy (set by the submission service, which renders the key).
     pub concurrency: Option<(String, u32)>,
+    /// Its rate bucket's key (`<action>/<rendered key>`), rate per second and burst, when its
+    /// action has a rate limit.
+    pub rate: Option<(String, f64, u32)>,
 }
 
 impl NewExecution {
@@ -209,6 +212,7 @@ pub fn prepare(
         enforces: origin.enforces,
         requeue_of: origin.requeue_of,
         concurrency: None,
+        rate: None,
     })
 }
 
@@ -235,6 +239,7 @@ mod tests {
             scheduled_timeout_seconds: None,
             worker_selector: Default::default(),
             concurrency: None,
+            rate_limit: None,
         }
     }
 

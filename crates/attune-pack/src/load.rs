@@ -91,6 +91,7 @@ const ACTION_FIELDS: &[&str] = &[
     "scheduled_timeout_seconds",
     "worker_selector",
     "concurrency",
+    "rate_limit",
 ];
 
 const TRIGGER_FIELDS: &[&str] = &["ref", "description", "parameters", "payload"];
@@ -641,6 +642,25 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
             }
         }
     }
+    let rate_limit: Option<attune_core::action::RateLimit> = doc.typed(
+        "rate_limit",
+        "a mapping with per_second (> 0), burst (>= 1) and key (a template over parameters)",
+    );
+    if let Some(r) = &rate_limit {
+        if !(r.per_second > 0.0 && r.per_second <= 100_000.0) {
+            doc.err("rate_limit.per_second", "must be more than 0 and at most 100000");
+        }
+        if r.burst == Some(0) || r.burst.is_some_and(|b| b > 100_000) {
+            doc.err("rate_limit.burst", "must be between 1 and 100000");
+        }
+        if let Some(k) = &r.key {
+            if let Err(e) = attune_template::check_syntax(&Value::String(k.clone()), "rate_limit.key") {
+                doc.err("rate_limit.key", e.message);
+            } else if !attune_template::has_templates(&Value::String(k.clone())) {
+                doc.err("rate_limit.key", "must use the parameters, e.g. \"{{ parameters.host }}\" (a fixed key is the same as none)");
+            }
+        }
+    }
     let (Some(action_ref), Some(runtime), Some(entry_point)) = (action_ref, runtime, entry_point) else {
         // Not an action yet; still report what can be checked on its own.
         if let Some(p) = check_parameters(&parameters) {
@@ -664,6 +684,7 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         scheduled_timeout_seconds,
         worker_selector,
         concurrency,
+        rate_limit,
     };
     let problems = check_action(&pack.pack_ref, &action);
     let entry_ok = !problems.iter().any(|p| p.field == "entry_point");

@@ -346,6 +346,10 @@ fn queue_policies_of_an_action_load_and_their_mistakes_are_named() {
         ("concurrency: { limit: 1, per: x }\n", "concurrency", "unknown field"),
         ("concurrency: { limit: 1, key: \"{{ parameters.x \" }\n", "concurrency.key", "syntax"),
         ("concurrency: { limit: 1, key: prod }\n", "concurrency.key", "must use the parameters"),
+        ("rate_limit: { per_second: 0 }\n", "rate_limit.per_second", "more than 0"),
+        ("rate_limit: { per_second: 5, burst: 0 }\n", "rate_limit.burst", "between 1 and"),
+        ("rate_limit: { per_second: fast }\n", "rate_limit", "per_second"),
+        ("rate_limit: { per_second: 5, key: api }\n", "rate_limit.key", "must use the parameters"),
     ] {
         let body = format!("ref: a\nruntime: shell\nentry_point: a.sh\n{extra}");
         let e = errors_of(&[base, script, ("actions/a.yaml", &body)]);

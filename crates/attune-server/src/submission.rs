@@ -70,6 +70,30 @@ impl From<StoreError> for SubmitError {
     }
 }
 
+/// A policy's key for `new`: `<action>/<key template rendered over the parameters>`.
+fn policy_key(new: &NewExecution, policy: &str, template: Option<&str>) -> Result<String, SubmitError> {
+    let key = match template {
+        None => String::new(),
+        Some(k) => {
+            let ctx = serde_json::json!({ "parameters": new.parameters });
+            match attune_template::render_over(&Value::String(k.to_owned()), &format!("{policy}.key"), &ctx) {
+                Ok(Value::String(s)) => s,
+                Ok(other) => other.to_string(),
+                Err(e) => {
+                    return Err(SubmitError::Parameters {
+                        action: new.action.action_ref.clone(),
+                        details: vec![format!(
+                            "the action's {policy} key {k:?} cannot be rendered with these parameters: {}",
+                            e.message
+                        )],
+                    })
+                }
+            }
+        }
+    };
+    Ok(format!("{}/{key}", new.action.action_ref))
+}
+
 /// A batch's failure is every submission's failure: shared, not copied.
 type Inserted = Result<Execution, Arc<StoreError>>;
 type Commit = GroupCommit<NewExecution, Inserted>;
@@ -168,26 +192,12 @@ impl Submissions {
         }
         let mut new = prepare(action, req.parameters, &req.overrides, req.origin)?;
         if let Some(c) = &new.action.concurrency {
-            let key = match &c.key {
-                None => String::new(),
-                Some(k) => {
-                    let ctx = serde_json::json!({ "parameters": new.parameters });
-                    match attune_template::render_over(&Value::String(k.clone()), "concurrency.key", &ctx) {
-                        Ok(Value::String(s)) => s,
-                        Ok(other) => other.to_string(),
-                        Err(e) => {
-                            return Err(SubmitError::Parameters {
-                                action: new.action.action_ref.clone(),
-                                details: vec![format!(
-                                    "the action's concurrency key {k:?} cannot be rendered with these parameters: {}",
-                                    e.message
-                                )],
-                            })
-                        }
-                    }
-                }
-            };
-            new.concurrency = Some((format!("{}/{key}", new.action.action_ref), c.limit));
+            let key = policy_key(&new, "concurrency", c.key.as_deref())?;
+            new.concurrency = Some((key, c.limit));
+        }
+        if let Some(r) = &new.action.rate_limit {
+            let key = policy_key(&new, "rate_limit", r.key.as_deref())?;
+            new.rate = Some((key, r.per_second, r.burst()));
         }
         Ok(new)
     }

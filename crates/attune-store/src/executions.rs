@@ -164,7 +164,7 @@ impl Store {
             }
             let accepted: Vec<usize> = (0..news.len()).filter(|i| refused[*i].is_none()).collect();
             if !accepted.is_empty() {
-                const COLS: usize = 19;
+                const COLS: usize = 22;
                 let rows: Vec<String> = (0..accepted.len())
                     .map(|n| {
                         let b = n * COLS;
@@ -177,7 +177,7 @@ impl Store {
                     "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
                         not_before, created_at, updated_at, scheduled_at, timeout_seconds, parent, trace_id,
                         enforcement, backoff_seconds, transition_actor, transition_reason, scheduled_timeout_ms,
-                        selector, concurrency_key, concurrency_limit) VALUES {}",
+                        selector, concurrency_key, concurrency_limit, rate_key, rate_per_second, rate_burst) VALUES {}",
                     rows.join(", ")
                 );
                 let mut q = sqlx::query(&sql);
@@ -203,7 +203,10 @@ impl Store {
                         .bind(new.action.scheduled_timeout_seconds.map(|t| (t * 1000) as i64))
                         .bind((!new.action.worker_selector.is_empty()).then(|| to_json(&new.action.worker_selector)))
                         .bind(new.concurrency.as_ref().map(|(k, _)| k.clone()))
-                        .bind(new.concurrency.as_ref().map(|(_, l)| *l as i32));
+                        .bind(new.concurrency.as_ref().map(|(_, l)| *l as i32))
+                        .bind(new.rate.as_ref().map(|(k, ..)| k.clone()))
+                        .bind(new.rate.as_ref().map(|(_, r, _)| *r))
+                        .bind(new.rate.as_ref().map(|(.., b)| *b as i32));
                 }
                 match tx.as_mut() {
                     Some(tx) => q.execute(&mut **tx).await?,

@@ -21,6 +21,7 @@ const SQLITE: &[(i64, &str)] = &[
     (15, include_str!("../migrations/sqlite/0015_buffered.sql")),
     (16, include_str!("../migrations/sqlite/0016_queue_policies.sql")),
     (17, include_str!("../migrations/sqlite/0017_concurrency.sql")),
+    (18, include_str!("../migrations/sqlite/0018_rate_limits.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -39,6 +40,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (15, include_str!("../migrations/postgres/0015_buffered.sql")),
     (16, include_str!("../migrations/postgres/0016_queue_policies.sql")),
     (17, include_str!("../migrations/postgres/0017_concurrency.sql")),
+    (18, include_str!("../migrations/postgres/0018_rate_limits.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

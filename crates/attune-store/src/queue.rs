@@ -81,11 +81,11 @@ impl Store {
                                    AND o.runtimes LIKE '%\"' || executions.queue || '\"%'))
                AND EXISTS (SELECT 1 FROM workers w WHERE w.id = $W AND w.status = 'active')"
         );
-        // Executions under a concurrency limit are taken by `claim_limited`, one key at a time.
+        // Executions under a concurrency or rate limit are taken by `claim_limited`.
         let sql = format!(
             "UPDATE executions SET lease_token = $1, worker_id = $2, worker_name = $3, delivered_at = $4,
                 lease_expires_at = $5, updated_at = $4
-             WHERE id IN (SELECT id FROM executions WHERE {} AND concurrency_key IS NULL
+             WHERE id IN (SELECT id FROM executions WHERE {} AND concurrency_key IS NULL AND rate_key IS NULL
                  ORDER BY id LIMIT $6 {lock})
              RETURNING {TASK_COLS}",
             filter.replace("$W", "$2").replace("$NOW", "$4")
@@ -106,8 +106,8 @@ impl Store {
         });
         if (tasks.len() as u32) < max {
             let candidates = format!(
-                "SELECT id, concurrency_key, concurrency_limit FROM executions
-                 WHERE {} AND concurrency_key IS NOT NULL ORDER BY id LIMIT 500",
+                "SELECT id, concurrency_key, concurrency_limit, rate_key, rate_per_second, rate_burst FROM executions
+                 WHERE {} AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL) ORDER BY id LIMIT 500",
                 filter.replace("$W", "$1").replace("$NOW", "$2")
             );
             let lease = Delivery { token: &token, worker: &wid, worker_name, now, until: delivery_until };
@@ -117,69 +117,116 @@ impl Store {
         Ok(tasks)
     }
 
-    /// The waiting executions under a concurrency limit that `candidates` (a query binding the
-    /// worker as `$1` and the time as `$2`) finds, taken key by key in order while their key has a
-    /// free slot. A slot is held by an execution delivered, running or canceling; it is counted
-    /// inside the write transaction (SQLite's single writer), under a transaction-scoped advisory
-    /// lock on the key (PostgreSQL), so claimers on several replicas never exceed the limit.
+    /// The waiting executions under a concurrency or rate limit that `candidates` (a query binding
+    /// the worker as `$1` and the time as `$2`) finds, oldest first, each taken if its
+    /// concurrency key has a free slot and its rate bucket a token. A slot is held by an execution
+    /// delivered, running or canceling, counted inside the write transaction; a bucket refills at
+    /// its rate up to its burst and is written back at the end. Both are read under SQLite's single
+    /// writer, or under a transaction-scoped advisory lock per key on PostgreSQL, so claimers on
+    /// several replicas never exceed a limit.
     async fn claim_limited(&self, candidates: &str, lease: &Delivery<'_>, max: u32) -> Result<Vec<Task>> {
+        use sqlx::Row;
         let mut out = Vec::new();
+        let now = lease.now.millis();
         write_pool!(self, p => {
             let mut tx = p.begin().await?;
             let rows = sqlx::query(candidates)
                 .bind(lease.worker)
-                .bind(lease.now.millis())
+                .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
-            // Key → its limit and its waiting executions, keys in the order of their oldest.
-            let mut keys: Vec<(String, i32, Vec<String>)> = Vec::new();
+            // Free slots per concurrency key, tokens per rate key (as read, then as spent).
+            let mut slots: std::collections::HashMap<String, i64> = Default::default();
+            let mut buckets: std::collections::HashMap<String, f64> = Default::default();
             for r in &rows {
-                let (id, key, limit) = (r.text("id")?, r.text("concurrency_key")?, r.int("concurrency_limit")?);
-                match keys.iter_mut().find(|(k, ..)| *k == key) {
-                    Some((_, _, ids)) => ids.push(id),
-                    None => keys.push((key, limit, vec![id])),
-                }
-            }
-            for (key, limit, ids) in keys {
                 if out.len() as u32 >= max {
                     break;
                 }
-                if self.kind == crate::BackendKind::Postgres {
-                    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7316))")
-                        .bind(&key)
-                        .execute(&mut *tx)
+                let id = r.text("id")?;
+                let ckey = r.opt_text("concurrency_key")?;
+                let rkey = r.opt_text("rate_key")?;
+                if let Some(k) = &ckey {
+                    if !slots.contains_key(k) {
+                        if self.kind == crate::BackendKind::Postgres {
+                            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7316))")
+                                .bind(k)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        let held: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM executions WHERE concurrency_key = $1
+                               AND (status IN ('running', 'canceling') OR (status = 'scheduled' AND lease_token IS NOT NULL))",
+                        )
+                        .bind(k)
+                        .fetch_one(&mut *tx)
                         .await?;
+                        let limit = r.opt_int("concurrency_limit")?.unwrap_or(1) as i64;
+                        slots.insert(k.clone(), (limit - held).max(0));
+                    }
+                    if slots[k] == 0 {
+                        continue;
+                    }
                 }
-                let held: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM executions WHERE concurrency_key = $1
-                       AND (status IN ('running', 'canceling') OR (status = 'scheduled' AND lease_token IS NOT NULL))",
-                )
-                .bind(&key)
-                .fetch_one(&mut *tx)
+                if let Some(k) = &rkey {
+                    if !buckets.contains_key(k) {
+                        if self.kind == crate::BackendKind::Postgres {
+                            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7317))")
+                                .bind(k)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        let rate: f64 = r.try_get::<Option<f64>, _>("rate_per_second")?.unwrap_or(1.0);
+                        let burst = r.opt_int("rate_burst")?.unwrap_or(1).max(1) as f64;
+                        let stored = sqlx::query("SELECT tokens, updated_at FROM rate_buckets WHERE key = $1")
+                            .bind(k)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let tokens = match stored {
+                            None => burst,
+                            Some(b) => {
+                                let (t, at): (f64, i64) = (b.try_get("tokens")?, b.try_get("updated_at")?);
+                                (t + (now - at).max(0) as f64 / 1000.0 * rate).min(burst)
+                            }
+                        };
+                        buckets.insert(k.clone(), tokens);
+                    }
+                    if buckets[k] < 1.0 {
+                        continue;
+                    }
+                }
+                let row = sqlx::query(&format!(
+                    "UPDATE executions SET lease_token = $2, worker_id = $3, worker_name = $4, delivered_at = $5,
+                        lease_expires_at = $6, updated_at = $5
+                     WHERE id = $1 AND status = 'scheduled' AND lease_token IS NULL RETURNING {TASK_COLS}"
+                ))
+                .bind(&id)
+                .bind(lease.token)
+                .bind(lease.worker)
+                .bind(lease.worker_name)
+                .bind(now)
+                .bind(lease.until.millis())
+                .fetch_optional(&mut *tx)
                 .await?;
-                let mut free = (limit as i64 - held).max(0);
-                for id in ids {
-                    if free == 0 || out.len() as u32 >= max {
-                        break;
+                if let Some(row) = row {
+                    out.push(task_from_row(&row, lease.token)?);
+                    if let Some(k) = &ckey {
+                        *slots.get_mut(k).expect("read above") -= 1;
                     }
-                    let row = sqlx::query(&format!(
-                        "UPDATE executions SET lease_token = $2, worker_id = $3, worker_name = $4, delivered_at = $5,
-                            lease_expires_at = $6, updated_at = $5
-                         WHERE id = $1 AND status = 'scheduled' AND lease_token IS NULL RETURNING {TASK_COLS}"
-                    ))
-                    .bind(&id)
-                    .bind(lease.token)
-                    .bind(lease.worker)
-                    .bind(lease.worker_name)
-                    .bind(lease.now.millis())
-                    .bind(lease.until.millis())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some(r) = row {
-                        out.push(task_from_row(&r, lease.token)?);
-                        free -= 1;
+                    if let Some(k) = &rkey {
+                        *buckets.get_mut(k).expect("read above") -= 1.0;
                     }
                 }
+            }
+            for (k, tokens) in &buckets {
+                sqlx::query(
+                    "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at",
+                )
+                .bind(k)
+                .bind(*tokens)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
         });

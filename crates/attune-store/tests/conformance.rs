@@ -70,6 +70,7 @@ conformance!(
     sensors_run_on_one_worker_at_a_time,
     selectors_route_and_own_timeouts_expire,
     concurrency_limits_hold_per_key,
+    rate_limits_refill_at_their_rate,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -109,6 +110,7 @@ fn action(name: &str, runtime: Runtime, max_attempts: u32) -> Action {
         scheduled_timeout_seconds: None,
         worker_selector: Default::default(),
         concurrency: None,
+        rate_limit: None,
     }
 }
 
@@ -124,6 +126,7 @@ async fn submit(s: &Store, a: &Action, now: Timestamp) -> Uuid {
         enforces: None,
         requeue_of: None,
         concurrency: None,
+        rate: None,
     };
     s.create_execution(new, now).await.unwrap().id
 }
@@ -689,6 +692,7 @@ async fn dead_letters_list_and_requeue_once(db: &TestDb) {
         enforces: None,
         requeue_of: Some(dl),
         concurrency: None,
+        rate: None,
     };
     let new = s.create_execution(requeue(dls[1].id), at(50)).await.unwrap();
     assert_eq!((new.status, new.parent, new.attempt), (ExecutionStatus::Scheduled, Some(id), 0));
@@ -724,6 +728,7 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
             enforces: None,
             requeue_of: None,
             concurrency: None,
+            rate: None,
         })
         .collect();
     let created: Vec<_> =
@@ -1019,6 +1024,7 @@ async fn events_are_enforced_once_and_ticks_fire_once(db: &TestDb) {
         enforces: Some(Enforcing { id: enforcement, event_id: event.id, rule_ref: rule.clone() }),
         requeue_of: None,
         concurrency: None,
+        rate: None,
     };
     let first = s.create_execution(new(Uuid::now_v7()), at(1)).await.unwrap();
     let again = s.create_execution(new(Uuid::now_v7()), at(2)).await;
@@ -1295,18 +1301,7 @@ async fn concurrency_limits_hold_per_key(db: &TestDb) {
     let w = worker(&s, "w", &[Runtime::Shell], at(0)).await;
     let a = action("deploy", Runtime::Shell, 1);
     let submit_keyed = |key: &str, t: u64| {
-        let new = NewExecution {
-            action: a.clone(),
-            parameters: json!({}),
-            timeout_seconds: None,
-            max_attempts: 1,
-            actor: "t".into(),
-            parent: None,
-            trace_id: None,
-            enforces: None,
-            requeue_of: None,
-            concurrency: Some((format!("t.deploy/{key}"), 1)),
-        };
+        let new = NewExecution { concurrency: Some((format!("t.deploy/{key}"), 1)), ..plain(&a) };
         let s = &s;
         async move { s.create_executions(vec![new], at(t)).await.unwrap().remove(0).unwrap().id }
     };
@@ -1341,4 +1336,57 @@ async fn concurrency_limits_hold_per_key(db: &TestDb) {
     let got = ids(s.claim(w, "w", &[Runtime::Shell], 10, now, until(t as u64 + 1)).await.unwrap());
     assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![a2], "the next of prod, not a3");
     assert_eq!(s.open_with_concurrency_key("t.deploy/prod").await.unwrap(), vec![a2, a3]);
+}
+
+/// Issue 16: a rate-limited execution starts only with a token from its key's bucket, which holds
+/// `burst` and refills at `per_second`; other keys have their own bucket.
+async fn rate_limits_refill_at_their_rate(db: &TestDb) {
+    let s = open(db).await;
+    let w = worker(&s, "w", &[Runtime::Shell], at(0)).await;
+    let a = action("call", Runtime::Shell, 1);
+    let submit_rated = |key: &str, t: u64| {
+        let new = NewExecution { rate: Some((format!("t.call/{key}"), 2.0, 2)), ..plain(&a) };
+        let s = &s;
+        async move { s.create_executions(vec![new], at(t)).await.unwrap().remove(0).unwrap().id }
+    };
+    let mut api = Vec::new();
+    for _ in 0..6 {
+        api.push(submit_rated("api", 1).await);
+    }
+    let other = submit_rated("other", 1).await;
+    let ms = |m: i64| Timestamp(at(10).millis() + m);
+    let claim = |t: Timestamp| {
+        let s = &s;
+        async move {
+            s.claim(w, "w", &[Runtime::Shell], 100, t, t.plus(STALENESS))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.execution_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(claim(ms(0)).await, vec![api[0], api[1], other], "a full bucket each: burst 2");
+    assert!(claim(ms(100)).await.is_empty(), "0.2 tokens");
+    assert_eq!(claim(ms(500)).await, vec![api[2]], "1 token after half a second");
+    assert!(claim(ms(900)).await.is_empty(), "0.8 tokens");
+    assert_eq!(claim(ms(5000)).await, vec![api[3], api[4]], "never more than the burst");
+    assert_eq!(claim(ms(5500)).await, vec![api[5]]);
+}
+
+/// A new execution of `a` with no parameters and one attempt.
+fn plain(a: &Action) -> NewExecution {
+    NewExecution {
+        action: a.clone(),
+        parameters: json!({}),
+        timeout_seconds: None,
+        max_attempts: 1,
+        actor: "t".into(),
+        parent: None,
+        trace_id: None,
+        enforces: None,
+        requeue_of: None,
+        concurrency: None,
+        rate: None,
+    }
 }

@@ -83,6 +83,7 @@ impl Scratch {
             scheduled_timeout_seconds: None,
             worker_selector: Default::default(),
             concurrency: None,
+            rate_limit: None,
         }
     }
 
