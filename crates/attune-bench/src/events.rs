@@ -37,6 +37,13 @@ pub fn write_pack(dir: &std::path::Path) -> anyhow::Result<()> {
         let rule = format!("ref: r{i:03}\ntrigger: {{ type: core.webhook, parameters: {{ name: bench }} }}\n{criteria}{noop}");
         std::fs::write(pack.join(format!("rules/r{i:03}.yaml")), rule)?;
     }
+    std::fs::create_dir_all(pack.join("actions"))?;
+    std::fs::write(
+        pack.join("actions/limited.yaml"),
+        "ref: limited\nruntime: builtin\nentry_point: noop\n\
+         concurrency: { limit: 1, key: \"{{ parameters.k }}\" }\n\
+         parameters: { type: object, properties: { k: { type: integer } } }\n",
+    )?;
     std::fs::write(
         pack.join("rules/latency.yaml"),
         format!("ref: latency\ntrigger: {{ type: core.webhook, parameters: {{ name: latency }} }}\n{noop}"),

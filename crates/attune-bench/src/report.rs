@@ -14,6 +14,9 @@ pub struct BackendResult {
     pub submit_to_start_ms: Option<[f64; 3]>,
     pub submit_to_finish_ms: Option<[f64; 3]>,
     pub backlog_per_sec: Option<f64>,
+    /// No-ops with a concurrency limit of 1 on every execution, each its own key.
+    #[serde(default)]
+    pub limited_per_sec: Option<f64>,
     /// Submit on one replica → started by a worker polling another (PostgreSQL), p50/p95/p99 ms.
     pub cross_replica_start_ms: Option<[f64; 3]>,
     /// Webhook posted → its rule's execution running, p50/p95/p99 ms.
@@ -37,6 +40,7 @@ impl BackendResult {
             submit_to_start_ms: None,
             submit_to_finish_ms: None,
             backlog_per_sec: None,
+            limited_per_sec: None,
             cross_replica_start_ms: None,
             webhook_to_start_ms: None,
             events_per_sec: None,
@@ -178,6 +182,20 @@ impl Results {
             b.iter()
                 .map(|x| match (x.backlog_per_sec, x.noop_per_sec) {
                     (Some(bl), Some(n)) => format!("{bl:.0} ({:.0} %)", bl / n * 100.0),
+                    _ => "–".into(),
+                })
+                .collect(),
+            None,
+        );
+        row(
+            &format!(
+                "no-op, concurrency limit 1 on each (distinct keys), executions/s ({})",
+                self.sizes.noop
+            ),
+            "within 20 % of unlimited",
+            b.iter()
+                .map(|x| match (x.limited_per_sec, x.noop_per_sec) {
+                    (Some(l), Some(n)) => format!("{l:.0} ({:.0} %)", l / n * 100.0),
                     _ => "–".into(),
                 })
                 .collect(),

@@ -40,23 +40,37 @@ pub fn raw_spawn_rate(seconds: f64) -> f64 {
     total as f64 / seconds
 }
 
-/// Submits `n` executions of `action` from `SUBMITTERS` concurrent clients.
+/// Submits `n` executions of `action` from `SUBMITTERS` concurrent clients; with `numbered`, each
+/// gets its own parameter `k` (its number), on top of `params`.
 pub async fn submit_many(client: &Client, n: usize, action: &str, params: Value) -> anyhow::Result<()> {
+    submit_many_as(client, n, action, params, false).await
+}
+
+async fn submit_many_as(
+    client: &Client,
+    n: usize,
+    action: &str,
+    params: Value,
+    numbered: bool,
+) -> anyhow::Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..SUBMITTERS {
         let (client, next, params, action) =
             (client.clone(), next.clone(), params.clone(), action.to_owned());
         set.spawn(async move {
-            let req = CreateExecution {
-                action_ref: action,
-                parameters: Some(params),
-                timeout_seconds: None,
-                max_attempts: None,
-                backoff_seconds: None,
-                ..Default::default()
-            };
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+            let mut req =
+                CreateExecution { action_ref: action, parameters: Some(params), ..Default::default() };
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                if numbered {
+                    if let Some(Value::Object(m)) = req.parameters.as_mut() {
+                        m.insert("k".into(), Value::from(i));
+                    }
+                }
                 client.create_execution(&req).await?;
             }
             anyhow::Ok(())
@@ -70,11 +84,21 @@ pub async fn submit_many(client: &Client, n: usize, action: &str, params: Value)
 
 /// Submit-to-terminal throughput of `n` executions, workers already running.
 async fn throughput(c: &Cluster, n: usize, action: &str, params: Value) -> anyhow::Result<f64> {
+    throughput_as(c, n, action, params, false).await
+}
+
+async fn throughput_as(
+    c: &Cluster,
+    n: usize,
+    action: &str,
+    params: Value,
+    numbered: bool,
+) -> anyhow::Result<f64> {
     let before = c.terminal().await?;
     let t0 = Instant::now();
     let client = c.client.clone();
     let action2 = action.to_owned();
-    let submit = tokio::spawn(async move { submit_many(&client, n, &action2, params).await });
+    let submit = tokio::spawn(async move { submit_many_as(&client, n, &action2, params, numbered).await });
     let done = c.wait_terminal(before + n as u64, Duration::from_secs(600)).await?;
     submit.await??;
     let failed = c.count("failed").await? + c.count("abandoned").await?;
@@ -173,6 +197,8 @@ pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> an
     {
         let mut c = Cluster::start_with(backend, &args.pg, crate::events::write_pack).await?;
         c.add_workers(args.workers, args.concurrency).await?;
+        eprintln!("[{backend}] no-op throughput with a concurrency limit on each, {} executions", s.noop);
+        r.limited_per_sec = Some(throughput_as(&c, s.noop, "bench.limited", json!({}), true).await?);
         let e = crate::events::run(&c, s.event_latency, s.events).await?;
         r.webhook_to_start_ms = Some(e.webhook_to_start_ms);
         r.events_per_sec = Some(e.per_sec);

@@ -105,6 +105,10 @@ pub struct RunArgs {
     /// Run it only on a worker with this label (repeatable; replaces the action's worker_selector).
     #[arg(long = "on", value_name = "LABEL=VALUE")]
     on: Vec<String>,
+    /// -100 to 100: higher is taken first, each step worth a minute of waiting (overrides the
+    /// action's priority).
+    #[arg(long, allow_hyphen_values = true)]
+    priority: Option<i32>,
 }
 
 /// `k=v` words as a JSON object of text values.
@@ -251,6 +255,7 @@ pub async fn action(ctx: &Ctx, c: ActionCmd) -> anyhow::Result<i32> {
                             ),
                         },
                     ),
+                    ("priority", a.priority.to_string()),
                 ];
                 let required: Vec<&str> = a
                     .parameters
@@ -332,6 +337,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
         backoff_seconds: a.backoff,
         scheduled_timeout_seconds: a.scheduled_timeout,
         worker_selector: if a.on.is_empty() { None } else { Some(parse_labels(&a.on, "--on")?) },
+        priority: a.priority,
     };
     let e = ctx.client.create_execution(&req).await?;
     if !a.wait {

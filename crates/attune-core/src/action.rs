@@ -204,6 +204,28 @@ pub struct Action {
     /// How often they may start, per rendered key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Higher is taken first (-100 to 100, default 0); each step is worth a minute of waiting
+    /// (see `queue_rank`), so the lowest still goes first once it has waited long enough.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+fn is_zero(p: &i32) -> bool {
+    *p == 0
+}
+
+/// Lowest and highest priority.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
+
+/// What a priority step is worth in waiting time.
+pub const PRIORITY_STEP_MS: i64 = 60_000;
+
+/// The order waiting executions are taken in, smallest first: the time it was submitted, moved
+/// earlier by a minute per priority step. An execution submitted now with priority 10 goes before
+/// one of priority 0 submitted up to ten minutes ago, and after one submitted earlier than that —
+/// so no priority starves: the lowest waits at most 200 minutes longer than it would in plain FIFO.
+pub fn queue_rank(submitted_ms: i64, priority: i32) -> i64 {
+    submitted_ms - priority as i64 * PRIORITY_STEP_MS
 }
 
 /// Whether `k` may be a worker label's or a selector's name: 1 to 63 of `A-Z a-z 0-9 . _ -`.

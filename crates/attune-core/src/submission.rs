@@ -91,6 +91,8 @@ pub struct Overrides {
     pub scheduled_timeout_seconds: Option<u64>,
     /// Replaces the action's `worker_selector`.
     pub worker_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Overrides the action's `priority`.
+    pub priority: Option<i32>,
 }
 
 /// Longest an execution may wait to be started (30 days).
@@ -201,6 +203,15 @@ pub fn prepare(
         }
         action.worker_selector = sel.clone();
     }
+    if let Some(p) = o.priority {
+        if !crate::action::PRIORITY_RANGE.contains(&p) {
+            return Err(invalid(
+                "invalid_priority",
+                format!("priority must be between -100 and 100, not {p}"),
+            ));
+        }
+        action.priority = p;
+    }
     Ok(NewExecution {
         timeout_seconds: o.timeout_seconds.or(action.timeout_seconds),
         action,
@@ -240,6 +251,7 @@ mod tests {
             worker_selector: Default::default(),
             concurrency: None,
             rate_limit: None,
+            priority: 0,
         }
     }
 

@@ -92,6 +92,7 @@ const ACTION_FIELDS: &[&str] = &[
     "worker_selector",
     "concurrency",
     "rate_limit",
+    "priority",
 ];
 
 const TRIGGER_FIELDS: &[&str] = &["ref", "description", "parameters", "payload"];
@@ -661,6 +662,10 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
             }
         }
     }
+    let priority: i32 = doc.typed("priority", "a whole number from -100 to 100").unwrap_or(0);
+    if !attune_core::action::PRIORITY_RANGE.contains(&priority) {
+        doc.err("priority", format!("must be between -100 and 100, not {priority}"));
+    }
     let (Some(action_ref), Some(runtime), Some(entry_point)) = (action_ref, runtime, entry_point) else {
         // Not an action yet; still report what can be checked on its own.
         if let Some(p) = check_parameters(&parameters) {
@@ -685,6 +690,7 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         worker_selector,
         concurrency,
         rate_limit,
+        priority,
     };
     let problems = check_action(&pack.pack_ref, &action);
     let entry_ok = !problems.iter().any(|p| p.field == "entry_point");

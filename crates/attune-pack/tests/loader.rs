@@ -350,6 +350,8 @@ fn queue_policies_of_an_action_load_and_their_mistakes_are_named() {
         ("rate_limit: { per_second: 5, burst: 0 }\n", "rate_limit.burst", "between 1 and"),
         ("rate_limit: { per_second: fast }\n", "rate_limit", "per_second"),
         ("rate_limit: { per_second: 5, key: api }\n", "rate_limit.key", "must use the parameters"),
+        ("priority: 500\n", "priority", "between -100 and 100"),
+        ("priority: high\n", "priority", "whole number"),
     ] {
         let body = format!("ref: a\nruntime: shell\nentry_point: a.sh\n{extra}");
         let e = errors_of(&[base, script, ("actions/a.yaml", &body)]);

@@ -164,7 +164,7 @@ impl Store {
             }
             let accepted: Vec<usize> = (0..news.len()).filter(|i| refused[*i].is_none()).collect();
             if !accepted.is_empty() {
-                const COLS: usize = 22;
+                const COLS: usize = 23;
                 let rows: Vec<String> = (0..accepted.len())
                     .map(|n| {
                         let b = n * COLS;
@@ -177,7 +177,8 @@ impl Store {
                     "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
                         not_before, created_at, updated_at, scheduled_at, timeout_seconds, parent, trace_id,
                         enforcement, backoff_seconds, transition_actor, transition_reason, scheduled_timeout_ms,
-                        selector, concurrency_key, concurrency_limit, rate_key, rate_per_second, rate_burst) VALUES {}",
+                        selector, concurrency_key, concurrency_limit, rate_key, rate_per_second, rate_burst, queue_rank)
+                        VALUES {}",
                     rows.join(", ")
                 );
                 let mut q = sqlx::query(&sql);
@@ -206,7 +207,8 @@ impl Store {
                         .bind(new.concurrency.as_ref().map(|(_, l)| *l as i32))
                         .bind(new.rate.as_ref().map(|(k, ..)| k.clone()))
                         .bind(new.rate.as_ref().map(|(_, r, _)| *r))
-                        .bind(new.rate.as_ref().map(|(.., b)| *b as i32));
+                        .bind(new.rate.as_ref().map(|(.., b)| *b as i32))
+                        .bind(attune_core::action::queue_rank(at, new.action.priority));
                 }
                 match tx.as_mut() {
                     Some(tx) => q.execute(&mut **tx).await?,

@@ -22,6 +22,7 @@ const SQLITE: &[(i64, &str)] = &[
     (16, include_str!("../migrations/sqlite/0016_queue_policies.sql")),
     (17, include_str!("../migrations/sqlite/0017_concurrency.sql")),
     (18, include_str!("../migrations/sqlite/0018_rate_limits.sql")),
+    (19, include_str!("../migrations/sqlite/0019_priority.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -41,6 +42,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (16, include_str!("../migrations/postgres/0016_queue_policies.sql")),
     (17, include_str!("../migrations/postgres/0017_concurrency.sql")),
     (18, include_str!("../migrations/postgres/0018_rate_limits.sql")),
+    (19, include_str!("../migrations/postgres/0019_priority.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

@@ -60,6 +60,13 @@ impl Store {
             crate::BackendKind::Postgres => "FOR UPDATE SKIP LOCKED",
             crate::BackendKind::Sqlite => "",
         };
+        // SQLite, left to itself, takes the (queue, id) index for `queue IN (…)` and then sorts
+        // every waiting row by rank: with 20,000 waiting that halved the claim rate (measured).
+        // The rank index gives them in order, which is what a claim of the first few needs.
+        let order_index = match self.kind {
+            crate::BackendKind::Postgres => "",
+            crate::BackendKind::Sqlite => "INDEXED BY executions_ready_rank",
+        };
         // What a waiting execution must be for this worker, with `$W` its id and `$NOW` the time.
         // An execution with a worker selector goes only to a worker whose labels (text values, as
         // registration stores them) include every selected label with the same value.
@@ -85,8 +92,8 @@ impl Store {
         let sql = format!(
             "UPDATE executions SET lease_token = $1, worker_id = $2, worker_name = $3, delivered_at = $4,
                 lease_expires_at = $5, updated_at = $4
-             WHERE id IN (SELECT id FROM executions WHERE {} AND concurrency_key IS NULL AND rate_key IS NULL
-                 ORDER BY id LIMIT $6 {lock})
+             WHERE id IN (SELECT id FROM executions {order_index} WHERE {} AND concurrency_key IS NULL AND rate_key IS NULL
+                 ORDER BY queue_rank, id LIMIT $6 {lock})
              RETURNING {TASK_COLS}",
             filter.replace("$W", "$2").replace("$NOW", "$4")
         );
@@ -106,8 +113,8 @@ impl Store {
         });
         if (tasks.len() as u32) < max {
             let candidates = format!(
-                "SELECT id, concurrency_key, concurrency_limit, rate_key, rate_per_second, rate_burst FROM executions
-                 WHERE {} AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL) ORDER BY id LIMIT 500",
+                "SELECT id, concurrency_key, concurrency_limit, rate_key, rate_per_second, rate_burst
+                 FROM executions {order_index} WHERE {} AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL) ORDER BY queue_rank, id LIMIT 500",
                 filter.replace("$W", "$1").replace("$NOW", "$2")
             );
             let lease = Delivery { token: &token, worker: &wid, worker_name, now, until: delivery_until };

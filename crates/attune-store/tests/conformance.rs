@@ -71,6 +71,7 @@ conformance!(
     selectors_route_and_own_timeouts_expire,
     concurrency_limits_hold_per_key,
     rate_limits_refill_at_their_rate,
+    priorities_go_first_without_starving_the_rest,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -111,6 +112,7 @@ fn action(name: &str, runtime: Runtime, max_attempts: u32) -> Action {
         worker_selector: Default::default(),
         concurrency: None,
         rate_limit: None,
+        priority: 0,
     }
 }
 
@@ -1389,4 +1391,27 @@ fn plain(a: &Action) -> NewExecution {
         concurrency: None,
         rate: None,
     }
+}
+
+/// Issue 16: a higher priority is taken first, oldest first within a priority; each step is worth a
+/// minute of waiting, so a low priority that waited long enough goes before a fresh high one.
+async fn priorities_go_first_without_starving_the_rest(db: &TestDb) {
+    let s = open(db).await;
+    let w = worker(&s, "w", &[Runtime::Shell], at(0)).await;
+    let with = |p: i32| {
+        let mut a = action("job", Runtime::Shell, 1);
+        a.priority = p;
+        a
+    };
+    let old_low = submit(&s, &with(0), at(0)).await; // waited 11 minutes by the time the others come
+    let low = submit(&s, &with(0), at(660)).await;
+    let high = submit(&s, &with(10), at(661)).await;
+    let higher = submit(&s, &with(50), at(662)).await;
+    let low2 = submit(&s, &with(0), at(663)).await;
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let got = s.claim(w, "w", &[Runtime::Shell], 1, at(700), at(700).plus(STALENESS)).await.unwrap();
+        order.push(got[0].execution_id);
+    }
+    assert_eq!(order, vec![higher, old_low, high, low, low2]);
 }

@@ -61,6 +61,11 @@ pub struct CreateExecution {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub worker_selector: Option<Value>,
+    /// Overrides the action's `priority` (-100 to 100; higher is taken first, each step worth a
+    /// minute of waiting).
+    #[serde(default)]
+    #[schema(minimum = -100, maximum = 100)]
+    pub priority: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

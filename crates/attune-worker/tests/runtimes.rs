@@ -84,6 +84,7 @@ impl Scratch {
             worker_selector: Default::default(),
             concurrency: None,
             rate_limit: None,
+            priority: 0,
         }
     }
 

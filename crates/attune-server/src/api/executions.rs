@@ -46,6 +46,7 @@ pub async fn create(
                 backoff_seconds: req.backoff_seconds,
                 scheduled_timeout_seconds: req.scheduled_timeout_seconds,
                 worker_selector,
+                priority: req.priority,
             },
             origin: Origin::actor(who.actor()),
         })
