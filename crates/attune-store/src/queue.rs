@@ -129,12 +129,20 @@ impl Store {
     /// concurrency key has a free slot and its rate bucket a token. A slot is held by an execution
     /// delivered, running or canceling, counted inside the write transaction; a bucket refills at
     /// its rate up to its burst and is written back at the end. Both are read under SQLite's single
-    /// writer, or under a transaction-scoped advisory lock per key on PostgreSQL, so claimers on
-    /// several replicas never exceed a limit.
+    /// writer, or on PostgreSQL after taking a transaction-scoped advisory lock on every key
+    /// involved, in one statement and in hash order (so two replicas cannot deadlock), so claimers
+    /// on several replicas never exceed a limit. The chosen executions are taken in one UPDATE.
     async fn claim_limited(&self, candidates: &str, lease: &Delivery<'_>, max: u32) -> Result<Vec<Task>> {
         use sqlx::Row;
-        let mut out = Vec::new();
         let now = lease.now.millis();
+        let pg = self.kind == crate::BackendKind::Postgres;
+        // A JSON array of texts as a set: `IN (SELECT … $1)`.
+        let elements = if pg {
+            "SELECT jsonb_array_elements_text($1::jsonb)"
+        } else {
+            "SELECT value FROM json_each($1)"
+        };
+        let mut out = Vec::new();
         write_pool!(self, p => {
             let mut tx = p.begin().await?;
             let rows = sqlx::query(candidates)
@@ -142,88 +150,123 @@ impl Store {
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
-            // Free slots per concurrency key, tokens per rate key (as read, then as spent).
-            let mut slots: std::collections::HashMap<String, i64> = Default::default();
-            let mut buckets: std::collections::HashMap<String, f64> = Default::default();
+            if rows.is_empty() {
+                return Ok(out);
+            }
+            struct Candidate {
+                id: Uuid,
+                ckey: Option<String>,
+                climit: i64,
+                rkey: Option<String>,
+                rate: f64,
+                burst: f64,
+            }
+            let mut cands = Vec::with_capacity(rows.len());
             for r in &rows {
-                if out.len() as u32 >= max {
+                cands.push(Candidate {
+                    id: uuid("executions", &r.text("id")?)?,
+                    ckey: r.opt_text("concurrency_key")?,
+                    climit: r.opt_int("concurrency_limit")?.unwrap_or(1) as i64,
+                    rkey: r.opt_text("rate_key")?,
+                    rate: r.try_get::<Option<f64>, _>("rate_per_second")?.unwrap_or(1.0),
+                    burst: r.opt_int("rate_burst")?.unwrap_or(1).max(1) as f64,
+                });
+            }
+            let mut ckeys: Vec<String> = cands.iter().filter_map(|c| c.ckey.clone()).collect();
+            ckeys.sort();
+            ckeys.dedup();
+            let mut rkeys: Vec<String> = cands.iter().filter_map(|c| c.rkey.clone()).collect();
+            rkeys.sort();
+            rkeys.dedup();
+            let as_json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+            if pg {
+                let all: Vec<String> =
+                    ckeys.iter().map(|k| format!("c:{k}")).chain(rkeys.iter().map(|k| format!("r:{k}"))).collect();
+                sqlx::query(
+                    "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 7316) AS h
+                       FROM jsonb_array_elements_text($1::jsonb) AS k ORDER BY 1) s",
+                )
+                .bind(as_json(&all))
+                .execute(&mut *tx)
+                .await?;
+            }
+            // Free slots per concurrency key, tokens per rate key.
+            let mut slots: std::collections::HashMap<String, i64> = Default::default();
+            if !ckeys.is_empty() {
+                let held = sqlx::query(&format!(
+                    "SELECT concurrency_key, COUNT(*) AS n FROM executions WHERE concurrency_key IN ({elements})
+                       AND (status IN ('running', 'canceling') OR (status = 'scheduled' AND lease_token IS NOT NULL))
+                     GROUP BY concurrency_key"
+                ))
+                .bind(as_json(&ckeys))
+                .fetch_all(&mut *tx)
+                .await?;
+                let held: std::collections::HashMap<String, i64> = held
+                    .iter()
+                    .map(|r| Ok((r.text("concurrency_key")?, r.big("n")?)))
+                    .collect::<Result<_>>()?;
+                for c in &cands {
+                    if let Some(k) = &c.ckey {
+                        slots.entry(k.clone()).or_insert((c.climit - held.get(k).copied().unwrap_or(0)).max(0));
+                    }
+                }
+            }
+            let mut buckets: std::collections::HashMap<String, f64> = Default::default();
+            if !rkeys.is_empty() {
+                let stored = sqlx::query(&format!("SELECT key, tokens, updated_at FROM rate_buckets WHERE key IN ({elements})"))
+                    .bind(as_json(&rkeys))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut known: std::collections::HashMap<String, (f64, i64)> = Default::default();
+                for b in &stored {
+                    known.insert(b.text("key")?, (b.try_get("tokens")?, b.try_get("updated_at")?));
+                }
+                for c in &cands {
+                    if let Some(k) = &c.rkey {
+                        buckets.entry(k.clone()).or_insert(match known.get(k) {
+                            None => c.burst,
+                            Some((t, at)) => (t + (now - at).max(0) as f64 / 1000.0 * c.rate).min(c.burst),
+                        });
+                    }
+                }
+            }
+            let mut chosen = Vec::new();
+            for c in &cands {
+                if chosen.len() as u32 >= max {
                     break;
                 }
-                let id = r.text("id")?;
-                let ckey = r.opt_text("concurrency_key")?;
-                let rkey = r.opt_text("rate_key")?;
-                if let Some(k) = &ckey {
-                    if !slots.contains_key(k) {
-                        if self.kind == crate::BackendKind::Postgres {
-                            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7316))")
-                                .bind(k)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                        let held: i64 = sqlx::query_scalar(
-                            "SELECT COUNT(*) FROM executions WHERE concurrency_key = $1
-                               AND (status IN ('running', 'canceling') OR (status = 'scheduled' AND lease_token IS NOT NULL))",
-                        )
-                        .bind(k)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        let limit = r.opt_int("concurrency_limit")?.unwrap_or(1) as i64;
-                        slots.insert(k.clone(), (limit - held).max(0));
-                    }
-                    if slots[k] == 0 {
-                        continue;
-                    }
+                if c.ckey.as_ref().is_some_and(|k| slots[k] == 0) || c.rkey.as_ref().is_some_and(|k| buckets[k] < 1.0) {
+                    continue;
                 }
-                if let Some(k) = &rkey {
-                    if !buckets.contains_key(k) {
-                        if self.kind == crate::BackendKind::Postgres {
-                            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7317))")
-                                .bind(k)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                        let rate: f64 = r.try_get::<Option<f64>, _>("rate_per_second")?.unwrap_or(1.0);
-                        let burst = r.opt_int("rate_burst")?.unwrap_or(1).max(1) as f64;
-                        let stored = sqlx::query("SELECT tokens, updated_at FROM rate_buckets WHERE key = $1")
-                            .bind(k)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                        let tokens = match stored {
-                            None => burst,
-                            Some(b) => {
-                                let (t, at): (f64, i64) = (b.try_get("tokens")?, b.try_get("updated_at")?);
-                                (t + (now - at).max(0) as f64 / 1000.0 * rate).min(burst)
-                            }
-                        };
-                        buckets.insert(k.clone(), tokens);
-                    }
-                    if buckets[k] < 1.0 {
-                        continue;
-                    }
+                if let Some(k) = &c.ckey {
+                    *slots.get_mut(k).expect("counted above") -= 1;
                 }
-                let row = sqlx::query(&format!(
-                    "UPDATE executions SET lease_token = $2, worker_id = $3, worker_name = $4, delivered_at = $5,
-                        lease_expires_at = $6, updated_at = $5
-                     WHERE id = $1 AND status = 'scheduled' AND lease_token IS NULL RETURNING {TASK_COLS}"
+                if let Some(k) = &c.rkey {
+                    *buckets.get_mut(k).expect("read above") -= 1.0;
+                }
+                chosen.push(c.id);
+            }
+            if !chosen.is_empty() {
+                let (cond, list) = crate::backend::in_list(self.kind, "id", 6, &chosen);
+                let rows = sqlx::query(&format!(
+                    "UPDATE executions SET lease_token = $1, worker_id = $2, worker_name = $3, delivered_at = $4,
+                        lease_expires_at = $5, updated_at = $4
+                     WHERE {cond} AND status = 'scheduled' AND lease_token IS NULL RETURNING {TASK_COLS}"
                 ))
-                .bind(&id)
                 .bind(lease.token)
                 .bind(lease.worker)
                 .bind(lease.worker_name)
                 .bind(now)
                 .bind(lease.until.millis())
-                .fetch_optional(&mut *tx)
+                .bind(list)
+                .fetch_all(&mut *tx)
                 .await?;
-                if let Some(row) = row {
-                    out.push(task_from_row(&row, lease.token)?);
-                    if let Some(k) = &ckey {
-                        *slots.get_mut(k).expect("read above") -= 1;
-                    }
-                    if let Some(k) = &rkey {
-                        *buckets.get_mut(k).expect("read above") -= 1.0;
-                    }
+                for r in &rows {
+                    out.push(task_from_row(r, lease.token)?);
                 }
             }
+            // Only what was spent is written back: a token not spent on a row that moved meanwhile
+            // is a token lost for a moment, never one given twice.
             for (k, tokens) in &buckets {
                 sqlx::query(
                     "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, $3)
