@@ -224,6 +224,11 @@ pub(crate) fn render(
     for (cause, n) in &snap.dead_letters {
         let _ = writeln!(out, "attune_dead_letters_total{{cause=\"{}\"}} {n}", label(cause));
     }
+    out += "# HELP attune_executions_waiting_on_limit Waiting executions under a concurrency or rate limit, \
+            by action.\n# TYPE attune_executions_waiting_on_limit gauge\n";
+    for (action, n) in &snap.limited_waiting {
+        let _ = writeln!(out, "attune_executions_waiting_on_limit{{action=\"{}\"}} {n}", label(action));
+    }
     out += "# HELP attune_workers Registered workers by status.\n# TYPE attune_workers gauge\n";
     for st in ["active", "inactive"] {
         let n = workers.iter().filter(|w| w.status.as_str() == st).count();

@@ -1368,5 +1368,14 @@ async fn on_limit_cancels_the_new_or_the_oldest(db: TestDb) {
     let z = run("only_newest", "db1").await;
     assert_eq!((status(&y["id"]).await, status(&z["id"]).await), (json!("canceled"), json!("scheduled")));
     assert_eq!(status(&a["id"]).await, "scheduled", "another action's limit is its own");
+    let metrics = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("attune_executions_waiting_on_limit{action=\"policies.first_wins\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("attune_executions_waiting_on_limit{action=\"policies.only_newest\"} 1"),
+        "{metrics}"
+    );
     api.stop().await;
 }

@@ -70,6 +70,8 @@ pub struct MetricsSnapshot {
     pub queues: Vec<(String, u64, Option<Timestamp>)>,
     /// (cause, count)
     pub dead_letters: Vec<(String, u64)>,
+    /// (action_ref, waiting executions under a concurrency or rate limit)
+    pub limited_waiting: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -373,6 +375,15 @@ impl Store {
             }
             for r in sqlx::query("SELECT cause, COUNT(*) AS n FROM dead_letters GROUP BY cause").fetch_all(p).await? {
                 snap.dead_letters.push((r.text("cause")?, r.big("n")? as u64));
+            }
+            for r in sqlx::query(
+                "SELECT action_ref, COUNT(*) AS n FROM executions WHERE status = 'scheduled' AND lease_token IS NULL
+                   AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL) GROUP BY action_ref",
+            )
+            .fetch_all(p)
+            .await?
+            {
+                snap.limited_waiting.push((r.text("action_ref")?, r.big("n")? as u64));
             }
             Ok(snap)
         })
