@@ -118,17 +118,10 @@ fn action(name: &str, runtime: Runtime, max_attempts: u32) -> Action {
 
 async fn submit(s: &Store, a: &Action, now: Timestamp) -> Uuid {
     let new = NewExecution {
-        action: a.clone(),
         parameters: json!({"x": 1}),
-        timeout_seconds: None,
         max_attempts: a.retry.max_attempts,
         actor: "test".into(),
-        parent: None,
-        trace_id: None,
-        enforces: None,
-        requeue_of: None,
-        concurrency: None,
-        rate: None,
+        ..plain(a)
     };
     s.create_execution(new, now).await.unwrap().id
 }

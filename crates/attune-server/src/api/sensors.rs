@@ -7,7 +7,10 @@ use attune_wire::{SensorEvents, SensorEventsReply, SensorExit, SensorExitReply};
 use axum::{extract::Path, Extension, Json};
 use serde_json::Value;
 
-use super::{worker::Caller, State};
+use super::{
+    worker::{check_token, Caller},
+    State,
+};
 use crate::{error::Body, reactor, ApiError};
 
 /// Longest stored exit message.
@@ -61,17 +64,6 @@ pub async fn disable(
     Path(r): Path<String>,
 ) -> Result<Json<SensorState>, ApiError> {
     set_enabled(state, who, r, false).await
-}
-
-fn check_token(t: &str) -> Result<(), ApiError> {
-    if t.is_empty() || t.len() > 128 || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return Err(ApiError::unprocessable(
-            "invalid_lease_token",
-            "lease_token must be 1 to 128 of A-Z a-z 0-9 _ -",
-        ));
-    }
-    Ok(())
 }
 
 /// Events a sensor emitted. Each must be of one of the sensor's trigger types and fit its

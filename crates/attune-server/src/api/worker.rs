@@ -119,7 +119,7 @@ fn check_label(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
 }
 
 /// A lease token as the server hands them out: 1 to 128 letters, digits, `-` or `_`.
-fn check_token(t: &str) -> Result<(), ApiError> {
+pub(super) fn check_token(t: &str) -> Result<(), ApiError> {
     if t.is_empty()
         || t.len() > 128
         || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
