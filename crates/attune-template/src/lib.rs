@@ -94,13 +94,34 @@ pub fn render(v: &Value, path: &str, keys: &HashMap<String, String>) -> Result<V
 /// `v` rendered over `context` (an object of names), with `key()` refused: for values that are
 /// compared or stored, never handed to an action (a concurrency key, say).
 pub fn render_over(v: &Value, path: &str, context: &Value) -> Result<Value, Error> {
-    let env = environment(|name: String| {
-        Err(minijinja::Error::new(
-            minijinja::ErrorKind::InvalidOperation,
-            format!("key({name:?}) cannot be used here"),
-        ))
-    });
+    render_over_with(v, path, context, &Calls::new())
+}
+
+/// `render_over` with `calls` available to the templates.
+pub fn render_over_with(v: &Value, path: &str, context: &Value, calls: &Calls) -> Result<Value, Error> {
+    let env = environment_with(
+        |name: String| {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("key({name:?}) cannot be used here"),
+            ))
+        },
+        calls,
+    );
     walk(v, path, &env, context)
+}
+
+/// Whether a rendered value counts as true (Jinja's rule: `false`, `null`, `0`, `""`, `[]` and
+/// `{}` are false; everything else is true).
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
 }
 
 /// `v` rendered over `context` (an object: its fields are the templates' names, such as `event`
@@ -110,6 +131,17 @@ pub fn render_over(v: &Value, path: &str, context: &Value) -> Result<Value, Erro
 /// looks like a template is escaped, so that data can never name a key or run an expression when
 /// the result is rendered (`render`) later.
 pub fn render_deferring_keys(v: &Value, path: &str, context: &Value) -> Result<Value, Error> {
+    render_deferring_keys_with(v, path, context, &Calls::new())
+}
+
+/// `render_deferring_keys` with `calls` available to the templates (their values are data too:
+/// escaped like the context's).
+pub fn render_deferring_keys_with(
+    v: &Value,
+    path: &str,
+    context: &Value,
+    calls: &Calls,
+) -> Result<Value, Error> {
     // Unguessable, so that no text in the context can pass for a key marker.
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)
@@ -118,7 +150,7 @@ pub fn render_deferring_keys(v: &Value, path: &str, context: &Value) -> Result<V
     let names = Arc::new(Mutex::new(Vec::<String>::new()));
     let record = names.clone();
     let mark = nonce.clone();
-    let env = environment(move |name: String| {
+    let env = environment_with(move |name: String| {
         if !valid_key_name(&name) {
             return Err(minijinja::Error::new(
                 minijinja::ErrorKind::InvalidOperation,
@@ -131,7 +163,7 @@ pub fn render_deferring_keys(v: &Value, path: &str, context: &Value) -> Result<V
             all.len() - 1
         });
         Ok(format!("\u{1}{mark}:{i}\u{1}"))
-    });
+    }, calls);
     let rendered = walk(v, path, &env, context)?;
     let names = names.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(seal_for_later(rendered, &nonce, &names))
@@ -186,12 +218,28 @@ fn escape(s: &str) -> String {
     out
 }
 
+/// Functions without arguments a template may call besides `key()` (a workflow's `result()`,
+/// `item()`, `succeeded()`, `failed()`), each with the value it returns. A function not given is
+/// an error where it is called ("unknown function").
+pub type Calls = serde_json::Map<String, Value>;
+
 fn environment(
     key: impl Fn(String) -> Result<String, minijinja::Error> + Send + Sync + 'static,
+) -> Environment<'static> {
+    environment_with(key, &Calls::new())
+}
+
+fn environment_with(
+    key: impl Fn(String) -> Result<String, minijinja::Error> + Send + Sync + 'static,
+    calls: &Calls,
 ) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.add_function("key", key);
+    for (name, value) in calls {
+        let v = minijinja::Value::from_serialize(value);
+        env.add_function(name.clone(), move || v.clone());
+    }
     env
 }
 
