@@ -18,10 +18,25 @@ pub enum Runtime {
     Node,
     /// An executable file.
     Native,
+    /// Run by the server's workflow engine: `entry_point` is the definition's file, and the
+    /// action carries the checked definition (`Action::workflow`). No worker claims it.
+    Workflow,
+    /// A question to a person (`core.ask`): waits `pending` for a response. No worker claims it.
+    Inquiry,
 }
 
 impl Runtime {
-    pub const ALL: [Runtime; 5] =
+    pub const ALL: [Runtime; 7] = [
+        Runtime::Builtin,
+        Runtime::Shell,
+        Runtime::Python,
+        Runtime::Node,
+        Runtime::Native,
+        Runtime::Workflow,
+        Runtime::Inquiry,
+    ];
+    /// The runtimes a worker may run (the others are run by the server).
+    pub const WORKER: [Runtime; 5] =
         [Runtime::Builtin, Runtime::Shell, Runtime::Python, Runtime::Node, Runtime::Native];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -30,10 +45,17 @@ impl Runtime {
             Runtime::Python => "python",
             Runtime::Node => "node",
             Runtime::Native => "native",
+            Runtime::Workflow => "workflow",
+            Runtime::Inquiry => "inquiry",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Whether the server runs it (workflows, inquiries) rather than a worker.
+    pub fn server_side(self) -> bool {
+        matches!(self, Runtime::Workflow | Runtime::Inquiry)
     }
 }
 
@@ -208,6 +230,9 @@ pub struct Action {
     /// (see `queue_rank`), so the lowest still goes first once it has waited long enough.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// A `workflow` action's definition, checked when its pack loaded (`attune-workflow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<Value>,
 }
 
 fn is_zero(p: &i32) -> bool {

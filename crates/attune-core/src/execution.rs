@@ -43,10 +43,13 @@ pub struct Execution {
     pub updated_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
-    /// Room for workflows and rules (not used yet).
+    /// The workflow it is a task of, or the execution it requeues.
     pub parent: Option<Uuid>,
     pub trace_id: Option<String>,
     pub enforcement: Option<String>,
+    /// A workflow child's identity in its workflow: `task/iteration[/item]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_key: Option<String>,
     /// Filled on `get`, empty in lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,

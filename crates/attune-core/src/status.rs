@@ -6,7 +6,8 @@
 //! requested ─► scheduled ─► running ─► succeeded | failed | timeout | abandoned
 //!                  │  ▲         │ └──► canceling ─► canceled (or the outcome that won the race)
 //!                  │  └─────────┘ (retry: a new attempt)
-//!                  └─► canceled | failed (schedule-to-start timeout, dead letter)
+//!                  ├─► canceled | failed (schedule-to-start timeout, dead letter)
+//!                  └─► pending ─► succeeded (answered) | timeout | failed | canceled  (inquiries)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,8 @@ use serde::{Deserialize, Serialize};
 pub enum ExecutionStatus {
     Requested,
     Scheduled,
+    /// An inquiry waits for a person's response; no worker holds it.
+    Pending,
     Running,
     Canceling,
     Succeeded,
@@ -36,13 +39,14 @@ pub struct TransitionError {
 }
 
 impl ExecutionStatus {
-    pub const ALL: [ExecutionStatus; 9] =
-        [Requested, Scheduled, Running, Canceling, Succeeded, Failed, Timeout, Canceled, Abandoned];
+    pub const ALL: [ExecutionStatus; 10] =
+        [Requested, Scheduled, Pending, Running, Canceling, Succeeded, Failed, Timeout, Canceled, Abandoned];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Requested => "requested",
             Scheduled => "scheduled",
+            Pending => "pending",
             Running => "running",
             Canceling => "canceling",
             Succeeded => "succeeded",
@@ -71,11 +75,12 @@ impl ExecutionStatus {
         match to {
             Requested => &[],
             Scheduled => &[Requested, Running],
+            Pending => &[Scheduled],
             Running => &[Scheduled],
             Canceling => &[Running],
-            Succeeded | Timeout => &[Running, Canceling],
-            Failed => &[Requested, Scheduled, Running, Canceling],
-            Canceled => &[Requested, Scheduled, Running, Canceling],
+            Succeeded | Timeout => &[Running, Canceling, Pending],
+            Failed => &[Requested, Scheduled, Running, Canceling, Pending],
+            Canceled => &[Requested, Scheduled, Running, Canceling, Pending],
             Abandoned => &[Running, Canceling],
         }
     }

@@ -66,6 +66,9 @@ pub struct NewExecution {
     /// Its rate bucket's key (`<action>/<rendered key>`), rate per second and burst, when its
     /// action has a rate limit.
     pub rate: Option<(String, f64, u32)>,
+    /// A workflow child's identity within its workflow (`parent`): `task/iteration[/item]`. The
+    /// store keeps (parent, key) unique, so a child is never created twice.
+    pub child_key: Option<String>,
 }
 
 impl NewExecution {
@@ -116,11 +119,20 @@ pub struct Origin {
     pub trace_id: Option<String>,
     pub enforces: Option<crate::rules::Enforcing>,
     pub requeue_of: Option<Uuid>,
+    /// A workflow child's identity (`NewExecution::child_key`).
+    pub child_key: Option<String>,
 }
 
 impl Origin {
     pub fn actor(actor: impl Into<String>) -> Origin {
-        Origin { actor: actor.into(), parent: None, trace_id: None, enforces: None, requeue_of: None }
+        Origin {
+            actor: actor.into(),
+            parent: None,
+            trace_id: None,
+            enforces: None,
+            requeue_of: None,
+            child_key: None,
+        }
     }
 }
 
@@ -224,6 +236,7 @@ pub fn prepare(
         requeue_of: origin.requeue_of,
         concurrency: None,
         rate: None,
+        child_key: origin.child_key,
     })
 }
 
@@ -252,6 +265,7 @@ mod tests {
             concurrency: None,
             rate_limit: None,
             priority: 0,
+            workflow: None,
         }
     }
 

@@ -49,6 +49,10 @@ pub fn check_action(pack: &PackRef, a: &Action) -> Vec<Problem> {
                 format!("unknown builtin {:?}; builtins are: {}", a.entry_point, BUILTINS.join(", ")),
             ));
         }
+    } else if a.runtime == Runtime::Inquiry {
+        if a.entry_point != "ask" {
+            out.push(problem("entry_point", "an inquiry action's entry_point is \"ask\""));
+        }
     } else if !entry_point_is_contained(&a.entry_point) {
         out.push(problem("entry_point", "must be a relative path inside the pack's actions/ directory"));
     }

@@ -237,6 +237,7 @@ pub fn load_pack_dir(dir: &Path) -> Result<LoadedPack, PackErrors> {
             let a = read_action(&f, meta, &dir_abs, &mut errors);
             add_once(&mut actions, a, f, |a| &a.action_ref, &mut errors);
         }
+        check_workflow_actions(meta, &dir_abs, &actions, &mut errors);
         for f in yaml_files(&dir.join("triggers"), &mut errors) {
             let t = read_trigger(&f, meta, &mut errors);
             add_once(&mut triggers, t, f, |t| &t.type_ref, &mut errors);
@@ -691,16 +692,82 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         concurrency,
         rate_limit,
         priority,
+        workflow: None,
     };
+    let mut action = action;
     let problems = check_action(&pack.pack_ref, &action);
     let entry_ok = !problems.iter().any(|p| p.field == "entry_point");
     for p in problems {
         doc.err(p.field, p.message);
     }
-    if entry_ok && action.runtime != Runtime::Builtin {
+    if entry_ok && !matches!(action.runtime, Runtime::Builtin | Runtime::Inquiry) {
         check_entry_file(&mut doc, action.runtime, dir_abs, "actions", &action.entry_point);
     }
+    if action.runtime == Runtime::Workflow && doc.errors.len() == before {
+        action.workflow = read_workflow(dir_abs, &action.entry_point, doc.errors);
+    }
     (doc.errors.len() == before).then_some(action)
+}
+
+/// A workflow action's definition (`actions/<entry_point>`), checked (`attune-workflow`); its
+/// problems are reported at that file, with the task and field.
+fn read_workflow(dir_abs: &Path, entry_point: &str, errors: &mut Vec<PackError>) -> Option<Value> {
+    let file = dir_abs.join("actions").join(entry_point);
+    let mut fail = |field: Option<String>, message: String| {
+        errors.push(PackError { file: file.clone(), field, message });
+        None
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) if t.len() <= MAX_WORKFLOW_BYTES => t,
+        Ok(t) => {
+            return fail(
+                None,
+                format!("{} bytes; a workflow file may have at most {MAX_WORKFLOW_BYTES}", t.len()),
+            )
+        }
+        Err(e) => return fail(None, format!("cannot read: {e}")),
+    };
+    let yaml: Value = match serde_yaml::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => return fail(None, format!("not valid YAML: {e}")),
+    };
+    match attune_workflow::Definition::parse(&yaml) {
+        Ok(def) => serde_json::to_value(def).ok(),
+        Err(e) => {
+            let field = match &e.task {
+                Some(t) => format!("tasks.{t}.{}", e.field),
+                None => e.field.clone(),
+            };
+            fail(Some(field), e.message)
+        }
+    }
+}
+
+/// Largest workflow definition file.
+const MAX_WORKFLOW_BYTES: usize = 1024 * 1024;
+
+/// Every task of a workflow that names an action of its own pack must name one that exists;
+/// actions of other packs are checked by the server, which knows them.
+fn check_workflow_actions(pack: &PackMeta, dir_abs: &Path, actions: &[Action], errors: &mut Vec<PackError>) {
+    for a in actions {
+        let Some(def) = a
+            .workflow
+            .as_ref()
+            .and_then(|w| serde_json::from_value::<attune_workflow::Definition>(w.clone()).ok())
+        else {
+            continue;
+        };
+        for (task, target) in def.actions() {
+            let own = target.split('.').next() == Some(pack.pack_ref.as_str());
+            if own && !actions.iter().any(|x| x.action_ref.as_str() == target) {
+                errors.push(PackError {
+                    file: dir_abs.join("actions").join(&a.entry_point),
+                    field: Some(format!("tasks.{task}.action")),
+                    message: format!("unknown action {target:?}: pack {} has no such action", pack.pack_ref),
+                });
+            }
+        }
+    }
 }
 
 /// What only the directory can tell: the entry point (in the pack's `sub` directory) exists, stays

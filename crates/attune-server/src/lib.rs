@@ -18,6 +18,7 @@ mod reactor;
 mod replicas;
 mod submission;
 pub mod tls;
+mod workflows;
 
 use std::{
     sync::{Arc, Mutex},
@@ -113,6 +114,8 @@ pub(crate) struct Shared {
     pub work_available: Notify,
     /// Woken when events were stored (`reactor::run`).
     pub events_ready: Notify,
+    /// Woken when a workflow or inquiry may have something to do (`workflows::run`).
+    pub engine_wake: Notify,
     /// The one way new executions are accepted.
     pub submissions: submission::Submissions,
     /// Tokens recently read from the store.
@@ -149,6 +152,9 @@ impl Shared {
             changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled || (limits && s.is_terminal()));
         if work {
             self.work_available.notify_waiters();
+        }
+        if self.submissions.server_run_in_use.load(std::sync::atomic::Ordering::Relaxed) {
+            self.engine_wake.notify_one();
         }
         if self.store.kind() == attune_store::BackendKind::Postgres {
             // Sent by `replicas::notify`, off the request's path.
@@ -188,6 +194,7 @@ impl Server {
                 opts,
                 work_available: Notify::new(),
                 events_ready: Notify::new(),
+                engine_wake: Notify::new(),
                 tokens: auth::TokenCache::default(),
                 keyring: Default::default(),
                 key_writes: Default::default(),
@@ -216,6 +223,7 @@ impl Server {
         tasks.spawn(replicas::notify(shared.clone(), self.notices));
         tasks.spawn(reactor::run(shared.clone()));
         tasks.spawn(reactor::timers(shared.clone()));
+        tasks.spawn(workflows::run(shared.clone()));
         let stop = shared.shutdown.clone();
         let forward = shutdown.clone();
         tasks.spawn(async move {

@@ -100,6 +100,30 @@ pub(crate) async fn check_rules(store: &Store, p: &attune_pack::LoadedPack) -> R
             }
         }
     }
+    // A workflow's tasks may name actions of other packs: those must be loaded.
+    let mut actions = None;
+    for a in p.actions.iter().filter(|a| a.workflow.is_some()) {
+        let Some(def) =
+            a.workflow.clone().and_then(|w| serde_json::from_value::<attune_workflow::Definition>(w).ok())
+        else {
+            continue;
+        };
+        for (task, target) in def.actions() {
+            let pack = target.split('.').next();
+            if pack == Some(p.meta.pack_ref.as_str()) || pack == Some("core") {
+                continue; // checked by the loader; core ships with every server
+            }
+            if actions.is_none() {
+                actions = Some(store.list_actions(None).await.map_err(|e| e.to_string())?);
+            }
+            if !actions.as_ref().is_some_and(|all| all.iter().any(|x| x.action_ref.as_str() == target)) {
+                problems.push(format!(
+                    "workflow {} ({}): task {task}: action {target} is not loaded",
+                    a.action_ref, a.entry_point
+                ));
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {

@@ -106,6 +106,16 @@ pub(crate) struct Submissions {
     /// Set once an execution under a concurrency limit was accepted here: from then on an
     /// execution that ends may free a slot, and waiting workers are woken for it.
     pub(crate) limits_in_use: std::sync::atomic::AtomicBool,
+    /// Set once a workflow or an inquiry was seen: from then on status changes wake the engine.
+    pub(crate) server_run_in_use: std::sync::atomic::AtomicBool,
+}
+
+/// An inquiry's `timeout` parameter is its execution's timeout (how long it may stay pending),
+/// unless the submission gave one.
+pub(crate) fn inquiry_timeout(new: &mut NewExecution) {
+    if new.action.runtime == attune_core::Runtime::Inquiry && new.timeout_seconds.is_none() {
+        new.timeout_seconds = new.parameters.get("timeout").and_then(Value::as_u64).filter(|t| *t > 0);
+    }
 }
 
 pub(crate) type Inserts = Batches<NewExecution, Inserted>;
@@ -119,13 +129,18 @@ impl Submissions {
             validators: Mutex::new(HashMap::new()),
             actions: Mutex::new(HashMap::new()),
             limits_in_use: std::sync::atomic::AtomicBool::new(false),
+            server_run_in_use: std::sync::atomic::AtomicBool::new(false),
         };
         (s, batches)
     }
 
     /// Validates and accepts one execution.
     pub(crate) async fn submit(&self, req: Request) -> Result<Execution, SubmitError> {
-        let new = self.prepare(req).await?;
+        let mut new = self.prepare(req).await?;
+        if new.action.runtime.server_side() {
+            inquiry_timeout(&mut new);
+            self.server_run_in_use.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let limited = new.concurrency.clone().zip(new.action.concurrency.as_ref().map(|c| c.on_limit));
         if limited.is_some() {
             self.limits_in_use.store(true, std::sync::atomic::Ordering::Relaxed);

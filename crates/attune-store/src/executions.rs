@@ -15,7 +15,7 @@ use crate::{
 
 pub(crate) const EXEC_COLS: &str = "id, action_ref, action, parameters, status, result, stdout, stderr, \
     stdout_encoding, stderr_encoding, stdout_truncated, stderr_truncated, exit_code, error, worker_id, worker_name, attempt, max_attempts, \
-    timeout_seconds, created_at, updated_at, started_at, finished_at, parent, trace_id, enforcement";
+    timeout_seconds, created_at, updated_at, started_at, finished_at, parent, trace_id, enforcement, child_key";
 
 pub(crate) fn encoding(s: String) -> Result<OutputEncoding> {
     OutputEncoding::parse(&s)
@@ -53,6 +53,7 @@ pub(crate) fn exec_from_row(r: &impl RowExt) -> Result<Execution> {
         parent: r.opt_text("parent")?.map(|s| uuid(T, &s)).transpose()?,
         trace_id: r.opt_text("trace_id")?,
         enforcement: r.opt_text("enforcement")?,
+        child_key: r.opt_text("child_key")?,
         history: Vec::new(),
         attempts: Vec::new(),
         worker_selector: action.worker_selector.clone(),
@@ -60,6 +61,67 @@ pub(crate) fn exec_from_row(r: &impl RowExt) -> Result<Execution> {
         action: Some(action),
     })
 }
+
+/// Inserts accepted executions (`&[(id, &NewExecution)]`) with one statement on `$conn` (a pool
+/// or a transaction); the `executions_accepted` trigger writes their history rows.
+macro_rules! insert_executions {
+    ($conn:expr, $rows:expr, $at:expr) => {{
+        let rows: &[(Uuid, &NewExecution)] = $rows;
+        let at: i64 = $at;
+        if !rows.is_empty() {
+            const COLS: usize = 25;
+            let values: Vec<String> = (0..rows.len())
+                .map(|n| {
+                    let b = n * COLS;
+                    let p: Vec<String> = (1..=COLS).map(|k| format!("${}", b + k)).collect();
+                    // not_before, created_at, updated_at and scheduled_at are all `now`.
+                    format!("({}, {}, {}, {}, {})", p[..8].join(", "), p[7], p[7], p[7], p[8..].join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
+                    not_before, created_at, updated_at, scheduled_at, timeout_seconds, parent, trace_id,
+                    enforcement, backoff_seconds, transition_actor, transition_reason, scheduled_timeout_ms,
+                    selector, concurrency_key, concurrency_limit, rate_key, rate_per_second, rate_burst, queue_rank,
+                    child_key, child_applied)
+                    VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, new) in rows {
+                let (status, reason) = new.accepted();
+                q = q
+                    .bind(id.to_string())
+                    .bind(new.action.action_ref.as_str())
+                    .bind(new.queue().as_str())
+                    .bind(to_json(&new.action))
+                    .bind(to_json(&new.parameters))
+                    .bind(status.as_str())
+                    .bind(new.max_attempts.max(1) as i32)
+                    .bind(at)
+                    .bind(new.timeout_seconds.map(|t| t as i64))
+                    .bind(new.parent.map(|u| u.to_string()))
+                    .bind(new.trace_id.clone())
+                    .bind(new.enforces.as_ref().map(|e| e.id.to_string()))
+                    .bind(new.action.retry.backoff_seconds as i64)
+                    .bind(new.actor.clone())
+                    .bind(reason)
+                    .bind(new.action.scheduled_timeout_seconds.map(|t| (t * 1000) as i64))
+                    .bind((!new.action.worker_selector.is_empty()).then(|| to_json(&new.action.worker_selector)))
+                    .bind(new.concurrency.as_ref().map(|(k, _)| k.clone()))
+                    .bind(new.concurrency.as_ref().map(|(_, l)| *l as i32))
+                    .bind(new.rate.as_ref().map(|(k, ..)| k.clone()))
+                    .bind(new.rate.as_ref().map(|(_, r, _)| *r))
+                    .bind(new.rate.as_ref().map(|(.., b)| *b as i32))
+                    .bind(attune_core::action::queue_rank(at, new.action.priority))
+                    .bind(new.child_key.clone())
+                    .bind(new.child_key.is_none());
+            }
+            q.execute($conn).await?;
+        }
+    }};
+}
+pub(crate) use insert_executions;
 
 /// See `Store::metrics_snapshot`.
 #[derive(Debug, Clone, Default)]
@@ -81,6 +143,8 @@ pub struct ExecutionFilter {
     /// Only executions created before this one (ids are time-ordered): the next page.
     pub before: Option<Uuid>,
     pub limit: u32,
+    /// Only executions with this parent (a workflow's tasks).
+    pub parent: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -164,58 +228,11 @@ impl Store {
                     }
                 }
             }
-            let accepted: Vec<usize> = (0..news.len()).filter(|i| refused[*i].is_none()).collect();
-            if !accepted.is_empty() {
-                const COLS: usize = 23;
-                let rows: Vec<String> = (0..accepted.len())
-                    .map(|n| {
-                        let b = n * COLS;
-                        let p: Vec<String> = (1..=COLS).map(|k| format!("${}", b + k)).collect();
-                        // not_before, created_at, updated_at and scheduled_at are all `now`.
-                        format!("({}, {}, {}, {}, {})", p[..8].join(", "), p[7], p[7], p[7], p[8..].join(", "))
-                    })
-                    .collect();
-                let sql = format!(
-                    "INSERT INTO executions (id, action_ref, queue, action, parameters, status, max_attempts,
-                        not_before, created_at, updated_at, scheduled_at, timeout_seconds, parent, trace_id,
-                        enforcement, backoff_seconds, transition_actor, transition_reason, scheduled_timeout_ms,
-                        selector, concurrency_key, concurrency_limit, rate_key, rate_per_second, rate_burst, queue_rank)
-                        VALUES {}",
-                    rows.join(", ")
-                );
-                let mut q = sqlx::query(&sql);
-                for i in &accepted {
-                    let new = &news[*i];
-                    let (status, reason) = new.accepted();
-                    q = q
-                        .bind(ids[*i].to_string())
-                        .bind(new.action.action_ref.as_str())
-                        .bind(new.queue().as_str())
-                        .bind(to_json(&new.action))
-                        .bind(to_json(&new.parameters))
-                        .bind(status.as_str())
-                        .bind(new.max_attempts.max(1) as i32)
-                        .bind(at)
-                        .bind(new.timeout_seconds.map(|t| t as i64))
-                        .bind(new.parent.map(|u| u.to_string()))
-                        .bind(new.trace_id.clone())
-                        .bind(new.enforces.as_ref().map(|e| e.id.to_string()))
-                        .bind(new.action.retry.backoff_seconds as i64)
-                        .bind(new.actor.clone())
-                        .bind(reason)
-                        .bind(new.action.scheduled_timeout_seconds.map(|t| (t * 1000) as i64))
-                        .bind((!new.action.worker_selector.is_empty()).then(|| to_json(&new.action.worker_selector)))
-                        .bind(new.concurrency.as_ref().map(|(k, _)| k.clone()))
-                        .bind(new.concurrency.as_ref().map(|(_, l)| *l as i32))
-                        .bind(new.rate.as_ref().map(|(k, ..)| k.clone()))
-                        .bind(new.rate.as_ref().map(|(_, r, _)| *r))
-                        .bind(new.rate.as_ref().map(|(.., b)| *b as i32))
-                        .bind(attune_core::action::queue_rank(at, new.action.priority));
-                }
-                match tx.as_mut() {
-                    Some(tx) => q.execute(&mut **tx).await?,
-                    None => q.execute(p).await?,
-                };
+            let accepted: Vec<(Uuid, &NewExecution)> =
+                (0..news.len()).filter(|i| refused[*i].is_none()).map(|i| (ids[i], &news[i])).collect();
+            match tx.as_mut() {
+                Some(tx) => insert_executions!(&mut **tx, &accepted, at),
+                None => insert_executions!(p, &accepted, at),
             }
             if let Some(tx) = tx {
                 tx.commit().await?;
@@ -328,6 +345,9 @@ impl Store {
         if f.before.is_some() {
             sql += &format!(" AND id < {}", next_param());
         }
+        if f.parent.is_some() {
+            sql += &format!(" AND parent = {}", next_param());
+        }
         sql += &format!(" ORDER BY id DESC LIMIT {}", next_param());
         let items: Vec<Execution> = read_pool!(self, p => {
             let mut q = sqlx::query(&sql);
@@ -339,6 +359,9 @@ impl Store {
             }
             if let Some(b) = f.before {
                 q = q.bind(b.to_string());
+            }
+            if let Some(parent) = f.parent {
+                q = q.bind(parent.to_string());
             }
             let rows = q.bind(limit as i64 + 1).fetch_all(p).await?;
             rows.iter().map(exec_from_row).collect::<Result<_>>()?
@@ -406,7 +429,7 @@ impl Store {
 }
 
 /// A just-accepted execution as its row holds it.
-fn accepted_execution(id: Uuid, new: NewExecution, now: Timestamp) -> Execution {
+pub(crate) fn accepted_execution(id: Uuid, new: NewExecution, now: Timestamp) -> Execution {
     let (status, _) = new.accepted();
     Execution {
         id,
@@ -434,6 +457,7 @@ fn accepted_execution(id: Uuid, new: NewExecution, now: Timestamp) -> Execution 
         parent: new.parent,
         trace_id: new.trace_id,
         enforcement: new.enforces.as_ref().map(|e| e.id.to_string()),
+        child_key: new.child_key.clone(),
         history: Vec::new(),
         attempts: Vec::new(),
         worker_selector: new.action.worker_selector.clone(),

@@ -27,6 +27,7 @@ mod rules;
 mod sensors;
 mod tokens;
 mod workers;
+mod workflows;
 
 pub use attune_core::NewExecution;
 pub use connect::{redact, BackendKind, StoreOptions};
@@ -40,6 +41,7 @@ pub use rules::{EventFilter, Timer};
 pub use sensors::{SensorBeat, StartedSensor};
 pub use tokens::NewToken;
 pub use workers::NewWorker;
+pub use workflows::{EndedChild, EngineDue, WorkflowRow, WorkflowStep};
 
 use attune_core::TransitionError;
 

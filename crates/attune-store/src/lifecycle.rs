@@ -503,7 +503,9 @@ impl Store {
     /// timeout monitor), with the seed's error object.
     pub async fn fail_unstarted(&self, timeout: Duration, now: Timestamp) -> Result<Vec<Applied>> {
         // Each by its own timeout when it has one, else by the server's.
-        let sql = "SELECT id FROM executions WHERE status = 'scheduled'
+        // Workflows and inquiries wait for the server, not for a worker.
+        let sql =
+            "SELECT id FROM executions WHERE status = 'scheduled' AND queue NOT IN ('workflow', 'inquiry')
              AND scheduled_at < $1 - COALESCE(scheduled_timeout_ms, $2) ORDER BY id LIMIT 500";
         let rows: Vec<String> = read_pool!(self, p => {
             sqlx::query_scalar(sql).bind(now.millis()).bind(timeout.as_millis() as i64).fetch_all(p).await?

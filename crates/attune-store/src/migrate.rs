@@ -23,6 +23,7 @@ const SQLITE: &[(i64, &str)] = &[
     (17, include_str!("../migrations/sqlite/0017_concurrency.sql")),
     (18, include_str!("../migrations/sqlite/0018_rate_limits.sql")),
     (19, include_str!("../migrations/sqlite/0019_priority.sql")),
+    (20, include_str!("../migrations/sqlite/0020_workflows.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -43,6 +44,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (17, include_str!("../migrations/postgres/0017_concurrency.sql")),
     (18, include_str!("../migrations/postgres/0018_rate_limits.sql")),
     (19, include_str!("../migrations/postgres/0019_priority.sql")),
+    (20, include_str!("../migrations/postgres/0020_workflows.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

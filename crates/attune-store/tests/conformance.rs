@@ -113,6 +113,7 @@ fn action(name: &str, runtime: Runtime, max_attempts: u32) -> Action {
         concurrency: None,
         rate_limit: None,
         priority: 0,
+        workflow: None,
     }
 }
 
@@ -688,6 +689,7 @@ async fn dead_letters_list_and_requeue_once(db: &TestDb) {
         requeue_of: Some(dl),
         concurrency: None,
         rate: None,
+        child_key: None,
     };
     let new = s.create_execution(requeue(dls[1].id), at(50)).await.unwrap();
     assert_eq!((new.status, new.parent, new.attempt), (ExecutionStatus::Scheduled, Some(id), 0));
@@ -724,6 +726,7 @@ async fn batches_behave_like_single_calls(db: &TestDb) {
             requeue_of: None,
             concurrency: None,
             rate: None,
+            child_key: None,
         })
         .collect();
     let created: Vec<_> =
@@ -1020,6 +1023,7 @@ async fn events_are_enforced_once_and_ticks_fire_once(db: &TestDb) {
         requeue_of: None,
         concurrency: None,
         rate: None,
+        child_key: None,
     };
     let first = s.create_execution(new(Uuid::now_v7()), at(1)).await.unwrap();
     let again = s.create_execution(new(Uuid::now_v7()), at(2)).await;
@@ -1383,6 +1387,7 @@ fn plain(a: &Action) -> NewExecution {
         requeue_of: None,
         concurrency: None,
         rate: None,
+        child_key: None,
     }
 }
 

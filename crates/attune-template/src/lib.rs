@@ -150,20 +150,23 @@ pub fn render_deferring_keys_with(
     let names = Arc::new(Mutex::new(Vec::<String>::new()));
     let record = names.clone();
     let mark = nonce.clone();
-    let env = environment_with(move |name: String| {
-        if !valid_key_name(&name) {
-            return Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                format!("{name:?} is not a key name (letters, digits, '.', '_', '-')"),
-            ));
-        }
-        let mut all = record.lock().unwrap_or_else(|e| e.into_inner());
-        let i = all.iter().position(|n| *n == name).unwrap_or_else(|| {
-            all.push(name);
-            all.len() - 1
-        });
-        Ok(format!("\u{1}{mark}:{i}\u{1}"))
-    }, calls);
+    let env = environment_with(
+        move |name: String| {
+            if !valid_key_name(&name) {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("{name:?} is not a key name (letters, digits, '.', '_', '-')"),
+                ));
+            }
+            let mut all = record.lock().unwrap_or_else(|e| e.into_inner());
+            let i = all.iter().position(|n| *n == name).unwrap_or_else(|| {
+                all.push(name);
+                all.len() - 1
+            });
+            Ok(format!("\u{1}{mark}:{i}\u{1}"))
+        },
+        calls,
+    );
     let rendered = walk(v, path, &env, context)?;
     let names = names.lock().unwrap_or_else(|e| e.into_inner()).clone();
     Ok(seal_for_later(rendered, &nonce, &names))

@@ -30,6 +30,17 @@ pub struct Health {
     pub database: String,
 }
 
+/// A person's answer to an inquiry: checked against the inquiry's `schema` parameter, then its
+/// result.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InquiryResponse {
+    /// The answer: an object matching the inquiry's schema.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub response: serde_json::Value,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateExecution {

@@ -85,6 +85,7 @@ impl Scratch {
             concurrency: None,
             rate_limit: None,
             priority: 0,
+            workflow: None,
         }
     }
 

@@ -222,7 +222,11 @@ impl Definition {
         for (name, t) in &self.tasks {
             let at = Some(name.as_str());
             if t.action.split('.').count() != 2 || t.action.split('.').any(str::is_empty) {
-                return Err(err(at, "action", format!("{:?} is not an action reference (pack.action)", t.action)));
+                return Err(err(
+                    at,
+                    "action",
+                    format!("{:?} is not an action reference (pack.action)", t.action),
+                ));
             }
             if !t.input.is_object() {
                 return Err(err(at, "input", "must be a mapping of parameter names to values"));
@@ -231,12 +235,18 @@ impl Definition {
             if let Some(w) = &t.with {
                 match &w.items {
                     Value::Array(_) => {}
-                    Value::String(s) if attune_template::is_template(s) => syntax(at, "with.items", &w.items)?,
+                    Value::String(s) if attune_template::is_template(s) => {
+                        syntax(at, "with.items", &w.items)?
+                    }
                     _ => return Err(err(at, "with.items", "must be a list or a template that gives one")),
                 }
                 if let Some(c) = w.concurrency {
                     if !(1..=MAX_CONCURRENCY).contains(&c) {
-                        return Err(err(at, "with.concurrency", format!("must be 1 to {MAX_CONCURRENCY}, not {c}")));
+                        return Err(err(
+                            at,
+                            "with.concurrency",
+                            format!("must be 1 to {MAX_CONCURRENCY}, not {c}"),
+                        ));
                     }
                 }
             }
@@ -270,18 +280,18 @@ impl Definition {
             let n = inbound.get(name).map_or(0, BTreeSet::len) as u32;
             match t.join {
                 Some(Join::Count(c)) if c == 0 || c > n => {
-                    return Err(err(
-                        Some(name),
-                        "join",
-                        format!("waits for {c} tasks but {n} lead to it"),
-                    ))
+                    return Err(err(Some(name), "join", format!("waits for {c} tasks but {n} lead to it")))
                 }
                 Some(_) if n == 0 => return Err(err(Some(name), "join", "no task leads to it")),
                 _ => {}
             }
         }
         if self.start().is_empty() {
-            return Err(err(None, "tasks", "every task is the target of a `do`: none can start the workflow"));
+            return Err(err(
+                None,
+                "tasks",
+                "every task is the target of a `do`: none can start the workflow",
+            ));
         }
         self.check_unconditional_cycles()
     }

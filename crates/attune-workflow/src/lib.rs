@@ -114,11 +114,20 @@ pub struct Start {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// The workflow execution starts with these parameters.
-    Start { parameters: Value },
+    Start {
+        parameters: Value,
+    },
     /// The child `key` ended; `result` is what `result()` gives its transitions.
-    Ended { key: String, succeeded: bool, result: Value },
+    Ended {
+        key: String,
+        succeeded: bool,
+        result: Value,
+    },
     /// A child could not be created (its input did not validate): the same as a failed run.
-    Refused { key: String, error: Value },
+    Refused {
+        key: String,
+        error: Value,
+    },
     Cancel,
     Pause,
     Resume,
@@ -281,7 +290,12 @@ impl Engine<'_> {
                     return;
                 }
                 Err(e) => {
-                    self.queue.push_back((task.to_owned(), iteration, false, json!({"error": e.to_string()})));
+                    self.queue.push_back((
+                        task.to_owned(),
+                        iteration,
+                        false,
+                        json!({"error": e.to_string()}),
+                    ));
                     return;
                 }
             };
@@ -436,7 +450,12 @@ impl Engine<'_> {
         for (i, tr) in t.next.iter().enumerate() {
             if let Some(w) = &tr.when {
                 let field = format!("next[{i}].when");
-                match attune_template::render_over_with(&Value::String(w.clone()), &field, &self.ctx(), &calls) {
+                match attune_template::render_over_with(
+                    &Value::String(w.clone()),
+                    &field,
+                    &self.ctx(),
+                    &calls,
+                ) {
                     Ok(v) if attune_template::truthy(&v) => {}
                     Ok(_) => continue,
                     Err(e) => {
@@ -500,7 +519,8 @@ impl Engine<'_> {
                 .chain(self.st.held.iter().map(|s| s.task.clone()))
                 .collect();
             let ready = self.st.arrived.iter().find_map(|(j, arrived)| {
-                let all = matches!(self.def.tasks.get(j).and_then(|t| t.join), Some(Join::Word(JoinWord::All)));
+                let all =
+                    matches!(self.def.tasks.get(j).and_then(|t| t.join), Some(Join::Word(JoinWord::All)));
                 if !all || arrived.is_empty() {
                     return None;
                 }
@@ -544,7 +564,11 @@ impl Engine<'_> {
             return; // paused with work to start
         }
         let finish = if self.st.phase == Phase::Canceling {
-            Finish { outcome: Outcome::Canceled, output: None, error: Some(json!({"error": "workflow canceled"})) }
+            Finish {
+                outcome: Outcome::Canceled,
+                output: None,
+                error: Some(json!({"error": "workflow canceled"})),
+            }
         } else if !self.st.failures.is_empty() {
             let first = self.st.failures[0].get("error").and_then(Value::as_str).unwrap_or("a task failed");
             Finish {

@@ -86,13 +86,11 @@ fn an_empty_with_proceeds_st2_4954() {
 
 #[test]
 fn a_failing_item_ends_the_workflow_by_its_transitions_st2_4617() {
-    let d = def(
-        r#"{"version": 1, "tasks": {
+    let d = def(r#"{"version": 1, "tasks": {
         "each": {"with": {"items": [1, 2, 3]}, "action": "core.noop", "next": [
            {"when": "{{ failed() }}", "publish": {"bad": "{{ result() | length }}"}, "do": ["cleanup"]}]},
         "cleanup": {"action": "core.noop"}},
-        "output": {"bad": "{{ ctx.bad }}"}}"#,
-    );
+        "output": {"bad": "{{ ctx.bad }}"}}"#);
     let mut st = State::default();
     let s = step(&d, &mut st, Input::Start { parameters: json!({}) });
     assert_eq!(keys(&s), ["each/1/0", "each/1/1", "each/1/2"]);
@@ -106,12 +104,10 @@ fn a_failing_item_ends_the_workflow_by_its_transitions_st2_4617() {
 
 #[test]
 fn an_unhandled_failure_lets_running_branches_finish_then_fails() {
-    let d = def(
-        r#"{"version": 1, "tasks": {
+    let d = def(r#"{"version": 1, "tasks": {
         "a": {"action": "core.noop", "next": ["a2"]}, "a2": {"action": "core.noop"},
         "b": {"action": "core.noop", "next": [{"when": "{{ succeeded() }}", "do": ["b2"]}]},
-        "b2": {"action": "core.noop"}}}"#,
-    );
+        "b2": {"action": "core.noop"}}}"#);
     let mut st = State::default();
     let s = step(&d, &mut st, Input::Start { parameters: json!({}) });
     assert_eq!(keys(&s), ["a/1", "b/1"]);
@@ -132,7 +128,11 @@ fn cancel_stops_new_work_and_ends_when_children_have() {
     step(&d, &mut st, ok("list_hosts/1", json!({"hosts": ["a", "b", "c"]})));
     let s = step(&d, &mut st, Input::Cancel);
     assert!(s.cancel_children && s.finish.is_none());
-    let s = step(&d, &mut st, Input::Ended { key: "check_each/1/0".into(), succeeded: false, result: Value::Null });
+    let s = step(
+        &d,
+        &mut st,
+        Input::Ended { key: "check_each/1/0".into(), succeeded: false, result: Value::Null },
+    );
     assert!(s.starts.is_empty(), "no further item starts");
     let s = step(&d, &mut st, ok("check_each/1/1", Value::Null));
     assert_eq!(s.finish.unwrap().outcome, Outcome::Canceled);
@@ -140,7 +140,8 @@ fn cancel_stops_new_work_and_ends_when_children_have() {
 
 #[test]
 fn pause_holds_starts_until_resume() {
-    let d = def(r#"{"version": 1, "tasks": {"a": {"action": "x.y", "next": ["b"]}, "b": {"action": "x.y"}}}"#);
+    let d =
+        def(r#"{"version": 1, "tasks": {"a": {"action": "x.y", "next": ["b"]}, "b": {"action": "x.y"}}}"#);
     let mut st = State::default();
     step(&d, &mut st, Input::Start { parameters: json!({}) });
     step(&d, &mut st, Input::Pause);
@@ -153,14 +154,12 @@ fn pause_holds_starts_until_resume() {
 #[test]
 fn a_join_reached_from_inside_a_loop() {
     // `poll` loops until ready, then both it and `other` lead to `done` (join all).
-    let d = def(
-        r#"{"version": 1, "tasks": {
+    let d = def(r#"{"version": 1, "tasks": {
         "poll": {"action": "x.poll", "next": [
             {"when": "{{ not result().ready }}", "do": ["poll"]},
             {"when": "{{ result().ready }}", "do": ["done"]}]},
         "other": {"action": "x.y", "next": ["done"]},
-        "done": {"join": "all", "action": "x.y"}}}"#,
-    );
+        "done": {"join": "all", "action": "x.y"}}}"#);
     let mut st = State::default();
     let s = step(&d, &mut st, Input::Start { parameters: json!({}) });
     assert_eq!(keys(&s), ["other/1", "poll/1"]);
@@ -175,12 +174,10 @@ fn a_join_reached_from_inside_a_loop() {
 
 #[test]
 fn join_count_and_publish_types() {
-    let d = def(
-        r#"{"version": 1, "vars": {"n": "{{ ctx.start + 1 }}"}, "tasks": {
+    let d = def(r#"{"version": 1, "vars": {"n": "{{ ctx.start + 1 }}"}, "tasks": {
         "a": {"action": "x.y", "next": [{"publish": {"list": "{{ result() }}", "text": "n={{ ctx.n }}"}, "do": ["c"]}]},
         "b": {"action": "x.y", "next": ["c"]},
-        "c": {"join": 1, "action": "x.y", "input": {"n": "{{ ctx.n }}", "list": "{{ ctx.list }}"}}}}"#,
-    );
+        "c": {"join": 1, "action": "x.y", "input": {"n": "{{ ctx.n }}", "list": "{{ ctx.list }}"}}}}"#);
     let mut st = State::default();
     step(&d, &mut st, Input::Start { parameters: json!({"start": 41}) });
     let s = step(&d, &mut st, ok("a/1", json!([1, 2])));
@@ -191,11 +188,9 @@ fn join_count_and_publish_types() {
 
 #[test]
 fn inputs_that_cannot_render_fail_the_task_and_keys_are_left_for_hand_out() {
-    let d = def(
-        r#"{"version": 1, "tasks": {
+    let d = def(r#"{"version": 1, "tasks": {
         "a": {"action": "x.y", "input": {"x": "{{ ctx.missing }}"}},
-        "b": {"action": "x.y", "input": {"pw": "{{ key('db') }}", "t": "{{ ctx.t }}"}}}}"#,
-    );
+        "b": {"action": "x.y", "input": {"pw": "{{ key('db') }}", "t": "{{ ctx.t }}"}}}}"#);
     let mut st = State::default();
     let s = step(&d, &mut st, Input::Start { parameters: json!({"t": "{{ key('db') }}"}) });
     assert_eq!(keys(&s), ["b/1"], "a failed at once");
@@ -247,10 +242,8 @@ fn definitions_are_checked_with_task_and_field() {
 
 #[test]
 fn a_loop_of_tasks_that_run_nothing_stops_instead_of_spinning() {
-    let d = def(
-        r#"{"version": 1, "tasks": {"s": {"action": "x.y", "next": ["l"]},
-        "l": {"with": {"items": []}, "action": "x.y", "next": [{"when": "{{ true }}", "do": ["l"]}]}}}"#,
-    );
+    let d = def(r#"{"version": 1, "tasks": {"s": {"action": "x.y", "next": ["l"]},
+        "l": {"with": {"items": []}, "action": "x.y", "next": [{"when": "{{ true }}", "do": ["l"]}]}}}"#);
     let mut st = State::default();
     step(&d, &mut st, Input::Start { parameters: json!({}) });
     let f = step(&d, &mut st, ok("s/1", Value::Null)).finish.unwrap();

@@ -307,3 +307,108 @@ pub fn schedule_timeout(s: &Stored, default: Duration, at: Timestamp) -> Decisio
         })
         .into()
 }
+
+/// Who runs workflows and inquiries, for history.
+pub const ENGINE_ACTOR: &str = "workflow_engine";
+
+/// The server starts running an execution it runs itself (a workflow): `scheduled → running`,
+/// attempt 1, no lease (no worker holds it; the engine's state is in the database). Repeating
+/// it changes nothing.
+pub fn engine_start(s: &Stored, at: Timestamp) -> Decision {
+    match s.status {
+        Scheduled => Change::new(s, Running, at, ENGINE_ACTOR.into())
+            .map(|c| {
+                let mut c = c.reason("workflow started");
+                c.attempt = s.attempt + 1;
+                c
+            })
+            .into(),
+        _ => Decision::Unchanged,
+    }
+}
+
+/// A workflow the engine finished ends with its outcome: its output as the result, or its error.
+/// A workflow asked to cancel ends `canceled` whatever its tasks did. Repeating it changes
+/// nothing.
+pub fn engine_finish(
+    s: &Stored,
+    outcome: ExecutionStatus,
+    output: Option<Value>,
+    error: Option<Value>,
+    at: Timestamp,
+) -> Decision {
+    if s.status.is_terminal() || !s.status.is_active() {
+        return Decision::Unchanged;
+    }
+    let to = if s.status == Canceling { Canceled } else { outcome };
+    let reason = match to {
+        Succeeded => "workflow succeeded".to_owned(),
+        Canceled => "workflow canceled".to_owned(),
+        _ => error
+            .as_ref()
+            .and_then(|e| e.get("error"))
+            .and_then(Value::as_str)
+            .unwrap_or("workflow failed")
+            .to_owned(),
+    };
+    Change::new(s, to, at, ENGINE_ACTOR.into())
+        .map(|c| {
+            let mut c = c.reason(reason);
+            c.error = ErrorChange::Set(error.clone());
+            c.output = Some(Report { result: output, error, ..Report::new(to) });
+            c.lease = LeaseChange::Dropped;
+            c
+        })
+        .into()
+}
+
+/// An inquiry is opened: `scheduled → pending`, waiting for a response without a worker.
+pub fn inquiry_open(s: &Stored, at: Timestamp) -> Decision {
+    match s.status {
+        Scheduled => Change::new(s, Pending, at, ENGINE_ACTOR.into())
+            .map(|c| {
+                let mut c = c.reason("waiting for a response");
+                c.attempt = s.attempt + 1;
+                c
+            })
+            .into(),
+        _ => Decision::Unchanged,
+    }
+}
+
+/// A person answers a pending inquiry (the response was checked against its schema): it
+/// succeeds with the response as its result. Answering one that is no longer pending is refused.
+pub fn inquiry_answer(s: &Stored, response: &Value, actor: &str, at: Timestamp) -> Decision {
+    if s.status != Pending {
+        return Decision::Refuse(Refusal::Stale(format!(
+            "the inquiry is {}, not pending: it can no longer be answered",
+            s.status
+        )));
+    }
+    Change::new(s, Succeeded, at, actor.to_owned())
+        .map(|c| {
+            let mut c = c.reason("answered");
+            c.output = Some(Report { result: Some(response.clone()), ..Report::new(Succeeded) });
+            c
+        })
+        .into()
+}
+
+/// A pending inquiry nobody answered within its `timeout_seconds` ends `timeout`.
+pub fn inquiry_timeout(s: &Stored, timeout_seconds: u64, at: Timestamp) -> Decision {
+    if s.status != Pending {
+        return Decision::Unchanged;
+    }
+    let message = format!("no response within {timeout_seconds} seconds");
+    Change::new(s, Timeout, at, "inquiry_timeout_monitor".into())
+        .map(|c| {
+            let mut c = c.reason(message.clone());
+            c.error = ErrorChange::Set(Some(json!({
+                "error": message,
+                "failed_by": "inquiry_timeout_monitor",
+                "timeout_seconds": timeout_seconds,
+            })));
+            c
+        })
+        .into()
+}

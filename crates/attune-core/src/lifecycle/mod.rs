@@ -23,7 +23,10 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
-pub use decide::{cancel, lease_lost, report, schedule_timeout, start, LeaseLoss};
+pub use decide::{
+    cancel, engine_finish, engine_start, inquiry_answer, inquiry_open, inquiry_timeout, lease_lost, report,
+    schedule_timeout, start, LeaseLoss, ENGINE_ACTOR,
+};
 
 use crate::{ExecutionStatus, Report, Timestamp, TransitionError};
 

@@ -104,7 +104,14 @@ fn report_decision(s: &Stored, status: ExecutionStatus) -> Decision {
 const TERMINAL: [&str; 14] =
     ["stale", "-", "-", "-", "-", "-", "stale", "invalid", "-", "-", "-", "-", "-", "-"];
 
-const TABLE: [(ExecutionStatus, [&str; 14]); 9] = [
+const TABLE: [(ExecutionStatus, [&str; 14]); 10] = [
+    (
+        Pending,
+        [
+            "stale", "stale", "stale", "stale", "stale", "stale", "stale", "canceled", "-", "-", "-", "-",
+            "-", "-",
+        ],
+    ),
     (
         Requested,
         [
@@ -336,4 +343,26 @@ fn output_that_cannot_be_stored_as_text_is_stored_as_base64() {
     let c = applied(report(&stored(Running, 1), &HOLDER, &r, at(0)));
     let out = c.output.unwrap();
     assert_eq!((out.stdout.as_str(), out.stdout_encoding), ("YQBi", crate::output::OutputEncoding::Base64));
+}
+
+#[test]
+fn server_run_executions_start_finish_and_answer_without_a_lease() {
+    use serde_json::json;
+    let c = applied(engine_start(&stored(Scheduled, 1), at(0)));
+    assert_eq!((c.to, c.attempt, c.actor.as_str()), (Running, 1, ENGINE_ACTOR));
+    assert_eq!(engine_start(&stored(Running, 1), at(0)), Decision::Unchanged, "repeated");
+    let c = applied(engine_finish(&stored(Running, 1), Succeeded, Some(json!({"n": 1})), None, at(0)));
+    assert_eq!(c.to, Succeeded);
+    assert_eq!(c.output.as_ref().and_then(|o| o.result.clone()), Some(json!({"n": 1})));
+    let c = applied(engine_finish(&stored(Canceling, 1), Failed, None, Some(json!({"error": "x"})), at(0)));
+    assert_eq!(c.to, Canceled, "a workflow asked to cancel ends canceled");
+    assert_eq!(engine_finish(&stored(Succeeded, 1), Failed, None, None, at(0)), Decision::Unchanged);
+    let c = applied(inquiry_open(&stored(Scheduled, 1), at(0)));
+    assert_eq!(c.to, Pending);
+    let c = applied(inquiry_answer(&stored(Pending, 1), &json!({"ok": true}), "api", at(0)));
+    assert_eq!((c.to, c.output.unwrap().result), (Succeeded, Some(json!({"ok": true}))));
+    assert!(matches!(inquiry_answer(&stored(Succeeded, 1), &json!({}), "api", at(0)), Decision::Refuse(_)));
+    let c = applied(inquiry_timeout(&stored(Pending, 1), 60, at(0)));
+    assert_eq!(c.to, Timeout);
+    assert_eq!(applied(cancel(&stored(Pending, 1), "api", at(0))).to, Canceled);
 }

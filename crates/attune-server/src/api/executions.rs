@@ -63,9 +63,10 @@ pub struct ListQuery {
     action_ref: Option<String>,
     before: Option<String>,
     limit: Option<u32>,
+    parent: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/executions", tag = "executions", params(("status" = Option<attune_core::ExecutionStatus>, Query), ("action_ref" = Option<String>, Query, description = "only this action (PACK.NAME)", pattern = "^[a-z][a-z0-9_-]{0,63}\\.[a-z][a-z0-9_-]{0,63}$"), ("before" = Option<uuid::Uuid>, Query, description = "cursor: the `next` of the previous page"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)), responses((status = 200, body = attune_wire::ExecutionList)))]
+#[utoipa::path(get, path = "/api/v1/executions", tag = "executions", params(("status" = Option<attune_core::ExecutionStatus>, Query), ("action_ref" = Option<String>, Query, description = "only this action (PACK.NAME)", pattern = "^[a-z][a-z0-9_-]{0,63}\\.[a-z][a-z0-9_-]{0,63}$"), ("before" = Option<uuid::Uuid>, Query, description = "cursor: the `next` of the previous page"), ("parent" = Option<uuid::Uuid>, Query, description = "only the tasks of this workflow (or the requeues of this execution)"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000)), responses((status = 200, body = attune_wire::ExecutionList)))]
 pub async fn list(
     state: State,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -82,11 +83,13 @@ pub async fn list(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
     let before = q.before.map(|b| parse_id("before: execution", &b)).transpose()?;
+    let parent = q.parent.map(|b| parse_id("parent: execution", &b)).transpose()?;
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000"));
     }
-    let page = state.store.list_executions(&ExecutionFilter { status, action_ref, before, limit }).await?;
+    let page =
+        state.store.list_executions(&ExecutionFilter { status, action_ref, before, limit, parent }).await?;
     Ok(Json(ExecutionList {
         items: page.items.into_iter().map(Execution::masked).collect(),
         next: page.next,
@@ -111,6 +114,9 @@ pub async fn get(state: State, Path(id): Path<String>) -> Result<Json<Execution>
 /// runtime, or none has the labels its selector asks for.
 async fn why_waiting(state: &State, e: &Execution) -> Result<Option<String>, ApiError> {
     let Some(runtime) = e.action.as_ref().map(|a| a.runtime) else { return Ok(None) };
+    if runtime.server_side() {
+        return Ok(None); // the server runs it
+    }
     let active: Vec<attune_core::Worker> = state
         .store
         .list_workers(false)

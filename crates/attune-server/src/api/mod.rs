@@ -15,6 +15,7 @@ mod rules;
 mod sensors;
 mod tokens;
 mod worker;
+mod workflows;
 
 use std::sync::Arc;
 
@@ -92,6 +93,11 @@ type Door = Router<Arc<Shared>>;
         sensors::get,
         sensors::enable,
         sensors::disable,
+        workflows::children,
+        workflows::pause,
+        workflows::resume,
+        workflows::list,
+        workflows::respond,
     ),
     components(schemas(attune_wire::ErrorBody, attune_wire::ErrorDetail, attune_wire::StreamEvent)),
     modifiers(&ErrorResponses)
@@ -264,6 +270,11 @@ fn public_door() -> Door {
         .route("/api/v1/executions/{id}/cancel", post(executions::cancel))
         .route("/api/v1/executions/{id}/wait", get(executions::wait))
         .route("/api/v1/executions/{id}/logs", get(executions::logs))
+        .route("/api/v1/executions/{id}/children", get(workflows::children))
+        .route("/api/v1/executions/{id}/pause", post(workflows::pause))
+        .route("/api/v1/executions/{id}/resume", post(workflows::resume))
+        .route("/api/v1/inquiries", get(workflows::list))
+        .route("/api/v1/inquiries/{id}/respond", post(workflows::respond))
         .route("/api/v1/stats", get(catalog::stats))
         .route("/api/v1/events", get(events::events))
         .route("/api/v1/dead-letters", get(deadletters::list))
@@ -321,6 +332,11 @@ const PUBLIC_RULES: auth::Rules = &[
     (Method::POST, "/api/v1/executions/{id}/cancel", Permission::Cancel),
     (Method::GET, "/api/v1/executions/{id}/wait", Permission::Read),
     (Method::GET, "/api/v1/executions/{id}/logs", Permission::Read),
+    (Method::GET, "/api/v1/executions/{id}/children", Permission::Read),
+    (Method::POST, "/api/v1/executions/{id}/pause", Permission::Cancel),
+    (Method::POST, "/api/v1/executions/{id}/resume", Permission::Cancel),
+    (Method::GET, "/api/v1/inquiries", Permission::Read),
+    (Method::POST, "/api/v1/inquiries/{id}/respond", Permission::Run),
     (Method::GET, "/api/v1/stats", Permission::Read),
     (Method::GET, "/api/v1/events", Permission::Read),
     (Method::GET, "/api/v1/dead-letters", Permission::Read),

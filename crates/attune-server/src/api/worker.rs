@@ -148,6 +148,12 @@ pub async fn register(
     if req.runtimes.is_empty() {
         return Err(bad("runtimes must list at least one runtime"));
     }
+    if let Some(rt) = req.runtimes.iter().find(|r| r.server_side()) {
+        return Err(ApiError::unprocessable(
+            "invalid_registration",
+            format!("runtimes: {rt} is run by the server, not by workers"),
+        ));
+    }
     if req.concurrency == 0 || req.concurrency > 4096 {
         return Err(bad("concurrency must be between 1 and 4096"));
     }

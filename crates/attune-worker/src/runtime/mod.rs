@@ -37,14 +37,14 @@ pub fn interpreter(rt: Runtime) -> Option<&'static str> {
         Runtime::Shell => Some("/bin/sh"),
         Runtime::Python => Some("python3"),
         Runtime::Node => Some("node"),
-        Runtime::Native | Runtime::Builtin => None,
+        Runtime::Native | Runtime::Builtin | Runtime::Workflow | Runtime::Inquiry => None,
     }
 }
 
 /// The runtimes this machine can run: builtin, shell and native always; python and node when
 /// their interpreter is on `PATH`.
 pub fn detect_runtimes() -> Vec<Runtime> {
-    Runtime::ALL
+    Runtime::WORKER
         .into_iter()
         .filter(|rt| match interpreter(*rt) {
             None => true,

@@ -1,0 +1,340 @@
+//! Drives the workflow engine (`attune-workflow`) and inquiries. Every replica runs `run`; all of
+//! them may look at the same workflow, and the database lets one step win: a step is written only
+//! over the state version it read (`Store::workflow_step`), in one transaction with the children
+//! it starts (unique per workflow and `task/iteration[/item]`) and the ends it consumed. So a step
+//! is taken once, a crash before its commit repeats it, and none is lost: what is due is found
+//! from the data alone (`Store::engine_due`), never from a message that could be dropped.
+//!
+//! Children go through the submission rules (`Submissions::prepare`: the action, its schema, the
+//! bounds); a child whose input does not validate is a failed task run, not a stuck workflow.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use attune_core::{
+    lifecycle,
+    submission::{Origin, Overrides},
+    ActionRef, Execution, ExecutionStatus, Timestamp,
+};
+use attune_store::{EndedChild, StoreError, WorkflowStep};
+use attune_workflow::{Definition, Finish, Input, Outcome, Phase, State, Step};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::{
+    submission::{ActionSource, Request},
+    Shared,
+};
+
+/// How often the engine looks for due work without being woken (another replica's changes, the
+/// inquiries' timeouts).
+const RECHECK: Duration = Duration::from_millis(500);
+/// Most of each kind of due work taken per round.
+const ROUND: i64 = 200;
+/// Most child ends applied in one step.
+const ENDS_PER_STEP: i64 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = shared.engine_wake.notified() => {}
+            _ = tokio::time::sleep(RECHECK) => {}
+        }
+        // Work until a round finds nothing more to do.
+        loop {
+            if shared.shutdown.is_cancelled() {
+                return;
+            }
+            match round(&shared).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "workflow engine round failed; retrying shortly");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One pass over what is due; how many things moved on.
+async fn round(shared: &Arc<Shared>) -> Result<usize, EngineError> {
+    let now = Timestamp::now();
+    let due = shared.store.engine_due(now, ROUND).await?;
+    if due == Default::default() {
+        return Ok(0);
+    }
+    shared.submissions.server_run_in_use.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut moved = 0;
+    for id in due.start.iter().chain(&due.advance) {
+        match advance(shared, *id, None).await {
+            Ok(true) => moved += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(workflow = %id, error = %e, "workflow step failed; it is retried"),
+        }
+    }
+    let opened = drive(shared, &due.open, |s| lifecycle::inquiry_open(s, now)).await?;
+    moved += opened;
+    for (id, t) in &due.expired {
+        moved += drive(shared, &[*id], |s| lifecycle::inquiry_timeout(s, *t, now)).await?;
+    }
+    Ok(moved)
+}
+
+/// Drives `decide` over `ids`, announces what changed; how many changed.
+async fn drive(
+    shared: &Shared,
+    ids: &[Uuid],
+    decide: impl Fn(&lifecycle::Stored) -> lifecycle::Decision,
+) -> Result<usize, EngineError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let driven = shared.store.drive(ids, decide).await?;
+    let changes: Vec<_> = driven
+        .iter()
+        .filter_map(|(id, r)| match r {
+            Ok(attune_store::Driven::Applied(a)) => Some((*id, a.status)),
+            _ => None,
+        })
+        .collect();
+    shared.changed(&changes).await;
+    Ok(changes.len())
+}
+
+fn definition(e: &Execution) -> Result<Definition, String> {
+    let raw =
+        e.action.as_ref().and_then(|a| a.workflow.clone()).ok_or("the action has no workflow definition")?;
+    serde_json::from_value(raw).map_err(|err| format!("the stored workflow definition cannot be read: {err}"))
+}
+
+/// What `result()` gives for an ended child: its result; for a failure without one, its error;
+/// otherwise what it printed.
+fn child_result(c: &EndedChild) -> Value {
+    if let Some(r) = &c.result {
+        return r.clone();
+    }
+    if c.status != ExecutionStatus::Succeeded {
+        if let Some(e) = &c.error {
+            return e.clone();
+        }
+    }
+    match c.stdout.trim_end() {
+        "" => Value::Null,
+        s => Value::String(s.to_owned()),
+    }
+}
+
+/// Takes one step of workflow `id`: start it, apply its children's ends (in the order they
+/// ended), a cancel, or `control` (pause, resume). Whether a step was written.
+pub(crate) async fn advance(
+    shared: &Arc<Shared>,
+    id: Uuid,
+    control: Option<Input>,
+) -> Result<bool, EngineError> {
+    let Some(exec) = shared.store.get_execution(id).await? else { return Ok(false) };
+    if exec.status == ExecutionStatus::Scheduled {
+        drive(shared, &[id], |s| lifecycle::engine_start(s, Timestamp::now())).await?;
+        return Box::pin(advance(shared, id, control)).await;
+    }
+    let def = match definition(&exec) {
+        Ok(d) => d,
+        Err(why) => {
+            let error = json!({"error": why});
+            let n = drive(shared, &[id], |s| {
+                lifecycle::engine_finish(
+                    s,
+                    ExecutionStatus::Failed,
+                    None,
+                    Some(error.clone()),
+                    Timestamp::now(),
+                )
+            })
+            .await?;
+            return Ok(n > 0);
+        }
+    };
+    let row = shared.store.get_workflow(id).await?;
+    let Some(row) = row else {
+        if !exec.status.is_active() {
+            return Ok(false);
+        }
+        let mut state = State::default();
+        let step =
+            attune_workflow::step(&def, &mut state, Input::Start { parameters: exec.parameters.clone() });
+        return commit(shared, &exec, &def, state, step, None, Vec::new()).await;
+    };
+    if row.phase == "done" {
+        if let Some(f) = row.finish {
+            let f: Finish = serde_json::from_value(f)
+                .map_err(|e| EngineError::Refused(format!("stored finish unreadable: {e}")))?;
+            return settle(shared, id, &f).await.map(|_| true);
+        }
+        return Ok(false);
+    }
+    let mut state: State = serde_json::from_value(row.state)
+        .map_err(|e| EngineError::Refused(format!("workflow {id}: stored state unreadable: {e}")))?;
+    let mut step = Step::default();
+    let mut inputs: Vec<Input> = Vec::new();
+    if exec.status == ExecutionStatus::Canceling && state.phase == Phase::Running {
+        inputs.push(Input::Cancel);
+    }
+    let ended = shared.store.ended_children(id, ENDS_PER_STEP).await?;
+    for c in &ended {
+        inputs.push(Input::Ended {
+            key: c.key.clone(),
+            succeeded: c.status == ExecutionStatus::Succeeded,
+            result: child_result(c),
+        });
+    }
+    let has_control = control.is_some();
+    inputs.extend(control);
+    if inputs.is_empty() {
+        return Ok(false);
+    }
+    for input in inputs {
+        merge(&mut step, attune_workflow::step(&def, &mut state, input));
+    }
+    if has_control && step.ignored && ended.is_empty() && step.starts.is_empty() {
+        return Ok(false);
+    }
+    let applied = ended.iter().map(|c| c.id).collect();
+    commit(shared, &exec, &def, state, step, Some(row.version), applied).await
+}
+
+fn merge(into: &mut Step, s: Step) {
+    into.starts.extend(s.starts);
+    into.cancel_children |= s.cancel_children;
+    if into.finish.is_none() {
+        into.finish = s.finish;
+    }
+    into.ignored = s.ignored;
+}
+
+/// Turns the step's starts into executions (through the submission rules; a refused one is fed
+/// back as a failed run), writes the step, then carries out what it asked: cancel the children,
+/// end the workflow.
+async fn commit(
+    shared: &Arc<Shared>,
+    exec: &Execution,
+    def: &Definition,
+    mut state: State,
+    step: Step,
+    version: Option<i64>,
+    applied: Vec<Uuid>,
+) -> Result<bool, EngineError> {
+    let mut pending: VecDeque<_> = step.starts.into();
+    let mut cancel = step.cancel_children;
+    let mut finish = step.finish;
+    let mut children = Vec::new();
+    let trace = exec.trace_id.clone().unwrap_or_else(|| exec.id.to_string());
+    while let Some(s) = pending.pop_front() {
+        let action = match ActionRef::parse(&s.action) {
+            Ok(a) => a,
+            Err(e) => {
+                let more = attune_workflow::step(
+                    def,
+                    &mut state,
+                    Input::Refused { key: s.key, error: json!({"error": e.to_string()}) },
+                );
+                pending.extend(more.starts);
+                cancel |= more.cancel_children;
+                finish = finish.or(more.finish);
+                continue;
+            }
+        };
+        let req = Request {
+            action: ActionSource::Ref(action),
+            parameters: s.input,
+            overrides: Overrides {
+                timeout_seconds: s.timeout,
+                max_attempts: s.retry.map(|r| r.count + 1),
+                backoff_seconds: s.retry.map(|r| r.delay),
+                ..Default::default()
+            },
+            origin: Origin {
+                parent: Some(exec.id),
+                trace_id: Some(trace.clone()),
+                child_key: Some(s.key.clone()),
+                ..Origin::actor(format!("workflow:{}", exec.id))
+            },
+        };
+        match shared.submissions.prepare(req).await {
+            Ok(mut new) => {
+                crate::submission::inquiry_timeout(&mut new);
+                children.push(new);
+            }
+            Err(e) => {
+                let error = json!({"error": e.to_string(), "task": s.task, "action": s.action});
+                let more = attune_workflow::step(def, &mut state, Input::Refused { key: s.key, error });
+                pending.extend(more.starts);
+                cancel |= more.cancel_children;
+                finish = finish.or(more.finish);
+            }
+        }
+    }
+    let phase = match state.phase {
+        Phase::Running => "running",
+        Phase::Canceling => "canceling",
+        Phase::Done => "done",
+    };
+    let written = shared
+        .store
+        .workflow_step(WorkflowStep {
+            execution_id: exec.id,
+            version,
+            phase: phase.into(),
+            paused: state.paused,
+            state: serde_json::to_value(&state).unwrap_or(Value::Null),
+            finish: finish.as_ref().map(|f| serde_json::to_value(f).unwrap_or(Value::Null)),
+            applied,
+            children,
+            now: Timestamp::now(),
+        })
+        .await?;
+    let Some(created) = written else {
+        // Another replica (or an earlier round) took this step: read again next round.
+        shared.engine_wake.notify_one();
+        return Ok(false);
+    };
+    let changes: Vec<_> = created.iter().map(|e| (e.id, e.status)).collect();
+    shared.changed(&changes).await;
+    if cancel {
+        let actor = format!("workflow:{}", exec.id);
+        for child in shared.store.open_children(exec.id).await? {
+            match shared.store.cancel_execution(child, &actor, Timestamp::now()).await {
+                Ok(e) => shared.changed(&[(e.id, e.status)]).await,
+                // It ended meanwhile; its end is applied like any other.
+                Err(StoreError::Transition { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    if let Some(f) = &finish {
+        settle(shared, exec.id, f).await?;
+    }
+    Ok(true)
+}
+
+/// Ends the workflow execution as the engine decided, then marks the decision carried out.
+async fn settle(shared: &Arc<Shared>, id: Uuid, f: &Finish) -> Result<(), EngineError> {
+    let outcome = match f.outcome {
+        Outcome::Succeeded => ExecutionStatus::Succeeded,
+        Outcome::Failed => ExecutionStatus::Failed,
+        Outcome::Canceled => ExecutionStatus::Canceled,
+    };
+    let now = Timestamp::now();
+    drive(shared, &[id], |s| lifecycle::engine_finish(s, outcome, f.output.clone(), f.error.clone(), now))
+        .await?;
+    shared.store.settle_workflow(id).await?;
+    tracing::info!(workflow = %id, outcome = ?f.outcome, "workflow ended");
+    Ok(())
+}

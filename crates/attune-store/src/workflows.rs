@@ -1,0 +1,292 @@
+//! Workflows and inquiries: the engine's state rows, the children whose end it has not applied
+//! yet, and `workflow_step`, which writes one step of the engine — the new state (only over the
+//! version it read), the children whose ends it consumed, and the children it starts — in one
+//! transaction. A crash before the commit leaves the step undone (it is taken again); after it,
+//! done once. A child's identity is unique per workflow, so no step can start a child twice.
+
+use attune_core::{Execution, ExecutionStatus, NewExecution, Timestamp};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    backend::in_list,
+    executions::{exec_from_row, insert_executions, EXEC_COLS},
+    rows::{opt_json, to_json, uuid, RowExt},
+    Result, Store, StoreError,
+};
+
+const TERMINAL: &str = "('succeeded', 'failed', 'timeout', 'canceled', 'abandoned')";
+
+/// A workflow's stored state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowRow {
+    pub execution_id: Uuid,
+    pub phase: String,
+    pub paused: bool,
+    pub state: Value,
+    pub finish: Option<Value>,
+    pub version: i64,
+}
+
+/// A child that ended and whose end the engine has not applied yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndedChild {
+    pub id: Uuid,
+    pub key: String,
+    pub status: ExecutionStatus,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub stdout: String,
+}
+
+/// What the engine has to do now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineDue {
+    /// Workflow executions to start (`scheduled`), or started without a state row yet.
+    pub start: Vec<Uuid>,
+    /// Workflows with children that ended, or asked to cancel, or finished but not yet settled.
+    pub advance: Vec<Uuid>,
+    /// Inquiries to open (`scheduled`).
+    pub open: Vec<Uuid>,
+    /// Pending inquiries past their timeout, with it.
+    pub expired: Vec<(Uuid, u64)>,
+}
+
+/// One step of the engine, written at once.
+#[derive(Debug, Clone)]
+pub struct WorkflowStep {
+    pub execution_id: Uuid,
+    /// The version the step read; `None`: the workflow's first step (its row is created).
+    pub version: Option<i64>,
+    pub phase: String,
+    pub paused: bool,
+    pub state: Value,
+    pub finish: Option<Value>,
+    /// Children whose ends the step consumed.
+    pub applied: Vec<Uuid>,
+    /// Children it starts (each with its `child_key`).
+    pub children: Vec<NewExecution>,
+    pub now: Timestamp,
+}
+
+impl Store {
+    /// What the engine must do now, at most `limit` of each.
+    pub async fn engine_due(&self, now: Timestamp, limit: i64) -> Result<EngineDue> {
+        let ids = |rows: Vec<String>| rows.iter().map(|s| uuid("executions", s)).collect::<Result<Vec<_>>>();
+        read_pool!(self, p => {
+            let start: Vec<String> = sqlx::query_scalar(
+                "SELECT e.id FROM executions e WHERE e.queue = 'workflow'
+                   AND (e.status = 'scheduled' OR (e.status IN ('running', 'canceling')
+                        AND NOT EXISTS (SELECT 1 FROM workflows w WHERE w.execution_id = e.id)))
+                 ORDER BY e.id LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(p)
+            .await?;
+            let advance: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT id FROM (
+                    SELECT DISTINCT c.parent AS id FROM executions c
+                     WHERE c.child_key IS NOT NULL AND c.child_applied = FALSE AND c.status IN {TERMINAL}
+                    UNION
+                    SELECT w.execution_id FROM workflows w JOIN executions e ON e.id = w.execution_id
+                     WHERE (w.phase = 'running' AND e.status = 'canceling') OR w.finish IS NOT NULL
+                 ) due ORDER BY id LIMIT $1"
+            ))
+            .bind(limit)
+            .fetch_all(p)
+            .await?;
+            let open: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM executions WHERE queue = 'inquiry' AND status = 'scheduled' ORDER BY id LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(p)
+            .await?;
+            let expired = sqlx::query(
+                "SELECT id, timeout_seconds FROM executions WHERE queue = 'inquiry' AND status = 'pending'
+                   AND timeout_seconds IS NOT NULL AND started_at + timeout_seconds * 1000 < $1
+                 ORDER BY id LIMIT $2",
+            )
+            .bind(now.millis())
+            .bind(limit)
+            .fetch_all(p)
+            .await?;
+            Ok(EngineDue {
+                start: ids(start)?,
+                advance: ids(advance)?,
+                open: ids(open)?,
+                expired: expired
+                    .iter()
+                    .map(|r| Ok((uuid("executions", &r.text("id")?)?, r.big("timeout_seconds")?.max(0) as u64)))
+                    .collect::<Result<_>>()?,
+            })
+        })
+    }
+
+    pub async fn get_workflow(&self, id: Uuid) -> Result<Option<WorkflowRow>> {
+        const T: &str = "workflows";
+        read_pool!(self, p => {
+            let row = sqlx::query(
+                "SELECT execution_id, phase, paused, state, finish, version FROM workflows WHERE execution_id = $1",
+            )
+            .bind(id.to_string())
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| {
+                Ok(WorkflowRow {
+                    execution_id: uuid(T, &r.text("execution_id")?)?,
+                    phase: r.text("phase")?,
+                    paused: r.boolean("paused")?,
+                    state: crate::rows::json(T, "state", &r.text("state")?)?,
+                    finish: opt_json(T, "finish", r.opt_text("finish")?)?,
+                    version: r.big("version")?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    /// The workflow's children that ended and are not applied yet, in the order they ended.
+    pub async fn ended_children(&self, parent: Uuid, limit: i64) -> Result<Vec<EndedChild>> {
+        const T: &str = "executions";
+        read_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT id, child_key, status, result, error, stdout FROM executions
+                  WHERE parent = $1 AND child_key IS NOT NULL AND child_applied = FALSE AND status IN {TERMINAL}
+                  ORDER BY finished_at, id LIMIT $2"
+            ))
+            .bind(parent.to_string())
+            .bind(limit)
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let st = r.text("status")?;
+                    Ok(EndedChild {
+                        id: uuid(T, &r.text("id")?)?,
+                        key: r.text("child_key")?,
+                        status: ExecutionStatus::parse(&st)
+                            .ok_or_else(|| StoreError::Corrupt { table: T, message: format!("status {st:?}") })?,
+                        result: opt_json(T, "result", r.opt_text("result")?)?,
+                        error: opt_json(T, "error", r.opt_text("error")?)?,
+                        stdout: r.text("stdout")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// The children of `parent` (any execution with it as parent), oldest first.
+    pub async fn children(&self, parent: Uuid) -> Result<Vec<Execution>> {
+        read_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {EXEC_COLS} FROM executions WHERE parent = $1 ORDER BY id LIMIT 10000"
+            ))
+            .bind(parent.to_string())
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(exec_from_row).collect()
+        })
+    }
+
+    /// The children of `parent` that have not ended.
+    pub async fn open_children(&self, parent: Uuid) -> Result<Vec<Uuid>> {
+        read_pool!(self, p => {
+            let rows: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT id FROM executions WHERE parent = $1 AND child_key IS NOT NULL AND status NOT IN {TERMINAL}"
+            ))
+            .bind(parent.to_string())
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(|s| uuid("executions", s)).collect()
+        })
+    }
+
+    /// Writes one engine step in one transaction. `Ok(None)`: another step got there first (the
+    /// version moved, or the first step was taken already): nothing was written; read again.
+    /// Otherwise the children created.
+    pub async fn workflow_step(&self, s: WorkflowStep) -> Result<Option<Vec<Execution>>> {
+        let at = s.now.millis();
+        let ids: Vec<Uuid> = s.children.iter().map(|_| Uuid::now_v7()).collect();
+        write_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let state = to_json(&s.state);
+            let finish = s.finish.as_ref().map(to_json);
+            let written = match s.version {
+                None => sqlx::query(
+                    "INSERT INTO workflows (execution_id, phase, paused, state, finish, version, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT (execution_id) DO NOTHING",
+                )
+                .bind(s.execution_id.to_string())
+                .bind(&s.phase)
+                .bind(s.paused)
+                .bind(state)
+                .bind(finish)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Some(v) => sqlx::query(
+                    "UPDATE workflows SET phase = $2, paused = $3, state = $4, finish = $5, version = version + 1,
+                        updated_at = $6 WHERE execution_id = $1 AND version = $7",
+                )
+                .bind(s.execution_id.to_string())
+                .bind(&s.phase)
+                .bind(s.paused)
+                .bind(state)
+                .bind(finish)
+                .bind(at)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            };
+            if written == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            if !s.applied.is_empty() {
+                let (cond, list) = in_list(self.kind, "id", 1, &s.applied);
+                sqlx::query(&format!("UPDATE executions SET child_applied = TRUE WHERE {cond}"))
+                    .bind(list)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let rows: Vec<(Uuid, &NewExecution)> = ids.iter().copied().zip(s.children.iter()).collect();
+            for chunk in rows.chunks(200) {
+                insert_executions!(&mut *tx, chunk, at);
+            }
+            tx.commit().await?;
+        });
+        Ok(Some(
+            ids.into_iter()
+                .zip(s.children)
+                .map(|(id, new)| crate::executions::accepted_execution(id, new, s.now))
+                .collect(),
+        ))
+    }
+
+    /// Marks a finished workflow settled (its execution has ended): nothing more to do for it.
+    pub async fn settle_workflow(&self, id: Uuid) -> Result<()> {
+        write_pool!(self, p => {
+            sqlx::query("UPDATE workflows SET finish = NULL WHERE execution_id = $1 AND phase = 'done'")
+                .bind(id.to_string())
+                .execute(p)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Pending inquiries (and ones scheduled, about to be opened), newest first.
+    pub async fn list_inquiries(&self, limit: i64) -> Result<Vec<Execution>> {
+        read_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {EXEC_COLS} FROM executions WHERE queue = 'inquiry' AND status IN ('pending', 'scheduled')
+                 ORDER BY id DESC LIMIT $1"
+            ))
+            .bind(limit)
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(exec_from_row).collect()
+        })
+    }
+}
