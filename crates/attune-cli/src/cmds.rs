@@ -60,9 +60,23 @@ pub enum ExecutionCmd {
         /// Only this action.
         #[arg(long)]
         action: Option<String>,
+        /// Only the tasks of this workflow.
+        #[arg(long)]
+        parent: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Show a workflow and its tasks (nested workflows' too) with status and duration.
+    Tree {
+        id: String,
+        /// Redraw every second until the workflow ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Pause a workflow: running tasks finish, nothing new starts until resume.
+    Pause { id: String },
+    /// Resume a paused workflow.
+    Resume { id: String },
     /// Show one execution with its history.
     Get { id: String },
     /// Cancel an execution: at once if it has not started, via its worker if it is running.
@@ -344,19 +358,44 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<i32> {
         show_execution(ctx, &e)?;
         return Ok(0);
     }
-    let e = wait(ctx, e).await?;
+    // The action's snapshot is not sent with the execution; the action says what it is.
+    let workflow = ctx
+        .client
+        .get_action(e.action_ref.as_str())
+        .await
+        .is_ok_and(|a| a.runtime == attune_core::Runtime::Workflow);
+    let e = wait(ctx, e, workflow).await?;
     show_execution(ctx, &e)?;
+    if workflow && ctx.output == crate::output::Format::Table {
+        println!();
+        crate::workflows::show_tree(ctx, e.id).await?;
+    }
     Ok(if e.status == attune_core::ExecutionStatus::Succeeded { 0 } else { 1 })
 }
 
 /// Long-polls until the execution is terminal; shows a progress line on a terminal (stderr).
-async fn wait(ctx: &Ctx, mut e: Execution) -> anyhow::Result<Execution> {
+async fn wait(ctx: &Ctx, mut e: Execution, workflow: bool) -> anyhow::Result<Execution> {
+    let mut told = std::collections::BTreeSet::new();
     let tty = std::io::stderr().is_terminal();
     let spinner = ['|', '/', '-', '\\'];
     let started = std::time::Instant::now();
     let step = if tty { Duration::from_millis(250) } else { Duration::from_secs(30) };
     let mut i = 0;
     while !e.status.is_terminal() {
+        if workflow {
+            // A workflow may stop at an inquiry: say so, and how to answer it.
+            let step = if tty { Duration::from_secs(1) } else { Duration::from_secs(2) };
+            crate::workflows::announce_inquiries(ctx, e.id, &mut told).await?;
+            e = match ctx.client.wait_execution(e.id, false, step).await {
+                Ok(e) => e,
+                Err(err) if err.is_transient() => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            continue;
+        }
         if tty {
             eprint!(
                 "\r{} {} {} ({:.0}s)   ",
@@ -497,13 +536,16 @@ fn parse_uuid(s: &str) -> anyhow::Result<Uuid> {
 
 pub async fn execution(ctx: &Ctx, c: ExecutionCmd) -> anyhow::Result<i32> {
     match c {
-        ExecutionCmd::List { status, action, limit } => {
+        ExecutionCmd::List { status, action, parent, limit } => {
             let mut q = vec![format!("limit={limit}")];
             if let Some(s) = status {
                 q.push(format!("status={s}"));
             }
             if let Some(a) = action {
                 q.push(format!("action_ref={a}"));
+            }
+            if let Some(p) = parent {
+                q.push(format!("parent={}", parse_uuid(&p)?));
             }
             let list = ctx.client.list_executions(&q.join("&")).await.context("list executions")?;
             let now = Timestamp::now().millis();
@@ -529,6 +571,31 @@ pub async fn execution(ctx: &Ctx, c: ExecutionCmd) -> anyhow::Result<i32> {
         ExecutionCmd::Logs { id, follow } => return logs(ctx, parse_uuid(&id)?, follow).await,
         ExecutionCmd::Cancel { id } => {
             let e = ctx.client.cancel_execution(parse_uuid(&id)?).await?;
+            show_execution(ctx, &e)?;
+        }
+        ExecutionCmd::Tree { id, follow } => {
+            let id = parse_uuid(&id)?;
+            if !follow {
+                return crate::workflows::show_tree(ctx, id).await;
+            }
+            loop {
+                let e = ctx.client.get_execution(id).await?;
+                if std::io::stdout().is_terminal() {
+                    print!("\x1b[2J\x1b[H");
+                }
+                crate::workflows::show_tree(ctx, id).await?;
+                if e.status.is_terminal() {
+                    break;
+                }
+                let _ = ctx.client.wait_execution(id, false, Duration::from_secs(1)).await;
+            }
+        }
+        ExecutionCmd::Pause { id } => {
+            let e = ctx.client.pause_workflow(parse_uuid(&id)?).await?;
+            show_execution(ctx, &e)?;
+        }
+        ExecutionCmd::Resume { id } => {
+            let e = ctx.client.resume_workflow(parse_uuid(&id)?).await?;
             show_execution(ctx, &e)?;
         }
     }

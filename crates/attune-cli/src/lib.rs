@@ -13,6 +13,7 @@ mod output;
 mod roles;
 mod settings;
 mod tokens;
+mod workflows;
 
 use std::path::PathBuf;
 
@@ -62,7 +63,7 @@ enum Command {
     Action(cmds::ActionCmd),
     /// Run an action: attune run core.echo message=hello --wait
     Run(cmds::RunArgs),
-    /// List, show and cancel executions.
+    /// List, show and cancel executions; a workflow's tree, pause and resume.
     #[command(subcommand, alias = "executions")]
     Execution(cmds::ExecutionCmd),
     /// Dead letters: work that expired in the queue, was abandoned, or ran out of attempts.
@@ -86,6 +87,9 @@ enum Command {
     /// Sensors: packs' programs that watch something and emit events; each runs on one worker.
     #[command(subcommand)]
     Sensor(events::SensorCmd),
+    /// Inquiries: questions workflows ask people (core.ask); list and answer them.
+    #[command(subcommand, alias = "inquiries")]
+    Inquiry(workflows::InquiryCmd),
 }
 
 #[derive(Args)]
@@ -163,6 +167,7 @@ async fn dispatch(cli: Cli) -> i32 {
         Command::Rule(c) => events::rule(&ctx, c).await,
         Command::Event(c) => events::event(&ctx, c).await,
         Command::Sensor(c) => events::sensor(&ctx, c).await,
+        Command::Inquiry(c) => workflows::inquiry(&ctx, c).await,
     };
     match result {
         Ok(code) => code,

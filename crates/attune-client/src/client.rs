@@ -227,6 +227,36 @@ impl Client {
         self.get("/api/v1/stats").await
     }
 
+    /// A workflow's task executions, oldest first.
+    pub async fn execution_children(&self, id: Uuid) -> Result<ExecutionList, ClientError> {
+        self.get(&format!("/api/v1/executions/{id}/children")).await
+    }
+
+    pub async fn pause_workflow(&self, id: Uuid) -> Result<Execution, ClientError> {
+        self.post(&format!("/api/v1/executions/{id}/pause"), &serde_json::json!({})).await
+    }
+
+    pub async fn resume_workflow(&self, id: Uuid) -> Result<Execution, ClientError> {
+        self.post(&format!("/api/v1/executions/{id}/resume"), &serde_json::json!({})).await
+    }
+
+    /// Inquiries waiting for a response, newest first.
+    pub async fn list_inquiries(&self) -> Result<ExecutionList, ClientError> {
+        self.get("/api/v1/inquiries").await
+    }
+
+    pub async fn respond_inquiry(
+        &self,
+        id: Uuid,
+        response: serde_json::Value,
+    ) -> Result<Execution, ClientError> {
+        self.post(
+            &format!("/api/v1/inquiries/{id}/respond"),
+            &attune_wire::InquiryResponse { response: Some(response) },
+        )
+        .await
+    }
+
     pub async fn cancel_execution(&self, id: Uuid) -> Result<Execution, ClientError> {
         self.post(&format!("/api/v1/executions/{id}/cancel"), &serde_json::json!({})).await
     }

@@ -75,7 +75,12 @@ impl NewExecution {
     /// The status it has once accepted (`requested → scheduled` in one step: parameters are
     /// validated before the store sees it) and the reason recorded for that step.
     pub fn accepted(&self) -> (ExecutionStatus, String) {
-        (ExecutionStatus::Scheduled, format!("parameters valid; queued for a {} worker", self.queue()))
+        let reason = match self.queue() {
+            Runtime::Workflow => "parameters valid; queued for the server's workflow engine".to_owned(),
+            Runtime::Inquiry => "parameters valid; queued to be asked".to_owned(),
+            q => format!("parameters valid; queued for a {q} worker"),
+        };
+        (ExecutionStatus::Scheduled, reason)
     }
 
     /// The queue it waits in: its runtime's.

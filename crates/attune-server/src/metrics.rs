@@ -69,6 +69,8 @@ pub(crate) struct Metrics {
     pub submit_to_start: Histogram,
     pub run_duration: Histogram,
     pub events: EventMetrics,
+    /// Workflows the repair monitor moved on (st2 #4524).
+    pub workflow_repairs: AtomicU64,
 }
 
 /// What the event loop did on this server.
@@ -150,6 +152,7 @@ impl Default for Metrics {
             http: Default::default(),
             submit_to_start: Histogram::new(LATENCY_BUCKETS),
             run_duration: Histogram::new(DURATION_BUCKETS),
+            workflow_repairs: AtomicU64::new(0),
             events: EventMetrics {
                 by_trigger: Default::default(),
                 enforcements: Default::default(),
@@ -271,6 +274,12 @@ pub(crate) fn render(
         "attune_schedule_to_start_timeouts_total",
         "Executions failed because no worker started them within scheduled_timeout (this server's monitor).",
         m.schedule_to_start_timeouts.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "attune_workflow_repairs_total",
+        "Workflows found running with nothing under them and moved on by the repair monitor (this server).",
+        m.workflow_repairs.load(Relaxed),
     );
     let _ = writeln!(
         out,

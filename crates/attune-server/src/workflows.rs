@@ -41,8 +41,20 @@ pub(crate) enum EngineError {
     Refused(String),
 }
 
+/// How often the repair monitor looks for workflows with nothing running under them, and how
+/// long such a workflow must have been quiet to count.
+const REPAIR_EVERY: Duration = Duration::from_secs(5);
+const QUIET_MS: i64 = 5_000;
+
 pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut last_repair = tokio::time::Instant::now();
     loop {
+        if last_repair.elapsed() >= REPAIR_EVERY {
+            last_repair = tokio::time::Instant::now();
+            if let Err(e) = repair_quiet(&shared).await {
+                tracing::warn!(error = %e, "workflow repair monitor failed; retrying shortly");
+            }
+        }
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = shared.engine_wake.notified() => {}
@@ -208,6 +220,93 @@ pub(crate) async fn advance(
     }
     let applied = ended.iter().map(|c| c.id).collect();
     commit(shared, &exec, &def, state, step, Some(row.version), applied).await
+}
+
+/// st2 #4524: no workflow may stay `running` with nothing running under it. Each such workflow is
+/// stepped with what the data says: a child that ended but whose end the state still waits for is
+/// applied; a child the state waits for that does not exist is a failed run; then whatever is due
+/// (a join, the end). A workflow that still has nothing to do after that has lost its way and
+/// fails, saying so. Every repair is logged.
+async fn repair_quiet(shared: &Arc<Shared>) -> Result<(), EngineError> {
+    for id in shared.store.quiet_workflows(Timestamp::now(), QUIET_MS, 50).await? {
+        match repair(shared, id).await {
+            Ok(Some(what)) => {
+                tracing::warn!(workflow = %id, repaired = %what, "workflow had nothing running under it; repaired")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(workflow = %id, error = %e, "workflow repair failed; retried later"),
+        }
+    }
+    Ok(())
+}
+
+async fn repair(shared: &Arc<Shared>, id: Uuid) -> Result<Option<String>, EngineError> {
+    let Some(exec) = shared.store.get_execution(id).await? else { return Ok(None) };
+    let Some(row) = shared.store.get_workflow(id).await? else { return Ok(None) };
+    let Ok(def) = definition(&exec) else { return Ok(None) };
+    let mut state: State = serde_json::from_value(row.state)
+        .map_err(|e| EngineError::Refused(format!("workflow {id}: stored state unreadable: {e}")))?;
+    let children = shared.store.child_keys(id).await?;
+    let mut step = Step::default();
+    let mut what = Vec::new();
+    for key in attune_workflow::waiting_for(&state) {
+        let input = match children.get(&key) {
+            Some((_, st)) if !st.is_terminal() => return Ok(None), // not quiet after all
+            Some((cid, _)) => {
+                let Some(c) = shared.store.get_execution(*cid).await? else { continue };
+                what.push(format!("applied the end of {key}"));
+                let ended = EndedChild {
+                    id: c.id,
+                    key: key.clone(),
+                    status: c.status,
+                    result: c.result,
+                    error: c.error,
+                    stdout: c.stdout,
+                };
+                Input::Ended {
+                    key,
+                    succeeded: c.status == ExecutionStatus::Succeeded,
+                    result: child_result(&ended),
+                }
+            }
+            None => {
+                what.push(format!("{key} has no execution: treated as failed"));
+                let error = json!({
+                    "error": format!("task run {key} has no execution (found by the workflow repair monitor)"),
+                    "failed_by": "workflow_repair_monitor",
+                });
+                Input::Refused { key, error }
+            }
+        };
+        merge(&mut step, attune_workflow::step(&def, &mut state, input));
+    }
+    merge(&mut step, attune_workflow::step(&def, &mut state, Input::Check));
+    let stuck = step.starts.is_empty()
+        && step.finish.is_none()
+        && attune_workflow::waiting_for(&state).is_empty()
+        && !state.paused
+        && state.phase != Phase::Done;
+    if stuck {
+        what.push("nothing left to run: ended as failed".into());
+        state.phase = Phase::Done;
+        step.finish = Some(Finish {
+            outcome: Outcome::Failed,
+            output: None,
+            error: Some(json!({
+                "error": "the workflow had nothing left to run but had not ended (repaired by the workflow monitor)",
+                "failed_by": "workflow_repair_monitor",
+            })),
+        });
+    }
+    if what.is_empty() && step.starts.is_empty() && step.finish.is_none() {
+        return Ok(None);
+    }
+    if what.is_empty() {
+        what.push("applied what was due".into());
+    }
+    let moved = commit(shared, &exec, &def, state, step, Some(row.version), Vec::new()).await?;
+    shared.metrics.workflow_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(moved.then(|| what.join("; ")))
 }
 
 fn merge(into: &mut Step, s: Step) {

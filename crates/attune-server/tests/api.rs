@@ -48,6 +48,9 @@ both!(
     signed_webhooks_timers_and_disabled_rules,
     buffer_one_keeps_one_run_waiting,
     on_limit_cancels_the_new_or_the_oldest,
+    inquiries_are_answered_through_their_schema,
+    workflows_pause_and_resume,
+    a_workflow_with_nothing_under_it_is_repaired,
 );
 
 struct Api {
@@ -163,6 +166,14 @@ impl Api {
 
     async fn executions(&self) -> usize {
         self.client.list_executions("limit=1000").await.unwrap().items.len()
+    }
+
+    /// Submits `action` with `parameters` as the admin; the accepted execution as JSON.
+    async fn submit_json(&self, action: &str, parameters: Value) -> Value {
+        let body = json!({"action_ref": action, "parameters": parameters}).to_string();
+        let (code, v) = self.raw(reqwest::Method::POST, "/api/v1/executions", Some(&body)).await;
+        assert_eq!(code, 201, "{v}");
+        v
     }
 
     async fn stop(mut self) {
@@ -1378,4 +1389,160 @@ async fn on_limit_cancels_the_new_or_the_oldest(db: TestDb) {
         "{metrics}"
     );
     api.stop().await;
+}
+
+/// Waits for `id` to be in a state `pred` accepts.
+async fn until(
+    api: &Api,
+    id: uuid::Uuid,
+    what: &str,
+    pred: impl Fn(&attune_core::Execution) -> bool,
+) -> attune_core::Execution {
+    attune_testkit::wait_for(what, Duration::from_secs(30), || async {
+        let e = api.client.get_execution(id).await.ok()?;
+        pred(&e).then_some(e)
+    })
+    .await
+}
+
+async fn children(api: &Api, id: uuid::Uuid) -> Vec<attune_core::Execution> {
+    api.client.execution_children(id).await.unwrap().items
+}
+
+async fn inquiries_are_answered_through_their_schema(db: TestDb) {
+    let api = Api::start(db).await;
+    let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]});
+    let ask = api.submit_json("core.ask", json!({"prompt": "ship it?", "schema": schema})).await;
+    let id = ask["id"].as_str().unwrap().to_owned();
+    let e = until(&api, id.parse().unwrap(), "pending", |e| e.status == ExecutionStatus::Pending).await;
+    assert!(e.worker.is_none(), "no worker holds an inquiry");
+    let listed = api.client.list_inquiries().await.unwrap();
+    assert!(listed.items.iter().any(|i| i.id.to_string() == id));
+    let path = format!("/api/v1/inquiries/{id}/respond");
+    let (code, body) = api.raw(reqwest::Method::POST, &path, Some(r#"{"response": {"ok": "yes"}}"#)).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("response field ok"), "{body}");
+    let (code, _) = api.raw(reqwest::Method::POST, &path, Some(r#"{"response": {}}"#)).await;
+    assert_eq!(code, 422, "a required field missing");
+    let (code, _) = api.raw(reqwest::Method::POST, &path, Some(r#"{"answer": {}}"#)).await;
+    assert_eq!(code, 422, "unknown field");
+    let (code, _) = api
+        .raw_as(Some(&api.viewer), reqwest::Method::POST, &path, Some(r#"{"response": {"ok": true}}"#))
+        .await;
+    assert_eq!(code, 403, "a viewer cannot answer");
+    let other = api.submit_json("core.noop", json!({})).await;
+    let other_path = format!("/api/v1/inquiries/{}/respond", other["id"].as_str().unwrap());
+    let (code, _) = api.raw(reqwest::Method::POST, &other_path, Some(r#"{"response": {}}"#)).await;
+    assert_eq!(code, 404, "not an inquiry");
+    let e = until(&api, id.parse().unwrap(), "still pending", |e| e.status == ExecutionStatus::Pending).await;
+    assert_eq!(e.result, None, "refused answers changed nothing");
+    let (code, body) = api.raw(reqwest::Method::POST, &path, Some(r#"{"response": {"ok": true}}"#)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!((body["status"].as_str(), &body["result"]), (Some("succeeded"), &json!({"ok": true})));
+    let (code, _) = api.raw(reqwest::Method::POST, &path, Some(r#"{"response": {"ok": false}}"#)).await;
+    assert_eq!(code, 409, "answered once");
+    // Past its timeout an inquiry ends `timeout`.
+    let late = api.submit_json("core.ask", json!({"schema": {"type": "object"}, "timeout": 1})).await;
+    let late =
+        until(&api, late["id"].as_str().unwrap().parse().unwrap(), "timed out", |e| e.status.is_terminal())
+            .await;
+    assert_eq!(late.status, ExecutionStatus::Timeout);
+    assert_eq!(late.error.unwrap()["error"], "no response within 1 seconds");
+    api.stop().await;
+}
+
+async fn workflows_pause_and_resume(db: TestDb) {
+    let url = db.url.clone();
+    let api = Api::start(db).await;
+    let wf = api.submit_json("flows.ask_then", json!({})).await;
+    let id: uuid::Uuid = wf["id"].as_str().unwrap().parse().unwrap();
+    let ask = attune_testkit::wait_for("the inquiry", Duration::from_secs(30), || async {
+        children(&api, id).await.into_iter().find(|c| c.status == ExecutionStatus::Pending)
+    })
+    .await;
+    let e = api.client.pause_workflow(id).await.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Running);
+    api.client.respond_inquiry(ask.id, json!({"go": true})).await.unwrap();
+    // The answer is applied, but `after` is held while paused.
+    attune_testkit::wait_for("the answer applied", Duration::from_secs(30), || async {
+        let c = api.client.execution_children(id).await.ok()?;
+        let w = api.client.get_execution(id).await.ok()?;
+        (c.items.len() == 1 && w.status == ExecutionStatus::Running).then_some(())
+    })
+    .await;
+    // The engine took the answer and held what it starts (its stored state says so).
+    attune_testkit::wait_for("the start held", Duration::from_secs(30), || async {
+        let state = stored_state(&url, id).await;
+        (state["held"].as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+    assert_eq!(children(&api, id).await.len(), 1, "nothing starts while paused");
+    api.client.resume_workflow(id).await.unwrap();
+    let after = attune_testkit::wait_for("after starts", Duration::from_secs(30), || async {
+        children(&api, id).await.into_iter().find(|c| c.child_key.as_deref() == Some("after/1"))
+    })
+    .await;
+    assert_eq!(after.status, ExecutionStatus::Scheduled);
+    let not_wf = api.submit_json("core.noop", json!({})).await;
+    let (code, _) = api
+        .raw(
+            reqwest::Method::POST,
+            &format!("/api/v1/executions/{}/pause", not_wf["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(code, 422, "only workflows pause");
+    let (code, _) = api
+        .raw_as(Some(&api.viewer), reqwest::Method::POST, &format!("/api/v1/executions/{id}/pause"), None)
+        .await;
+    assert_eq!(code, 403);
+    // Cancel: the waiting task is canceled at once, and so is the workflow.
+    api.client.cancel_execution(id).await.unwrap();
+    let e = until(&api, id, "canceled", |e| e.status.is_terminal()).await;
+    assert_eq!(e.status, ExecutionStatus::Canceled);
+    assert!(children(&api, id).await.iter().all(|c| c.status.is_terminal()));
+    api.stop().await;
+}
+
+/// st2 #4524: a workflow left `running` with nothing under it (here: its task's execution
+/// vanished from the database) is found by the repair monitor, which ends it and says why.
+async fn a_workflow_with_nothing_under_it_is_repaired(db: TestDb) {
+    let url = db.url.clone();
+    let api = Api::start(db).await;
+    let wf = api.submit_json("flows.stuck", json!({})).await;
+    let id: uuid::Uuid = wf["id"].as_str().unwrap().parse().unwrap();
+    let child = attune_testkit::wait_for("the task's execution", Duration::from_secs(30), || async {
+        children(&api, id).await.pop()
+    })
+    .await;
+    let delete = "DELETE FROM executions WHERE id = $1";
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query(delete).bind(child.id.to_string()).execute(&pool).await.unwrap();
+    } else {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query(delete).bind(child.id.to_string()).execute(&pool).await.unwrap();
+    }
+    let listed = api.client.list_executions(&format!("parent={id}")).await.unwrap();
+    assert!(listed.items.is_empty(), "the task's execution is gone");
+    let e = until(&api, id, "repaired", |e| e.status.is_terminal()).await;
+    assert_eq!(e.status, ExecutionStatus::Failed);
+    let err = e.error.unwrap();
+    assert_eq!(err["failures"][0]["result"]["failed_by"], "workflow_repair_monitor", "{err}");
+    let metrics = api.http.get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("attune_workflow_repairs_total 1"), "{metrics}");
+    api.stop().await;
+}
+
+/// The workflow engine's stored state of `id`, read from the database.
+async fn stored_state(url: &str, id: uuid::Uuid) -> Value {
+    let q = "SELECT state FROM workflows WHERE execution_id = $1";
+    let text: Option<String> = if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query_scalar(q).bind(id.to_string()).fetch_optional(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query_scalar(q).bind(id.to_string()).fetch_optional(&pool).await.unwrap()
+    };
+    text.map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null)
 }

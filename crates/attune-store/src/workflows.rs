@@ -265,6 +265,51 @@ impl Store {
         ))
     }
 
+    /// Running workflows with nothing under them: no child open, no child's end waiting to be
+    /// applied, not paused, and not stepped for `quiet_ms`. A workflow in that state can only move
+    /// on if the engine is nudged (`attune-server/src/workflows.rs::repair`).
+    pub async fn quiet_workflows(&self, now: Timestamp, quiet_ms: i64, limit: i64) -> Result<Vec<Uuid>> {
+        let rows: Vec<String> = read_pool!(self, p => {
+            sqlx::query_scalar(&format!(
+                "SELECT w.execution_id FROM workflows w JOIN executions e ON e.id = w.execution_id
+                  WHERE w.phase IN ('running', 'canceling') AND w.paused = FALSE AND w.updated_at < $1
+                    AND e.status IN ('running', 'canceling')
+                    AND NOT EXISTS (SELECT 1 FROM executions c WHERE c.parent = w.execution_id
+                                     AND c.child_key IS NOT NULL
+                                     AND (c.status NOT IN {TERMINAL} OR c.child_applied = FALSE))
+                  ORDER BY w.execution_id LIMIT $2"
+            ))
+            .bind(now.millis() - quiet_ms)
+            .bind(limit)
+            .fetch_all(p)
+            .await?
+        });
+        rows.iter().map(|s| uuid("workflows", s)).collect()
+    }
+
+    /// Every child of `parent` by its key: (id, status).
+    pub async fn child_keys(
+        &self,
+        parent: Uuid,
+    ) -> Result<std::collections::HashMap<String, (Uuid, ExecutionStatus)>> {
+        read_pool!(self, p => {
+            let rows = sqlx::query("SELECT id, child_key, status FROM executions WHERE parent = $1 AND child_key IS NOT NULL")
+                .bind(parent.to_string())
+                .fetch_all(p)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let st = r.text("status")?;
+                    let status = ExecutionStatus::parse(&st).ok_or_else(|| StoreError::Corrupt {
+                        table: "executions",
+                        message: format!("status {st:?}"),
+                    })?;
+                    Ok((r.text("child_key")?, (uuid("executions", &r.text("id")?)?, status)))
+                })
+                .collect()
+        })
+    }
+
     /// Marks a finished workflow settled (its execution has ended): nothing more to do for it.
     pub async fn settle_workflow(&self, id: Uuid) -> Result<()> {
         write_pool!(self, p => {

@@ -72,6 +72,7 @@ conformance!(
     concurrency_limits_hold_per_key,
     rate_limits_refill_at_their_rate,
     priorities_go_first_without_starving_the_rest,
+    workflow_steps_are_taken_once,
 );
 
 const T0: Timestamp = Timestamp(1_800_000_000_000);
@@ -1412,4 +1413,60 @@ async fn priorities_go_first_without_starving_the_rest(db: &TestDb) {
         order.push(got[0].execution_id);
     }
     assert_eq!(order, vec![higher, old_low, high, low, low2]);
+}
+
+/// Issue 13: a workflow step is written only over the version it read, with the children it
+/// starts and the ends it consumed, in one transaction; a child's key is unique per workflow.
+async fn workflow_steps_are_taken_once(db: &TestDb) {
+    let s = open(db).await;
+    let wf_action = action("flow", Runtime::Workflow, 1);
+    let wf = submit(&s, &wf_action, T0).await;
+    let task = action("task", Runtime::Shell, 1);
+    let step =
+        |version: Option<i64>, children: Vec<NewExecution>, applied: Vec<Uuid>| attune_store::WorkflowStep {
+            execution_id: wf,
+            version,
+            phase: "running".into(),
+            paused: false,
+            state: json!({"n": version}),
+            finish: None,
+            applied,
+            children,
+            now: T0,
+        };
+    let child = |key: &str| NewExecution { parent: Some(wf), child_key: Some(key.into()), ..plain(&task) };
+    let first =
+        s.workflow_step(step(None, vec![child("a/1")], vec![])).await.unwrap().expect("the first step");
+    assert_eq!(first.len(), 1);
+    assert!(
+        s.workflow_step(step(None, vec![child("a/1")], vec![])).await.unwrap().is_none(),
+        "taken already"
+    );
+    let row = s.get_workflow(wf).await.unwrap().unwrap();
+    assert_eq!((row.version, row.phase.as_str()), (1, "running"));
+    let due = s.engine_due(T0, 10).await.unwrap();
+    assert!(due.advance.is_empty(), "nothing ended yet: {due:?}");
+    // The child ends: the workflow is due, with that end to apply.
+    let w = worker(&s, "w", &[Runtime::Shell], T0).await;
+    let (id, token) = claim_one(&s, w, T0).await;
+    assert_eq!(id, first[0].id);
+    let h = Holder { token: &token, worker: w };
+    s.start(id, h.clone(), T0, T0.plus(std::time::Duration::from_secs(30))).await.unwrap();
+    s.complete(id, h, &Report::new(ExecutionStatus::Succeeded), T0).await.unwrap();
+    assert_eq!(s.engine_due(T0, 10).await.unwrap().advance, vec![wf]);
+    let ended = s.ended_children(wf, 10).await.unwrap();
+    assert_eq!((ended.len(), ended[0].key.as_str()), (1, "a/1"));
+    // Two steps read version 1; one wins, the other writes nothing (not even its child).
+    let won = s.workflow_step(step(Some(1), vec![child("b/1")], vec![id])).await.unwrap();
+    assert!(won.is_some());
+    let lost = s.workflow_step(step(Some(1), vec![child("c/1")], vec![id])).await.unwrap();
+    assert!(lost.is_none());
+    let keys: Vec<_> = s.children(wf).await.unwrap().into_iter().filter_map(|c| c.child_key).collect();
+    assert_eq!(keys, ["a/1", "b/1"]);
+    assert!(s.ended_children(wf, 10).await.unwrap().is_empty(), "the end was consumed with the step");
+    assert!(s.engine_due(T0, 10).await.unwrap().advance.is_empty());
+    // A key used already cannot be created again, whatever the version.
+    let again = s.workflow_step(step(Some(2), vec![child("a/1")], vec![])).await;
+    assert!(again.is_err(), "a duplicate child is refused: {again:?}");
+    assert_eq!(s.get_workflow(wf).await.unwrap().unwrap().version, 2, "and the step with it");
 }

@@ -37,8 +37,8 @@ pub struct Health {
 pub struct InquiryResponse {
     /// The answer: an object matching the inquiry's schema.
     #[serde(default)]
-    #[schema(value_type = Object)]
-    pub response: serde_json::Value,
+    #[schema(value_type = Option<Object>)]
+    pub response: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]

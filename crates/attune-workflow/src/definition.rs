@@ -54,8 +54,9 @@ fn empty_object() -> Value {
 pub struct With {
     /// A list, or a template that renders to one.
     pub items: Value,
+    /// A number, or a template that gives one; absent: all at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<u32>,
+    pub concurrency: Option<Value>,
 }
 
 /// Each run (each item) of the task may be tried `count` more times after a failure, `delay`
@@ -240,14 +241,19 @@ impl Definition {
                     }
                     _ => return Err(err(at, "with.items", "must be a list or a template that gives one")),
                 }
-                if let Some(c) = w.concurrency {
-                    if !(1..=MAX_CONCURRENCY).contains(&c) {
+                match &w.concurrency {
+                    None => {}
+                    Some(Value::String(s)) if attune_template::is_template(s) => {
+                        syntax(at, "with.concurrency", &Value::String(s.clone()))?
+                    }
+                    Some(c) if c.as_u64().is_none_or(|n| !(1..=MAX_CONCURRENCY as u64).contains(&n)) => {
                         return Err(err(
                             at,
                             "with.concurrency",
-                            format!("must be 1 to {MAX_CONCURRENCY}, not {c}"),
+                            format!("must be 1 to {MAX_CONCURRENCY} (or a template giving one), not {c}"),
                         ));
                     }
+                    Some(_) => {}
                 }
             }
             if let Some(r) = &t.retry {

@@ -90,6 +90,12 @@ pub struct Run {
     /// Children started and not ended.
     #[serde(default)]
     pub in_flight: u32,
+    /// At most this many items at once (a `with` run's rendered `concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Which items' children are started and not ended (a `with` run).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub running_items: BTreeSet<usize>,
     /// Items' results, by index.
     #[serde(default)]
     pub results: Vec<Value>,
@@ -131,6 +137,8 @@ pub enum Input {
     Cancel,
     Pause,
     Resume,
+    /// Nothing new: apply what is due anyway (joins, the end). The repair monitor's nudge.
+    Check,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +168,18 @@ pub struct Step {
     pub finish: Option<Finish>,
     /// The input concerned nothing (a child this state does not know, a repeated input).
     pub ignored: bool,
+}
+
+/// The keys of the children the state waits for (started, not ended).
+pub fn waiting_for(state: &State) -> Vec<String> {
+    let mut keys = Vec::new();
+    for (rk, run) in &state.runs {
+        match &run.items {
+            None => keys.push(rk.clone()),
+            Some(_) => keys.extend(run.running_items.iter().map(|i| format!("{rk}/{i}"))),
+        }
+    }
+    keys
 }
 
 /// Splits a child's key into (task, iteration, item).
@@ -202,6 +222,7 @@ pub fn step(def: &Definition, state: &mut State, input: Input) -> Step {
             e.out.ignored = e.st.paused;
             e.st.paused = true;
         }
+        Input::Check => {}
         Input::Resume => {
             e.out.ignored = !e.st.paused;
             e.st.paused = false;
@@ -278,27 +299,35 @@ impl Engine<'_> {
             items: None,
             next: 0,
             in_flight: 0,
+            limit: None,
+            running_items: BTreeSet::new(),
             results: Vec::new(),
             failed: false,
         };
         if let Some(w) = &t.with {
-            let items = match attune_template::render_over(&w.items, "with.items", &self.ctx()) {
-                Ok(Value::Array(a)) => a,
-                Ok(other) => {
-                    let e = json!({"error": format!("with.items must give a list, not {other}")});
+            let items = self.render_as(&w.items, "with.items", |v| match v {
+                Value::Array(a) => Ok(a),
+                other => Err(format!("with.items must give a list, not {other}")),
+            });
+            let limit = w.concurrency.as_ref().map(|c| {
+                self.render_as(c, "with.concurrency", |v| {
+                    v.as_u64()
+                        .filter(|n| (1..=definition::MAX_CONCURRENCY as u64).contains(n))
+                        .map(|n| n as u32)
+                        .ok_or(format!(
+                            "with.concurrency must give a number from 1 to {}, not {v}",
+                            definition::MAX_CONCURRENCY
+                        ))
+                })
+            });
+            let (items, limit) = match (items, limit.transpose()) {
+                (Ok(items), Ok(limit)) => (items, limit),
+                (Err(e), _) | (_, Err(e)) => {
                     self.queue.push_back((task.to_owned(), iteration, false, e));
                     return;
                 }
-                Err(e) => {
-                    self.queue.push_back((
-                        task.to_owned(),
-                        iteration,
-                        false,
-                        json!({"error": e.to_string()}),
-                    ));
-                    return;
-                }
             };
+            run.limit = limit;
             if items.is_empty() {
                 self.queue.push_back((task.to_owned(), iteration, true, json!([])));
                 return;
@@ -326,6 +355,20 @@ impl Engine<'_> {
         }
     }
 
+    /// `v` rendered over `ctx` and turned into what `into` makes of it; the error as a task's
+    /// result.
+    fn render_as<T>(
+        &self,
+        v: &Value,
+        field: &str,
+        into: impl FnOnce(Value) -> Result<T, String>,
+    ) -> Result<T, Value> {
+        attune_template::render_over(v, field, &self.ctx())
+            .map_err(|e| e.to_string())
+            .and_then(into)
+            .map_err(|e| json!({"error": e}))
+    }
+
     fn render_input(&self, t: &Task, item: Option<&Value>) -> Result<Value, Value> {
         let mut calls = Calls::new();
         if let Some(i) = item {
@@ -338,8 +381,8 @@ impl Engine<'_> {
     /// Starts items of a `with` run up to its concurrency.
     fn start_items(&mut self, task: &str, iteration: u32) {
         let Some(t) = self.def.tasks.get(task) else { return };
-        let limit = t.with.as_ref().and_then(|w| w.concurrency).unwrap_or(u32::MAX);
         let rk = run_key(task, iteration);
+        let limit = self.st.runs.get(&rk).and_then(|r| r.limit).unwrap_or(u32::MAX);
         loop {
             if self.stopping() {
                 break;
@@ -357,6 +400,7 @@ impl Engine<'_> {
             match rendered {
                 Ok(input) => {
                     run.in_flight += 1;
+                    run.running_items.insert(i);
                     self.emit(Start {
                         key: format!("{rk}/{i}"),
                         task: task.to_owned(),
@@ -394,7 +438,7 @@ impl Engine<'_> {
             return;
         };
         match (item, run.items.is_some()) {
-            (Some(i), true) if i < run.results.len() => {
+            (Some(i), true) if run.running_items.remove(&i) => {
                 run.in_flight = run.in_flight.saturating_sub(1);
                 run.results[i] = result;
                 run.failed |= !succeeded;

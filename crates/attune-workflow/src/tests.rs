@@ -250,3 +250,26 @@ fn a_loop_of_tasks_that_run_nothing_stops_instead_of_spinning() {
     assert_eq!(f.outcome, Outcome::Failed);
     assert!(f.error.unwrap()["error"].as_str().unwrap().contains("loop"));
 }
+
+#[test]
+fn what_the_state_waits_for_and_a_templated_concurrency() {
+    let d = def(r#"{"version": 1, "tasks": {
+        "one": {"action": "x.y"},
+        "many": {"with": {"items": [1, 2, 3], "concurrency": "{{ ctx.c }}"}, "action": "x.y"}}}"#);
+    let mut st = State::default();
+    let s = step(&d, &mut st, Input::Start { parameters: json!({"c": 2}) });
+    assert_eq!(keys(&s), ["many/1/0", "many/1/1", "one/1"]);
+    assert_eq!(waiting_for(&st), ["many/1/0", "many/1/1", "one/1"]);
+    step(&d, &mut st, ok("many/1/0", Value::Null));
+    assert_eq!(waiting_for(&st), ["many/1/1", "many/1/2", "one/1"]);
+    let again = step(&d, &mut st, ok("many/1/0", Value::Null));
+    assert!(again.ignored && again.starts.is_empty(), "an item's end counts once");
+    let bad = def(
+        r#"{"version": 1, "tasks": {"m": {"with": {"items": [1], "concurrency": "{{ ctx.c }}"}, "action": "x.y"}}}"#,
+    );
+    let mut st = State::default();
+    let f = step(&bad, &mut st, Input::Start { parameters: json!({"c": 0}) }).finish.unwrap();
+    assert_eq!(f.outcome, Outcome::Failed, "a concurrency of 0 fails the task");
+    let s = step(&d, &mut State::default(), Input::Check);
+    assert!(s.finish.is_some(), "a state that never started has nothing to wait for");
+}

@@ -192,9 +192,10 @@ impl Change {
         self.to.is_terminal()
     }
 
-    /// Whether the change starts an attempt.
+    /// Whether the change starts an attempt (a worker's, the engine's, or an inquiry's wait).
     pub fn starts_attempt(&self) -> bool {
-        self.guard.status == ExecutionStatus::Scheduled && self.to == ExecutionStatus::Running
+        self.guard.status == ExecutionStatus::Scheduled
+            && matches!(self.to, ExecutionStatus::Running | ExecutionStatus::Pending)
     }
 }
 

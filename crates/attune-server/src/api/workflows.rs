@@ -97,7 +97,8 @@ pub async fn respond(
             format!("inquiry {id} not found (execution {id} is not an inquiry)"),
         ));
     }
-    if !req.response.is_object() {
+    let response = req.response.unwrap_or(Value::Null);
+    if !response.is_object() {
         return Err(ApiError::unprocessable("invalid_response", "response must be a JSON object"));
     }
     let schema = e.parameters.get("schema").cloned().unwrap_or(Value::Null);
@@ -108,7 +109,7 @@ pub async fn respond(
                 format!("the inquiry's schema {m}; it cannot be answered"),
             )
         })?;
-        if let Err(details) = v.validate_as(&req.response, "response", "response field") {
+        if let Err(details) = v.validate_as(&response, "response", "response field") {
             return Err(ApiError::unprocessable(
                 "invalid_response",
                 format!("the response does not match the inquiry's schema: {}", details.join("; ")),
@@ -118,8 +119,7 @@ pub async fn respond(
     }
     let now = Timestamp::now();
     let actor = who.actor();
-    let driven =
-        state.store.drive(&[id], |s| lifecycle::inquiry_answer(s, &req.response, &actor, now)).await?;
+    let driven = state.store.drive(&[id], |s| lifecycle::inquiry_answer(s, &response, &actor, now)).await?;
     for (_, r) in driven {
         let d = r?;
         state.changed(&[(id, d.status())]).await;
