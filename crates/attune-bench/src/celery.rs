@@ -29,9 +29,22 @@ fn run_script(args: &[&str]) -> anyhow::Result<String> {
 pub async fn run(args: &Args, s: Sizes) -> anyhow::Result<CeleryResult> {
     eprintln!("[celery] installing (first run only) and measuring");
     let (workers, noop, shell) = (args.workers.to_string(), s.noop.to_string(), s.shell.to_string());
+    let chains = s.workflows.to_string();
     let out = tokio::task::spawn_blocking(move || {
         run_script(&["setup.sh"])?;
-        run_script(&["run.sh", "--workers", &workers, "--noop", &noop, "--shell", &shell])
+        run_script(&[
+            "run.sh",
+            "--workers",
+            &workers,
+            "--noop",
+            &noop,
+            "--shell",
+            &shell,
+            "--chains",
+            &chains,
+            "--chord",
+            "1000",
+        ])
     })
     .await??;
     let v: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or(""))
@@ -41,5 +54,10 @@ pub async fn run(args: &Args, s: Sizes) -> anyhow::Result<CeleryResult> {
         noop_per_sec: v["noop_per_sec"].as_f64().unwrap_or(f64::NAN),
         shell_per_sec: v["shell_per_sec"].as_f64().unwrap_or(f64::NAN),
         worker_processes: args.workers,
+        chain3_ms: v["chain3_ms"].as_array().and_then(|a| {
+            let p: Vec<f64> = a.iter().filter_map(|x| x.as_f64()).collect();
+            <[f64; 3]>::try_from(p).ok()
+        }),
+        chord_per_sec: v["chord_per_sec"].as_f64(),
     })
 }

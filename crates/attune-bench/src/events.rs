@@ -44,6 +44,25 @@ pub fn write_pack(dir: &std::path::Path) -> anyhow::Result<()> {
          concurrency: { limit: 1, key: \"{{ parameters.k }}\" }\n\
          parameters: { type: object, properties: { k: { type: integer } } }\n",
     )?;
+    // Workflows (issue 13): three builtin no-ops in sequence, and a `with` over n no-ops.
+    std::fs::create_dir_all(pack.join("actions/workflows"))?;
+    std::fs::write(
+        pack.join("actions/seq3.yaml"),
+        "ref: seq3\nruntime: workflow\nentry_point: workflows/seq3.yaml\n",
+    )?;
+    std::fs::write(
+        pack.join("actions/workflows/seq3.yaml"),
+        "version: 1\ntasks:\n  a: { action: core.noop, next: [b] }\n  b: { action: core.noop, next: [c] }\n  c: { action: core.noop }\n",
+    )?;
+    std::fs::write(
+        pack.join("actions/fan.yaml"),
+        "ref: fan\nruntime: workflow\nentry_point: workflows/fan.yaml\n\
+         parameters: { type: object, properties: { n: { type: integer } } }\n",
+    )?;
+    std::fs::write(
+        pack.join("actions/workflows/fan.yaml"),
+        "version: 1\ntasks:\n  each:\n    with: { items: \"{{ range(ctx.n) | list }}\", concurrency: 100 }\n    action: core.noop\n",
+    )?;
     std::fs::write(
         pack.join("rules/latency.yaml"),
         format!("ref: latency\ntrigger: {{ type: core.webhook, parameters: {{ name: latency }} }}\n{noop}"),

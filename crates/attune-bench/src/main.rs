@@ -55,6 +55,8 @@ pub struct Sizes {
     /// Webhook events posted for the events/s row, and probes for webhook → started.
     pub events: usize,
     pub event_latency: usize,
+    /// 3-step workflows run one at a time for the latency row.
+    pub workflows: usize,
 }
 
 impl Args {
@@ -70,6 +72,7 @@ impl Args {
                 spawn_seconds: 5.0,
                 events: 10_000,
                 event_latency: 500,
+                workflows: 300,
             }
         } else {
             Sizes {
@@ -82,6 +85,7 @@ impl Args {
                 spawn_seconds: 2.0,
                 events: 2_000,
                 event_latency: 200,
+                workflows: 100,
             }
         }
     }

@@ -25,6 +25,12 @@ pub struct BackendResult {
     pub events_per_sec: Option<f64>,
     /// A 1 s interval timer's firing after its tick was due, p50/p95/p99 ms.
     pub timer_lag_ms: Option<[f64; 3]>,
+    /// A workflow of 3 builtin no-ops in sequence, submit → succeeded, p50/p95/p99 ms.
+    #[serde(default)]
+    pub workflow_3step_ms: Option<[f64; 3]>,
+    /// A workflow's `with` over 1,000 no-ops at concurrency 100: items per second, submit → end.
+    #[serde(default)]
+    pub with_items_per_sec: Option<f64>,
     pub detection_seconds: Vec<f64>,
     pub idle_server_rss_mb: Option<f64>,
     pub idle_worker_rss_mb: Option<f64>,
@@ -45,6 +51,8 @@ impl BackendResult {
             webhook_to_start_ms: None,
             events_per_sec: None,
             timer_lag_ms: None,
+            workflow_3step_ms: None,
+            with_items_per_sec: None,
             detection_seconds: Vec::new(),
             idle_server_rss_mb: None,
             idle_worker_rss_mb: None,
@@ -58,6 +66,10 @@ pub struct CeleryResult {
     pub noop_per_sec: f64,
     pub shell_per_sec: f64,
     pub worker_processes: u32,
+    /// `chain(noop, noop, noop)`, submit → result, p50/p95/p99 ms.
+    pub chain3_ms: Option<[f64; 3]>,
+    /// `chord(group(noop × 1,000), noop)`: items per second, submit → callback's result.
+    pub chord_per_sec: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -224,6 +236,18 @@ impl Results {
             "p99 ≤ 50",
             b.iter().map(|x| pcts(x.timer_lag_ms)).collect(),
             None,
+        );
+        row(
+            "3-step workflow of builtin no-ops (Celery: chain of 3), submit → end, ms, p50 / p95 / p99",
+            "p50 ≤ 10 SQLite",
+            b.iter().map(|x| pcts(x.workflow_3step_ms)).collect(),
+            c.map(|c| pcts(c.chain3_ms)),
+        );
+        row(
+            "`with` 1,000 no-op items at concurrency 100 (Celery: chord of 1,000), items/s",
+            "≥ 1,000 SQLite, ≥ 3× Celery",
+            b.iter().map(|x| f(x.with_items_per_sec, 0)).collect(),
+            c.map(|c| f(c.chord_per_sec, 0)),
         );
         row(
             "dead worker (kill -9) → redelivered, s, p50 / max (1 s heartbeats)",

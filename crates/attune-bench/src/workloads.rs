@@ -199,6 +199,10 @@ pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> an
         c.add_workers(args.workers, args.concurrency).await?;
         eprintln!("[{backend}] no-op throughput with a concurrency limit on each, {} executions", s.noop);
         r.limited_per_sec = Some(throughput_as(&c, s.noop, "bench.limited", json!({}), true).await?);
+        eprintln!("[{backend}] workflows: {} × 3 steps, one at a time; a `with` of 1,000 items", s.workflows);
+        let (seq, items) = workflows(&c, s.workflows).await?;
+        r.workflow_3step_ms = Some(seq);
+        r.with_items_per_sec = Some(items);
         let e = crate::events::run(&c, s.event_latency, s.events).await?;
         r.webhook_to_start_ms = Some(e.webhook_to_start_ms);
         r.events_per_sec = Some(e.per_sec);
@@ -212,6 +216,36 @@ pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> an
         r.detection_seconds = secs;
     }
     Ok(r)
+}
+
+/// Workflows (issue 13): `bench.seq3` one at a time, submit → succeeded; then `bench.fan` over
+/// 1,000 items at concurrency 100, items per second from submit to its end.
+async fn workflows(c: &Cluster, n: usize) -> anyhow::Result<([f64; 3], f64)> {
+    let run = |action: &str, parameters: serde_json::Value| CreateExecution {
+        action_ref: action.into(),
+        parameters: Some(parameters),
+        ..Default::default()
+    };
+    let mut ms = Vec::with_capacity(n);
+    for i in 0..n + 10 {
+        let t0 = Instant::now();
+        let e = c.client.create_execution(&run("bench.seq3", json!({}))).await?;
+        let done = c.client.wait_execution(e.id, false, Duration::from_secs(30)).await?;
+        if done.status != ExecutionStatus::Succeeded {
+            bail!("workflow {} ended {}: {:?}", e.id, done.status, done.error);
+        }
+        if i >= 10 {
+            ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let items = 1000;
+    let t0 = Instant::now();
+    let e = c.client.create_execution(&run("bench.fan", json!({"n": items}))).await?;
+    let done = c.client.wait_execution(e.id, false, Duration::from_secs(60)).await?;
+    if done.status != ExecutionStatus::Succeeded {
+        bail!("`with` workflow {} ended {}: {:?}", e.id, done.status, done.error);
+    }
+    Ok((summary(ms), items as f64 / t0.elapsed().as_secs_f64()))
 }
 
 /// Submit on replica A, started by a worker long-polling on replica B (woken by LISTEN/NOTIFY);

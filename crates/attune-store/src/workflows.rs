@@ -70,46 +70,53 @@ pub struct WorkflowStep {
 }
 
 impl Store {
+    /// On SQLite, `INDEXED BY` the named partial index (its planner otherwise walks the status
+    /// index over every finished execution); PostgreSQL's planner finds the small indexes itself.
+    /// Each query repeats its index's condition word for word, which SQLite needs to use it.
+    fn by(&self, index: &str) -> String {
+        match self.kind {
+            crate::BackendKind::Sqlite => format!("INDEXED BY {index}"),
+            crate::BackendKind::Postgres => String::new(),
+        }
+    }
+
     /// What the engine must do now, at most `limit` of each.
     pub async fn engine_due(&self, now: Timestamp, limit: i64) -> Result<EngineDue> {
         let ids = |rows: Vec<String>| rows.iter().map(|s| uuid("executions", s)).collect::<Result<Vec<_>>>();
+        let server_run = self.by("executions_server_run");
+        let unapplied = self.by("executions_child_unapplied");
+        let open_wf = self.by("workflows_open");
+        let start_sql = format!(
+            "SELECT e.id FROM executions e {server_run} WHERE e.queue IN ('workflow', 'inquiry') AND e.queue = 'workflow'
+               AND e.status IN ('scheduled', 'running', 'canceling')
+               AND (e.status = 'scheduled' OR NOT EXISTS (SELECT 1 FROM workflows w WHERE w.execution_id = e.id))
+             ORDER BY e.id LIMIT $1"
+        );
+        let advance_sql = format!(
+            "SELECT id FROM (
+                SELECT DISTINCT c.parent AS id FROM executions c {unapplied}
+                 WHERE c.child_key IS NOT NULL AND c.child_applied = FALSE AND c.status IN {TERMINAL}
+                UNION
+                SELECT w.execution_id FROM workflows w {open_wf} JOIN executions e ON e.id = w.execution_id
+                 WHERE (w.phase <> 'done' OR w.finish IS NOT NULL)
+                   AND ((w.phase = 'running' AND e.status = 'canceling') OR w.finish IS NOT NULL)
+             ) due ORDER BY id LIMIT $1"
+        );
+        let open_sql = format!(
+            "SELECT id FROM executions {server_run} WHERE queue IN ('workflow', 'inquiry') AND queue = 'inquiry'
+               AND status = 'scheduled' ORDER BY id LIMIT $1"
+        );
+        let expired_sql = format!(
+            "SELECT id, timeout_seconds FROM executions {server_run} WHERE queue IN ('workflow', 'inquiry')
+               AND queue = 'inquiry' AND status = 'pending'
+               AND timeout_seconds IS NOT NULL AND started_at + timeout_seconds * 1000 < $1
+             ORDER BY id LIMIT $2"
+        );
         read_pool!(self, p => {
-            let start: Vec<String> = sqlx::query_scalar(
-                "SELECT e.id FROM executions e WHERE e.queue = 'workflow'
-                   AND (e.status = 'scheduled' OR (e.status IN ('running', 'canceling')
-                        AND NOT EXISTS (SELECT 1 FROM workflows w WHERE w.execution_id = e.id)))
-                 ORDER BY e.id LIMIT $1",
-            )
-            .bind(limit)
-            .fetch_all(p)
-            .await?;
-            let advance: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT id FROM (
-                    SELECT DISTINCT c.parent AS id FROM executions c
-                     WHERE c.child_key IS NOT NULL AND c.child_applied = FALSE AND c.status IN {TERMINAL}
-                    UNION
-                    SELECT w.execution_id FROM workflows w JOIN executions e ON e.id = w.execution_id
-                     WHERE (w.phase = 'running' AND e.status = 'canceling') OR w.finish IS NOT NULL
-                 ) due ORDER BY id LIMIT $1"
-            ))
-            .bind(limit)
-            .fetch_all(p)
-            .await?;
-            let open: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM executions WHERE queue = 'inquiry' AND status = 'scheduled' ORDER BY id LIMIT $1",
-            )
-            .bind(limit)
-            .fetch_all(p)
-            .await?;
-            let expired = sqlx::query(
-                "SELECT id, timeout_seconds FROM executions WHERE queue = 'inquiry' AND status = 'pending'
-                   AND timeout_seconds IS NOT NULL AND started_at + timeout_seconds * 1000 < $1
-                 ORDER BY id LIMIT $2",
-            )
-            .bind(now.millis())
-            .bind(limit)
-            .fetch_all(p)
-            .await?;
+            let start: Vec<String> = sqlx::query_scalar(&start_sql).bind(limit).fetch_all(p).await?;
+            let advance: Vec<String> = sqlx::query_scalar(&advance_sql).bind(limit).fetch_all(p).await?;
+            let open: Vec<String> = sqlx::query_scalar(&open_sql).bind(limit).fetch_all(p).await?;
+            let expired = sqlx::query(&expired_sql).bind(now.millis()).bind(limit).fetch_all(p).await?;
             Ok(EngineDue {
                 start: ids(start)?,
                 advance: ids(advance)?,
@@ -269,10 +276,12 @@ impl Store {
     /// applied, not paused, and not stepped for `quiet_ms`. A workflow in that state can only move
     /// on if the engine is nudged (`attune-server/src/workflows.rs::repair`).
     pub async fn quiet_workflows(&self, now: Timestamp, quiet_ms: i64, limit: i64) -> Result<Vec<Uuid>> {
+        let open_wf = self.by("workflows_open");
         let rows: Vec<String> = read_pool!(self, p => {
             sqlx::query_scalar(&format!(
-                "SELECT w.execution_id FROM workflows w JOIN executions e ON e.id = w.execution_id
-                  WHERE w.phase IN ('running', 'canceling') AND w.paused = FALSE AND w.updated_at < $1
+                "SELECT w.execution_id FROM workflows w {open_wf} JOIN executions e ON e.id = w.execution_id
+                  WHERE (w.phase <> 'done' OR w.finish IS NOT NULL)
+                    AND w.phase IN ('running', 'canceling') AND w.paused = FALSE AND w.updated_at < $1
                     AND e.status IN ('running', 'canceling')
                     AND NOT EXISTS (SELECT 1 FROM executions c WHERE c.parent = w.execution_id
                                      AND c.child_key IS NOT NULL
@@ -325,8 +334,10 @@ impl Store {
     pub async fn list_inquiries(&self, limit: i64) -> Result<Vec<Execution>> {
         read_pool!(self, p => {
             let rows = sqlx::query(&format!(
-                "SELECT {EXEC_COLS} FROM executions WHERE queue = 'inquiry' AND status IN ('pending', 'scheduled')
-                 ORDER BY id DESC LIMIT $1"
+                "SELECT {EXEC_COLS} FROM executions {} WHERE queue IN ('workflow', 'inquiry') AND queue = 'inquiry'
+                   AND status IN ('pending', 'scheduled')
+                 ORDER BY id DESC LIMIT $1",
+                self.by("executions_server_run")
             ))
             .bind(limit)
             .fetch_all(p)
