@@ -97,9 +97,10 @@ impl Store {
                 SELECT DISTINCT c.parent AS id FROM executions c {unapplied}
                  WHERE c.child_key IS NOT NULL AND c.child_applied = FALSE AND c.status IN {TERMINAL}
                 UNION
-                SELECT w.execution_id FROM workflows w {open_wf} JOIN executions e ON e.id = w.execution_id
+                SELECT w.execution_id FROM workflows w {open_wf}
                  WHERE (w.phase <> 'done' OR w.finish IS NOT NULL)
-                   AND ((w.phase = 'running' AND e.status = 'canceling') OR w.finish IS NOT NULL)
+                   AND (w.finish IS NOT NULL OR (w.phase = 'running' AND EXISTS (
+                        SELECT 1 FROM executions e WHERE e.id = w.execution_id AND e.status = 'canceling')))
              ) due ORDER BY id LIMIT $1"
         );
         let open_sql = format!(
@@ -157,9 +158,10 @@ impl Store {
         const T: &str = "executions";
         read_pool!(self, p => {
             let rows = sqlx::query(&format!(
-                "SELECT id, child_key, status, result, error, stdout FROM executions
+                "SELECT id, child_key, status, result, error, stdout FROM executions {}
                   WHERE parent = $1 AND child_key IS NOT NULL AND child_applied = FALSE AND status IN {TERMINAL}
-                  ORDER BY finished_at, id LIMIT $2"
+                  ORDER BY finished_at, id LIMIT $2",
+                self.by("executions_child_unapplied")
             ))
             .bind(parent.to_string())
             .bind(limit)

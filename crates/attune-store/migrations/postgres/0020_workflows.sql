@@ -7,7 +7,9 @@ ALTER TABLE executions ADD COLUMN child_key TEXT;
 ALTER TABLE executions ADD COLUMN child_applied BOOLEAN NOT NULL DEFAULT TRUE;
 CREATE UNIQUE INDEX executions_child ON executions (parent, child_key) WHERE child_key IS NOT NULL;
 CREATE INDEX executions_parent ON executions (parent) WHERE parent IS NOT NULL;
-CREATE INDEX executions_child_unapplied ON executions (parent) WHERE child_key IS NOT NULL AND child_applied = FALSE;
+-- Only ended children whose end is not applied yet: what the engine looks for on every round.
+CREATE INDEX executions_child_unapplied ON executions (parent) WHERE child_key IS NOT NULL AND child_applied = FALSE
+    AND status IN ('succeeded', 'failed', 'timeout', 'canceled', 'abandoned');
 -- Executions the server runs (workflows, inquiries) are found by queue and status.
 CREATE INDEX executions_server_run ON executions (queue, status) WHERE queue IN ('workflow', 'inquiry');
 
