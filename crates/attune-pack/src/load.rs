@@ -478,7 +478,7 @@ fn read_sensor(
     let description = doc.string("description", false).unwrap_or_default();
     let enabled = doc.flag("enabled", true);
     let runtime = doc.string("runtime", true).and_then(|r| match Runtime::parse(&r) {
-        Some(Runtime::Builtin) => {
+        Some(Runtime::Builtin | Runtime::Workflow | Runtime::Inquiry) => {
             doc.err("runtime", "a sensor is a program: shell, python, node or native");
             None
         }

@@ -261,6 +261,11 @@ fn sensors_load_and_their_mistakes_are_named() {
             "a sensor is a program",
         ),
         (
+            "ref: s\nruntime: workflow\nentry_point: watch.sh\ntrigger_types: [ops.seen]\n",
+            "runtime",
+            "a sensor is a program",
+        ),
+        (
             "ref: s\nruntime: cobol\nentry_point: watch.sh\ntrigger_types: [ops.seen]\n",
             "runtime",
             "unknown runtime",

@@ -210,6 +210,11 @@ pub(crate) async fn advance(
     let has_control = control.is_some();
     inputs.extend(control);
     if inputs.is_empty() {
+        if state.phase == Phase::Canceling {
+            // Canceled, and its children's cancel may not have been sent (a crash right after the
+            // step that decided it): send it to those not canceling yet.
+            cancel_children(shared, id, true).await?;
+        }
         return Ok(false);
     }
     for input in inputs {
@@ -407,20 +412,27 @@ async fn commit(
     let changes: Vec<_> = created.iter().map(|e| (e.id, e.status)).collect();
     shared.changed(&changes).await;
     if cancel {
-        let actor = format!("workflow:{}", exec.id);
-        for child in shared.store.open_children(exec.id).await? {
-            match shared.store.cancel_execution(child, &actor, Timestamp::now()).await {
-                Ok(e) => shared.changed(&[(e.id, e.status)]).await,
-                // It ended meanwhile; its end is applied like any other.
-                Err(StoreError::Transition { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        cancel_children(shared, exec.id, false).await?;
     }
     if let Some(f) = &finish {
         settle(shared, exec.id, f).await?;
     }
     Ok(true)
+}
+
+/// Cancels the workflow's open children (`uncanceled`: only those not being canceled already, so
+/// that a repeated call changes, and announces, nothing).
+async fn cancel_children(shared: &Arc<Shared>, workflow: Uuid, uncanceled: bool) -> Result<(), EngineError> {
+    let actor = format!("workflow:{workflow}");
+    for child in shared.store.open_children(workflow, uncanceled).await? {
+        match shared.store.cancel_execution(child, &actor, Timestamp::now()).await {
+            Ok(e) => shared.changed(&[(e.id, e.status)]).await,
+            // It ended meanwhile; its end is applied like any other.
+            Err(StoreError::Transition { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Ends the workflow execution as the engine decided, then marks the decision carried out.

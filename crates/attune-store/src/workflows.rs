@@ -99,7 +99,7 @@ impl Store {
                 UNION
                 SELECT w.execution_id FROM workflows w {open_wf}
                  WHERE (w.phase <> 'done' OR w.finish IS NOT NULL)
-                   AND (w.finish IS NOT NULL OR (w.phase = 'running' AND EXISTS (
+                   AND (w.finish IS NOT NULL OR w.phase = 'canceling' OR (w.phase = 'running' AND EXISTS (
                         SELECT 1 FROM executions e WHERE e.id = w.execution_id AND e.status = 'canceling')))
              ) due ORDER BY id LIMIT $1"
         );
@@ -197,11 +197,13 @@ impl Store {
         })
     }
 
-    /// The children of `parent` that have not ended.
-    pub async fn open_children(&self, parent: Uuid) -> Result<Vec<Uuid>> {
+    /// The children of `parent` that have not ended (and, with `uncanceled`, are not being
+    /// canceled already).
+    pub async fn open_children(&self, parent: Uuid, uncanceled: bool) -> Result<Vec<Uuid>> {
+        let also = if uncanceled { " AND status <> 'canceling'" } else { "" };
         read_pool!(self, p => {
             let rows: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT id FROM executions WHERE parent = $1 AND child_key IS NOT NULL AND status NOT IN {TERMINAL}"
+                "SELECT id FROM executions WHERE parent = $1 AND child_key IS NOT NULL AND status NOT IN {TERMINAL}{also}"
             ))
             .bind(parent.to_string())
             .fetch_all(p)
