@@ -14,6 +14,31 @@ use uuid::Uuid;
 
 mod common;
 
+/// Each scenario once on SQLite and once on PostgreSQL: `<test>_on_sqlite`, `<test>_on_postgres`.
+macro_rules! both {
+    ($($test:ident => $scenario:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    super::$scenario(attune_testkit::TestDb::sqlite()).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    super::$scenario(attune_testkit::TestDb::postgres().await).await;
+                }
+            }
+        )*
+    };
+}
+
+both!(
+    the_example_runs_as_a_user_would => the_example_runs_as_a_user_would,
+    stackstorm_failure_modes => failure_modes,
+    server_killed_mid_with => server_killed_mid_with,
+);
+
 /// A pack of workflows for these tests, next to the repository's packs.
 fn test_pack() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -225,16 +250,6 @@ async fn the_example_runs_as_a_user_would(db: TestDb) {
     assert_ne!(list.code, 0, "a bad --parent is refused");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_example_runs_as_a_user_would_on_sqlite() {
-    the_example_runs_as_a_user_would(TestDb::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_example_runs_as_a_user_would_on_postgres() {
-    the_example_runs_as_a_user_would(TestDb::postgres().await).await;
-}
-
 /// StackStorm's reported failure modes, each its own check.
 async fn failure_modes(db: TestDb) {
     let c = Cluster::start(db, 1);
@@ -286,16 +301,6 @@ async fn failure_modes(db: TestDb) {
         (ExecutionStatus::Succeeded, Some(json!({"len": 700000}))),
         "{e:?}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stackstorm_failure_modes_on_sqlite() {
-    failure_modes(TestDb::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stackstorm_failure_modes_on_postgres() {
-    failure_modes(TestDb::postgres().await).await;
 }
 
 /// Cancel in the middle of a fan-out: the running items are canceled, no new item starts, the
@@ -353,16 +358,6 @@ async fn server_killed_mid_with(db: TestDb) {
     assert!(kids.iter().all(|k| k.status == ExecutionStatus::Succeeded));
     let again: Vec<_> = kids.iter().filter(|k| k.attempt != 1).map(|k| (&k.child_key, k.attempt)).collect();
     assert!(again.is_empty(), "items ran more than once: {again:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_killed_mid_with_on_sqlite() {
-    server_killed_mid_with(TestDb::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_killed_mid_with_on_postgres() {
-    server_killed_mid_with(TestDb::postgres().await).await;
 }
 
 /// Two replicas on one PostgreSQL database both drive the same workflow (each worker talks to

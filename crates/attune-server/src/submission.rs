@@ -112,7 +112,7 @@ pub(crate) struct Submissions {
 
 /// An inquiry's `timeout` parameter is its execution's timeout (how long it may stay pending),
 /// unless the submission gave one.
-pub(crate) fn inquiry_timeout(new: &mut NewExecution) {
+fn inquiry_timeout(new: &mut NewExecution) {
     if new.action.runtime == attune_core::Runtime::Inquiry && new.timeout_seconds.is_none() {
         new.timeout_seconds = new.parameters.get("timeout").and_then(Value::as_u64).filter(|t| *t > 0);
     }
@@ -136,9 +136,8 @@ impl Submissions {
 
     /// Validates and accepts one execution.
     pub(crate) async fn submit(&self, req: Request) -> Result<Execution, SubmitError> {
-        let mut new = self.prepare(req).await?;
+        let new = self.prepare(req).await?;
         if new.action.runtime.server_side() {
-            inquiry_timeout(&mut new);
             self.server_run_in_use.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let limited = new.concurrency.clone().zip(new.action.concurrency.as_ref().map(|c| c.on_limit));
@@ -206,6 +205,7 @@ impl Submissions {
             }
         }
         let mut new = prepare(action, req.parameters, &req.overrides, req.origin)?;
+        inquiry_timeout(&mut new);
         if let Some(c) = &new.action.concurrency {
             let key = policy_key(&new, "concurrency", c.key.as_deref())?;
             new.concurrency = Some((key, c.limit));

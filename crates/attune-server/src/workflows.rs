@@ -128,21 +128,19 @@ fn definition(e: &Execution) -> Result<Definition, String> {
     serde_json::from_value(raw).map_err(|err| format!("the stored workflow definition cannot be read: {err}"))
 }
 
-/// What `result()` gives for an ended child: its result; for a failure without one, its error;
-/// otherwise what it printed.
-fn child_result(c: &EndedChild) -> Value {
-    if let Some(r) = &c.result {
-        return r.clone();
-    }
-    if c.status != ExecutionStatus::Succeeded {
-        if let Some(e) = &c.error {
-            return e.clone();
-        }
-    }
-    match c.stdout.trim_end() {
-        "" => Value::Null,
-        s => Value::String(s.to_owned()),
-    }
+/// The engine's input for an ended child; `result()` gives its result, for a failure without one
+/// its error, otherwise what it printed.
+fn ended(c: EndedChild) -> Input {
+    let succeeded = c.status == ExecutionStatus::Succeeded;
+    let result = match (c.result, c.error) {
+        (Some(r), _) => r,
+        (None, Some(e)) if !succeeded => e,
+        _ => match c.stdout.trim_end() {
+            "" => Value::Null,
+            s => Value::String(s.to_owned()),
+        },
+    };
+    Input::Ended { key: c.key, succeeded, result }
 }
 
 /// Takes one step of workflow `id`: start it, apply its children's ends (in the order they
@@ -184,7 +182,7 @@ pub(crate) async fn advance(
             attune_workflow::step(&def, &mut state, Input::Start { parameters: exec.parameters.clone() });
         return commit(shared, &exec, &def, state, step, None, Vec::new()).await;
     };
-    if row.phase == "done" {
+    if row.phase == Phase::Done.as_str() {
         if let Some(f) = row.finish {
             let f: Finish = serde_json::from_value(f)
                 .map_err(|e| EngineError::Refused(format!("stored finish unreadable: {e}")))?;
@@ -199,14 +197,9 @@ pub(crate) async fn advance(
     if exec.status == ExecutionStatus::Canceling && state.phase == Phase::Running {
         inputs.push(Input::Cancel);
     }
-    let ended = shared.store.ended_children(id, ENDS_PER_STEP).await?;
-    for c in &ended {
-        inputs.push(Input::Ended {
-            key: c.key.clone(),
-            succeeded: c.status == ExecutionStatus::Succeeded,
-            result: child_result(c),
-        });
-    }
+    let ended_children = shared.store.ended_children(id, ENDS_PER_STEP).await?;
+    let applied: Vec<Uuid> = ended_children.iter().map(|c| c.id).collect();
+    inputs.extend(ended_children.into_iter().map(ended));
     let has_control = control.is_some();
     inputs.extend(control);
     if inputs.is_empty() {
@@ -220,10 +213,9 @@ pub(crate) async fn advance(
     for input in inputs {
         merge(&mut step, attune_workflow::step(&def, &mut state, input));
     }
-    if has_control && step.ignored && ended.is_empty() && step.starts.is_empty() {
+    if has_control && step.ignored && applied.is_empty() && step.starts.is_empty() {
         return Ok(false);
     }
-    let applied = ended.iter().map(|c| c.id).collect();
     commit(shared, &exec, &def, state, step, Some(row.version), applied).await
 }
 
@@ -260,19 +252,14 @@ async fn repair(shared: &Arc<Shared>, id: Uuid) -> Result<Option<String>, Engine
             Some((cid, _)) => {
                 let Some(c) = shared.store.get_execution(*cid).await? else { continue };
                 what.push(format!("applied the end of {key}"));
-                let ended = EndedChild {
+                ended(EndedChild {
                     id: c.id,
-                    key: key.clone(),
+                    key,
                     status: c.status,
                     result: c.result,
                     error: c.error,
                     stdout: c.stdout,
-                };
-                Input::Ended {
-                    key,
-                    succeeded: c.status == ExecutionStatus::Succeeded,
-                    result: child_result(&ended),
-                }
+                })
             }
             None => {
                 what.push(format!("{key} has no execution: treated as failed"));
@@ -310,7 +297,9 @@ async fn repair(shared: &Arc<Shared>, id: Uuid) -> Result<Option<String>, Engine
         what.push("applied what was due".into());
     }
     let moved = commit(shared, &exec, &def, state, step, Some(row.version), Vec::new()).await?;
-    shared.metrics.workflow_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if moved {
+        shared.metrics.workflow_repairs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(moved.then(|| what.join("; ")))
 }
 
@@ -341,43 +330,32 @@ async fn commit(
     let mut children = Vec::new();
     let trace = exec.trace_id.clone().unwrap_or_else(|| exec.id.to_string());
     while let Some(s) = pending.pop_front() {
-        let action = match ActionRef::parse(&s.action) {
-            Ok(a) => a,
-            Err(e) => {
-                let more = attune_workflow::step(
-                    def,
-                    &mut state,
-                    Input::Refused { key: s.key, error: json!({"error": e.to_string()}) },
-                );
-                pending.extend(more.starts);
-                cancel |= more.cancel_children;
-                finish = finish.or(more.finish);
-                continue;
+        let prepared = match ActionRef::parse(&s.action) {
+            Err(e) => Err(e.to_string()),
+            Ok(action) => {
+                let req = Request {
+                    action: ActionSource::Ref(action),
+                    parameters: s.input,
+                    overrides: Overrides {
+                        timeout_seconds: s.timeout,
+                        max_attempts: s.retry.map(|r| r.count + 1),
+                        backoff_seconds: s.retry.map(|r| r.delay),
+                        ..Default::default()
+                    },
+                    origin: Origin {
+                        parent: Some(exec.id),
+                        trace_id: Some(trace.clone()),
+                        child_key: Some(s.key.clone()),
+                        ..Origin::actor(format!("workflow:{}", exec.id))
+                    },
+                };
+                shared.submissions.prepare(req).await.map_err(|e| e.to_string())
             }
         };
-        let req = Request {
-            action: ActionSource::Ref(action),
-            parameters: s.input,
-            overrides: Overrides {
-                timeout_seconds: s.timeout,
-                max_attempts: s.retry.map(|r| r.count + 1),
-                backoff_seconds: s.retry.map(|r| r.delay),
-                ..Default::default()
-            },
-            origin: Origin {
-                parent: Some(exec.id),
-                trace_id: Some(trace.clone()),
-                child_key: Some(s.key.clone()),
-                ..Origin::actor(format!("workflow:{}", exec.id))
-            },
-        };
-        match shared.submissions.prepare(req).await {
-            Ok(mut new) => {
-                crate::submission::inquiry_timeout(&mut new);
-                children.push(new);
-            }
-            Err(e) => {
-                let error = json!({"error": e.to_string(), "task": s.task, "action": s.action});
+        match prepared {
+            Ok(new) => children.push(new),
+            Err(why) => {
+                let error = json!({"error": why, "task": s.task, "action": s.action});
                 let more = attune_workflow::step(def, &mut state, Input::Refused { key: s.key, error });
                 pending.extend(more.starts);
                 cancel |= more.cancel_children;
@@ -385,17 +363,12 @@ async fn commit(
             }
         }
     }
-    let phase = match state.phase {
-        Phase::Running => "running",
-        Phase::Canceling => "canceling",
-        Phase::Done => "done",
-    };
     let written = shared
         .store
         .workflow_step(WorkflowStep {
             execution_id: exec.id,
             version,
-            phase: phase.into(),
+            phase: state.phase.as_str().into(),
             paused: state.paused,
             state: serde_json::to_value(&state).unwrap_or(Value::Null),
             finish: finish.as_ref().map(|f| serde_json::to_value(f).unwrap_or(Value::Null)),

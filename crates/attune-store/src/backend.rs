@@ -41,6 +41,16 @@ impl Pools {
     }
 }
 
+/// `INDEXED BY index` on SQLite, nothing on PostgreSQL: for the few queries whose SQLite plan,
+/// left to itself, walks a large index where a small partial one answers (PostgreSQL's planner
+/// finds those itself). The query must repeat the index's condition word for word.
+pub(crate) fn indexed_by(kind: crate::BackendKind, index: &str) -> String {
+    match kind {
+        crate::BackendKind::Sqlite => format!("INDEXED BY {index}"),
+        crate::BackendKind::Postgres => String::new(),
+    }
+}
+
 /// A list of ids as one statement parameter, so that the statement's text is the same whatever
 /// the list (prepared once per connection, not once per list): the SQL condition that `col` is in
 /// the list passed as `$n`, and the parameter's value. One id is a plain `=` (measured: the list

@@ -70,14 +70,10 @@ pub struct WorkflowStep {
 }
 
 impl Store {
-    /// On SQLite, `INDEXED BY` the named partial index (its planner otherwise walks the status
-    /// index over every finished execution); PostgreSQL's planner finds the small indexes itself.
-    /// Each query repeats its index's condition word for word, which SQLite needs to use it.
+    /// The engine's queries name their partial indexes on SQLite (its planner otherwise walks the
+    /// status index over every finished execution).
     fn by(&self, index: &str) -> String {
-        match self.kind {
-            crate::BackendKind::Sqlite => format!("INDEXED BY {index}"),
-            crate::BackendKind::Postgres => String::new(),
-        }
+        crate::backend::indexed_by(self.kind, index)
     }
 
     /// What the engine must do now, at most `limit` of each.
@@ -222,35 +218,24 @@ impl Store {
             let mut tx = p.begin().await?;
             let state = to_json(&s.state);
             let finish = s.finish.as_ref().map(to_json);
-            let written = match s.version {
-                None => sqlx::query(
-                    "INSERT INTO workflows (execution_id, phase, paused, state, finish, version, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT (execution_id) DO NOTHING",
-                )
-                .bind(s.execution_id.to_string())
-                .bind(&s.phase)
-                .bind(s.paused)
-                .bind(state)
-                .bind(finish)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-                Some(v) => sqlx::query(
-                    "UPDATE workflows SET phase = $2, paused = $3, state = $4, finish = $5, version = version + 1,
-                        updated_at = $6 WHERE execution_id = $1 AND version = $7",
-                )
-                .bind(s.execution_id.to_string())
-                .bind(&s.phase)
-                .bind(s.paused)
-                .bind(state)
-                .bind(finish)
-                .bind(at)
-                .bind(v)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
+            // The first step creates the row; every later one moves it on from the version it read.
+            let sql = match s.version {
+                None => "INSERT INTO workflows (execution_id, phase, paused, state, finish, updated_at, version)
+                         VALUES ($1, $2, $3, $4, $5, $6, 1) ON CONFLICT (execution_id) DO NOTHING",
+                Some(_) => "UPDATE workflows SET phase = $2, paused = $3, state = $4, finish = $5,
+                            updated_at = $6, version = version + 1 WHERE execution_id = $1 AND version = $7",
             };
+            let mut q = sqlx::query(sql)
+                .bind(s.execution_id.to_string())
+                .bind(&s.phase)
+                .bind(s.paused)
+                .bind(state)
+                .bind(finish)
+                .bind(at);
+            if let Some(v) = s.version {
+                q = q.bind(v);
+            }
+            let written = q.execute(&mut *tx).await?.rows_affected();
             if written == 0 {
                 tx.rollback().await?;
                 return Ok(None);

@@ -48,6 +48,17 @@ pub enum Phase {
     Done,
 }
 
+impl Phase {
+    /// As stored beside the state (the `workflows.phase` column).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Canceling => "canceling",
+            Phase::Done => "done",
+        }
+    }
+}
+
 /// A workflow's progress, stored as JSON between steps.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct State {
@@ -71,9 +82,6 @@ pub struct State {
     /// Starts decided while paused, started on resume.
     #[serde(default)]
     pub held: Vec<Start>,
-    /// Task runs ended so far.
-    #[serde(default)]
-    pub ended: u64,
 }
 
 /// One run of a task (one iteration; all its items).
@@ -87,13 +95,11 @@ pub struct Run {
     /// The next item to start.
     #[serde(default)]
     pub next: usize,
-    /// Children started and not ended.
-    #[serde(default)]
-    pub in_flight: u32,
     /// At most this many items at once (a `with` run's rendered `concurrency`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
-    /// Which items' children are started and not ended (a `with` run).
+    /// The items whose children are started and not ended (a `with` run; a run without items is
+    /// in flight as long as it is in `State::runs`).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub running_items: BTreeSet<usize>,
     /// Items' results, by index.
@@ -298,7 +304,6 @@ impl Engine<'_> {
             iteration,
             items: None,
             next: 0,
-            in_flight: 0,
             limit: None,
             running_items: BTreeSet::new(),
             results: Vec::new(),
@@ -339,7 +344,6 @@ impl Engine<'_> {
         } else {
             match self.render_input(t, None) {
                 Ok(input) => {
-                    run.in_flight = 1;
                     self.st.runs.insert(run_key(task, iteration), run);
                     self.emit(Start {
                         key: run_key(task, iteration),
@@ -389,7 +393,7 @@ impl Engine<'_> {
             }
             let Some(run) = self.st.runs.get(&rk) else { return };
             let items = run.items.as_deref().unwrap_or_default();
-            if run.in_flight >= limit || run.next >= items.len() {
+            if run.running_items.len() as u32 >= limit || run.next >= items.len() {
                 break;
             }
             let i = run.next;
@@ -399,7 +403,6 @@ impl Engine<'_> {
             run.next += 1;
             match rendered {
                 Ok(input) => {
-                    run.in_flight += 1;
                     run.running_items.insert(i);
                     self.emit(Start {
                         key: format!("{rk}/{i}"),
@@ -439,7 +442,6 @@ impl Engine<'_> {
         };
         match (item, run.items.is_some()) {
             (Some(i), true) if run.running_items.remove(&i) => {
-                run.in_flight = run.in_flight.saturating_sub(1);
                 run.results[i] = result;
                 run.failed |= !succeeded;
                 let task = task.to_owned();
@@ -458,7 +460,7 @@ impl Engine<'_> {
         let Some(run) = self.st.runs.get(rk) else { return };
         let total = run.items.as_ref().map_or(0, Vec::len);
         let more = run.next < total && !self.stopping();
-        if run.in_flight > 0 || more {
+        if !run.running_items.is_empty() || more {
             return;
         }
         let run = self.st.runs.remove(rk).expect("present");
@@ -484,7 +486,6 @@ impl Engine<'_> {
     }
 
     fn task_ended(&mut self, task: &str, ok: bool, result: Value) {
-        self.st.ended += 1;
         let Some(t) = self.def.tasks.get(task) else { return };
         let mut calls = Calls::new();
         calls.insert("result".into(), result.clone());
@@ -554,6 +555,9 @@ impl Engine<'_> {
     /// Starts each `join: all` task none of whose missing inbound tasks can still arrive.
     fn fire_ready_joins(&mut self) {
         loop {
+            if self.st.arrived.is_empty() {
+                return; // no join waiting: nothing to compute
+            }
             let inbound = self.def.inbound();
             let live: BTreeSet<String> = self
                 .st
