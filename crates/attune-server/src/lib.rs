@@ -14,6 +14,7 @@ pub mod keys;
 mod metrics;
 mod monitors;
 pub mod packs;
+mod pollers;
 mod reactor;
 mod replicas;
 mod submission;
@@ -112,6 +113,8 @@ pub(crate) struct Shared {
     pub opts: ServerOptions,
     /// Woken whenever a task may have become available (submit, retry, delivery expiry).
     pub work_available: Notify,
+    /// The polls parked on this replica, so that the least-loaded worker claims first.
+    pub pollers: pollers::Pollers,
     /// Woken when events were stored (`reactor::run`).
     pub events_ready: Notify,
     /// Woken when a workflow or inquiry may have something to do (`workflows::run`).
@@ -193,6 +196,7 @@ impl Server {
                 store,
                 opts,
                 work_available: Notify::new(),
+                pollers: Default::default(),
                 events_ready: Notify::new(),
                 engine_wake: Notify::new(),
                 tokens: auth::TokenCache::default(),

@@ -34,6 +34,7 @@ both!(
     bad_paths_and_methods,
     worker_protocol_is_fenced,
     long_poll_wakes_on_submit,
+    the_least_loaded_waiting_worker_claims_first,
     packs_load_only_from_the_servers_dirs,
     browsers_on_other_sites_cannot_reach_in,
     cancel_rules,
@@ -409,6 +410,56 @@ async fn long_poll_wakes_on_submit(db: TestDb) {
     assert_eq!(reply.tasks[0].execution_id, e.id);
     let after = returned.duration_since(submitted);
     assert!(after < Duration::from_secs(5), "the poll was woken by the submit, {after:?} after it");
+    api.stop().await;
+}
+
+/// Two workers wait with a poll each, one with both slots free and one with one: a single
+/// submission goes to the idle one, whichever registered or polled first (ten rounds, the roles
+/// swapped every round; by chance alone that is one in a thousand). The busier one's poll then
+/// takes the next submission without waiting for the idle one's.
+async fn the_least_loaded_waiting_worker_claims_first(db: TestDb) {
+    let api = Api::start_with(db, |o| o.recheck = Duration::from_secs(60)).await;
+    let (a, b) = (register(&api, "a").await, register(&api, "b").await);
+    let waiting = |n: usize| {
+        let api = &api;
+        async move {
+            attune_testkit::wait_for("the polls to wait", Duration::from_secs(10), || async {
+                let text =
+                    api.http.get(format!("{}/metrics", api.url)).send().await.ok()?.text().await.ok()?;
+                text.lines().any(|l| l == format!("attune_polls_waiting {n}")).then_some(())
+            })
+            .await
+        }
+    };
+    let poll = |w: &W, free: u32| {
+        let (client, id) = (w.client.clone(), w.id);
+        tokio::spawn(async move { client.poll(id, free, Duration::from_secs(25)).await.unwrap().tasks })
+    };
+    for round in 0..10 {
+        let (idle, busy) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        // The busier one polls first, so that arrival order would favour it.
+        let busy_poll = poll(busy, 1);
+        waiting(1).await;
+        let idle_poll = poll(idle, 2);
+        waiting(2).await;
+        let first = submit_noop(&api).await;
+        let got = idle_poll.await.unwrap();
+        assert_eq!(got.iter().map(|t| t.execution_id).collect::<Vec<_>>(), vec![first.id], "round {round}");
+        let second = submit_noop(&api).await;
+        let got_busy = busy_poll.await.unwrap();
+        assert_eq!(
+            got_busy.iter().map(|t| t.execution_id).collect::<Vec<_>>(),
+            vec![second.id],
+            "round {round}"
+        );
+        for (w, t) in [(idle, &got[0]), (busy, &got_busy[0])] {
+            w.client.start(w.id, t.execution_id, &t.lease_token).await.unwrap();
+            w.client
+                .complete(w.id, t.execution_id, &t.lease_token, report(ExecutionStatus::Succeeded))
+                .await
+                .unwrap();
+        }
+    }
     api.stop().await;
 }
 

@@ -139,6 +139,23 @@ impl Store {
         } else {
             "SELECT value FROM json_each($1)"
         };
+        // PostgreSQL: the candidates and the advisory locks on all their keys (in hash order, so two
+        // replicas cannot deadlock) in one statement. The candidates may be stale by the time the
+        // locks are held: the final UPDATE re-checks each row, and the holders and buckets are read
+        // by later statements, which see everything committed before the locks were granted.
+        let locked;
+        let candidates = if pg {
+            locked = format!(
+                "WITH c AS ({candidates}),
+                 l AS (SELECT count(pg_advisory_xact_lock(h)) AS n FROM (SELECT DISTINCT hashtextextended(k, 7316) AS h
+                         FROM (SELECT 'c:' || concurrency_key AS k FROM c WHERE concurrency_key IS NOT NULL
+                               UNION ALL SELECT 'r:' || rate_key FROM c WHERE rate_key IS NOT NULL) ks ORDER BY 1) s)
+                 SELECT c.*, (SELECT n FROM l) AS locks FROM c"
+            );
+            locked.as_str()
+        } else {
+            candidates
+        };
         let mut out = Vec::new();
         write_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -176,17 +193,6 @@ impl Store {
             rkeys.sort();
             rkeys.dedup();
             let as_json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-            if pg {
-                let all: Vec<String> =
-                    ckeys.iter().map(|k| format!("c:{k}")).chain(rkeys.iter().map(|k| format!("r:{k}"))).collect();
-                sqlx::query(
-                    "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 7316) AS h
-                       FROM jsonb_array_elements_text($1::jsonb) AS k ORDER BY 1) s",
-                )
-                .bind(as_json(&all))
-                .execute(&mut *tx)
-                .await?;
-            }
             // Free slots per concurrency key, tokens per rate key.
             let mut slots: std::collections::HashMap<String, i64> = Default::default();
             if !ckeys.is_empty() {

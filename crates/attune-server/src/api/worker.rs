@@ -273,13 +273,21 @@ pub async fn poll(state: State, caller: Caller, Body(p): Body<Poll>) -> Result<J
     let w = worker(&state, caller.id).await?;
     let wait = Duration::from_millis(p.wait_ms.into()).min(state.opts.max_poll);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut parked: Option<Waiting<'_>> = None;
+    let mut parked: Option<(Waiting<'_>, crate::pollers::Place<'_>)> = None;
+    let mut woken = false;
     loop {
         // Register interest before looking, so a submit between the look and the wait is not missed.
         let notified = state.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let mut tasks = claim_for_live_poller(&state, &w, p.max_tasks).await?;
+        if let Some((_, place)) = parked.as_ref().filter(|_| woken) {
+            place.defer_to_less_loaded().await;
+        }
+        let claimed = claim_for_live_poller(&state, &w, p.max_tasks).await;
+        if let Some((_, place)) = &parked {
+            place.claimed();
+        }
+        let mut tasks = claimed?;
         if !tasks.is_empty() {
             if tasks.iter().any(|t| attune_template::has_templates(&t.parameters)) {
                 // Secrets are opened here, for the worker that runs the task, and nowhere else.
@@ -297,15 +305,16 @@ pub async fn poll(state: State, caller: Caller, Body(p): Body<Poll>) -> Result<J
             return Ok(Json(PollReply { tasks: Vec::new() }));
         }
         if parked.is_none() {
-            parked = Some(Waiting::new(&state.metrics.polls_waiting));
+            parked = Some((Waiting::new(&state.metrics.polls_waiting), state.pollers.park(&w, p.max_tasks)));
             tracing::debug!(worker = %w.name, "poll waiting for work");
         }
         // Without a wake-up, look again now and then: work made available by another replica, or a
-        // retry whose backoff just ended.
+        // retry whose backoff just ended. Only a wake-up (all parked polls at once) defers to the
+        // less loaded (`pollers`).
         let recheck = (tokio::time::Instant::now() + state.opts.recheck).min(deadline);
         tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep_until(recheck) => {}
+            _ = notified => woken = true,
+            _ = tokio::time::sleep_until(recheck) => woken = false,
             _ = state.shutdown.cancelled() => return Ok(Json(PollReply { tasks: Vec::new() })),
         }
     }
