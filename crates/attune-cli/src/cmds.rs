@@ -40,6 +40,9 @@ pub enum PackCmd {
     },
     /// List loaded packs.
     List,
+    /// Show one pack: its manifest, configuration, actions, and what was accepted without being
+    /// used or skipped (packs written for the original Attune).
+    Show { pack_ref: String },
 }
 
 #[derive(Subcommand)]
@@ -175,7 +178,50 @@ pub async fn pack(ctx: &Ctx, c: PackCmd) -> anyhow::Result<i32> {
                 if let Some(d) = &loaded.previous_dir {
                     t.row(vec![p(), "pack".into(), "-".into(), format!("taken over from {d}")]);
                 }
+                for n in &loaded.notes {
+                    t.row(vec![p(), "note".into(), n.file.clone(), note_text(n)]);
+                }
                 t
+            })?;
+        }
+        PackCmd::Show { pack_ref } => {
+            let packs = ctx.client.list_packs().await?;
+            let Some(p) = packs.into_iter().find(|p| p.meta.pack_ref.as_str() == pack_ref) else {
+                anyhow::bail!("no pack {pack_ref:?} is loaded (attune pack list shows those that are)");
+            };
+            let actions: Vec<_> =
+                ctx.client.list_actions().await?.into_iter().filter(|a| a.pack == p.meta.pack_ref).collect();
+            let shown = serde_json::json!({"pack": p, "actions": actions});
+            print(ctx.output, &shown, || {
+                let m = &p.meta;
+                let mut pairs = vec![
+                    ("ref", m.pack_ref.to_string()),
+                    ("label", m.label.clone()),
+                    ("version", m.version.clone()),
+                    ("description", m.description.clone()),
+                    ("dir", m.dir.clone().unwrap_or_default()),
+                    ("loaded_at", p.loaded_at.to_datetime().to_rfc3339()),
+                ];
+                if let Some(c) = &m.config {
+                    pairs.push(("config", c.to_string()));
+                }
+                if let Some(c) = &m.conf_schema {
+                    pairs.push(("conf_schema", c.to_string()));
+                }
+                for a in &actions {
+                    let mut what = format!("{} ({})", a.action_ref, a.runtime);
+                    if a.dialect == attune_core::Dialect::Original {
+                        what.push_str(", the original's dialect");
+                    }
+                    if !a.enabled {
+                        what.push_str(", disabled");
+                    }
+                    pairs.push(("action", what));
+                }
+                for n in &m.notes {
+                    pairs.push(("note", format!("{}: {}", n.file, note_text(n))));
+                }
+                Table::fields(pairs)
             })?;
         }
         PackCmd::List => {
@@ -271,6 +317,16 @@ pub async fn action(ctx: &Ctx, c: ActionCmd) -> anyhow::Result<i32> {
                     ),
                     ("priority", a.priority.to_string()),
                 ];
+                if !a.enabled {
+                    pairs.push(("enabled", "false: submissions are refused".into()));
+                }
+                if a.dialect == attune_core::Dialect::Original {
+                    pairs.push((
+                        "dialect",
+                        "the original Attune's (bash, its environment names and dotenv, lenient output)"
+                            .into(),
+                    ));
+                }
                 let required: Vec<&str> = a
                     .parameters
                     .get("required")
@@ -279,13 +335,19 @@ pub async fn action(ctx: &Ctx, c: ActionCmd) -> anyhow::Result<i32> {
                     .unwrap_or_default();
                 if let Some(props) = a.parameters.get("properties").and_then(Value::as_object) {
                     for (k, p) in props {
-                        let ty = p
-                            .get("type")
-                            .map(|t| t.to_string().replace('"', ""))
-                            .unwrap_or_else(|| "any".into());
-                        let desc = p.get("description").and_then(Value::as_str).unwrap_or("");
+                        let (ty, desc) = type_and_description(p);
                         let req = if required.contains(&k.as_str()) { ", required" } else { "" };
-                        pairs.push(("parameter", format!("{k} ({ty}{req}) {desc}")));
+                        let secret =
+                            if p.get("secret") == Some(&Value::Bool(true)) { ", secret" } else { "" };
+                        pairs.push(("parameter", format!("{k} ({ty}{req}{secret}) {desc}")));
+                    }
+                }
+                if let Some(props) =
+                    a.output_schema.as_ref().and_then(|o| o.get("properties")).and_then(Value::as_object)
+                {
+                    for (k, p) in props {
+                        let (ty, desc) = type_and_description(p);
+                        pairs.push(("output", format!("{k} ({ty}) {desc}")));
                     }
                 }
                 Table::fields(pairs)
@@ -293,6 +355,21 @@ pub async fn action(ctx: &Ctx, c: ActionCmd) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A property's JSON Schema type (`any` when it has none) and description, for `action show`.
+fn type_and_description(p: &Value) -> (String, &str) {
+    let ty = p.get("type").map(|t| t.to_string().replace('"', "")).unwrap_or_else(|| "any".into());
+    (ty, p.get("description").and_then(Value::as_str).unwrap_or(""))
+}
+
+/// A pack note as one line: the keys, then what became of them.
+fn note_text(n: &attune_core::PackNote) -> String {
+    if n.keys.is_empty() {
+        n.note.clone()
+    } else {
+        format!("{} — {}", n.keys.join(", "), n.note)
+    }
 }
 
 pub async fn worker_list(ctx: &Ctx, all: bool) -> anyhow::Result<i32> {

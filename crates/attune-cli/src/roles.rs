@@ -96,12 +96,31 @@ async fn open_store(s: &Settings) -> anyhow::Result<Arc<Store>> {
     Ok(Arc::new(store))
 }
 
-async fn load_packs(store: &Store, s: &Settings) -> Vec<String> {
+/// Loads `packs.dirs`: the packs loaded, and the problems (a pack refused, with its first
+/// error; a directory missing).
+async fn load_packs(store: &Store, s: &Settings) -> (Vec<String>, Vec<String>) {
     let (loaded, problems) = attune_server::packs::load_dirs(store, &s.packs.dirs).await;
-    for p in problems {
+    for p in &problems {
         tracing::warn!("pack not loaded: {p}");
     }
-    loaded
+    (loaded, problems)
+}
+
+/// The banner's lines on packs: what loaded, and what did not with its first error, truthfully.
+fn packs_banner(s: &Settings, loaded: &[String], problems: &[String]) -> Vec<String> {
+    let dirs = s.packs.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    let mut lines = vec![match (loaded.is_empty(), problems.is_empty()) {
+        (false, _) => loaded.join(", "),
+        (true, true) => format!("none found in {dirs} (a pack is a directory with a pack.yaml)"),
+        (true, false) => format!("none loaded from {dirs}"),
+    }];
+    for p in problems {
+        let first = p.lines().next().unwrap_or_default();
+        let more = p.lines().count().saturating_sub(1);
+        let more = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+        lines.push(format!("refused: {first}{more}"));
+    }
+    lines
 }
 
 async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
@@ -219,10 +238,9 @@ pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
         s.worker.concurrency,
         runtimes.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
     );
-    println!(
-        "  Packs      {}",
-        if packs.is_empty() { "none loaded (no ./packs directory here?)".into() } else { packs.join(", ") }
-    );
+    for (i, line) in packs_banner(&s, &packs.0, &packs.1).iter().enumerate() {
+        println!("  {}{line}", if i == 0 { "Packs      " } else { "             " });
+    }
     println!();
     let admin = s.data_dir.join("admin.token");
     if s.data_dir == Path::new(".attune") {
@@ -280,7 +298,7 @@ pub async fn server(config: Option<&Path>, a: ServerArgs) -> anyhow::Result<i32>
     let opts = ServerOptions::load(&s)?;
     let store = open_store(&s).await?;
     bootstrap(&store, &s).await?;
-    let packs = load_packs(&store, &s).await;
+    let (packs, _) = load_packs(&store, &s).await;
     let listener = bind(&s.server.listen).await?;
     let url = url_of(&listener, &s)?;
     tracing::info!(packs = ?packs, database = %attune_store::redact(&s.database_url()), "server starting");

@@ -233,6 +233,44 @@ pub struct Action {
     /// A `workflow` action's definition, checked when its pack loaded (`attune-workflow`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<Value>,
+    /// Whether it may be run (`enabled: false` in its YAML: loaded, shown, refused at submission).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+    /// What its result looks like (JSON Schema), as documentation: shown, not enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    /// How its program expects to be run: this version's conventions, or the original Attune's.
+    #[serde(default, skip_serializing_if = "Dialect::is_attune")]
+    pub dialect: Dialect,
+}
+
+/// Whose conventions an action's program follows (`docs/original-attune-packs.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// `/bin/sh`, run in `actions/`, dotenv keys joined by `__`, output that must parse.
+    #[default]
+    Attune,
+    /// The original Attune's (an action file with `runner_type`, or without `runtime`): shell
+    /// scripts run by bash in the pack directory, dotenv with dotted keys and arrays as JSON,
+    /// parameters followed by a newline on stdin, its environment names, and output that is
+    /// parsed when it can be (the whole of stdout, else its last line) and kept as text when not.
+    Original,
+}
+
+impl Dialect {
+    pub fn is_attune(&self) -> bool {
+        *self == Dialect::Attune
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn is_zero(p: &i32) -> bool {
@@ -347,6 +385,27 @@ pub struct PackMeta {
     /// Absolute directory the pack was loaded from.
     #[serde(default)]
     pub dir: Option<String>,
+    /// The pack's configuration (`config`), checked against `conf_schema` when it loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
+    /// The JSON Schema of its configuration (`conf_schema`, flat form converted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf_schema: Option<Value>,
+    /// What the loader accepted without using, or skipped, file by file (never a silent drop).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<PackNote>,
+}
+
+/// Keys of a pack file that were accepted but are not used by this version, or a file skipped,
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PackNote {
+    /// Relative to the pack directory (`pack.yaml`, `actions/http.yaml`).
+    pub file: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    pub note: String,
 }
 
 /// A loaded pack as listed: its manifest, how many actions it has, when it was last loaded.

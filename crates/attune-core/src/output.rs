@@ -150,6 +150,38 @@ pub fn finalize(
     }
 }
 
+/// The original Attune's reading of output, for actions written for it: parsed only after exit
+/// code 0; `json` is the whole of stdout or else its last line; `jsonl` keeps the lines that
+/// parse; what does not parse stays text (`result` null, stdout kept) and the run is not failed.
+pub fn finalize_leniently(
+    format: OutputFormat,
+    exit_code: Option<i32>,
+    stdout: Vec<u8>,
+    parse_yaml: impl FnOnce(&str) -> Result<Value, String>,
+) -> FinalOutput {
+    let keep = |stdout: Vec<u8>| FinalOutput { stdout, result: None, parse_error: None };
+    let Ok(text) = std::str::from_utf8(&stdout) else { return keep(stdout) };
+    if format == OutputFormat::Text || exit_code != Some(0) || text.trim().is_empty() {
+        return keep(stdout);
+    }
+    let parsed = match format {
+        OutputFormat::Text => None,
+        OutputFormat::Json => serde_json::from_str::<Value>(text.trim())
+            .ok()
+            .or_else(|| text.trim().lines().last().and_then(|l| serde_json::from_str(l.trim()).ok())),
+        OutputFormat::Yaml => parse_yaml(text).ok(),
+        OutputFormat::Jsonl => {
+            let items: Vec<Value> =
+                text.lines().filter_map(|l| serde_json::from_str(l.trim()).ok()).collect();
+            (!items.is_empty()).then_some(Value::Array(items))
+        }
+    };
+    match parsed {
+        Some(v) => FinalOutput { stdout: Vec::new(), result: Some(v), parse_error: None },
+        None => keep(stdout),
+    }
+}
+
 fn parse_jsonl(s: &str) -> Result<Value, String> {
     let mut items = Vec::new();
     for (i, line) in s.lines().enumerate() {

@@ -161,6 +161,15 @@ pub fn prepare(
     o: &Overrides,
     origin: Origin,
 ) -> Result<NewExecution, Invalid> {
+    if !action.enabled {
+        return Err(invalid(
+            "action_disabled",
+            format!(
+                "{} is disabled (enabled: false in its pack's YAML); nothing was submitted",
+                action.action_ref
+            ),
+        ));
+    }
     if !parameters.is_object() {
         return Err(invalid("invalid_parameters", "parameters must be a JSON object"));
     }
@@ -271,6 +280,9 @@ mod tests {
             rate_limit: None,
             priority: 0,
             workflow: None,
+            enabled: true,
+            output_schema: None,
+            dialect: Default::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod check;
 mod load;
+mod original;
 mod schema;
 
 pub use check::{check_action, entry_point_is_contained, Problem};

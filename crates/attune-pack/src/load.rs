@@ -20,14 +20,15 @@ use attune_core::rules::{
 };
 use attune_core::sensors::Sensor;
 use attune_core::{
-    Action, ActionRef, OutputFormat, PackMeta, PackRef, ParameterDelivery, ParameterFormat, RetryPolicy,
-    Runtime,
+    Action, ActionRef, Dialect, OutputFormat, PackMeta, PackNote, PackRef, ParameterDelivery,
+    ParameterFormat, RetryPolicy, Runtime,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::{
     check::{check_action, check_parameters},
+    original,
     schema::default_schema,
 };
 
@@ -96,6 +97,53 @@ const ACTION_FIELDS: &[&str] = &[
 ];
 
 const TRIGGER_FIELDS: &[&str] = &["ref", "description", "parameters", "payload"];
+
+/// The keys of several lists, each once, in order.
+fn keys(lists: &[&[&'static str]]) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for k in lists.iter().flat_map(|l| l.iter()) {
+        if !out.contains(k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// `file` relative to its pack directory, for notes (`pack.yaml`, `actions/http.yaml`).
+fn rel(file: &Path) -> String {
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match file.parent().and_then(|p| p.file_name()).and_then(|d| d.to_str()) {
+        Some(d)
+            if d != "."
+                && file
+                    .parent()
+                    .and_then(|p| p.parent())
+                    .is_some_and(|pp| pp.join("pack.yaml").is_file()) =>
+        {
+            format!("{d}/{name}")
+        }
+        _ => name,
+    }
+}
+
+fn not_used(file: &Path, keys: Vec<String>) -> Option<PackNote> {
+    (!keys.is_empty()).then(|| PackNote {
+        file: rel(file),
+        keys,
+        note: "accepted (the original Attune's format); not used by this version".into(),
+    })
+}
+
+/// Directories of the original's packs that this version does not read, and why.
+const SKIPPED_DIRS: &[(&str, &str)] = &[
+    ("policies", "the original's policies are not loaded by this version: put `concurrency` or `rate_limit` on the action instead"),
+    ("permission_sets", "the original's permission sets are not loaded by this version: tokens have roles (admin, operator, viewer, worker)"),
+    ("workflows", "a workflow at the pack's root (the original's legacy layout) is not loaded: a workflow is an action whose entry point is actions/workflows/<name>.yaml"),
+    ("runtimes", "runtimes are built into this version (shell, python, node, native)"),
+    ("dashboards", "dashboards are not part of this version"),
+    ("queues", "the original's queues are not part of this version"),
+    ("caches", "the original's caches are not part of this version"),
+];
 const RULE_FIELDS: &[&str] = &["ref", "description", "enabled", "trigger", "criteria", "action", "overlap"];
 const SENSOR_FIELDS: &[&str] =
     &["ref", "description", "enabled", "runtime", "entry_point", "trigger_types", "parameters"];
@@ -143,13 +191,28 @@ impl<'a> Doc<'a> {
                 return None;
             }
         };
+        Some(Doc::new(file, map, errors, allowed))
+    }
+
+    /// A document already read (or translated from the original's dialect), checked for unknown keys.
+    fn new(
+        file: &'a Path,
+        map: Map<String, Value>,
+        errors: &'a mut Vec<PackError>,
+        allowed: &[&str],
+    ) -> Doc<'a> {
         let mut doc = Doc { file, map, errors };
         let unknown: Vec<String> =
             doc.map.keys().filter(|k| !allowed.contains(&k.as_str())).cloned().collect();
         for k in unknown {
             doc.err(&k, format!("unknown field; expected one of: {}", allowed.join(", ")));
         }
-        Some(doc)
+        doc
+    }
+
+    /// The keys of `list` this document has, for a "not used by this version" note.
+    fn present(&self, list: &[&str]) -> Vec<String> {
+        list.iter().filter(|k| self.map.contains_key(**k)).map(|k| k.to_string()).collect()
     }
 
     fn err(&mut self, field: &str, message: impl Into<String>) {
@@ -227,30 +290,37 @@ pub fn load_pack_dir(dir: &Path) -> Result<LoadedPack, PackErrors> {
             message: "not found: a pack directory needs a pack.yaml with at least `ref`".into(),
         }]));
     }
-    let meta = read_manifest(&manifest, &dir_abs, &mut errors);
+    let mut notes = Vec::new();
+    let manifest = read_manifest(&manifest, &dir_abs, &mut errors, &mut notes);
     let mut actions = Vec::new();
     let mut triggers = Vec::new();
     let mut rules = Vec::new();
     let mut sensors = Vec::new();
-    if let Some(meta) = &meta {
+    let meta = manifest.map(|(meta, selector)| {
         for f in yaml_files(&dir.join("actions"), &mut errors) {
-            let a = read_action(&f, meta, &dir_abs, &mut errors);
+            let a = read_action(&f, &meta, &selector, &dir_abs, &mut errors, &mut notes);
             add_once(&mut actions, a, f, |a| &a.action_ref, &mut errors);
         }
-        check_workflow_actions(meta, &dir_abs, &actions, &mut errors);
+        check_workflow_actions(&meta, &dir_abs, &actions, &mut errors);
         for f in yaml_files(&dir.join("triggers"), &mut errors) {
-            let t = read_trigger(&f, meta, &mut errors);
+            let t = read_trigger(&f, &meta, &mut errors, &mut notes);
             add_once(&mut triggers, t, f, |t| &t.type_ref, &mut errors);
         }
         for f in yaml_files(&dir.join("rules"), &mut errors) {
-            let r = read_rule(&f, meta, &triggers, &mut errors);
+            let r = read_rule(&f, &meta, &triggers, &mut errors, &mut notes);
             add_once(&mut rules, r, f, |r| &r.rule_ref, &mut errors);
         }
         for f in yaml_files(&dir.join("sensors"), &mut errors) {
-            let x = read_sensor(&f, meta, &dir_abs, &triggers, &mut errors);
+            let x = read_sensor(&f, &meta, &dir_abs, &triggers, &mut errors, &mut notes);
             add_once(&mut sensors, x, f, |x| &x.sensor_ref, &mut errors);
         }
-    }
+        for (sub, why) in SKIPPED_DIRS {
+            for f in yaml_files(&dir.join(sub), &mut errors) {
+                notes.push(PackNote { file: rel(&f), keys: Vec::new(), note: format!("skipped: {why}") });
+            }
+        }
+        PackMeta { notes: std::mem::take(&mut notes), ..meta }
+    });
     match meta {
         Some(meta) if errors.is_empty() => Ok(LoadedPack { meta, actions, triggers, rules, sensors }),
         _ => Err(PackErrors(errors)),
@@ -320,13 +390,42 @@ fn schema_field(doc: &mut Doc<'_>, field: &str, default: Value) -> Value {
     v
 }
 
-fn read_trigger(file: &Path, pack: &PackMeta, errors: &mut Vec<PackError>) -> Option<TriggerType> {
+fn read_trigger(
+    file: &Path,
+    pack: &PackMeta,
+    errors: &mut Vec<PackError>,
+    notes: &mut Vec<PackNote>,
+) -> Option<TriggerType> {
     let before = errors.len();
-    let mut doc = Doc::open(file, errors, TRIGGER_FIELDS)?;
+    let allowed = keys(&[TRIGGER_FIELDS, original::TRIGGER_KEYS_USED, original::TRIGGER_KEYS_NOT_USED]);
+    let mut doc = Doc::open(file, errors, &allowed)?;
+    let unused = doc.present(original::TRIGGER_KEYS_NOT_USED);
+    // The original's names and forms: `output` is the payload's schema, both may be flat maps.
+    match original::one_of(&doc.map, "payload", "output") {
+        Err(e) => doc.err("output", e),
+        Ok(Some((k, v))) if k == "output" => {
+            doc.map.remove("output");
+            doc.map.insert("payload".into(), v);
+        }
+        Ok(_) => {}
+    }
+    for k in ["parameters", "payload"] {
+        if let Some(v) = doc.map.get(k).filter(|v| !v.is_null()).cloned() {
+            match original::flat_to_schema(k, &v) {
+                Ok(schema) => {
+                    doc.map.insert(k.into(), schema);
+                }
+                Err((f, m)) => doc.err(&f, m),
+            }
+        }
+    }
     let type_ref = own_ref(&mut doc, pack);
     let description = doc.string("description", false).unwrap_or_default();
     let parameters = schema_field(&mut doc, "parameters", serde_json::json!({"type": "object"}));
     let payload = schema_field(&mut doc, "payload", serde_json::json!({"type": "object"}));
+    if doc.errors.len() == before {
+        notes.extend(not_used(file, unused));
+    }
     if let Some(t) = &type_ref {
         if builtin_trigger_types().iter().any(|b| b.type_ref == *t) {
             doc.err("ref", format!("{t} is a built-in trigger type"));
@@ -347,9 +446,44 @@ fn read_rule(
     pack: &PackMeta,
     triggers: &[TriggerType],
     errors: &mut Vec<PackError>,
+    notes: &mut Vec<PackNote>,
 ) -> Option<Rule> {
     let before = errors.len();
-    let mut doc = Doc::open(file, errors, RULE_FIELDS)?;
+    let allowed = keys(&[RULE_FIELDS, original::RULE_KEYS_TRANSLATED, original::RULE_KEYS_NOT_USED]);
+    let mut doc = Doc::open(file, errors, &allowed)?;
+    if original::is_original_rule(&doc.map) {
+        match original::translate_rule(&doc.map, pack.pack_ref.as_str()) {
+            original::Translated::Rule(map, unused) => {
+                if doc.errors.len() > before {
+                    return None;
+                }
+                let Doc { errors, .. } = doc;
+                let r = read_rule_doc(Doc::new(file, map, errors, RULE_FIELDS), pack, triggers, before);
+                if r.is_some() {
+                    notes.extend(not_used(file, unused));
+                }
+                return r;
+            }
+            original::Translated::Skip(why) => {
+                let r = doc.string("ref", false).unwrap_or_default();
+                notes.push(PackNote {
+                    file: rel(file),
+                    keys: Vec::new(),
+                    note: format!("skipped rule {r}: {why}"),
+                });
+                return None;
+            }
+            original::Translated::Invalid(field, message) => {
+                doc.err(&field, message);
+                return None;
+            }
+        }
+    }
+    read_rule_doc(doc, pack, triggers, before)
+}
+
+/// A rule in this version's format (perhaps translated from the original's).
+fn read_rule_doc(mut doc: Doc<'_>, pack: &PackMeta, triggers: &[TriggerType], before: usize) -> Option<Rule> {
     let rule_ref = own_ref(&mut doc, pack);
     let description = doc.string("description", false).unwrap_or_default();
     let enabled = doc.flag("enabled", true);
@@ -471,9 +605,33 @@ fn read_sensor(
     dir_abs: &Path,
     triggers: &[TriggerType],
     errors: &mut Vec<PackError>,
+    notes: &mut Vec<PackNote>,
 ) -> Option<Sensor> {
     let before = errors.len();
-    let mut doc = Doc::open(file, errors, SENSOR_FIELDS)?;
+    let allowed = keys(&[SENSOR_FIELDS, original::SENSOR_KEYS]);
+    let mut doc = Doc::open(file, errors, &allowed)?;
+    if !doc.map.contains_key("runtime") {
+        // The original's sensors (`runner_type`, native by default) talk to its API and notifier;
+        // this version's write events as JSON lines on stdout. Reported, not run.
+        let r = doc.string("ref", false).unwrap_or_default();
+        let timers = doc.map.get("trigger_types").or(doc.map.get("trigger_type")).is_some_and(|t| {
+            t.to_string().contains("core.intervaltimer") || t.to_string().contains("core.crontimer")
+        });
+        let why = if timers {
+            "timers are built into this version (core.interval, core.cron, core.datetime); rules on the original's timer triggers are translated to them"
+        } else {
+            "the original's sensors talk to its API and notifier; this version's write one JSON event per line on stdout (runtime, entry_point, trigger_types), so it must be rewritten"
+        };
+        notes.push(PackNote {
+            file: rel(file),
+            keys: Vec::new(),
+            note: format!("skipped sensor {r}: {why}"),
+        });
+        return None;
+    }
+    if let Some(k) = original::SENSOR_KEYS.iter().find(|k| doc.map.contains_key(**k)) {
+        doc.err(k, "is the original Attune's sensor key; this version's sensors take ref, description, enabled, runtime, entry_point, trigger_types, parameters");
+    }
     let sensor_ref = own_ref(&mut doc, pack);
     let description = doc.string("description", false).unwrap_or_default();
     let enabled = doc.flag("enabled", true);
@@ -546,10 +704,74 @@ fn read_sensor(
     })
 }
 
-fn read_manifest(file: &Path, dir_abs: &Path, errors: &mut Vec<PackError>) -> Option<PackMeta> {
-    let mut doc = Doc::open(file, errors, PACK_FIELDS)?;
+/// `pack.yaml`: the manifest, and the labels every action of the pack requires unless it says
+/// otherwise (the original's pack-level `worker_selector`).
+fn read_manifest(
+    file: &Path,
+    dir_abs: &Path,
+    errors: &mut Vec<PackError>,
+    notes: &mut Vec<PackNote>,
+) -> Option<(PackMeta, Labels)> {
+    let allowed = keys(&[PACK_FIELDS, original::PACK_KEYS_USED, original::PACK_KEYS_NOT_USED]);
+    let mut doc = Doc::open(file, errors, &allowed)?;
+    notes.extend(not_used(file, doc.present(original::PACK_KEYS_NOT_USED)));
     let r = doc.string("ref", true);
-    let label = doc.string("label", false);
+    let label = match original::one_of(&doc.map, "label", "name") {
+        Ok(Some((_, Value::String(l)))) => Some(l),
+        Ok(Some((k, other))) => {
+            let found = kind(&other);
+            doc.err(&k, format!("must be a string, found {found}"));
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            doc.err("name", e);
+            None
+        }
+    };
+    let conf_schema = match original::one_of(&doc.map, "conf_schema", "config_schema") {
+        Ok(Some((k, v))) => match original::flat_to_schema(&k, &v) {
+            Ok(schema) => match crate::ParamValidator::compile(&schema) {
+                Ok(_) => Some(schema),
+                Err(e) => {
+                    doc.err(&k, format!("is not a valid schema: {e}"));
+                    None
+                }
+            },
+            Err((field, message)) => {
+                doc.err(&field, message);
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            doc.err("config_schema", e);
+            None
+        }
+    };
+    let config = match doc.map.get("config").cloned() {
+        None | Some(Value::Null) => None,
+        Some(c @ Value::Object(_)) => {
+            if let Some(schema) = &conf_schema {
+                if let Ok(Err(problems)) = crate::ParamValidator::compile(schema).map(|v| v.validate(&c)) {
+                    doc.err("config", format!("does not match conf_schema: {}", problems.join("; ")));
+                }
+            }
+            Some(c)
+        }
+        Some(other) => {
+            let found = kind(&other);
+            doc.err("config", format!("must be a mapping, found {found}"));
+            None
+        }
+    };
+    let selector = match doc.map.get("worker_selector").cloned() {
+        None | Some(Value::Null) => Labels::default(),
+        Some(v) => attune_core::action::labels_from(&v).unwrap_or_else(|e| {
+            doc.err("worker_selector", e);
+            Labels::default()
+        }),
+    };
     let description = doc.string("description", false).unwrap_or_default();
     let version = match doc.map.get("version") {
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -563,18 +785,49 @@ fn read_manifest(file: &Path, dir_abs: &Path, errors: &mut Vec<PackError>) -> Op
         }
         None => return None,
     };
-    Some(PackMeta {
+    let meta = PackMeta {
         label: label.unwrap_or_else(|| pack_ref.to_string()),
         pack_ref,
         description,
         version: version.unwrap_or_default(),
         dir: Some(dir_abs.display().to_string()),
-    })
+        config,
+        conf_schema,
+        notes: Vec::new(),
+    };
+    Some((meta, selector))
 }
 
-fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<PackError>) -> Option<Action> {
+/// Worker labels, as selectors hold them.
+type Labels = std::collections::BTreeMap<String, String>;
+
+fn read_action(
+    file: &Path,
+    pack: &PackMeta,
+    pack_selector: &Labels,
+    dir_abs: &Path,
+    errors: &mut Vec<PackError>,
+    notes: &mut Vec<PackNote>,
+) -> Option<Action> {
     let before = errors.len();
-    let mut doc = Doc::open(file, errors, ACTION_FIELDS)?;
+    let allowed = keys(&[ACTION_FIELDS, original::ACTION_KEYS_USED, original::ACTION_KEYS_NOT_USED]);
+    let mut doc = Doc::open(file, errors, &allowed)?;
+    // The original's dialect: `runner_type` (or no runtime at all: the original's default is shell).
+    let dialect = if doc.map.contains_key("runtime") { Dialect::Attune } else { Dialect::Original };
+    if doc.map.contains_key("workflow_file") {
+        // Reported by name (`attune pack load`, `attune pack show`), never silently dropped.
+        let r = doc.string("ref", false).unwrap_or_default();
+        notes.push(PackNote {
+            file: rel(file),
+            keys: vec!["workflow_file".into()],
+            note: format!(
+                "skipped action {r}: workflows in the original's format (workflow_file) are not translated by this \
+                 version yet; write it as an action with runtime: workflow and entry_point: workflows/<name>.yaml"
+            ),
+        });
+        return None;
+    }
+    let unused = doc.present(original::ACTION_KEYS_NOT_USED);
     let action_ref = doc.string("ref", true).and_then(|r| {
         let full = if r.contains('.') { r.clone() } else { format!("{}.{r}", pack.pack_ref) };
         match ActionRef::parse(&full) {
@@ -586,31 +839,85 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         }
     });
     let description = doc.string("description", false).unwrap_or_default();
-    let runtime = doc.string("runtime", true).and_then(|r| match Runtime::parse(&r) {
-        Some(rt) => Some(rt),
-        None => {
-            let all: Vec<_> = Runtime::ALL.iter().map(|r| r.as_str()).collect();
-            doc.err("runtime", format!("unknown runtime {r:?}; expected one of: {}", all.join(", ")));
-            None
-        }
-    });
     let entry_point = doc.string("entry_point", true);
+    let runtime = match dialect {
+        Dialect::Attune => {
+            if doc.map.contains_key("runner_type") {
+                doc.err("runner_type", "give `runtime` or the original Attune's `runner_type`, not both");
+            }
+            doc.string("runtime", true).and_then(|r| match Runtime::parse(&r) {
+                Some(rt) => Some(rt),
+                None => {
+                    let all: Vec<_> = Runtime::ALL.iter().map(|r| r.as_str()).collect();
+                    doc.err("runtime", format!("unknown runtime {r:?}; expected one of: {}", all.join(", ")));
+                    None
+                }
+            })
+        }
+        Dialect::Original => match doc.string("runner_type", false) {
+            Some(r) => original::runner_type(&r).or_else(|| {
+                doc.err(
+                    "runner_type",
+                    format!("unknown runner_type {r:?}; expected one of: {}", original::RUNNER_TYPES),
+                );
+                None
+            }),
+            None => entry_point.as_deref().map(original::runtime_from_entry_point),
+        },
+    };
     let mut parameters = match doc.map.get("parameters").cloned() {
         None | Some(Value::Null) => default_schema(),
+        // The original's flat form; its validator let unknown parameters through, and so does this.
+        Some(v) if dialect == Dialect::Original => {
+            original::flat_to_schema("parameters", &v).unwrap_or_else(|(f, m)| {
+                doc.err(&f, m);
+                default_schema()
+            })
+        }
         Some(v) => v,
     };
     if let Some(obj) = parameters.as_object_mut() {
-        // Unknown parameters are a typo more often than not: refuse them unless the schema says otherwise.
-        obj.entry("additionalProperties").or_insert(Value::Bool(false));
+        // Unknown parameters are a typo more often than not: refuse them unless the schema says
+        // otherwise (or the action is the original's, whose scripts may expect them).
+        if dialect == Dialect::Attune {
+            obj.entry("additionalProperties").or_insert(Value::Bool(false));
+        }
         obj.entry("properties").or_insert_with(|| Value::Object(Map::new()));
     }
+    let output_schema = match original::one_of(&doc.map, "output", "output_schema") {
+        Ok(Some((k, v))) => match original::flat_to_schema(&k, &v) {
+            Ok(schema) => {
+                if let Err(e) = crate::ParamValidator::compile(&schema) {
+                    doc.err(&k, format!("is not a valid schema: {e}"));
+                }
+                Some(schema)
+            }
+            Err((f, m)) => {
+                doc.err(&f, m);
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            doc.err("output_schema", e);
+            None
+        }
+    };
+    let enabled = doc.flag("enabled", true);
     let parameter_delivery: ParameterDelivery =
         doc.typed("parameter_delivery", "stdin, file or env").unwrap_or_default();
     let parameter_format: ParameterFormat =
         doc.typed("parameter_format", "json, yaml or dotenv").unwrap_or_default();
     let output_format: OutputFormat =
         doc.typed("output_format", "text, json, yaml or jsonl").unwrap_or_default();
-    let timeout_seconds: Option<u64> = doc.typed("timeout_seconds", "a whole number of seconds");
+    let timeout_seconds: Option<u64> = match original::one_of(&doc.map, "timeout_seconds", "timeout") {
+        Ok(Some((k, _))) => doc.typed(&k, "a whole number of seconds"),
+        Ok(None) => None,
+        Err(e) => {
+            doc.err("timeout", e);
+            None
+        }
+    };
     let retry: RetryPolicy =
         doc.typed("retry", "a mapping with max_attempts (>= 1) and backoff_seconds").unwrap_or_default();
     let scheduled_timeout_seconds: Option<u64> =
@@ -619,7 +926,7 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         doc.err("scheduled_timeout_seconds", e);
     }
     let worker_selector = match doc.map.get("worker_selector").cloned() {
-        None => Default::default(),
+        None => pack_selector.clone(),
         Some(v) => attune_core::action::labels_from(&v).unwrap_or_else(|e| {
             doc.err("worker_selector", e);
             Default::default()
@@ -693,6 +1000,9 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
         rate_limit,
         priority,
         workflow: None,
+        enabled,
+        output_schema,
+        dialect,
     };
     let mut action = action;
     let problems = check_action(&pack.pack_ref, &action);
@@ -706,7 +1016,11 @@ fn read_action(file: &Path, pack: &PackMeta, dir_abs: &Path, errors: &mut Vec<Pa
     if action.runtime == Runtime::Workflow && doc.errors.len() == before {
         action.workflow = read_workflow(dir_abs, &action.entry_point, doc.errors);
     }
-    (doc.errors.len() == before).then_some(action)
+    let ok = doc.errors.len() == before;
+    if ok {
+        notes.extend(not_used(file, unused));
+    }
+    ok.then_some(action)
 }
 
 /// A workflow action's definition (`actions/<entry_point>`), checked (`attune-workflow`); its

@@ -82,9 +82,9 @@ impl Store {
                 });
             }
             sqlx::query(
-                "INSERT INTO packs (ref, label, description, version, dir, loaded_at) VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO packs (ref, label, description, version, dir, loaded_at, extra) VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (ref) DO UPDATE SET label = excluded.label, description = excluded.description,
-                 version = excluded.version, dir = excluded.dir, loaded_at = excluded.loaded_at",
+                 version = excluded.version, dir = excluded.dir, loaded_at = excluded.loaded_at, extra = excluded.extra",
             )
             .bind(meta.pack_ref.as_str())
             .bind(&meta.label)
@@ -92,6 +92,7 @@ impl Store {
             .bind(&meta.version)
             .bind(&meta.dir)
             .bind(now.millis())
+            .bind(to_json(&Extra { config: meta.config.clone(), conf_schema: meta.conf_schema.clone(), notes: meta.notes.clone() }))
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM actions WHERE pack_ref = $1")
@@ -120,7 +121,7 @@ impl Store {
     pub async fn list_packs(&self) -> Result<Vec<PackSummary>> {
         read_pool!(self, p => {
             let rows = sqlx::query(
-                "SELECT p.ref, p.label, p.description, p.version, p.dir, p.loaded_at,
+                "SELECT p.ref, p.label, p.description, p.version, p.dir, p.loaded_at, p.extra,
                         (SELECT COUNT(*) FROM actions a WHERE a.pack_ref = p.ref) AS actions
                  FROM packs p ORDER BY p.ref",
             )
@@ -128,6 +129,10 @@ impl Store {
             .await?;
             rows.iter()
                 .map(|r| {
+                    let extra: Extra = match r.opt_text("extra")? {
+                        Some(t) => crate::rows::json("packs", "extra", &t)?,
+                        None => Extra::default(),
+                    };
                     Ok(PackSummary {
                         meta: PackMeta {
                             pack_ref: PackRef::parse(&r.text("ref")?).map_err(|e| crate::StoreError::Corrupt {
@@ -138,6 +143,9 @@ impl Store {
                             description: r.text("description")?,
                             version: r.text("version")?,
                             dir: r.opt_text("dir")?,
+                            config: extra.config,
+                            conf_schema: extra.conf_schema,
+                            notes: extra.notes,
                         },
                         actions: r.big("actions")? as u32,
                         loaded_at: Timestamp(r.big("loaded_at")?),
@@ -169,4 +177,15 @@ impl Store {
             row.map(|r| json("actions", "definition", &r.text("definition")?)).transpose()
         })
     }
+}
+
+/// The `extra` column of `packs`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Extra {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    conf_schema: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<attune_core::PackNote>,
 }

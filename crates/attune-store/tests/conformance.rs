@@ -115,6 +115,9 @@ fn action(name: &str, runtime: Runtime, max_attempts: u32) -> Action {
         rate_limit: None,
         priority: 0,
         workflow: None,
+        enabled: true,
+        output_schema: None,
+        dialect: Default::default(),
     }
 }
 
@@ -185,6 +188,9 @@ async fn packs_load_by_ref_and_replace_only_when_asked(db: &TestDb) {
         description: "d".into(),
         version: "1".into(),
         dir: Some("/x".into()),
+        config: None,
+        conf_schema: None,
+        notes: Vec::new(),
     };
     let a = action("a", Runtime::Builtin, 1);
     let b = action("b", Runtime::Shell, 1);
@@ -1103,6 +1109,9 @@ async fn sensors_run_on_one_worker_at_a_time(db: &TestDb) {
         description: String::new(),
         version: "1".into(),
         dir: None,
+        config: None,
+        conf_schema: None,
+        notes: Vec::new(),
     };
     let v1 = [sensor(json!({"n": 1}))];
     let load = |sensors| attune_store::PackContent { sensors, ..Default::default() };

@@ -122,6 +122,9 @@ pub struct PackLoaded {
     /// The directory the pack was loaded from before, when a `replace` load took it over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_dir: Option<String>,
+    /// Keys accepted but not used by this version, and files skipped, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<attune_core::PackNote>,
 }
 
 // ---- worker protocol ----

@@ -86,6 +86,9 @@ impl Scratch {
             rate_limit: None,
             priority: 0,
             workflow: None,
+            enabled: true,
+            output_schema: None,
+            dialect: Default::default(),
         }
     }
 

@@ -95,6 +95,7 @@ pub async fn load_pack(
             sensors: p.sensors.iter().map(|t| t.sensor_ref.to_string()).collect(),
             removed: change.removed,
             previous_dir: change.previous_dir,
+            notes: p.meta.notes.clone(),
         }),
     ))
 }

@@ -12,7 +12,7 @@ use std::{
 
 use attune_core::{
     output::{encode, finalize, mask_secret_bytes, mask_secrets},
-    ExecutionStatus, OutputFormat, Report, Runtime, Task,
+    Dialect, ExecutionStatus, OutputFormat, Report, Runtime, Task,
 };
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,9 @@ pub struct RunContext {
     /// Receives output while the process runs (for live logs).
     pub tap: Option<crate::process::Tap>,
 }
+
+/// The shell of actions written for the original Attune.
+const BASH: &str = "/bin/bash";
 
 /// The interpreter for a runtime, if it needs one.
 pub fn interpreter(rt: Runtime) -> Option<&'static str> {
@@ -133,10 +136,25 @@ async fn run_process(
             json!({"error": format!("entry point refused: {e}"), "worker_error": "entry_point_outside_pack"}),
         );
     }
-    let (program, args) = match interpreter(a.runtime) {
+    // The original Attune ran every shell script with bash, in the pack's directory.
+    let original = a.dialect == Dialect::Original;
+    let interpreter = match interpreter(a.runtime) {
+        Some(_) if original && a.runtime == Runtime::Shell => {
+            if !Path::new(BASH).is_file() {
+                return failed(json!({
+                    "error": format!("{} is written for the original Attune, which runs shell scripts with bash; {BASH} is not on this worker", a.action_ref),
+                    "worker_error": "bash_missing",
+                }));
+            }
+            Some(BASH)
+        }
+        i => i,
+    };
+    let (program, args) = match interpreter {
         Some(i) => (PathBuf::from(i), vec![entry.display().to_string()]),
         None => (entry.clone(), Vec::new()),
     };
+    let cwd = if original { PathBuf::from(pack_dir) } else { actions_dir };
     let mut env = base_env();
     env.extend([
         ("ATTUNE_EXECUTION_ID".to_owned(), task.execution_id.to_string()),
@@ -144,6 +162,9 @@ async fn run_process(
         ("ATTUNE_PACK".to_owned(), a.pack.to_string()),
         ("ATTUNE_API_URL".to_owned(), ctx.api_url.clone()),
         ("ATTUNE_ATTEMPT".to_owned(), task.attempt.to_string()),
+        // The original Attune's names for the same.
+        ("ATTUNE_EXEC_ID".to_owned(), task.execution_id.to_string()),
+        ("ATTUNE_PACK_REF".to_owned(), a.pack.to_string()),
     ]);
     let delivery = match params::deliver(task, &ctx.scratch_dir) {
         Ok(d) => d,
@@ -153,7 +174,7 @@ async fn run_process(
     let spec = Spec {
         program,
         args,
-        cwd: actions_dir,
+        cwd,
         env,
         stdin: delivery.stdin.clone(),
         max_output: ctx.max_output,
@@ -177,9 +198,12 @@ async fn run_process(
     let stderr = mask_secret_bytes(outcome.stderr.bytes, &secrets);
     // Kept in case the parsed result turns out too large to send (then stdout is what is reported).
     let raw = (a.output_format != OutputFormat::Text).then(|| stdout.clone());
-    let mut fin = finalize(a.output_format, outcome.exit_code, stdout, |s| {
-        serde_yaml::from_str::<Value>(s).map_err(|e| e.to_string())
-    });
+    let parse_yaml = |s: &str| serde_yaml::from_str::<Value>(s).map_err(|e| e.to_string());
+    let mut fin = if original {
+        attune_core::output::finalize_leniently(a.output_format, outcome.exit_code, stdout, parse_yaml)
+    } else {
+        finalize(a.output_format, outcome.exit_code, stdout, parse_yaml)
+    };
     if let (Some(r), Some(raw)) = (&fin.result, raw) {
         let size = serde_json::to_vec(r).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > ctx.max_output {
