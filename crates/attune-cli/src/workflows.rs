@@ -70,7 +70,7 @@ pub async fn inquiry(ctx: &Ctx, c: InquiryCmd) -> anyhow::Result<i32> {
 
 /// What an inquiry's schema asks for, in a few words: `ok (boolean, required)`.
 fn expects(parameters: &Value) -> String {
-    let schema = parameters.get("schema");
+    let schema = attune_core::action::inquiry_schema(parameters);
     let required: BTreeSet<&str> = schema
         .and_then(|s| s.get("required"))
         .and_then(Value::as_array)

@@ -80,7 +80,8 @@ async fn scenario(db: TestDb) {
         "permission_sets/operator.yaml",
         "sensors/host_watch.yaml",
         "rules/by_expression.yaml",
-        "actions/rollout.yaml",
+        "actions/audit.yaml",
+        "legacy_ops.rollout",
     ] {
         assert!(load.stdout.contains(shown), "pack load shows {shown}:\n{}", load.stdout);
     }
@@ -109,12 +110,23 @@ async fn scenario(db: TestDb) {
     );
     assert_eq!(note("actions/http_probe.yaml")["keys"], json!(["label", "tags"]));
     assert!(note("rules/by_expression.yaml")["note"].as_str().unwrap().contains("conditions.expression"));
+    assert!(
+        note("actions/audit.yaml")["note"].as_str().unwrap().contains("`task`"),
+        "{}",
+        note("actions/audit.yaml")
+    );
     let probe = client.get_action("legacy_ops.http_probe").await.unwrap();
     assert_eq!(probe.runtime, attune_core::Runtime::Shell, "runner_type: bash");
     assert_eq!(probe.timeout_seconds, Some(30), "timeout");
     assert_eq!(probe.parameters["required"], json!(["url"]), "required: true lifted");
     assert_eq!(probe.secret_parameters(), vec!["token".to_owned()], "secret: true kept");
     assert!(probe.output_schema.unwrap()["properties"]["status_code"].is_object(), "output");
+    // Its policy file is its queue policy here.
+    let c = probe.concurrency.clone().expect("the policy's concurrency");
+    assert_eq!((c.limit, c.key.as_deref()), (1, Some("{{ parameters.url }}")));
+    let r = probe.rate_limit.clone().expect("the policy's rate limit");
+    assert_eq!((r.per_second, r.burst), (10.0, Some(100)));
+    assert_eq!(note("policies/one_deploy.yaml")["keys"], json!(["name", "priority"]));
 
     let _worker = common::worker("w1", &url, &env);
     let run = |action: &str, parameters: Value| {
@@ -172,6 +184,39 @@ async fn scenario(db: TestDb) {
     let e = run("legacy_ops.plain", json!({})).await;
     done(&e);
     assert_eq!((e.result.clone(), e.stdout.as_str()), (None, "not json at all\n"));
+    // The original's workflow (workflow_file: tasks as a list, with_items over `parameters`,
+    // `item`, publish as a list, on_success, output_map, its functions) runs as a workflow.
+    let e = run("legacy_ops.rollout", json!({"hosts": ["a", "b", "c"]})).await;
+    done(&e);
+    assert_eq!(e.result, Some(json!({"hosts": 3, "first": "A", "has_b": true})));
+    let children = client.list_executions(&format!("parent={}", e.id)).await.unwrap().items;
+    let mut greeted: Vec<String> = children
+        .iter()
+        .filter(|c| c.action_ref.as_str() == "legacy_ops.greet")
+        .map(|c| c.parameters["name"].as_str().unwrap().to_owned())
+        .collect();
+    greeted.sort();
+    assert_eq!(greeted, ["a", "b", "c"]);
+    assert_eq!(children.len(), 5, "three greetings, the count and the no-op");
+    // The original's core.ask parameters (prompt, response_schema): the answer is checked
+    // against response_schema, then the workflow goes on.
+    let req = CreateExecution {
+        action_ref: "legacy_ops.approve".into(),
+        parameters: Some(json!({"who": "Grace"})),
+        ..Default::default()
+    };
+    let flow = client.create_execution(&req).await.unwrap();
+    let inquiry = wait_for("the inquiry", Duration::from_secs(30), || async {
+        let l = client.list_inquiries().await.ok()?;
+        l.items.into_iter().find(|i| i.parent == Some(flow.id))
+    })
+    .await;
+    let wrong = client.respond_inquiry(inquiry.id, json!({"ok": "yes"})).await.unwrap_err();
+    assert_eq!(wrong.status(), Some(422), "{wrong}");
+    client.respond_inquiry(inquiry.id, json!({"ok": true})).await.unwrap();
+    let e = client.wait_execution(flow.id, false, Duration::from_secs(30)).await.unwrap();
+    done(&e);
+    assert_eq!(e.result, Some(json!({"approved": true})));
     // enabled: false is honoured: refused, nothing stored.
     let refused = common::cli(&url, &["run", "legacy_ops.retired"]);
     assert_eq!(refused.code, 2, "{refused:?}");

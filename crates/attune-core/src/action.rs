@@ -370,6 +370,12 @@ impl Action {
     }
 }
 
+/// The JSON Schema an inquiry's answer must match: its `schema` parameter, or `response_schema`
+/// (the original Attune's name, in packs written for it).
+pub fn inquiry_schema(parameters: &Value) -> Option<&Value> {
+    parameters.get("schema").filter(|v| !v.is_null()).or_else(|| parameters.get("response_schema"))
+}
+
 /// A pack's manifest (`pack.yaml`) as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

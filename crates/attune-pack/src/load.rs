@@ -136,7 +136,6 @@ fn not_used(file: &Path, keys: Vec<String>) -> Option<PackNote> {
 
 /// Directories of the original's packs that this version does not read, and why.
 const SKIPPED_DIRS: &[(&str, &str)] = &[
-    ("policies", "the original's policies are not loaded by this version: put `concurrency` or `rate_limit` on the action instead"),
     ("permission_sets", "the original's permission sets are not loaded by this version: tokens have roles (admin, operator, viewer, worker)"),
     ("workflows", "a workflow at the pack's root (the original's legacy layout) is not loaded: a workflow is an action whose entry point is actions/workflows/<name>.yaml"),
     ("runtimes", "runtimes are built into this version (shell, python, node, native)"),
@@ -300,6 +299,9 @@ pub fn load_pack_dir(dir: &Path) -> Result<LoadedPack, PackErrors> {
         for f in yaml_files(&dir.join("actions"), &mut errors) {
             let a = read_action(&f, &meta, &selector, &dir_abs, &mut errors, &mut notes);
             add_once(&mut actions, a, f, |a| &a.action_ref, &mut errors);
+        }
+        for f in yaml_files(&dir.join("policies"), &mut errors) {
+            apply_policy(&f, &meta, &mut actions, &mut errors, &mut notes);
         }
         check_workflow_actions(&meta, &dir_abs, &actions, &mut errors);
         for f in yaml_files(&dir.join("triggers"), &mut errors) {
@@ -704,6 +706,69 @@ fn read_sensor(
     })
 }
 
+/// An original policy file (`policies/*.yaml`): its concurrency and rate limits become the queue
+/// policies of the actions it names (or of every action of the pack); an action's own policy
+/// stays and the policy's is noted as not applied.
+fn apply_policy(
+    file: &Path,
+    pack: &PackMeta,
+    actions: &mut [Action],
+    errors: &mut Vec<PackError>,
+    notes: &mut Vec<PackNote>,
+) {
+    let Some(mut doc) = Doc::open(file, errors, original::POLICY_KEYS) else { return };
+    let policy = match original::read_policy(&doc.map, pack.pack_ref.as_str()) {
+        Ok(p) => p,
+        Err((field, message)) => return doc.err(&field, message),
+    };
+    let mut said = Vec::new();
+    if !policy.enabled {
+        said.push("disabled (enabled: false): not applied".to_owned());
+    } else {
+        let targets: Vec<&mut Action> = actions
+            .iter_mut()
+            .filter(|a| policy.action.as_deref().is_none_or(|r| a.action_ref.as_str() == r))
+            .collect();
+        if targets.is_empty() {
+            if let Some(r) = &policy.action {
+                doc.err("action_ref", format!("unknown action {r}: this pack has no such action"));
+                return;
+            }
+        }
+        for a in targets {
+            if let Some(c) = &policy.concurrency {
+                if a.concurrency.is_some() {
+                    said.push(format!(
+                        "{}: has its own concurrency; the policy's is not applied",
+                        a.action_ref
+                    ));
+                } else {
+                    a.concurrency = Some(c.clone());
+                }
+            }
+            if let Some(r) = &policy.rate_limit {
+                if a.rate_limit.is_some() {
+                    said.push(format!(
+                        "{}: has its own rate_limit; the policy's is not applied",
+                        a.action_ref
+                    ));
+                } else {
+                    a.rate_limit = Some(r.clone());
+                }
+            }
+        }
+        if policy.global {
+            said.push("a global policy: applied to this pack's actions only".into());
+        }
+    }
+    if !policy.unused.is_empty() {
+        said.push("accepted (the original Attune's format); not used by this version".into());
+    }
+    if !said.is_empty() {
+        notes.push(PackNote { file: rel(file), keys: policy.unused, note: said.join("; ") });
+    }
+}
+
 /// `pack.yaml`: the manifest, and the labels every action of the pack requires unless it says
 /// otherwise (the original's pack-level `worker_selector`).
 fn read_manifest(
@@ -814,20 +879,16 @@ fn read_action(
     let mut doc = Doc::open(file, errors, &allowed)?;
     // The original's dialect: `runner_type` (or no runtime at all: the original's default is shell).
     let dialect = if doc.map.contains_key("runtime") { Dialect::Attune } else { Dialect::Original };
-    if doc.map.contains_key("workflow_file") {
-        // Reported by name (`attune pack load`, `attune pack show`), never silently dropped.
-        let r = doc.string("ref", false).unwrap_or_default();
-        notes.push(PackNote {
-            file: rel(file),
-            keys: vec!["workflow_file".into()],
-            note: format!(
-                "skipped action {r}: workflows in the original's format (workflow_file) are not translated by this \
-                 version yet; write it as an action with runtime: workflow and entry_point: workflows/<name>.yaml"
-            ),
-        });
-        return None;
+    // The original's workflow action: its graph is `workflow_file` under actions/.
+    let workflow_file = doc.string("workflow_file", false);
+    if workflow_file.is_some() {
+        for k in ["runtime", "runner_type", "entry_point"] {
+            if doc.map.contains_key(k) {
+                doc.err(k, "a workflow action (workflow_file) has no runtime or entry point of its own");
+            }
+        }
     }
-    let unused = doc.present(original::ACTION_KEYS_NOT_USED);
+    let mut unused = doc.present(original::ACTION_KEYS_NOT_USED);
     let action_ref = doc.string("ref", true).and_then(|r| {
         let full = if r.contains('.') { r.clone() } else { format!("{}.{r}", pack.pack_ref) };
         match ActionRef::parse(&full) {
@@ -839,8 +900,12 @@ fn read_action(
         }
     });
     let description = doc.string("description", false).unwrap_or_default();
-    let entry_point = doc.string("entry_point", true);
+    let entry_point = match &workflow_file {
+        Some(w) => Some(w.clone()),
+        None => doc.string("entry_point", true),
+    };
     let runtime = match dialect {
+        _ if workflow_file.is_some() => Some(Runtime::Workflow),
         Dialect::Attune => {
             if doc.map.contains_key("runner_type") {
                 doc.err("runner_type", "give `runtime` or the original Attune's `runner_type`, not both");
@@ -1014,7 +1079,24 @@ fn read_action(
         check_entry_file(&mut doc, action.runtime, dir_abs, "actions", &action.entry_point);
     }
     if action.runtime == Runtime::Workflow && doc.errors.len() == before {
-        action.workflow = read_workflow(dir_abs, &action.entry_point, doc.errors);
+        if workflow_file.is_some() {
+            match read_original_workflow(dir_abs, &action.entry_point, doc.errors) {
+                Ok((def, more)) => {
+                    action.workflow = def;
+                    unused.extend(more.into_iter().map(|k| format!("{}: {k}", action.entry_point)));
+                }
+                Err(why) => {
+                    notes.push(PackNote {
+                        file: rel(file),
+                        keys: vec!["workflow_file".into()],
+                        note: format!("skipped action {}: its workflow {why}", action.action_ref),
+                    });
+                    return None;
+                }
+            }
+        } else {
+            action.workflow = read_workflow(dir_abs, &action.entry_point, doc.errors);
+        }
     }
     let ok = doc.errors.len() == before;
     if ok {
@@ -1023,36 +1105,58 @@ fn read_action(
     ok.then_some(action)
 }
 
+/// The original's workflow file, translated (`original::translate_workflow`) and then checked
+/// like this version's own: `Err` is what it uses that this version cannot run.
+fn read_original_workflow(
+    dir_abs: &Path,
+    entry_point: &str,
+    errors: &mut Vec<PackError>,
+) -> Result<(Option<Value>, Vec<String>), String> {
+    let file = dir_abs.join("actions").join(entry_point);
+    let Some(yaml) = read_workflow_yaml(&file, errors) else { return Ok((None, Vec::new())) };
+    let (translated, unused) = original::translate_workflow(&yaml)?;
+    Ok((check_workflow(&file, &translated, errors), unused))
+}
+
 /// A workflow action's definition (`actions/<entry_point>`), checked (`attune-workflow`); its
 /// problems are reported at that file, with the task and field.
 fn read_workflow(dir_abs: &Path, entry_point: &str, errors: &mut Vec<PackError>) -> Option<Value> {
     let file = dir_abs.join("actions").join(entry_point);
-    let mut fail = |field: Option<String>, message: String| {
-        errors.push(PackError { file: file.clone(), field, message });
+    let yaml = read_workflow_yaml(&file, errors)?;
+    check_workflow(&file, &yaml, errors)
+}
+
+/// A workflow file's YAML, within the size limit.
+fn read_workflow_yaml(file: &Path, errors: &mut Vec<PackError>) -> Option<Value> {
+    let mut fail = |message: String| {
+        errors.push(PackError { file: file.to_path_buf(), field: None, message });
         None
     };
-    let text = match std::fs::read_to_string(&file) {
+    let text = match std::fs::read_to_string(file) {
         Ok(t) if t.len() <= MAX_WORKFLOW_BYTES => t,
         Ok(t) => {
-            return fail(
-                None,
-                format!("{} bytes; a workflow file may have at most {MAX_WORKFLOW_BYTES}", t.len()),
-            )
+            return fail(format!("{} bytes; a workflow file may have at most {MAX_WORKFLOW_BYTES}", t.len()))
         }
-        Err(e) => return fail(None, format!("cannot read: {e}")),
+        Err(e) => return fail(format!("cannot read: {e}")),
     };
-    let yaml: Value = match serde_yaml::from_str(&text) {
-        Ok(v) => v,
-        Err(e) => return fail(None, format!("not valid YAML: {e}")),
-    };
-    match attune_workflow::Definition::parse(&yaml) {
+    match serde_yaml::from_str(&text) {
+        Ok(v) => Some(v),
+        Err(e) => fail(format!("not valid YAML: {e}")),
+    }
+}
+
+/// A workflow definition checked by `attune-workflow`; its problems located at `file`, with the
+/// task and field.
+fn check_workflow(file: &Path, yaml: &Value, errors: &mut Vec<PackError>) -> Option<Value> {
+    match attune_workflow::Definition::parse(yaml) {
         Ok(def) => serde_json::to_value(def).ok(),
         Err(e) => {
             let field = match &e.task {
                 Some(t) => format!("tasks.{t}.{}", e.field),
                 None => e.field.clone(),
             };
-            fail(Some(field), e.message)
+            errors.push(PackError { file: file.to_path_buf(), field: Some(field), message: e.message });
+            None
         }
     }
 }

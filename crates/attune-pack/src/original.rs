@@ -349,6 +349,481 @@ pub(crate) fn one_of(map: &Map<String, Value>, a: &str, b: &str) -> Result<Optio
     }
 }
 
+/// An original policy (`policies/*.yaml`), as the queue policies of the actions it names.
+pub(crate) struct Policy {
+    /// `None`: every action of the pack (`pack_ref`, or a global policy).
+    pub action: Option<String>,
+    pub concurrency: Option<attune_core::action::ConcurrencyPolicy>,
+    pub rate_limit: Option<attune_core::action::RateLimit>,
+    pub enabled: bool,
+    /// Keys accepted without use.
+    pub unused: Vec<String>,
+    /// A global policy (neither `action_ref` nor `pack_ref`): applied to this pack's actions only.
+    pub global: bool,
+}
+
+pub(crate) const POLICY_KEYS: &[&str] = &[
+    "ref",
+    "name",
+    "label",
+    "description",
+    "enabled",
+    "priority",
+    "tags",
+    "action_ref",
+    "pack_ref",
+    "concurrency",
+    "rate_limit",
+    "quotas",
+];
+
+/// Reads an original policy: `concurrency: {limit, method: enqueue | cancel, parameters: [names]}`
+/// becomes `{limit, on_limit: queue | cancel_new, key: "{{ parameters.a }}/{{ parameters.b }}"}`,
+/// `rate_limit: {max_executions, window_seconds}` a bucket of `max_executions` refilled at
+/// `max_executions / window_seconds` a second. Errors name the field.
+pub(crate) fn read_policy(m: &Map<String, Value>, pack: &str) -> Result<Policy, (String, String)> {
+    use attune_core::action::{ConcurrencyPolicy, OnLimit, RateLimit};
+    let bad = |f: &str, msg: &str| Err((f.to_owned(), msg.to_owned()));
+    if let Some(k) = m.keys().find(|k| !POLICY_KEYS.contains(&k.as_str())) {
+        return Err((k.clone(), format!("unknown field; expected one of: {}", POLICY_KEYS.join(", "))));
+    }
+    let action = match m.get("action_ref") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) if r.contains('.') => Some(r.clone()),
+        Some(Value::String(r)) => Some(format!("{pack}.{r}")),
+        Some(_) => return bad("action_ref", "must be a string"),
+    };
+    let global = action.is_none()
+        && match m.get("pack_ref") {
+            None | Some(Value::Null) => true,
+            Some(Value::String(p)) if p == pack => false,
+            Some(_) => return bad("pack_ref", "must be this pack's ref"),
+        };
+    let concurrency = match m.get("concurrency") {
+        None | Some(Value::Null) => None,
+        Some(c) => {
+            let Some(limit) = c.get("limit").and_then(Value::as_u64).filter(|l| (1..=10_000).contains(l))
+            else {
+                return bad("concurrency.limit", "is required: a whole number from 1 to 10000");
+            };
+            let on_limit = match c.get("method").and_then(Value::as_str) {
+                None | Some("enqueue") => OnLimit::Queue,
+                Some("cancel") => OnLimit::CancelNew,
+                Some(_) => return bad("concurrency.method", "must be enqueue or cancel"),
+            };
+            let key = match c.get("parameters") {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(names)) if names.is_empty() => None,
+                Some(Value::Array(names)) => {
+                    let mut parts = Vec::new();
+                    for n in names {
+                        match n.as_str() {
+                            Some(n)
+                                if n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                                    && !n.is_empty() =>
+                            {
+                                parts.push(format!("{{{{ parameters.{n} }}}}"))
+                            }
+                            _ => return bad("concurrency.parameters", "must list parameter names"),
+                        }
+                    }
+                    Some(parts.join("/"))
+                }
+                Some(_) => return bad("concurrency.parameters", "must be a list of parameter names"),
+            };
+            Some(ConcurrencyPolicy { limit: limit as u32, key, on_limit })
+        }
+    };
+    let rate_limit = match m.get("rate_limit") {
+        None | Some(Value::Null) => None,
+        Some(r) => {
+            let n = r.get("max_executions").and_then(Value::as_u64).filter(|n| (1..=100_000).contains(n));
+            let w = r.get("window_seconds").and_then(Value::as_u64).filter(|w| *w >= 1);
+            let (Some(n), Some(w)) = (n, w) else {
+                return bad(
+                    "rate_limit",
+                    "needs max_executions (1 to 100000) and window_seconds (at least 1)",
+                );
+            };
+            Some(RateLimit { per_second: n as f64 / w as f64, burst: Some(n as u32), key: None })
+        }
+    };
+    if concurrency.is_none() && rate_limit.is_none() && !m.contains_key("quotas") {
+        return bad("concurrency", "a policy needs concurrency, rate_limit or quotas");
+    }
+    let enabled = m.get("enabled").and_then(Value::as_bool).unwrap_or(true);
+    let unused = ["name", "label", "priority", "tags", "quotas"]
+        .iter()
+        .filter(|k| m.contains_key(**k))
+        .map(|k| k.to_string())
+        .collect();
+    Ok(Policy { action, concurrency, rate_limit, enabled, unused, global })
+}
+
+/// The original's workflow file (an action's `workflow_file`) as this version's definition, with
+/// the original keys it does not use. `Err` says what it uses that this version cannot run (the
+/// action is then skipped with that reason).
+pub(crate) fn translate_workflow(v: &Value) -> Result<(Value, Vec<String>), String> {
+    let Value::Object(top) = v else { return Err("a workflow file is a mapping".into()) };
+    let mut unused = Vec::new();
+    for k in top.keys() {
+        match k.as_str() {
+            "version" | "vars" | "tasks" | "output_map" => {}
+            // Described by the action's own YAML here.
+            "ref" | "label" | "description" | "parameters" | "output" | "tags" => {}
+            "cancellation_policy" => unused.push(k.clone()),
+            other => return Err(format!("its key `{other}` is not translated")),
+        }
+    }
+    let mut out = Map::new();
+    out.insert("version".into(), Value::from(1));
+    if let Some(vars) = top.get("vars").filter(|v| !v.is_null()) {
+        let Value::Object(vars) = vars else {
+            return Err("its `vars` is a list; a mapping of names to values is expected".into());
+        };
+        out.insert("vars".into(), rewrite_templates(&Value::Object(vars.clone()))?);
+    }
+    let Some(Value::Array(list)) = top.get("tasks") else {
+        return Err("its `tasks` must be a list of tasks with `name`".into());
+    };
+    let mut tasks = Map::new();
+    for t in list {
+        let Value::Object(t) = t else { return Err("a task must be a mapping".into()) };
+        let Some(name) = t.get("name").and_then(Value::as_str) else {
+            return Err("a task has no `name`".into());
+        };
+        let task = translate_task(name, t, &mut unused).map_err(|e| format!("task {name}: {e}"))?;
+        if tasks.insert(name.to_owned(), task).is_some() {
+            return Err(format!("two tasks are named {name}"));
+        }
+    }
+    out.insert("tasks".into(), Value::Object(tasks));
+    if let Some(o) = top.get("output_map").filter(|v| !v.is_null()) {
+        out.insert("output".into(), rewrite_templates(o)?);
+    }
+    unused.sort();
+    unused.dedup();
+    Ok((Value::Object(out), unused))
+}
+
+fn translate_task(name: &str, t: &Map<String, Value>, unused: &mut Vec<String>) -> Result<Value, String> {
+    if let Some(ty) = t.get("type").filter(|ty| *ty != "action") {
+        return Err(format!("its type {ty} is not translated (action tasks are)"));
+    }
+    let mut out = Map::new();
+    let mut next: Vec<Value> = Vec::new();
+    for (k, v) in t {
+        match k.as_str() {
+            "name" | "__chart_meta__" => {}
+            "type" => {}
+            "action" => {
+                out.insert("action".into(), v.clone());
+            }
+            "input" => {
+                out.insert("input".into(), rewrite_templates(v)?);
+            }
+            "with_items" => {
+                let mut with = Map::new();
+                with.insert("items".into(), rewrite_templates(v)?);
+                if let Some(c) = t.get("concurrency") {
+                    with.insert("concurrency".into(), rewrite_templates(c)?);
+                } else {
+                    // The original runs the items one at a time unless told otherwise.
+                    with.insert("concurrency".into(), Value::from(1));
+                }
+                out.insert("with".into(), Value::Object(with));
+            }
+            "concurrency" => {}
+            "timeout" | "join" => {
+                out.insert(k.clone(), v.clone());
+            }
+            "retry" => {
+                let Value::Object(r) = v else { return Err("`retry` must be a mapping".into()) };
+                for (rk, rv) in r {
+                    match rk.as_str() {
+                        "count" | "delay" => {}
+                        "backoff" if rv == "constant" => {}
+                        other => {
+                            return Err(format!("retry.{other} is not translated (count and delay are)"))
+                        }
+                    }
+                }
+                let mut retry = Map::new();
+                for rk in ["count", "delay"] {
+                    if let Some(x) = r.get(rk) {
+                        retry.insert(rk.into(), x.clone());
+                    }
+                }
+                out.insert("retry".into(), Value::Object(retry));
+            }
+            "next" => {
+                let Value::Array(list) = v else { return Err("`next` must be a list".into()) };
+                for tr in list {
+                    next.push(translate_transition(tr)?);
+                }
+            }
+            "on_success" | "on_failure" | "on_complete" => {
+                let when = match k.as_str() {
+                    "on_success" => Some("{{ succeeded() }}"),
+                    "on_failure" => Some("{{ failed() }}"),
+                    _ => None,
+                };
+                let mut tr = Map::new();
+                if let Some(w) = when {
+                    tr.insert("when".into(), Value::String(w.into()));
+                }
+                tr.insert("do".into(), v.clone());
+                next.push(Value::Object(tr));
+            }
+            "publish" => {}
+            "permission_set_refs"
+            | "permission_set_ref"
+            | "trace_tag_template"
+            | "worker_selector"
+            | "worker_tolerations"
+            | "worker_affinity" => unused.push(format!("tasks.{name}.{k}")),
+            other => return Err(format!("its `{other}` is not translated")),
+        }
+    }
+    // The legacy task-level `publish` goes with the first transition taken on success.
+    if let Some(p) = t.get("publish") {
+        let publish = publish_map(p)?;
+        let succeeded =
+            next.iter_mut().find(|tr| tr.get("when").and_then(Value::as_str) == Some("{{ succeeded() }}"));
+        match succeeded {
+            Some(Value::Object(tr)) => {
+                tr.insert("publish".into(), publish);
+            }
+            _ => next.push(serde_json::json!({"when": "{{ succeeded() }}", "publish": publish})),
+        }
+    }
+    if !next.is_empty() {
+        out.insert("next".into(), Value::Array(next));
+    }
+    Ok(Value::Object(out))
+}
+
+fn translate_transition(tr: &Value) -> Result<Value, String> {
+    let Value::Object(tr) = tr else { return Err("a transition must be a mapping".into()) };
+    let mut out = Map::new();
+    for (k, v) in tr {
+        match k.as_str() {
+            "when" => {
+                out.insert("when".into(), rewrite_templates(v)?);
+            }
+            "publish" => {
+                out.insert("publish".into(), publish_map(v)?);
+            }
+            "do" => {
+                out.insert("do".into(), v.clone());
+            }
+            "__chart_meta__" => {}
+            other => return Err(format!("a transition's `{other}` is not translated")),
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// `publish` as a list of one-entry mappings (the original's usual form) or a mapping.
+fn publish_map(v: &Value) -> Result<Value, String> {
+    let mut out = Map::new();
+    let entries: Vec<&Value> = match v {
+        Value::Array(list) => list.iter().collect(),
+        other => vec![other],
+    };
+    for e in entries {
+        match e {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    out.insert(k.clone(), rewrite_templates(v)?);
+                }
+            }
+            other => return Err(format!("a publish entry {other} is not a mapping of name → value")),
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Every `{{ … }}` in `v` rewritten from the original's expression language to this version's.
+fn rewrite_templates(v: &Value) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) if s.contains("{{") => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("{{") {
+                out.push_str(&rest[..start + 2]);
+                let inner = &rest[start + 2..];
+                let end = inner.find("}}").ok_or_else(|| format!("{s:?} has a `{{{{` without `}}}}`"))?;
+                out.push_str(&rewrite_expr(&inner[..end])?);
+                out.push_str("}}");
+                rest = &inner[end + 2..];
+            }
+            out.push_str(rest);
+            Value::String(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(rewrite_templates).collect::<Result<_, _>>()?),
+        Value::Object(m) => Value::Object(
+            m.iter().map(|(k, v)| Ok((k.clone(), rewrite_templates(v)?))).collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// One expression of the original's language in this version's (minijinja): `parameters.x`,
+/// `workflow.x`, `vars.x` and bare names are `ctx.x`; `item` is `item()`; `null` is `none`;
+/// `length(x)`, `lower(x)` … are the filters of the same meaning; `contains(a, b)` is `b in a`.
+/// What has no equivalent (`task.<name>`, `index`, `config`, `keystore`, `timed_out()` …) is an
+/// error naming it.
+pub(crate) fn rewrite_expr(e: &str) -> Result<String, String> {
+    let chars: Vec<char> = e.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    let mut prev_dot = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' || c == '"' {
+            let start = i;
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(chars.len());
+            out.extend(&chars[start..i]);
+            prev_dot = false;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut j = i;
+            while j < chars.len() && chars[j] == ' ' {
+                j += 1;
+            }
+            let call = j < chars.len() && chars[j] == '(';
+            if prev_dot {
+                out.push_str(&word);
+            } else if call {
+                let (args, after) = call_args(&chars, j)?;
+                out.push_str(&rewrite_call(&word, &args)?);
+                i = after;
+            } else {
+                out.push_str(&match word.as_str() {
+                    "and" | "or" | "not" | "in" | "is" | "if" | "else" | "true" | "false" | "none" => {
+                        word.clone()
+                    }
+                    "True" | "False" | "None" => word.to_lowercase(),
+                    "null" => "none".into(),
+                    "parameters" | "workflow" | "vars" | "variables" => "ctx".into(),
+                    "item" => "item()".into(),
+                    "index" | "task" | "tasks" | "config" | "keystore" | "system" | "inquiry" | "pack" => {
+                        return Err(format!(
+                            "its expression `{}` uses `{word}`, which is not translated",
+                            e.trim()
+                        ))
+                    }
+                    _ => format!("ctx.{word}"),
+                });
+            }
+            prev_dot = false;
+            continue;
+        }
+        if c.is_ascii_digit() {
+            // A number (with its decimals): not an identifier start.
+            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+                out.push(chars[i]);
+                i += 1;
+            }
+            prev_dot = false;
+            continue;
+        }
+        out.push(c);
+        if !c.is_whitespace() {
+            prev_dot = c == '.';
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// The arguments of a call whose `(` is at `open`, each rewritten, and the index after its `)`.
+fn call_args(chars: &[char], open: usize) -> Result<(Vec<String>, usize), String> {
+    let mut depth = 0;
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut i = open;
+    let mut quote: Option<char> = None;
+    while i < chars.len() {
+        let c = chars[i];
+        if let Some(q) = quote {
+            current.push(c);
+            if c == '\\' && i + 1 < chars.len() {
+                current.push(chars[i + 1]);
+                i += 1;
+            } else if c == q {
+                quote = None;
+            }
+        } else {
+            match c {
+                '\'' | '"' => {
+                    quote = Some(c);
+                    current.push(c);
+                }
+                '(' | '[' => {
+                    if depth > 0 {
+                        current.push(c);
+                    }
+                    depth += 1;
+                }
+                ')' | ']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        if !current.trim().is_empty() {
+                            args.push(rewrite_expr(current.trim())?);
+                        }
+                        return Ok((args, i + 1));
+                    }
+                    current.push(c);
+                }
+                ',' if depth == 1 => {
+                    args.push(rewrite_expr(current.trim())?);
+                    current.clear();
+                }
+                _ => current.push(c),
+            }
+        }
+        i += 1;
+    }
+    Err("a call without its closing `)`".into())
+}
+
+fn rewrite_call(f: &str, args: &[String]) -> Result<String, String> {
+    let one = |filter: &str| match args {
+        [a] => Ok(format!("({a}) | {filter}")),
+        _ => Err(format!("{f}() takes one argument here")),
+    };
+    match (f, args) {
+        ("result" | "succeeded" | "failed", []) => Ok(format!("{f}()")),
+        ("length", _) => one("length"),
+        (
+            "lower" | "upper" | "trim" | "abs" | "round" | "sum" | "sort" | "unique" | "min" | "max" | "int"
+            | "string" | "bool",
+            _,
+        ) => one(f),
+        ("number", _) => one("float"),
+        ("reversed", _) => one("reverse | list"),
+        ("keys", _) => one("list"),
+        ("join", [a, sep]) => Ok(format!("({a}) | join({sep})")),
+        ("split", [s, sep]) => Ok(format!("({s}) | split({sep})")),
+        ("replace", [s, a, b]) => Ok(format!("({s}) | replace({a}, {b})")),
+        ("contains", [hay, needle]) => Ok(format!("(({needle}) in ({hay}))")),
+        ("range", _) => Ok(format!("range({})", args.join(", "))),
+        _ => Err(format!("the function {f}() is not translated")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,6 +883,56 @@ mod tests {
         );
         let bad = rule(json!({"action_ref": "a"}));
         assert!(matches!(translate_rule(&bad, "p"), Translated::Invalid(f, _) if f == "trigger_ref"));
+    }
+
+    #[test]
+    fn the_originals_expressions_in_this_versions_terms() {
+        for (from, to) in [
+            (" parameters.hosts ", " ctx.hosts "),
+            ("workflow.count + 1", "ctx.count + 1"),
+            ("item.name", "item().name"),
+            ("length(parameters.hosts) > 0 and not done", "(ctx.hosts) | length > 0 and not ctx.done"),
+            ("result().data.items[0]", "result().data.items[0]"),
+            ("succeeded()", "succeeded()"),
+            ("contains(vars.hosts, 'b')", "(('b') in (ctx.hosts))"),
+            ("join(split(x, ','), '-')", "((ctx.x) | split(',')) | join('-')"),
+            ("x == null", "ctx.x == none"),
+            ("'parameters.x'", "'parameters.x'"),
+            ("3.5 * n", "3.5 * ctx.n"),
+        ] {
+            assert_eq!(rewrite_expr(from).unwrap(), to, "{from}");
+        }
+        for bad in ["task.a.result", "index", "config.url", "timed_out()", "values(x)"] {
+            assert!(rewrite_expr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_original_workflow_translates() {
+        let wf = json!({
+            "version": "1.0.0", "ref": "p.w", "vars": {"n": 0},
+            "tasks": [
+                {"name": "a", "action": "p.x", "with_items": "{{ parameters.l }}", "input": {"v": "{{ item }}"},
+                 "next": [{"when": "{{ succeeded() }}", "publish": [{"n": "{{ length(parameters.l) }}"}], "do": ["b"]}],
+                 "retry": {"count": 2, "delay": 1}},
+                {"name": "b", "action": "p.y", "on_failure": "c", "publish": {"m": "{{ n }}"}},
+                {"name": "c", "action": "p.z", "trace_tag_template": "t"}
+            ],
+            "output_map": {"n": "{{ workflow.n }}"}
+        });
+        let (def, unused) = translate_workflow(&wf).unwrap();
+        assert_eq!(def["tasks"]["a"]["with"], json!({"items": "{{ ctx.l }}", "concurrency": 1}));
+        assert_eq!(def["tasks"]["a"]["input"]["v"], "{{ item() }}");
+        assert_eq!(def["tasks"]["a"]["next"][0]["publish"]["n"], "{{ (ctx.l) | length }}");
+        assert_eq!(
+            def["tasks"]["b"]["next"],
+            json!([{"when": "{{ failed() }}", "do": "c"}, {"when": "{{ succeeded() }}", "publish": {"m": "{{ ctx.n }}"}}])
+        );
+        assert_eq!(def["output"], json!({"n": "{{ ctx.n }}"}));
+        assert_eq!(unused, vec!["tasks.c.trace_tag_template"]);
+        attune_workflow::Definition::parse(&def).expect("a valid definition");
+        let parallel = json!({"version": "1", "tasks": [{"name": "a", "type": "parallel", "tasks": []}]});
+        assert!(translate_workflow(&parallel).unwrap_err().contains("type"));
     }
 
     #[test]

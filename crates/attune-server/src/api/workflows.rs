@@ -101,7 +101,7 @@ pub async fn respond(
     if !response.is_object() {
         return Err(ApiError::unprocessable("invalid_response", "response must be a JSON object"));
     }
-    let schema = e.parameters.get("schema").cloned().unwrap_or(Value::Null);
+    let schema = attune_core::action::inquiry_schema(&e.parameters).cloned().unwrap_or(Value::Null);
     if schema.is_object() {
         let v = attune_pack::ParamValidator::compile(&schema).map_err(|m| {
             ApiError::unprocessable(
