@@ -234,12 +234,12 @@ async fn scenario(db: TestDb) {
     }
     let greeted = wait_for("the rule's execution", Duration::from_secs(30), || async {
         let l = client.list_executions("action_ref=legacy_ops.greet&status=succeeded").await.ok()?;
-        l.items.into_iter().find(|e| e.parameters["name"] == "db2")
+        l.items.into_iter().find(|e| e.parameters["name"] == "hello db2")
     })
     .await;
-    assert!(greeted.stdout.starts_with("hello db2\n"), "{}", greeted.stdout);
+    assert!(greeted.stdout.starts_with("hello hello db2\n"), "pack.config.greeting: {}", greeted.stdout);
     let all = client.list_executions("action_ref=legacy_ops.greet").await.unwrap().items;
-    assert!(all.iter().all(|e| e.parameters["name"] != "db1"), "severity low does not match");
+    assert!(all.iter().all(|e| e.parameters["name"] != "hello db1"), "severity low does not match");
     let rules = client.list_rules().await.unwrap();
     let timer = rules.iter().find(|r| r.rule_ref.as_str() == "legacy_ops.every_minute").unwrap();
     assert_eq!(timer.trigger.type_ref.as_str(), "core.interval");

@@ -164,6 +164,10 @@ pub struct Rule {
     pub action: RuleAction,
     #[serde(default)]
     pub overlap: Overlap,
+    /// Its pack's configuration (`config` in `pack.yaml`) as loaded with it: `{{ pack.config.x }}`
+    /// in its parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_config: Option<Value>,
 }
 
 /// Something that happened: a webhook call, a timer's tick, an emitted or sensed event.

@@ -598,6 +598,7 @@ fn read_rule_doc(mut doc: Doc<'_>, pack: &PackMeta, triggers: &[TriggerType], be
         criteria,
         action,
         overlap,
+        pack_config: pack.config.clone(),
     })
 }
 

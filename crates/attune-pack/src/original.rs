@@ -200,9 +200,11 @@ pub(crate) fn translate_rule(m: &Map<String, Value>, pack: &str) -> Translated {
         r => (r.to_owned(), Value::Object(params)),
     };
     let action_params = Value::Object(action_params);
-    if let Some(what) = ["pack.config", "system."].into_iter().find(|w| uses_in_template(&action_params, w)) {
+    if let Some(what) =
+        ["system.rule.id", "keystore"].into_iter().find(|w| uses_in_template(&action_params, w))
+    {
         return Skip(format!(
-            "its action_params use {{{{ {what}… }}}}, which this version's rule templates do not provide (they have event and rule)"
+            "its action_params use {{{{ {what}… }}}}, which this version's rule templates do not provide (they have event, pack.config, system.timestamp and system.rule.ref)"
         ));
     }
     let mut criteria = Map::new();
@@ -872,9 +874,13 @@ mod tests {
             rule(json!({"trigger_ref": "t", "action_ref": "a", "conditions": {"expression": "{{ true }}"}}));
         assert!(matches!(translate_rule(&skip, "p"), Translated::Skip(_)));
         let skip = rule(
+            json!({"trigger_ref": "t", "action_ref": "a", "action_params": {"x": "{{ system.rule.id }}"}}),
+        );
+        assert!(matches!(translate_rule(&skip, "p"), Translated::Skip(w) if w.contains("system.rule.id")));
+        let kept = rule(
             json!({"trigger_ref": "t", "action_ref": "a", "action_params": {"x": "{{ pack.config.url }}"}}),
         );
-        assert!(matches!(translate_rule(&skip, "p"), Translated::Skip(w) if w.contains("pack.config")));
+        assert!(matches!(translate_rule(&kept, "p"), Translated::Rule(..)));
         let bad = rule(
             json!({"trigger_ref": "t", "action_ref": "a", "conditions": [{"field": "x", "operator": "like"}]}),
         );

@@ -80,9 +80,13 @@ pub enum Decision {
 }
 
 /// The values templates and criteria see: `event` (`id`, `trigger`, `parameters`, `payload`,
-/// `source`, `late`, `created_at`) and `rule` (`ref`, `pack`, `description`).
+/// `source`, `late`, `created_at`), `rule` (`ref`, `pack`, `description`), `pack` (`ref`, `config`:
+/// its pack's configuration) and, for packs written for the original Attune, `system`
+/// (`timestamp`: the event's time, no clock is read; `rule.ref`).
 pub fn context(rule: &Rule, event: &TriggerEvent) -> Value {
     json!({
+        "pack": {"ref": rule.pack, "config": rule.pack_config.clone().unwrap_or_else(|| json!({}))},
+        "system": {"timestamp": event.created_at, "rule": {"ref": rule.rule_ref}},
         "event": {
             "id": event.id,
             "trigger": event.trigger,

@@ -36,6 +36,7 @@ fn rule(criteria: Vec<Criterion>, parameters: Value) -> Rule {
         criteria,
         action: RuleAction { action_ref: ActionRef::parse("core.local").unwrap(), parameters },
         overlap: Overlap::Allow,
+        pack_config: None,
     }
 }
 
