@@ -246,3 +246,42 @@ async fn scenario(db: TestDb) {
     assert_eq!(timer.trigger.parameters, json!({"seconds": 60}));
     assert!(!timer.enabled);
 }
+
+/// `attune up` says which packs loaded (and that one has notes) and which were refused, with the
+/// first error of each; a pack directory with no pack in it is reported as such.
+#[test]
+fn up_says_which_packs_loaded_and_which_were_refused() {
+    let broken = tempfile::tempdir().unwrap();
+    let b = broken.path().join("broken");
+    std::fs::create_dir_all(b.join("actions")).unwrap();
+    std::fs::write(b.join("pack.yaml"), "ref: broken\nversion: 1\n").unwrap();
+    std::fs::write(b.join("actions/x.yaml"), "ref: x\nruntime: cobol\nentry_point: x\n").unwrap();
+    std::fs::write(b.join("actions/y.yaml"), "ref: y\nrunner_type: fortran\nentry_point: y\n").unwrap();
+    let up = |dirs: String| {
+        let data = tempfile::tempdir().unwrap();
+        let dd = data.path().display().to_string();
+        let mut p = attune_testkit::Proc::spawn(
+            "attune up",
+            common::BIN,
+            &["up", "--listen", "127.0.0.1:0", "--data-dir", &dd],
+            &[("ATTUNE__PACKS__DIRS", dirs.as_str())],
+        );
+        p.keep(data);
+        p
+    };
+    let p = up(format!("[{}, {}]", fixtures(), broken.path().display()));
+    let refused = p.wait_line(Duration::from_secs(30), |l| l.contains("refused:").then(|| l.to_owned()));
+    assert!(refused.contains("broken/actions/x.yaml") && refused.contains("cobol"), "{refused}");
+    assert!(refused.contains("(and 1 more)"), "{refused}");
+    let out = p.output();
+    assert!(out.contains("legacy_ops (8 actions, 2 rules, "), "{out}");
+    assert!(out.contains("notes: attune pack show legacy_ops"), "{out}");
+    drop(p);
+    let empty = tempfile::tempdir().unwrap();
+    let p = up(format!("[{}]", empty.path().display()));
+    let line = p.wait_line(Duration::from_secs(30), |l| l.contains("Packs").then(|| l.to_owned()));
+    assert!(
+        line.contains("none found in") && line.contains("a pack is a directory with a pack.yaml"),
+        "{line}"
+    );
+}

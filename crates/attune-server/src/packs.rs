@@ -35,15 +35,19 @@ pub async fn load_dirs(store: &Store, dirs: &[impl AsRef<Path>]) -> (Vec<String>
                     Ok(()) => match store.load_pack(&p.meta, content(&p), true, Timestamp::now()).await {
                         Ok(change) => {
                             say_replaced(p.meta.pack_ref.as_str(), &change);
+                            let rules = if p.rules.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", {} rules", p.rules.len())
+                            };
+                            let notes = match p.meta.notes.len() {
+                                0 => String::new(),
+                                n => format!(", {n} notes: attune pack show {}", p.meta.pack_ref),
+                            };
                             loaded.push(format!(
-                                "{} ({} actions{})",
+                                "{} ({} actions{rules}{notes})",
                                 p.meta.pack_ref,
-                                p.actions.len(),
-                                if p.rules.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!(", {} rules", p.rules.len())
-                                }
+                                p.actions.len()
                             ));
                         }
                         Err(e) => problems.push(format!("{}: {e}", dir.display())),
