@@ -79,6 +79,7 @@ async fn scenario(db: TestDb) {
         "policies/one_deploy.yaml",
         "permission_sets/operator.yaml",
         "sensors/host_watch.yaml",
+        "sensors/timer.yaml",
         "rules/by_expression.yaml",
         "actions/audit.yaml",
         "legacy_ops.rollout",
@@ -127,6 +128,14 @@ async fn scenario(db: TestDb) {
     let r = probe.rate_limit.clone().expect("the policy's rate limit");
     assert_eq!((r.per_second, r.burst), (10.0, Some(100)));
     assert_eq!(note("policies/one_deploy.yaml")["keys"], json!(["name", "priority"]));
+    // Its sensor loads, disabled (its program speaks the original's protocol), with its trigger
+    // qualified and `config` as its parameters; one feeding the original's timers is skipped.
+    let sensor = client.get_sensor("legacy_ops.host_watch").await.unwrap();
+    assert!(!sensor.effective_enabled);
+    assert_eq!(sensor.sensor.runtime, attune_core::Runtime::Native);
+    assert_eq!(sensor.sensor.trigger_types[0].as_str(), "legacy_ops.host_down");
+    assert_eq!(note("sensors/host_watch.yaml")["keys"], json!(["poll_interval"]));
+    assert!(note("sensors/timer.yaml")["note"].as_str().unwrap().contains("built into this version"));
 
     let _worker = common::worker("w1", &url, &env);
     let run = |action: &str, parameters: Value| {

@@ -614,23 +614,33 @@ fn read_sensor(
     let allowed = keys(&[SENSOR_FIELDS, original::SENSOR_KEYS]);
     let mut doc = Doc::open(file, errors, &allowed)?;
     if !doc.map.contains_key("runtime") {
-        // The original's sensors (`runner_type`, native by default) talk to its API and notifier;
-        // this version's write events as JSON lines on stdout. Reported, not run.
+        // The original's sensor (`runner_type`, native by default): loaded disabled, since its
+        // program talks to the original's API and notifier while this version's sensors write one
+        // JSON event per line on stdout; or skipped when it cannot be loaded at all.
         let r = doc.string("ref", false).unwrap_or_default();
-        let timers = doc.map.get("trigger_types").or(doc.map.get("trigger_type")).is_some_and(|t| {
-            t.to_string().contains("core.intervaltimer") || t.to_string().contains("core.crontimer")
-        });
-        let why = if timers {
-            "timers are built into this version (core.interval, core.cron, core.datetime); rules on the original's timer triggers are translated to them"
-        } else {
-            "the original's sensors talk to its API and notifier; this version's write one JSON event per line on stdout (runtime, entry_point, trigger_types), so it must be rewritten"
-        };
-        notes.push(PackNote {
-            file: rel(file),
-            keys: Vec::new(),
-            note: format!("skipped sensor {r}: {why}"),
-        });
-        return None;
+        match original::translate_sensor(&doc.map, pack.pack_ref.as_str(), dir_abs) {
+            Ok((map, unused)) => {
+                notes.push(PackNote {
+                    file: rel(file),
+                    keys: unused,
+                    note: format!(
+                        "sensor {r} loaded disabled: the original's sensors talk to its API and notifier, this \
+                         version's write one JSON event per line on stdout; enable it (attune sensor enable) once \
+                         its program does. The other keys are not used by this version"
+                    ),
+                });
+                let Doc { errors, .. } = doc;
+                doc = Doc::new(file, map, errors, SENSOR_FIELDS);
+            }
+            Err(why) => {
+                notes.push(PackNote {
+                    file: rel(file),
+                    keys: Vec::new(),
+                    note: format!("skipped sensor {r}: {why}"),
+                });
+                return None;
+            }
+        }
     }
     if let Some(k) = original::SENSOR_KEYS.iter().find(|k| doc.map.contains_key(**k)) {
         doc.err(k, "is the original Attune's sensor key; this version's sensors take ref, description, enabled, runtime, entry_point, trigger_types, parameters");

@@ -102,6 +102,65 @@ pub(crate) const SENSOR_KEYS: &[&str] = &[
     "examples",
 ];
 
+/// An original sensor as this version's sensor document, disabled (`read_sensor` says why), with
+/// the keys it does not use; `Err` when it cannot be loaded: it feeds the original's timer
+/// triggers (built in here) or its program is not in the pack.
+pub(crate) fn translate_sensor(
+    m: &Map<String, Value>,
+    pack: &str,
+    dir: &std::path::Path,
+) -> Result<(Map<String, Value>, Vec<String>), String> {
+    let qualify = |r: &str| if r.contains('.') { r.to_owned() } else { format!("{pack}.{r}") };
+    let types: Vec<String> = match (m.get("trigger_types"), m.get("trigger_type")) {
+        (Some(Value::Array(a)), _) => a.iter().filter_map(Value::as_str).map(qualify).collect(),
+        (_, Some(Value::String(t))) => vec![qualify(t)],
+        _ => return Err("it names no trigger_types".into()),
+    };
+    if let Some(t) = types.iter().find(|t| t.starts_with("core.")) {
+        return Err(format!(
+            "it feeds {t}; the original's timers are built into this version (core.interval, core.cron, \
+             core.datetime) and rules on them are translated"
+        ));
+    }
+    let runner = m.get("runner_type").and_then(Value::as_str).unwrap_or("native");
+    let Some(runtime) = runner_type(runner) else {
+        return Err(format!("its runner_type {runner:?} is none of {RUNNER_TYPES}"));
+    };
+    let Some(entry) = m.get("entry_point").and_then(Value::as_str) else {
+        return Err("it has no entry_point".into());
+    };
+    let program = dir.join("sensors").join(entry);
+    if !crate::check::entry_point_is_contained(entry) || !program.is_file() {
+        return Err(format!("its program sensors/{entry} is not in the pack"));
+    }
+    let mut out = Map::new();
+    for k in ["ref", "description"] {
+        if let Some(v) = m.get(k) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    out.insert("enabled".into(), Value::Bool(false));
+    out.insert("runtime".into(), Value::String(runtime.as_str().into()));
+    out.insert("entry_point".into(), Value::String(entry.into()));
+    out.insert("trigger_types".into(), serde_json::json!(types));
+    out.insert(
+        "parameters".into(),
+        m.get("config").filter(|c| c.is_object()).cloned().unwrap_or(serde_json::json!({})),
+    );
+    let used = [
+        "ref",
+        "description",
+        "enabled",
+        "runner_type",
+        "entry_point",
+        "trigger_types",
+        "trigger_type",
+        "config",
+    ];
+    let unused = m.keys().filter(|k| !used.contains(&k.as_str())).cloned().collect();
+    Ok((out, unused))
+}
+
 /// What became of an original rule.
 pub(crate) enum Translated {
     /// This version's rule document, and the original keys it does not use.
