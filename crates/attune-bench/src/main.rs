@@ -3,9 +3,9 @@
 //! Celery when asked, and prints one Markdown table plus a JSON file. It reports numbers; it asserts
 //! nothing (tests do that).
 
-mod celery;
 mod cluster;
 mod events;
+mod peers;
 mod report;
 mod workloads;
 
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Benchmark Attune against the machine's limits and Celery")]
+#[command(about = "Benchmark Attune against the machine's limits, Celery and Procrastinate")]
 pub struct Args {
     /// Smaller counts (about two minutes).
     #[arg(long, conflicts_with = "full")]
@@ -28,10 +28,10 @@ pub struct Args {
     /// PostgreSQL server for the postgres backend (a database is created per run and dropped).
     #[arg(long, env = "ATTUNE_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432")]
     pg: String,
-    /// Skip the Celery comparison.
+    /// Skip the peers (Celery with Redis, Procrastinate with PostgreSQL).
     #[arg(long)]
     no_celery: bool,
-    /// Worker processes (Attune and Celery alike).
+    /// Worker processes (Attune and its peers alike).
     #[arg(long, default_value_t = 2)]
     workers: u32,
     /// Tasks each Attune worker process runs at once.
@@ -125,11 +125,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         results.backends.push(r);
     }
     if !args.no_celery {
-        match celery::run(&args, sizes).await {
+        match peers::celery(&args, sizes).await {
             Ok(c) => results.celery = Some(c),
             Err(e) => {
                 eprintln!("celery comparison skipped: {e:#}");
                 results.celery_error = Some(format!("{e:#}"));
+            }
+        }
+        match peers::procrastinate(&args, sizes).await {
+            Ok(c) => results.pg_peer = Some(c),
+            Err(e) => {
+                eprintln!("procrastinate comparison skipped: {e:#}");
+                results.pg_peer_error = Some(format!("{e:#}"));
             }
         }
     }

@@ -72,6 +72,14 @@ pub struct CeleryResult {
     pub chord_per_sec: Option<f64>,
 }
 
+/// The PostgreSQL-backed peer (Procrastinate): no-op and shell throughput.
+#[derive(Debug, Serialize)]
+pub struct PgPeerResult {
+    pub version: String,
+    pub noop_per_sec: f64,
+    pub shell_per_sec: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Results {
     pub mode: String,
@@ -83,6 +91,8 @@ pub struct Results {
     pub backends: Vec<BackendResult>,
     pub celery: Option<CeleryResult>,
     pub celery_error: Option<String>,
+    pub pg_peer: Option<PgPeerResult>,
+    pub pg_peer_error: Option<String>,
 }
 
 fn machine() -> String {
@@ -118,6 +128,8 @@ impl Results {
             backends: Vec::new(),
             celery: None,
             celery_error: None,
+            pg_peer: None,
+            pg_peer_error: None,
         }
     }
 
@@ -134,6 +146,9 @@ impl Results {
         if self.celery.is_some() {
             out += " Celery (Redis) |";
         }
+        if self.pg_peer.is_some() {
+            out += " Procrastinate (PostgreSQL) |";
+        }
         out += "\n|---|---|";
         for _ in &self.backends {
             out += "---|";
@@ -141,8 +156,21 @@ impl Results {
         if self.celery.is_some() {
             out += "---|";
         }
+        if self.pg_peer.is_some() {
+            out += "---|";
+        }
         out += "\n";
         let c = self.celery.as_ref();
+        let pg = self.pg_peer.as_ref();
+        // The PostgreSQL peer's cells, by row: no-op, shell, shell as a share of raw spawns.
+        let pg_cells = pg.map(|p| {
+            [
+                format!("{:.0}", p.noop_per_sec),
+                format!("{:.0}", p.shell_per_sec),
+                format!("{:.0} %", p.shell_per_sec / self.spawn_rate * 100.0),
+            ]
+        });
+        let mut n = 0;
         let mut row = |name: &str, target: &str, cells: Vec<String>, celery: Option<String>| {
             out += &format!("| {name} | {target} |");
             for x in cells {
@@ -153,12 +181,16 @@ impl Results {
             } else if c.is_some() {
                 out += " |";
             }
+            if let Some(p) = &pg_cells {
+                out += &format!(" {} |", p.get(n).map(String::as_str).unwrap_or(""));
+            }
+            n += 1;
             out += "\n";
         };
         let b = &self.backends;
         row(
             &format!("builtin no-op, executions/s ({})", self.sizes.noop),
-            "≥ 3,000 SQLite, ≥ 2,000 PG, ≥ 2× Celery",
+            "≥ 3,000 SQLite, ≥ 2,000 PG, ≥ 2× Celery; PG ahead of Procrastinate",
             b.iter().map(|x| f(x.noop_per_sec, 0)).collect(),
             c.map(|c| format!("{:.0}", c.noop_per_sec)),
         );
@@ -274,6 +306,15 @@ impl Results {
         }
         if let Some(e) = &self.celery_error {
             out += &format!("\nCelery not measured: {e}\n");
+        }
+        if let Some(p) = pg {
+            out += &format!(
+                "\nProcrastinate {} on the same PostgreSQL, {} worker processes × {} slots, async tasks.\n",
+                p.version, self.worker_processes, self.worker_concurrency
+            );
+        }
+        if let Some(e) = &self.pg_peer_error {
+            out += &format!("\nProcrastinate not measured: {e}\n");
         }
         out
     }
