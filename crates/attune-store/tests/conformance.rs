@@ -1345,6 +1345,18 @@ async fn concurrency_limits_hold_per_key(db: &TestDb) {
     let got = ids(s.claim(w, "w", &[Runtime::Shell], 10, now, until(t as u64 + 1)).await.unwrap());
     assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![a2], "the next of prod, not a3");
     assert_eq!(s.open_with_concurrency_key("t.deploy/prod").await.unwrap(), vec![a2, a3]);
+    // A limit of 2: a claim of one takes the oldest, the next claim only the second.
+    let wide = |t: u64| {
+        let new = NewExecution { concurrency: Some(("t.deploy/wide".into(), 2)), ..plain(&a) };
+        let s = &s;
+        async move { s.create_executions(vec![new], at(t)).await.unwrap().remove(0).unwrap().id }
+    };
+    let later = t as u64 + 2;
+    let (w1, w2, _w3) = (wide(later).await, wide(later + 1).await, wide(later + 2).await);
+    let got = ids(s.claim(w, "w", &[Runtime::Shell], 1, at(later + 3), until(later + 3)).await.unwrap());
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![w1], "max 1: the oldest");
+    let got = ids(s.claim(w, "w", &[Runtime::Shell], 10, at(later + 3), until(later + 3)).await.unwrap());
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![w2], "one slot left of two");
 }
 
 /// Issue 16: a rate-limited execution starts only with a token from its key's bucket, which holds
