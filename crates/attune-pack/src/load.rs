@@ -109,19 +109,12 @@ fn keys(lists: &[&[&'static str]]) -> Vec<&'static str> {
     out
 }
 
-/// `file` relative to its pack directory, for notes (`pack.yaml`, `actions/http.yaml`).
+/// `file` relative to its pack directory, for notes (`pack.yaml`, `actions/http.yaml`): every
+/// file a note names is the manifest or one directly in a directory of the pack.
 fn rel(file: &Path) -> String {
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     match file.parent().and_then(|p| p.file_name()).and_then(|d| d.to_str()) {
-        Some(d)
-            if d != "."
-                && file
-                    .parent()
-                    .and_then(|p| p.parent())
-                    .is_some_and(|pp| pp.join("pack.yaml").is_file()) =>
-        {
-            format!("{d}/{name}")
-        }
+        Some(d) if name != "pack.yaml" => format!("{d}/{name}"),
         _ => name,
     }
 }
@@ -207,6 +200,32 @@ impl<'a> Doc<'a> {
             doc.err(&k, format!("unknown field; expected one of: {}", allowed.join(", ")));
         }
         doc
+    }
+
+    /// A schema given under either of two names (this version's and the original's, equal if
+    /// both), flat or JSON Schema (`original::flat_to_schema`), that must compile.
+    fn schema_under(&mut self, name: &str, alias: &str) -> Option<Value> {
+        let (k, v) = match original::one_of(&self.map, name, alias) {
+            Ok(found) => found?,
+            Err(e) => {
+                self.err(alias, e);
+                return None;
+            }
+        };
+        let schema = match original::flat_to_schema(&k, &v) {
+            Ok(schema) => schema,
+            Err((field, message)) => {
+                self.err(&field, message);
+                return None;
+            }
+        };
+        match crate::ParamValidator::compile(&schema) {
+            Ok(_) => Some(schema),
+            Err(e) => {
+                self.err(&k, format!("is not a valid schema: {e}"));
+                None
+            }
+        }
     }
 
     /// The keys of `list` this document has, for a "not used by this version" note.
@@ -805,26 +824,7 @@ fn read_manifest(
             None
         }
     };
-    let conf_schema = match original::one_of(&doc.map, "conf_schema", "config_schema") {
-        Ok(Some((k, v))) => match original::flat_to_schema(&k, &v) {
-            Ok(schema) => match crate::ParamValidator::compile(&schema) {
-                Ok(_) => Some(schema),
-                Err(e) => {
-                    doc.err(&k, format!("is not a valid schema: {e}"));
-                    None
-                }
-            },
-            Err((field, message)) => {
-                doc.err(&field, message);
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(e) => {
-            doc.err("config_schema", e);
-            None
-        }
-    };
+    let conf_schema = doc.schema_under("conf_schema", "config_schema");
     let config = match doc.map.get("config").cloned() {
         None | Some(Value::Null) => None,
         Some(c @ Value::Object(_)) => {
@@ -960,25 +960,7 @@ fn read_action(
         }
         obj.entry("properties").or_insert_with(|| Value::Object(Map::new()));
     }
-    let output_schema = match original::one_of(&doc.map, "output", "output_schema") {
-        Ok(Some((k, v))) => match original::flat_to_schema(&k, &v) {
-            Ok(schema) => {
-                if let Err(e) = crate::ParamValidator::compile(&schema) {
-                    doc.err(&k, format!("is not a valid schema: {e}"));
-                }
-                Some(schema)
-            }
-            Err((f, m)) => {
-                doc.err(&f, m);
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(e) => {
-            doc.err("output_schema", e);
-            None
-        }
-    };
+    let output_schema = doc.schema_under("output", "output_schema");
     let enabled = doc.flag("enabled", true);
     let parameter_delivery: ParameterDelivery =
         doc.typed("parameter_delivery", "stdin, file or env").unwrap_or_default();

@@ -138,17 +138,16 @@ async fn run_process(
     }
     // The original Attune ran every shell script with bash, in the pack's directory.
     let original = a.dialect == Dialect::Original;
-    let interpreter = match interpreter(a.runtime) {
-        Some(_) if original && a.runtime == Runtime::Shell => {
-            if !Path::new(BASH).is_file() {
-                return failed(json!({
-                    "error": format!("{} is written for the original Attune, which runs shell scripts with bash; {BASH} is not on this worker", a.action_ref),
-                    "worker_error": "bash_missing",
-                }));
-            }
-            Some(BASH)
+    let interpreter = if original && a.runtime == Runtime::Shell {
+        if !Path::new(BASH).is_file() {
+            return failed(json!({
+                "error": format!("{} is written for the original Attune, which runs shell scripts with bash; {BASH} is not on this worker", a.action_ref),
+                "worker_error": "bash_missing",
+            }));
         }
-        i => i,
+        Some(BASH)
+    } else {
+        interpreter(a.runtime)
     };
     let (program, args) = match interpreter {
         Some(i) => (PathBuf::from(i), vec![entry.display().to_string()]),
