@@ -770,11 +770,12 @@ async fn an_exiting_sensor_is_restarted_with_backoff() {
     assert_eq!((ticker.status, ticker.events), (SensorStatus::Disabled, 0));
 }
 
-/// `attune worker --label …` against the cluster, once registered.
-fn labelled_worker(c: &Cluster, name: &str, labels: &[&str]) -> Proc {
+/// `attune worker --label …` against the server at `url` (the cluster's, or a replica's), once
+/// registered.
+fn labelled_worker(c: &Cluster, url: &str, name: &str, labels: &[&str]) -> Proc {
     let mut env = c.env.clone();
-    env.push(("ATTUNE__WORKER__TOKEN".into(), common::tokens(&c.url).enroll));
-    let mut args = vec!["--server", c.url.as_str(), "worker", "--name", name];
+    env.push(("ATTUNE__WORKER__TOKEN".into(), common::tokens(url).enroll));
+    let mut args = vec!["--server", url, "worker", "--name", name];
     for l in labels {
         args.extend(["--label", l]);
     }
@@ -789,8 +790,8 @@ fn labelled_worker(c: &Cluster, name: &str, labels: &[&str]) -> Proc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_routing_and_per_execution_schedule_timeouts() {
     let c = Cluster::start(TestDb::sqlite(), &[("ATTUNE__EXECUTOR__TIMEOUT_CHECK_INTERVAL", "250ms")]);
-    let _eu = labelled_worker(&c, "w-eu", &["region=eu", "tier=gold"]);
-    let _us = labelled_worker(&c, "w-us", &["region=us"]);
+    let _eu = labelled_worker(&c, &c.url, "w-eu", &["region=eu", "tier=gold"]);
+    let _us = labelled_worker(&c, &c.url, "w-us", &["region=us"]);
     let out = common::cli(&c.url, &["worker", "--label", "bad name=1"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("--label"), "{}", out.stderr);
@@ -916,25 +917,29 @@ fn never_two_at_once(by_key: std::collections::BTreeMap<String, Vec<(i64, i64, U
 }
 
 /// Issue 16: the same limit across two replicas on one PostgreSQL database, each with its own
-/// workers and its own submissions: the claims of both replicas share the per-key slot (advisory
-/// locks in the claim), so the history still never shows two deploys to one environment at once.
+/// workers: the claims of both replicas share the per-key slot (advisory locks in the claim), so
+/// the history still never shows two deploys to one environment at once. Half of each
+/// environment's deploys may run only on replica A's workers and half only on B's (labels), so
+/// both replicas claim under every key; each is submitted to the other replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_limit_holds_across_two_replicas() {
     let c = Cluster::start(TestDb::postgres().await, &[]);
     let (_replica, url_b) = common::server("replica", "127.0.0.1:0", &c.db_url, &c.env);
     common::remember_tokens_as(&url_b, common::tokens(&c.url));
     let client_b = common::client(&url_b);
-    let _a = [c.worker("a1", &[]), c.worker("a2", &[])];
-    let _b = [common::worker("b1", &url_b, &c.env), common::worker("b2", &url_b, &c.env)];
+    let _a = [labelled_worker(&c, &c.url, "a1", &["side=a"]), labelled_worker(&c, &c.url, "a2", &["side=a"])];
+    let _b = [labelled_worker(&c, &url_b, "b1", &["side=b"]), labelled_worker(&c, &url_b, "b2", &["side=b"])];
     let mut ids = Vec::new();
     for i in 0..20 {
         let env = if i % 2 == 0 { "staging" } else { "prod" };
+        let side = if i % 4 < 2 { "a" } else { "b" };
         let req = CreateExecution {
             action_ref: "examples.deploy".into(),
             parameters: Some(json!({"environment": env, "version": format!("2.{i}"), "seconds": 0.2})),
+            worker_selector: Some(json!({"side": side})),
             ..Default::default()
         };
-        let client = if i % 4 < 2 { &c.client } else { &client_b };
+        let client = if side == "a" { &client_b } else { &c.client };
         ids.push(client.create_execution(&req).await.unwrap().id);
     }
     let mut by_env: std::collections::BTreeMap<String, Vec<(i64, i64, Uuid)>> = Default::default();
