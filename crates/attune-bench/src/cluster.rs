@@ -158,6 +158,8 @@ impl Cluster {
             ("ATTUNE__EXECUTOR__HEARTBEAT_CHECK_INTERVAL".into(), "250ms".into()),
             ("ATTUNE__PACKS__DIRS".into(), format!("[{}, {}]", packs_dir(), dir.join("packs").display())),
             ("ATTUNE__DATABASE__MAX_CONNECTIONS".into(), "16".into()),
+            // The workers' pack versions (the server gets --data-dir of its own).
+            ("ATTUNE__DATA_DIR".into(), dir.join("workers").display().to_string()),
         ];
         let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let (server, url) = start_server(&db_url, &dir.join("server"), &envs)?;

@@ -28,9 +28,11 @@ pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
 
 #[derive(Subcommand)]
 pub enum PackCmd {
-    /// Have the server (re)load a pack directory it has: DIR is a directory under the server's
-    /// packs.dirs (its name, or its path there). The server reads and checks pack.yaml and
-    /// actions/*.yaml itself; when DIR exists here too it is checked here first.
+    /// Load (or reload) a pack. When DIR is a pack directory here, it is checked here and sent
+    /// as its content (one archive): the server checks it again and stores it by its sha256,
+    /// keeping earlier versions for executions already queued; workers fetch it from the server,
+    /// so no directory is shared. The same content again changes nothing. Otherwise DIR names a
+    /// pack directory the server has under its packs.dirs.
     Load {
         dir: PathBuf,
         /// Also remove actions gone from the pack's files, and take the pack over if it was loaded
@@ -38,10 +40,11 @@ pub enum PackCmd {
         #[arg(long)]
         replace: bool,
     },
-    /// List loaded packs.
+    /// List loaded packs, with the digest and size of their current version.
     List,
-    /// Show one pack: its manifest, configuration, actions, and what was accepted without being
-    /// used or skipped (packs written for the original Attune).
+    /// Show one pack: its manifest, configuration, stored versions (digest, size, which one is
+    /// current), actions, and what was accepted without being used or skipped (packs written
+    /// for the original Attune).
     Show { pack_ref: String },
 }
 
@@ -149,16 +152,19 @@ pub fn parse_labels(words: &[String], flag: &str) -> anyhow::Result<Value> {
 pub async fn pack(ctx: &Ctx, c: PackCmd) -> anyhow::Result<i32> {
     match c {
         PackCmd::Load { dir, replace } => {
-            // On the server's machine the directory is checked here first, for located errors
-            // before a round trip; the server checks it again whatever this says.
-            let sent = match std::fs::canonicalize(&dir) {
+            // A pack directory here is checked here first (located errors before a round trip),
+            // then sent as its content; the server checks it again whatever this says. Anything
+            // else names a directory the server has under its packs.dirs.
+            let loaded = match std::fs::canonicalize(&dir) {
                 Ok(real) if real.join("pack.yaml").is_file() => {
                     attune_pack::load_pack_dir(&real).map_err(|e| usage(format!("pack not loaded:\n{e}")))?;
-                    real.display().to_string()
+                    let archive = attune_pack::archive::build(&real)
+                        .map_err(|e| usage(format!("pack not loaded: {}: {e}", real.display())))?;
+                    let source = real.display().to_string();
+                    ctx.client.upload_pack(archive, replace, Some(&source)).await?
                 }
-                _ => dir.display().to_string(),
+                _ => ctx.client.load_pack(&LoadPack { dir: dir.display().to_string(), replace }).await?,
             };
-            let loaded = ctx.client.load_pack(&LoadPack { dir: sent, replace }).await?;
             print(ctx.output, &loaded, || {
                 let mut t = Table::new(vec!["PACK", "KIND", "REF", "CHANGE"]);
                 let p = || loaded.pack_ref.clone();
@@ -181,17 +187,32 @@ pub async fn pack(ctx: &Ctx, c: PackCmd) -> anyhow::Result<i32> {
                 for n in &loaded.notes {
                     t.row(vec![p(), "note".into(), n.file.clone(), note_text(n)]);
                 }
+                let version = if loaded.unchanged {
+                    "unchanged: this content was loaded already".to_owned()
+                } else {
+                    format!("stored ({} bytes)", loaded.size)
+                };
+                t.row(vec![p(), "version".into(), loaded.digest.clone(), version]);
                 t
             })?;
         }
         PackCmd::Show { pack_ref } => {
-            let packs = ctx.client.list_packs().await?;
-            let Some(p) = packs.into_iter().find(|p| p.meta.pack_ref.as_str() == pack_ref) else {
-                anyhow::bail!("no pack {pack_ref:?} is loaded (attune pack list shows those that are)");
+            if attune_core::PackRef::parse(&pack_ref).is_err() {
+                return Err(usage(format!(
+                    "{pack_ref:?} is not a pack name (attune pack list shows those loaded)"
+                )));
+            }
+            let detail = match ctx.client.get_pack(&pack_ref).await {
+                Err(e) if e.status() == Some(404) => {
+                    anyhow::bail!("no pack {pack_ref:?} is loaded (attune pack list shows those that are)")
+                }
+                r => r?,
             };
+            let versions = detail.versions;
+            let p = detail.summary;
             let actions: Vec<_> =
                 ctx.client.list_actions().await?.into_iter().filter(|a| a.pack == p.meta.pack_ref).collect();
-            let shown = serde_json::json!({"pack": p, "actions": actions});
+            let shown = serde_json::json!({"pack": p, "actions": actions, "versions": versions});
             print(ctx.output, &shown, || {
                 let m = &p.meta;
                 let mut pairs = vec![
@@ -202,6 +223,18 @@ pub async fn pack(ctx: &Ctx, c: PackCmd) -> anyhow::Result<i32> {
                     ("dir", m.dir.clone().unwrap_or_default()),
                     ("loaded_at", p.loaded_at.to_datetime().to_rfc3339()),
                 ];
+                for v in &versions {
+                    let current = if v.current { ", current" } else { "" };
+                    pairs.push((
+                        "version",
+                        format!(
+                            "{} ({} bytes, stored {}{current})",
+                            v.digest,
+                            v.size,
+                            v.stored_at.to_datetime().to_rfc3339()
+                        ),
+                    ));
+                }
                 if let Some(c) = &m.config {
                     pairs.push(("config", c.to_string()));
                 }
@@ -227,12 +260,15 @@ pub async fn pack(ctx: &Ctx, c: PackCmd) -> anyhow::Result<i32> {
         PackCmd::List => {
             let packs = ctx.client.list_packs().await?;
             print(ctx.output, &packs, || {
-                let mut t = Table::new(vec!["REF", "VERSION", "ACTIONS", "DIR", "DESCRIPTION"]);
+                let mut t =
+                    Table::new(vec!["REF", "VERSION", "ACTIONS", "DIGEST", "SIZE", "DIR", "DESCRIPTION"]);
                 for p in &packs {
                     t.row(vec![
                         p.meta.pack_ref.to_string(),
                         p.meta.version.clone(),
                         p.actions.to_string(),
+                        p.meta.digest.as_deref().map(|d| d[..d.len().min(12)].to_owned()).unwrap_or_default(),
+                        p.size.map(|s| s.to_string()).unwrap_or_default(),
                         p.meta.dir.clone().unwrap_or_default(),
                         p.meta.description.clone(),
                     ]);

@@ -13,6 +13,7 @@ mod output;
 mod roles;
 mod settings;
 mod tokens;
+mod watch;
 mod workflows;
 
 use std::path::PathBuf;

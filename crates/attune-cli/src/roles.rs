@@ -31,6 +31,10 @@ pub struct UpArgs {
     /// Use this database instead of SQLite under the data dir (e.g. postgres://postgres@127.0.0.1/attune).
     #[arg(long)]
     database_url: Option<String>,
+    /// Reload a pack under packs.dirs as soon as one of its files changes (for editing packs;
+    /// each change is a new version, as with `attune pack load`).
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Args)]
@@ -99,7 +103,12 @@ async fn open_store(s: &Settings) -> anyhow::Result<Arc<Store>> {
 /// Loads `packs.dirs`: the packs loaded, and the problems (a pack refused, with its first
 /// error; a directory missing).
 async fn load_packs(store: &Store, s: &Settings) -> (Vec<String>, Vec<String>) {
-    let (loaded, problems) = attune_server::packs::load_dirs(store, &s.packs.dirs).await;
+    let (loaded, problems) = attune_server::packs::load_dirs(
+        store,
+        &s.packs.dirs,
+        &attune_server::packs::limits(s.packs.max_archive_bytes),
+    )
+    .await;
     for p in &problems {
         tracing::warn!("pack not loaded: {p}");
     }
@@ -145,6 +154,7 @@ fn worker_options(
         kill_grace: s.worker.kill_grace,
         labels: serde_json::to_value(&s.worker.labels).unwrap_or_default(),
         scratch_dir: scratch,
+        pack_cache: s.data_dir.join("packs"),
         enroll_token: enrollment_token(s),
     }
 }
@@ -249,6 +259,16 @@ pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
         println!("  Token      {} (use it with --token or ATTUNE_TOKEN)", admin.display());
     }
     println!();
+    let watcher = a.watch.then(|| {
+        let token = std::fs::read_to_string(&admin).ok().map(|t| t.trim().to_owned());
+        let client = attune_client::Client::with_trust(&url, &trust).with_token(token);
+        println!(
+            "  Watching   {} (a changed pack is reloaded)",
+            s.packs.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+        println!();
+        tokio::spawn(crate::watch::watch(client, s.packs.dirs.clone(), worker_stop.clone()))
+    });
     println!("Try, in another terminal:");
     println!("  {cmd}{server_flag} run core.echo message=hello --wait");
     println!("Press Ctrl-C to stop.");
@@ -264,6 +284,9 @@ pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
     }
     // Workers first (they drain through the server), then the server.
     worker_stop.cancel();
+    if let Some(w) = watcher {
+        let _ = w.await;
+    }
     while workers.join_next().await.is_some() {}
     server_stop.cancel();
     server_task.await??;

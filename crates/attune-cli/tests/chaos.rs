@@ -779,7 +779,10 @@ fn labelled_worker(c: &Cluster, url: &str, name: &str, labels: &[&str]) -> Proc 
     for l in labels {
         args.extend(["--label", l]);
     }
-    let w = common::spawn(name, &args, &env);
+    let data = tempfile::tempdir().unwrap();
+    env.push(("ATTUNE__DATA_DIR".into(), data.path().display().to_string()));
+    let mut w = common::spawn(name, &args, &env);
+    w.keep(data);
     w.wait_line(Duration::from_secs(30), |l| l.contains("worker registered").then_some(()));
     w
 }

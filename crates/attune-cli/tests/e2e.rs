@@ -127,10 +127,13 @@ fn pack_load_is_an_upsert_and_rejects_broken_packs() {
     let dir = tempfile::tempdir().unwrap();
     let mine = tempfile::tempdir().unwrap();
     let (_p, url) = up_with_packs(&[], dir.path(), &format!("{},{}", packs_dir(), mine.path().display()));
-    // Only directories under packs.dirs load; anything else is refused, exit 2.
+    // A pack directory here is sent as its content, wherever it is; a name that is no directory
+    // here asks the server for one under its packs.dirs, and is refused when it has none: exit 2.
     let elsewhere = tempfile::tempdir().unwrap();
     std::fs::write(elsewhere.path().join("pack.yaml"), "ref: elsewhere\n").unwrap();
     let out = cli(&url, &["pack", "load", &elsewhere.path().display().to_string()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = cli(&url, &["pack", "load", "no-such-pack"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("not a pack directory under the server's packs.dirs"), "{}", out.stderr);
     let pd = &mine.path().join("demo");
@@ -555,4 +558,26 @@ fn the_example_sensor_fires_a_rule() {
     let out = cli(&url, &["sensor", "disable", "examples.disk_watch"]);
     assert!(out.stdout.contains("disabled"), "{}", out.stdout);
     drop(p);
+}
+
+#[test]
+fn up_watch_reloads_a_pack_when_its_files_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = tempfile::tempdir().unwrap();
+    let pd = mine.path().join("live");
+    std::fs::create_dir_all(pd.join("actions")).unwrap();
+    std::fs::write(pd.join("pack.yaml"), "ref: live\n").unwrap();
+    std::fs::write(pd.join("actions/say.yaml"), "ref: say\nruntime: shell\nentry_point: say.sh\n").unwrap();
+    std::fs::write(pd.join("actions/say.sh"), "echo first\n").unwrap();
+    let (p, url) = up_with_packs(&["--watch"], dir.path(), &mine.path().display().to_string());
+    let run = || cli(&url, &["run", "live.say", "--wait", "-o", "json"]).json()["stdout"].clone();
+    assert_eq!(run(), "first\n");
+    std::fs::write(pd.join("actions/say.sh"), "echo second\n").unwrap();
+    // Reloaded by the watcher, without any command: the next run runs the new script.
+    p.wait_line(Duration::from_secs(20), |l| l.contains("watch: reloaded pack live").then_some(()));
+    assert_eq!(run(), "second\n");
+    // A broken edit is reported and changes nothing.
+    std::fs::write(pd.join("actions/say.yaml"), "ref: say\nruntime: shelll\nentry_point: say.sh\n").unwrap();
+    p.wait_line(Duration::from_secs(20), |l| l.contains("not reloaded").then_some(()));
+    assert_eq!(run(), "second\n");
 }

@@ -178,10 +178,11 @@ async fn scenario(db: TestDb) {
     assert!(request.contains("Authorization: Bearer ********") && !request.contains("s3cret"), "{request}");
 
     // No runner_type (shell by default), the older ATTUNE_ACTION_<NAME> names, ATTUNE_EXEC_ID,
-    // ATTUNE_PACK_REF, run in the pack's directory.
+    // ATTUNE_PACK_REF, run in the pack's directory (the worker's copy of the version it runs).
     let e = run("legacy_ops.greet", json!({"name": "Ada", "times": 2})).await;
     done(&e);
-    assert_eq!(e.stdout, format!("hello Ada\nhello Ada\nexec {} in legacy_ops with stdin/json\n", e.id));
+    let version = e.pack_digest.clone().expect("a stored pack version");
+    assert_eq!(e.stdout, format!("hello Ada\nhello Ada\nexec {} in {version} with stdin/json\n", e.id));
     // jsonl keeps the lines that parse; file delivery names ATTUNE_PARAMETER_FILE; JSON after log
     // lines is read from the last line; text where JSON was promised does not fail the run.
     let e = run("legacy_ops.count", json!({"n": 3})).await;

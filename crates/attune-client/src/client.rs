@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use attune_core::{Action, DeadLetter, Execution, Lease, PackSummary, Report, Worker};
+use attune_core::{Action, DeadLetter, Execution, Lease, PackDetail, PackSummary, Report, Worker};
 use reqwest::{Method, StatusCode};
 use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
@@ -149,22 +149,91 @@ impl Client {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| ClientError::Protocol { url: url.clone(), message: format!("{status}: {e}") });
         }
-        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => ClientError::Api {
-                status: status.as_u16(),
-                code: b.error.code,
-                message: b.error.message,
-                details: b.error.details,
-            },
-            Err(_) => ClientError::Api {
-                status: status.as_u16(),
-                code: canonical(status),
-                message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-                details: Vec::new(),
-            },
-        })
+        Err(api_error(status, &bytes))
     }
 
+    fn unreachable(&self, e: &reqwest::Error) -> ClientError {
+        ClientError::Unreachable { url: self.base.clone(), message: error_chain(e) }
+    }
+
+    /// Sends `body` as it is (not JSON) and reads a JSON answer.
+    async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .http
+            .post(&url)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::Protocol { url: url.clone(), message: format!("{status}: {e}") });
+        }
+        Err(api_error(status, &bytes))
+    }
+
+    /// Streams what `path` answers into `sink`, chunk by chunk as it arrives; returns the number of
+    /// bytes. A sink error stops the transfer.
+    async fn get_stream(
+        &self,
+        path: &str,
+        timeout: Duration,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.get(&url).timeout(timeout);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.map_err(|e| self.unreachable(&e))?;
+            return Err(api_error(status, &bytes));
+        }
+        let mut n = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(&e))? {
+            sink(&chunk).map_err(|e| ClientError::Protocol {
+                url: url.clone(),
+                message: format!("cannot keep the download: {e}"),
+            })?;
+            n += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+}
+
+/// The error a failed answer carries: the server's error body, or what it sent instead.
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => ClientError::Api {
+            status: status.as_u16(),
+            code: b.error.code,
+            message: b.error.message,
+            details: b.error.details,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: canonical(status),
+            message: String::from_utf8_lossy(bytes).chars().take(500).collect(),
+            details: Vec::new(),
+        },
+    }
+}
+
+impl Client {
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call::<(), T>(Method::GET, path, None, Duration::from_secs(30)).await
     }
@@ -273,6 +342,38 @@ impl Client {
     /// Asks the server to (re)load a pack directory it has.
     pub async fn load_pack(&self, req: &LoadPack) -> Result<PackLoaded, ClientError> {
         self.post("/api/v1/packs", req).await
+    }
+
+    /// Sends a pack as its content: `archive` is the pack directory as a gzip-compressed tar
+    /// (`attune_pack::archive::build`).
+    pub async fn upload_pack(
+        &self,
+        archive: Vec<u8>,
+        replace: bool,
+        source: Option<&str>,
+    ) -> Result<PackLoaded, ClientError> {
+        let mut path = format!("/api/v1/pack-archives?replace={replace}");
+        if let Some(s) = source {
+            path.push_str("&source=");
+            path.push_str(&percent_encode(s));
+        }
+        self.post_bytes(&path, "application/gzip", archive, Duration::from_secs(300)).await
+    }
+
+    /// A pack and its stored versions.
+    pub async fn get_pack(&self, pack_ref: &str) -> Result<PackDetail, ClientError> {
+        self.get(&format!("/api/v1/packs/{pack_ref}")).await
+    }
+
+    /// Streams the archive of pack version `digest` into `sink` (worker protocol).
+    pub async fn fetch_pack(
+        &self,
+        worker: Uuid,
+        digest: &str,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, ClientError> {
+        self.get_stream(&format!("/api/v1/worker/{worker}/packs/{digest}"), Duration::from_secs(600), sink)
+            .await
     }
 
     pub async fn list_actions(&self) -> Result<Vec<Action>, ClientError> {
@@ -517,4 +618,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+/// `s` as a query value: unreserved characters as they are, every other byte as `%XX`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -213,6 +213,12 @@ pub struct Action {
     /// `entry_point` under `<pack_dir>/actions/`.
     #[serde(default)]
     pub pack_dir: Option<String>,
+    /// The sha256 of the pack archive it belongs to (`attune_pack::archive`): workers fetch that
+    /// version by this digest and run the entry point from it, so an execution runs the content
+    /// it was submitted against whatever was loaded since. Absent for actions loaded before packs
+    /// were stored as content: then workers use `pack_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_digest: Option<String>,
     /// How long an execution may wait to be started before it fails with the seed's
     /// schedule-to-start error; absent: the server's `executor.scheduled_timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -400,6 +406,9 @@ pub struct PackMeta {
     /// What the loader accepted without using, or skipped, file by file (never a silent drop).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<PackNote>,
+    /// The sha256 of the archive of its current version (absent before one was stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// Keys of a pack file that were accepted but are not used by this version, or a file skipped,
@@ -422,6 +431,31 @@ pub struct PackSummary {
     pub meta: PackMeta,
     pub actions: u32,
     pub loaded_at: crate::Timestamp,
+    /// The size in bytes of its current archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// One stored version of a pack: its archive, by digest. Versions are kept when a pack changes,
+/// so executions accepted earlier still run what they were submitted against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PackVersion {
+    pub digest: String,
+    /// Of the compressed archive.
+    pub size: u64,
+    pub stored_at: crate::Timestamp,
+    /// Whether its actions are the ones new submissions run.
+    pub current: bool,
+}
+
+/// A pack with its stored versions, newest first (`GET /api/v1/packs/{ref}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PackDetail {
+    #[serde(flatten)]
+    pub summary: PackSummary,
+    pub versions: Vec<PackVersion>,
 }
 
 /// The builtins every worker runs in-process (`runtime: builtin`, `entry_point: <name>`).

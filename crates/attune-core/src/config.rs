@@ -159,6 +159,9 @@ pub struct WorkerSettings {
 pub struct PackSettings {
     /// Directories whose sub-directories are packs, loaded at server start-up.
     pub dirs: Vec<PathBuf>,
+    /// The largest pack archive (gzip-compressed tar) the server accepts; unpacked, a pack may
+    /// be 8 times that.
+    pub max_archive_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,6 +237,9 @@ impl Settings {
         }
         if sv.max_poll.is_zero() || sv.max_wait.is_zero() {
             return Err("server.max_poll and server.max_wait must be greater than 0".into());
+        }
+        if !(64 * 1024..=1 << 32).contains(&self.packs.max_archive_bytes) {
+            return Err("packs.max_archive_bytes must be between 65536 and 4294967296".into());
         }
         Ok(())
     }
@@ -323,7 +329,7 @@ impl Default for WorkerSettings {
 
 impl Default for PackSettings {
     fn default() -> Self {
-        PackSettings { dirs: vec![PathBuf::from("packs")] }
+        PackSettings { dirs: vec![PathBuf::from("packs")], max_archive_bytes: 64 * 1024 * 1024 }
     }
 }
 

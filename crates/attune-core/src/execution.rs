@@ -62,6 +62,9 @@ pub struct Execution {
     /// Why it still waits, when no active worker can take it (on `get` of a scheduled one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The pack version (archive digest) it runs: the one current when it was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_digest: Option<String>,
     /// The action definition as it was when the execution was accepted.
     #[serde(skip)]
     pub action: Option<Action>,

@@ -25,8 +25,8 @@ pub mod whole;
 pub mod worker;
 
 pub use action::{
-    Action, Dialect, OutputFormat, PackMeta, PackNote, PackSummary, ParameterDelivery, ParameterFormat,
-    RetryPolicy, Runtime,
+    Action, Dialect, OutputFormat, PackDetail, PackMeta, PackNote, PackSummary, PackVersion,
+    ParameterDelivery, ParameterFormat, RetryPolicy, Runtime,
 };
 pub use execution::{Attempt, DeadLetter, Execution, HistoryEntry, LogChunk, Report};
 pub use lease::{Lease, LeaseState, Task};

@@ -35,6 +35,9 @@ pub struct Sensor {
     /// Where the pack was loaded from.
     #[serde(default)]
     pub pack_dir: Option<String>,
+    /// The pack archive's digest: workers fetch and run that version (see `Action::pack_digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_digest: Option<String>,
 }
 
 /// What a worker is handed: a sensor to run, and the lease it holds it under.

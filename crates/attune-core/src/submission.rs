@@ -274,6 +274,7 @@ mod tests {
             timeout_seconds: None,
             retry: RetryPolicy::default(),
             pack_dir: None,
+            pack_digest: None,
             scheduled_timeout_seconds: None,
             worker_selector: Default::default(),
             concurrency: None,

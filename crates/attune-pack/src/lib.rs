@@ -3,6 +3,7 @@
 //! and a pack with any problem yields no actions at all (it is loaded whole or not at all).
 //! Also home of parameter validation against an action's JSON Schema.
 
+pub mod archive;
 mod check;
 mod load;
 mod original;

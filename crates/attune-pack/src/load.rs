@@ -41,6 +41,24 @@ pub struct LoadedPack {
     pub sensors: Vec<Sensor>,
 }
 
+impl LoadedPack {
+    /// Marks the pack, its actions and its sensors as the version whose archive has `digest`, and
+    /// records where it came from (`dir`: the loading machine's directory, or none when the pack
+    /// arrived as an archive and was read from a staging directory that is gone afterwards).
+    pub fn stamp(&mut self, digest: &str, dir: Option<String>) {
+        self.meta.digest = Some(digest.to_owned());
+        self.meta.dir = dir.clone();
+        for a in &mut self.actions {
+            a.pack_digest = Some(digest.to_owned());
+            a.pack_dir = dir.clone();
+        }
+        for s in &mut self.sensors {
+            s.pack_digest = Some(digest.to_owned());
+            s.pack_dir = dir.clone();
+        }
+    }
+}
+
 /// One problem, located: the file, and the field when there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackError {
@@ -733,6 +751,7 @@ fn read_sensor(
         parameters,
         enabled,
         pack_dir: pack.dir.clone(),
+        pack_digest: None,
     })
 }
 
@@ -870,6 +889,7 @@ fn read_manifest(
         config,
         conf_schema,
         notes: Vec::new(),
+        digest: None,
     };
     Some((meta, selector))
 }
@@ -1052,6 +1072,7 @@ fn read_action(
         timeout_seconds,
         retry,
         pack_dir: pack.dir.clone(),
+        pack_digest: None,
         scheduled_timeout_seconds,
         worker_selector,
         concurrency,

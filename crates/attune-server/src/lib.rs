@@ -58,6 +58,8 @@ pub struct ServerOptions {
     pub allowed_hosts: Vec<String>,
     /// The pack directories (`packs.dirs`): the only places a client may ask a pack to be loaded from.
     pub pack_dirs: Vec<std::path::PathBuf>,
+    /// What a pack archive may weigh (`packs.max_archive_bytes`).
+    pub pack_limits: attune_pack::archive::Limits,
     /// The key store's master key file (`keys.rs`); created on first start.
     pub master_key_file: std::path::PathBuf,
     /// HTTPS (`server.tls`); `None` serves plain HTTP. Loaded by `Tls::load` before binding.
@@ -100,6 +102,7 @@ impl ServerOptions {
             metrics_public: s.server.metrics_public,
             allowed_hosts: s.server.allowed_hosts.clone(),
             pack_dirs: s.packs.dirs.clone(),
+            pack_limits: crate::packs::limits(s.packs.max_archive_bytes),
             master_key_file: s.master_key_file(),
             tls: None,
             recheck: Duration::from_secs(1),

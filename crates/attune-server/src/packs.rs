@@ -1,18 +1,114 @@
-//! Packs from the server's own directories (`packs.dirs`): all of them at start-up, and one at a
-//! client's request (`POST /api/v1/packs`), which may only name a directory under them. The server
-//! always reads and checks the files itself.
+//! Packs as content. Whatever a pack comes from — a directory of the server's own (`packs.dirs`,
+//! at start-up or at a client's request) or an archive a client uploads (`attune pack load`) —
+//! it becomes one archive, unpacked into a staging directory (every entry checked), read and
+//! checked there, archived again in the canonical form and stored by that archive's sha256. So
+//! what is stored is exactly what was checked, identical content always has the same digest, and
+//! workers fetch a version by digest instead of needing the server's directories.
 
 use std::path::{Path, PathBuf};
 
 use attune_core::Timestamp;
-use attune_pack::{discover, load_pack_dir};
+use attune_pack::{archive, discover, LoadedPack};
 use attune_store::{PackReplaced, Store};
+
+/// The archive limits for `packs.max_archive_bytes`: a pack may unpack to 8 times that.
+pub fn limits(max_archive_bytes: u64) -> archive::Limits {
+    archive::Limits {
+        max_archive_bytes,
+        max_unpacked_bytes: max_archive_bytes.saturating_mul(8),
+        ..archive::Limits::default()
+    }
+}
+
+/// A pack read from its archive: what the store keeps, and the canonical archive it came from.
+pub struct Staged {
+    pub pack: LoadedPack,
+    pub archive: Vec<u8>,
+}
+
+/// Why a pack was not staged.
+#[derive(Debug)]
+pub enum StageError {
+    /// The archive itself: a path, a link, a size (the message names the entry).
+    Archive(String),
+    /// The pack's files, one problem per line, with paths relative to `shown`.
+    Pack(Vec<String>),
+    /// The server's own trouble (a staging directory it cannot write).
+    Internal(String),
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StageError::Archive(m) | StageError::Internal(m) => f.write_str(m),
+            StageError::Pack(lines) => f.write_str(&lines.join("\n")),
+        }
+    }
+}
+
+/// Unpacks `bytes` into a staging directory, reads the pack there and archives it again
+/// canonically; the pack is stamped with that archive's digest and with `source` as where it
+/// came from. Problems are reported with the staging directory shown as `shown` (the pack's own
+/// directory, or `<archive>`). Blocking: call it from `spawn_blocking`.
+pub fn stage(
+    bytes: &[u8],
+    limits: &archive::Limits,
+    source: Option<String>,
+    shown: &str,
+) -> Result<Staged, StageError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("attune-pack-")
+        .tempdir()
+        .map_err(|e| StageError::Internal(format!("cannot create a staging directory: {e}")))?;
+    let dir = tmp.path().join("pack");
+    archive::unpack(bytes, &dir, limits).map_err(|e| StageError::Archive(e.to_string()))?;
+    let hide = |line: String| {
+        let mut line = line;
+        for p in [dir.clone(), std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone())] {
+            line = line.replace(&p.display().to_string(), shown);
+        }
+        line
+    };
+    let mut pack = attune_pack::load_pack_dir(&dir)
+        .map_err(|e| StageError::Pack(e.0.iter().map(|e| hide(e.to_string())).collect()))?;
+    let canonical = archive::build(&dir).map_err(|e| StageError::Internal(hide(e.to_string())))?;
+    let digest = archive::digest(&canonical);
+    pack.stamp(&digest, source);
+    for n in &mut pack.meta.notes {
+        n.file = hide(std::mem::take(&mut n.file));
+    }
+    Ok(Staged { pack, archive: canonical })
+}
+
+/// The pack in directory `dir` (of this machine), staged like an uploaded one.
+pub fn stage_dir(dir: &Path, limits: &archive::Limits) -> Result<Staged, StageError> {
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let shown = real.display().to_string();
+    if !real.join("pack.yaml").is_file() {
+        return Err(StageError::Pack(vec![format!(
+            "{shown}/pack.yaml: not found: a pack directory needs a pack.yaml with at least `ref`"
+        )]));
+    }
+    let bytes = archive::build(&real).map_err(|e| StageError::Archive(format!("{shown}: {e}")))?;
+    if bytes.len() as u64 > limits.max_archive_bytes {
+        return Err(StageError::Archive(format!(
+            "{shown}: the pack's archive is {} bytes; packs.max_archive_bytes is {}",
+            bytes.len(),
+            limits.max_archive_bytes
+        )));
+    }
+    stage(&bytes, limits, Some(shown.clone()), &shown)
+}
 
 /// Loads each pack under each directory in `dirs`; a broken pack is reported and skipped, the
 /// others still load. These are the operator's own directories, so a pack's files are the truth:
 /// actions gone from them are removed and a pack found in another directory than before is taken
 /// over — each said in the log. Returns the refs loaded and the problems found.
-pub async fn load_dirs(store: &Store, dirs: &[impl AsRef<Path>]) -> (Vec<String>, Vec<String>) {
+pub async fn load_dirs(
+    store: &Store,
+    dirs: &[impl AsRef<Path>],
+    limits: &archive::Limits,
+) -> (Vec<String>, Vec<String>) {
     let mut loaded = Vec::new();
     let mut problems = Vec::new();
     for root in dirs {
@@ -29,29 +125,37 @@ pub async fn load_dirs(store: &Store, dirs: &[impl AsRef<Path>]) -> (Vec<String>
             }
         };
         for dir in packs {
-            match load_pack_dir(&dir) {
-                Ok(p) => match check_rules(store, &p).await {
+            let staged = {
+                let (dir, limits) = (dir.clone(), *limits);
+                tokio::task::spawn_blocking(move || stage_dir(&dir, &limits))
+                    .await
+                    .unwrap_or_else(|e| Err(StageError::Internal(format!("pack staging stopped: {e}"))))
+            };
+            match staged {
+                Ok(Staged { pack: p, archive }) => match check_rules(store, &p).await {
                     Err(e) => problems.push(format!("{}: {e}", dir.display())),
-                    Ok(()) => match store.load_pack(&p.meta, content(&p), true, Timestamp::now()).await {
-                        Ok(change) => {
-                            say_replaced(p.meta.pack_ref.as_str(), &change);
-                            let rules = if p.rules.is_empty() {
-                                String::new()
-                            } else {
-                                format!(", {} rules", p.rules.len())
-                            };
-                            let notes = match p.meta.notes.len() {
-                                0 => String::new(),
-                                n => format!(", {n} notes: attune pack show {}", p.meta.pack_ref),
-                            };
-                            loaded.push(format!(
-                                "{} ({} actions{rules}{notes})",
-                                p.meta.pack_ref,
-                                p.actions.len()
-                            ));
+                    Ok(()) => {
+                        match store.load_pack(&p.meta, content(&p, &archive), true, Timestamp::now()).await {
+                            Ok(change) => {
+                                say_replaced(p.meta.pack_ref.as_str(), &change);
+                                let rules = if p.rules.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", {} rules", p.rules.len())
+                                };
+                                let notes = match p.meta.notes.len() {
+                                    0 => String::new(),
+                                    n => format!(", {n} notes: attune pack show {}", p.meta.pack_ref),
+                                };
+                                loaded.push(format!(
+                                    "{} ({} actions{rules}{notes})",
+                                    p.meta.pack_ref,
+                                    p.actions.len()
+                                ));
+                            }
+                            Err(e) => problems.push(format!("{}: {e}", dir.display())),
                         }
-                        Err(e) => problems.push(format!("{}: {e}", dir.display())),
-                    },
+                    }
                 },
                 Err(e) => problems.push(e.to_string()),
             }
@@ -136,12 +240,13 @@ pub(crate) async fn check_rules(store: &Store, p: &attune_pack::LoadedPack) -> R
 }
 
 /// What the store keeps of a loaded pack besides its manifest.
-pub(crate) fn content(p: &attune_pack::LoadedPack) -> attune_store::PackContent<'_> {
+pub(crate) fn content<'a>(p: &'a LoadedPack, archive: &'a [u8]) -> attune_store::PackContent<'a> {
     attune_store::PackContent {
         actions: &p.actions,
         triggers: &p.triggers,
         rules: &p.rules,
         sensors: &p.sensors,
+        archive: Some(archive),
     }
 }
 

@@ -81,7 +81,8 @@ impl Api {
         let store = Arc::new(Store::open(&StoreOptions::new(db.url.clone())).await.unwrap());
         let packs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs");
         let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/packs");
-        let (loaded, problems) = attune_server::packs::load_dirs(&store, &[packs, policies]).await;
+        let (loaded, problems) =
+            attune_server::packs::load_dirs(&store, &[packs, policies], &Default::default()).await;
         assert!(loaded.iter().any(|p| p.starts_with("core")), "{problems:?}");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -510,6 +511,13 @@ async fn packs_load_only_from_the_servers_dirs(db: TestDb) {
     }
     std::os::unix::fs::symlink("/etc/passwd", root.path().join("bad/actions/link.sh")).unwrap();
     std::os::unix::fs::symlink("/usr/bin", root.path().join("bad/actions/bin")).unwrap();
+    // A symlink out of the pack cannot even be archived: refused, naming the entry.
+    let (s, v) = load("bad".into(), true).await;
+    assert_eq!((s, code(&v)), (422, "invalid_archive"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("leaves the pack"), "{v}");
+    // Without them, every entry point leading out (or missing) is named with its file and field.
+    std::fs::remove_file(root.path().join("bad/actions/link.sh")).unwrap();
+    std::fs::remove_file(root.path().join("bad/actions/bin")).unwrap();
     let (s, v) = load("bad".into(), true).await;
     assert_eq!((s, code(&v)), (422, "invalid_pack"), "{v}");
     let details = v["error"]["details"].to_string();
@@ -848,7 +856,7 @@ async fn openapi_documents_every_route(db: TestDb) {
             }
         }
     }
-    assert_eq!(operations, 57, "every public route is documented");
+    assert_eq!(operations, 60, "every public route is documented");
     assert!(doc["components"]["schemas"]["Execution"].is_object());
     let page = api.http.get(format!("{}/api/v1/docs", api.url)).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);

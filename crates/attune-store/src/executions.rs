@@ -58,6 +58,7 @@ pub(crate) fn exec_from_row(r: &impl RowExt) -> Result<Execution> {
         attempts: Vec::new(),
         worker_selector: action.worker_selector.clone(),
         waiting: None,
+        pack_digest: action.pack_digest.clone(),
         action: Some(action),
     })
 }
@@ -462,6 +463,7 @@ pub(crate) fn accepted_execution(id: Uuid, new: NewExecution, now: Timestamp) ->
         attempts: Vec::new(),
         worker_selector: new.action.worker_selector.clone(),
         waiting: None,
+        pack_digest: new.action.pack_digest.clone(),
         action: Some(new.action),
     }
 }

@@ -109,6 +109,7 @@ fn action(name: &str, runtime: Runtime, max_attempts: u32) -> Action {
         timeout_seconds: None,
         retry: RetryPolicy { max_attempts, backoff_seconds: 0 },
         pack_dir: None,
+        pack_digest: None,
         scheduled_timeout_seconds: None,
         worker_selector: Default::default(),
         concurrency: None,
@@ -191,6 +192,7 @@ async fn packs_load_by_ref_and_replace_only_when_asked(db: &TestDb) {
         config: None,
         conf_schema: None,
         notes: Vec::new(),
+        digest: None,
     };
     let a = action("a", Runtime::Builtin, 1);
     let b = action("b", Runtime::Shell, 1);
@@ -1102,6 +1104,7 @@ async fn sensors_run_on_one_worker_at_a_time(db: &TestDb) {
         parameters,
         enabled: true,
         pack_dir: None,
+        pack_digest: None,
     };
     let meta = PackMeta {
         pack_ref: PackRef::parse("t").unwrap(),
@@ -1112,6 +1115,7 @@ async fn sensors_run_on_one_worker_at_a_time(db: &TestDb) {
         config: None,
         conf_schema: None,
         notes: Vec::new(),
+        digest: None,
     };
     let v1 = [sensor(json!({"n": 1}))];
     let load = |sensors| attune_store::PackContent { sensors, ..Default::default() };

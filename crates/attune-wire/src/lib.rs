@@ -125,6 +125,31 @@ pub struct PackLoaded {
     /// Keys accepted but not used by this version, and files skipped, with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<attune_core::PackNote>,
+    /// The sha256 of the stored archive: the version its actions now run.
+    #[serde(default)]
+    pub digest: String,
+    /// The archive's size in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// The same content from the same place was loaded already: nothing changed.
+    #[serde(default)]
+    pub unchanged: bool,
+}
+
+/// The query of `POST /api/v1/pack-archives`, whose body is the pack as a gzip-compressed tar.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UploadPack {
+    /// As for `LoadPack`: also remove actions gone from the pack, and take it over from another
+    /// source.
+    #[serde(default)]
+    pub replace: bool,
+    /// Where the pack comes from, for people (`host:/path/to/pack`); a pack loaded from another
+    /// source before needs `replace`.
+    #[param(max_length = 4096)]
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 // ---- worker protocol ----

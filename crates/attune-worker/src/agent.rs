@@ -36,6 +36,8 @@ pub struct WorkerOptions {
     pub kill_grace: Duration,
     pub labels: serde_json::Value,
     pub scratch_dir: std::path::PathBuf,
+    /// Where pack versions fetched from the server are kept (`<data_dir>/packs`).
+    pub pack_cache: std::path::PathBuf,
     /// The enrollment token (role `worker`) it registers with; the server then issues it a
     /// credential of its own for everything else.
     pub enroll_token: Option<String>,
@@ -76,6 +78,8 @@ pub(crate) struct Shared {
     pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Sends a heartbeat now rather than at the next tick (a sensor may be started again).
     pub(crate) heartbeat_now: Notify,
+    /// The pack versions on this worker.
+    pub(crate) packs: Arc<crate::packs::PackCache>,
 }
 
 pub struct Agent {
@@ -86,6 +90,11 @@ pub struct Agent {
 impl Shared {
     pub(crate) fn client(&self) -> &Client {
         &self.clients[self.server()]
+    }
+
+    /// Pack versions, fetched through the server in use.
+    pub(crate) fn pack_source(&self) -> crate::packs::PackSource {
+        crate::packs::PackSource { cache: self.packs.clone(), client: self.client().clone(), worker: self.id }
     }
 
     /// Index of the server in use.
@@ -132,7 +141,9 @@ impl Agent {
         }
         // From here on, the worker speaks with its own credential.
         let clients = self.clients.into_iter().map(|c| c.with_token(Some(reg.credential.clone()))).collect();
+        let packs = crate::packs::PackCache::new(opts.pack_cache.clone());
         let shared = Arc::new(Shared {
+            packs,
             clients,
             current: std::sync::atomic::AtomicUsize::new(current),
             opts,
@@ -358,6 +369,7 @@ async fn run_task_inner(shared: &Shared, task: &Task, stop: CancellationToken) {
         kill_grace: shared.opts.kill_grace,
         scratch_dir: shared.opts.scratch_dir.clone(),
         tap: Some(tap),
+        packs: Some(shared.pack_source()),
     };
     let forwarder = report::forward_output(shared, task, output);
     let (report, ()) = tokio::join!(

@@ -4,6 +4,7 @@
 //! Shape: `WorkerOptions` → `Agent::build` → `Agent::run(shutdown)`.
 
 mod agent;
+pub mod packs;
 pub mod process;
 mod report;
 pub mod runtime;

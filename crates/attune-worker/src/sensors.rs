@@ -5,11 +5,7 @@
 //! program ends by itself, the worker reports the exit (code, signal, the end of its stderr) and
 //! the server restarts it after a backoff — on whichever capable worker heartbeats first.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use attune_client::ClientError;
 use attune_core::sensors::SensorTask;
@@ -141,7 +137,15 @@ async fn supervise(shared: Arc<Shared>, task: SensorTask, stop: CancellationToke
 /// Runs the program; `Some(why)` when it ended by itself, `None` when stopped.
 async fn run(shared: &Arc<Shared>, task: &SensorTask, stop: CancellationToken) -> Option<String> {
     let s = &task.sensor;
-    let spec = match spec(shared, task) {
+    // The pack version it was loaded with, held while it runs.
+    let prepared = match &s.pack_digest {
+        Some(digest) => match shared.pack_source().prepare(s.pack.as_str(), digest).await {
+            Ok(p) => Some(p),
+            Err(e) => return Some(e.message),
+        },
+        None => None,
+    };
+    let spec = match spec(shared, task, prepared.as_ref()) {
         Ok(spec) => spec,
         Err(why) => {
             // Nothing ran; the server's backoff keeps this from turning into a loop.
@@ -170,15 +174,22 @@ async fn run(shared: &Arc<Shared>, task: &SensorTask, stop: CancellationToken) -
 }
 
 /// The program to run, or why it cannot be.
-fn spec(shared: &Shared, task: &SensorTask) -> Result<Spec, String> {
+fn spec(
+    shared: &Shared,
+    task: &SensorTask,
+    prepared: Option<&crate::packs::Prepared>,
+) -> Result<Spec, String> {
     let s = &task.sensor;
-    let Some(pack_dir) = &s.pack_dir else {
-        return Err(format!("sensor {} has no pack directory on this worker", s.sensor_ref));
+    let pack_dir = match (prepared, &s.pack_dir) {
+        (Some(p), _) => p.dir.clone(),
+        (None, Some(d)) => PathBuf::from(d),
+        (None, None) => return Err(format!("sensor {} has no pack directory on this worker", s.sensor_ref)),
     };
-    let entry = attune_pack::resolve_entry_in(Path::new(pack_dir), "sensors", &s.entry_point)
+    let entry = attune_pack::resolve_entry_in(&pack_dir, "sensors", &s.entry_point)
         .map_err(|e| format!("entry point refused: {e}"))?;
-    let (program, args) = match runtime::interpreter(s.runtime) {
-        Some(i) => (PathBuf::from(i), vec![entry.display().to_string()]),
+    let venv = prepared.and_then(|p| p.python()).filter(|_| s.runtime == attune_core::Runtime::Python);
+    let (program, args) = match venv.or_else(|| runtime::interpreter(s.runtime).map(PathBuf::from)) {
+        Some(i) => (i, vec![entry.display().to_string()]),
         None => (entry.clone(), Vec::new()),
     };
     let mut env = runtime::base_env();
@@ -198,7 +209,7 @@ fn spec(shared: &Shared, task: &SensorTask) -> Result<Spec, String> {
     Ok(Spec {
         program,
         args,
-        cwd: PathBuf::from(pack_dir).join("sensors"),
+        cwd: pack_dir.join("sensors"),
         env,
         stdin: None,
         max_output: 0,

@@ -20,6 +20,7 @@ fn ctx(scratch: &Path) -> RunContext {
         kill_grace: Duration::from_millis(500),
         scratch_dir: scratch.to_path_buf(),
         tap: None,
+        packs: None,
     }
 }
 
@@ -80,6 +81,7 @@ impl Scratch {
             timeout_seconds: None,
             retry: RetryPolicy::default(),
             pack_dir: Some(self.dir.path().display().to_string()),
+            pack_digest: None,
             scheduled_timeout_seconds: None,
             worker_selector: Default::default(),
             concurrency: None,

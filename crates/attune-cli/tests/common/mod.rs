@@ -107,7 +107,12 @@ pub fn spawn_worker(name: &str, servers: &str, env: &[(String, String)]) -> Proc
     if !env.iter().any(|(k, _)| k == "ATTUNE__WORKER__TOKEN") {
         env.push(("ATTUNE__WORKER__TOKEN".into(), tokens(servers).enroll));
     }
-    spawn(name, &["--server", servers, "worker", "--name", name], &env)
+    // A data directory of its own (where it keeps pack versions), removed with it.
+    let data = tempfile::tempdir().unwrap();
+    env.push(("ATTUNE__DATA_DIR".into(), data.path().display().to_string()));
+    let mut p = spawn(name, &["--server", servers, "worker", "--name", name], &env);
+    p.keep(data);
+    p
 }
 
 /// The CLI against `url`, as its admin.

@@ -47,6 +47,8 @@ type Door = Router<Arc<Shared>>;
         catalog::workers,
         catalog::packs,
         catalog::load_pack,
+        catalog::upload_pack,
+        catalog::pack,
         catalog::actions,
         catalog::action,
         executions::create,
@@ -87,6 +89,7 @@ type Door = Router<Arc<Shared>>;
         worker::release,
         worker::drain,
         worker::deregister,
+        worker::pack_archive,
         sensors::events,
         sensors::exit,
         sensors::list,
@@ -216,6 +219,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .merge(open_door(shared.opts.metrics_public))
         .merge(guarded(ops_door(shared.opts.metrics_public), OPS_RULES))
         .merge(guarded(public_door(), PUBLIC_RULES).layer(DefaultBodyLimit::max(limits.max_body_bytes)))
+        .merge(guarded(
+            Router::new().route(
+                "/api/v1/pack-archives",
+                axum::routing::post(catalog::upload_pack)
+                    .layer(DefaultBodyLimit::max(shared.opts.pack_limits.max_archive_bytes as usize)),
+            ),
+            PUBLIC_RULES,
+        ))
         .merge(
             webhook_door()
                 .route_layer(axum::middleware::from_fn_with_state(
@@ -281,6 +292,7 @@ fn public_door() -> Door {
         .route("/api/v1/dead-letters/{id}/requeue", post(deadletters::requeue))
         .route("/api/v1/workers", get(catalog::workers))
         .route("/api/v1/packs", get(catalog::packs).post(catalog::load_pack))
+        .route("/api/v1/packs/{pack_ref}", get(catalog::pack))
         .route("/api/v1/actions", get(catalog::actions))
         .route("/api/v1/actions/{action_ref}", get(catalog::action))
         .route("/api/v1/tokens", post(tokens::create).get(tokens::list))
@@ -344,6 +356,8 @@ const PUBLIC_RULES: auth::Rules = &[
     (Method::GET, "/api/v1/workers", Permission::Read),
     (Method::GET, "/api/v1/packs", Permission::Read),
     (Method::POST, "/api/v1/packs", Permission::Admin),
+    (Method::GET, "/api/v1/packs/{pack_ref}", Permission::Read),
+    (Method::POST, "/api/v1/pack-archives", Permission::Admin),
     (Method::POST, "/api/v1/keys", Permission::Admin),
     (Method::GET, "/api/v1/keys", Permission::Read),
     (Method::POST, "/api/v1/keys/rotate-master", Permission::Admin),

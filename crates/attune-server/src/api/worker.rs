@@ -53,6 +53,7 @@ pub(super) const RULES: crate::auth::Rules = &[
     (Method::POST, "/api/v1/worker/{id}/deregister", Permission::WorkerProtocol),
     (Method::POST, "/api/v1/worker/{id}/sensors/{sensor_ref}/events", Permission::WorkerProtocol),
     (Method::POST, "/api/v1/worker/{id}/sensors/{sensor_ref}/exit", Permission::WorkerProtocol),
+    (Method::GET, "/api/v1/worker/{id}/packs/{digest}", Permission::WorkerProtocol),
 ];
 
 pub(super) fn door() -> Door {
@@ -70,6 +71,7 @@ pub(super) fn door() -> Door {
         .route("/api/v1/worker/{id}/deregister", post(deregister))
         .route("/api/v1/worker/{id}/sensors/{sensor_ref}/events", post(super::sensors::events))
         .route("/api/v1/worker/{id}/sensors/{sensor_ref}/exit", post(super::sensors::exit))
+        .route("/api/v1/worker/{id}/packs/{digest}", axum::routing::get(pack_archive))
 }
 
 /// The registered worker a worker-protocol call comes from: the `{id}` of its path, which must be
@@ -568,4 +570,29 @@ pub async fn deregister(state: State, caller: Caller) -> Result<Json<Worker>, Ap
     crate::metrics::Metrics::add(&state.metrics.workers_deregistered, 1);
     tracing::info!(worker = %w.name, "worker deregistered");
     Ok(Json(w))
+}
+
+/// A pack version's archive, by digest: what a worker fetches the first time it runs something
+/// of that version (and checks against the digest before unpacking it).
+#[utoipa::path(get, path = "/api/v1/worker/{id}/packs/{digest}", tag = "worker protocol", params(("id" = Uuid, Path), ("digest" = String, Path, pattern = "^[0-9a-f]{64}$")), responses((status = 200, description = "The archive (gzip-compressed tar)", content_type = "application/gzip", body = Vec<u8>), (status = 404, description = "No such version")))]
+pub async fn pack_archive(
+    state: State,
+    caller: Caller,
+    Path((_, digest)): Path<(String, String)>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    if !attune_pack::archive::is_digest(&digest) {
+        return Err(ApiError::bad_request(
+            "invalid_digest",
+            "a pack digest is 64 lowercase hexadecimal digits (sha256)",
+        ));
+    }
+    let Some((pack, bytes)) = state.store.get_pack_archive(&digest).await? else {
+        return Err(ApiError::not_found(
+            "unknown_pack_version",
+            format!("no pack version {digest} is stored"),
+        ));
+    };
+    tracing::debug!(worker = %caller.name, %pack, %digest, bytes = bytes.len(), "pack archive sent");
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/gzip")], bytes).into_response())
 }

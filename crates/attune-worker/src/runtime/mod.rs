@@ -29,6 +29,8 @@ pub struct RunContext {
     pub scratch_dir: PathBuf,
     /// Receives output while the process runs (for live logs).
     pub tap: Option<crate::process::Tap>,
+    /// Where pack versions come from (an action with a `pack_digest` runs from there).
+    pub packs: Option<crate::packs::PackSource>,
 }
 
 /// The shell of actions written for the original Attune.
@@ -110,11 +112,31 @@ async fn run_process(
     cancel: CancellationToken,
 ) -> Report {
     let a = &task.action;
-    let Some(pack_dir) = &a.pack_dir else {
-        return failed(
-            json!({"error": format!("action {} has no pack directory on this worker", a.action_ref)}),
-        );
+    // The version it was submitted against, fetched by digest; else (an action loaded before
+    // packs were stored as content) the directory it was loaded from.
+    let prepared = match (&a.pack_digest, &ctx.packs) {
+        (Some(digest), Some(packs)) => match packs.prepare(a.pack.as_str(), digest).await {
+            Ok(p) => Some(p),
+            Err(e) => return failed(json!({"error": e.message, "worker_error": e.code})),
+        },
+        (Some(_), None) => {
+            return failed(json!({
+                "error": format!("action {} runs from a stored pack version, which this runner cannot fetch", a.action_ref),
+                "worker_error": "pack_unavailable",
+            }))
+        }
+        (None, _) => None,
     };
+    let pack_dir = match (&prepared, &a.pack_dir) {
+        (Some(p), _) => p.dir.display().to_string(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => {
+            return failed(
+                json!({"error": format!("action {} has no pack directory on this worker", a.action_ref)}),
+            )
+        }
+    };
+    let pack_dir = &pack_dir;
     let actions_dir = PathBuf::from(pack_dir).join("actions");
     let entry = actions_dir.join(&a.entry_point);
     if !attune_pack::entry_point_is_contained(&a.entry_point) {
@@ -145,12 +167,15 @@ async fn run_process(
                 "worker_error": "bash_missing",
             }));
         }
-        Some(BASH)
+        Some(PathBuf::from(BASH))
     } else {
-        interpreter(a.runtime)
+        match prepared.as_ref().and_then(|p| p.python()) {
+            Some(venv) if a.runtime == Runtime::Python => Some(venv),
+            _ => interpreter(a.runtime).map(PathBuf::from),
+        }
     };
     let (program, args) = match interpreter {
-        Some(i) => (PathBuf::from(i), vec![entry.display().to_string()]),
+        Some(i) => (i, vec![entry.display().to_string()]),
         None => (entry.clone(), Vec::new()),
     };
     let cwd = if original { PathBuf::from(pack_dir) } else { actions_dir };
