@@ -5,6 +5,7 @@
 
 mod cluster;
 mod events;
+mod packs;
 mod peers;
 mod report;
 mod workloads;

@@ -31,6 +31,13 @@ pub struct BackendResult {
     /// A workflow's `with` over 1,000 no-ops at concurrency 100: items per second, submit → end.
     #[serde(default)]
     pub with_items_per_sec: Option<f64>,
+    /// A Python action with a dependency, first run on a worker that never saw its pack (fetch,
+    /// virtualenv, pip install), submit → succeeded, ms.
+    #[serde(default)]
+    pub python_cold_ms: Option<f64>,
+    /// The same action afterwards, one at a time, p50/p95/p99 ms.
+    #[serde(default)]
+    pub python_warm_ms: Option<[f64; 3]>,
     pub detection_seconds: Vec<f64>,
     pub idle_server_rss_mb: Option<f64>,
     pub idle_worker_rss_mb: Option<f64>,
@@ -53,6 +60,8 @@ impl BackendResult {
             timer_lag_ms: None,
             workflow_3step_ms: None,
             with_items_per_sec: None,
+            python_cold_ms: None,
+            python_warm_ms: None,
             detection_seconds: Vec::new(),
             idle_server_rss_mb: None,
             idle_worker_rss_mb: None,
@@ -281,6 +290,13 @@ impl Results {
             b.iter().map(|x| f(x.with_items_per_sec, 0)).collect(),
             c.map(|c| f(c.chord_per_sec, 0)),
         );
+        row(
+            "Python action with a dependency, first run on a new worker (fetch + venv + pip), ms",
+            "",
+            b.iter().map(|x| f(x.python_cold_ms, 0)).collect(),
+            None,
+        );
+        row("… then warm, ms, p50 / p95 / p99", "", b.iter().map(|x| pcts(x.python_warm_ms)).collect(), None);
         row(
             "dead worker (kill -9) → redelivered, s, p50 / max (1 s heartbeats)",
             "≤ 4 s",

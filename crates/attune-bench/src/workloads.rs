@@ -208,6 +208,13 @@ pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> an
         r.events_per_sec = Some(e.per_sec);
         r.timer_lag_ms = Some(e.timer_lag_ms);
     }
+    eprintln!("[{backend}] a Python pack with a dependency: first run on a new worker, then warm");
+    {
+        let mut c = Cluster::start_with(backend, &args.pg, crate::packs::write_pack).await?;
+        let (cold, warm) = crate::packs::run(&mut c, args.concurrency, 20).await?;
+        r.python_cold_ms = Some(cold);
+        r.python_warm_ms = Some(warm);
+    }
     eprintln!("[{backend}] dead-worker detection, {} kills", s.kills);
     {
         let mut c = Cluster::start(backend, &args.pg).await?;

@@ -380,3 +380,40 @@ async fn run_installer(dir: &Path, program: &str, args: &[&str]) -> Result<(), S
     };
     Err(format!("`{shown}` ended with {how}:\n{tail}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> String {
+        format!("{n:064x}")
+    }
+
+    #[test]
+    fn old_versions_are_collected_except_the_most_recent_and_the_held() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = PackCache::new(root.path().to_path_buf());
+        let dir = root.path().join("p");
+        let now = std::time::SystemTime::now();
+        // Versions 1..=5, version 5 the most recently used; a staging directory and a failure
+        // note beside them are not versions.
+        for n in 1..=5u8 {
+            std::fs::create_dir_all(dir.join(digest(n))).unwrap();
+            let f = std::fs::File::open(dir.join(digest(n))).unwrap();
+            f.set_modified(now - Duration::from_secs(100 - n as u64)).unwrap();
+        }
+        std::fs::create_dir_all(dir.join(format!(".tmp-{}-x", digest(9)))).unwrap();
+        std::fs::write(dir.join(format!("{}.failed", digest(8))), "why").unwrap();
+        let held = cache.hold(&digest(1));
+        cache.collect("p", &digest(5));
+        let left = |n: u8| dir.join(digest(n)).is_dir();
+        assert!(left(5), "the current one");
+        assert!(left(4) && left(3), "the two most recently used others");
+        assert!(!left(2), "an old one nobody holds");
+        assert!(left(1), "an old one a task holds");
+        assert!(dir.join(format!("{}.failed", digest(8))).is_file());
+        drop(held);
+        cache.collect("p", &digest(5));
+        assert!(!left(1), "collected once released");
+    }
+}
