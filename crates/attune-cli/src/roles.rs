@@ -240,7 +240,8 @@ pub async fn up(config: Option<&Path>, a: UpArgs) -> anyhow::Result<i32> {
         server_flag.push_str(&format!(" --ca-file {}", ca.display()));
     }
     println!("Attune {} is up.", env!("CARGO_PKG_VERSION"));
-    println!("  API        {url}   (health: {url}/health)");
+    println!("  Console    {url}/   (sign in with the token below)");
+    println!("  API        {url}/api/v1   (health: {url}/health)");
     println!("  Database   {}", attune_store::redact(&s.database_url()));
     println!(
         "  Workers    {} × {} slots, runtimes: {}",

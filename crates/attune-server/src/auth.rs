@@ -172,7 +172,9 @@ pub(crate) async fn guard(
 ) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
     let needed = rules.iter().find(|(m, r, _)| *m == req.method() && *r == route).map(|(_, _, p)| *p);
-    let identity = match shared.authenticate(req.headers()).await {
+    // A console session reads the API with its cookie (GET only; `console::session_bearer`).
+    let session = crate::console::session_bearer(req.method(), req.headers());
+    let identity = match shared.authenticate(session.as_ref().unwrap_or(req.headers())).await {
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };

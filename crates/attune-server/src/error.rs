@@ -18,10 +18,10 @@ use serde::de::DeserializeOwned;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     code: &'static str,
-    message: String,
-    details: Vec<String>,
+    pub(crate) message: String,
+    pub(crate) details: Vec<String>,
 }
 
 impl ApiError {

@@ -5,6 +5,7 @@
 
 mod api;
 pub mod auth;
+mod console;
 mod error;
 mod group;
 pub mod hosts;

@@ -217,6 +217,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     };
     Router::new()
         .merge(open_door(shared.opts.metrics_public))
+        .merge(crate::console::door().layer(DefaultBodyLimit::max(256 * 1024)))
         .merge(guarded(ops_door(shared.opts.metrics_public), OPS_RULES))
         .merge(guarded(public_door(), PUBLIC_RULES).layer(DefaultBodyLimit::max(limits.max_body_bytes)))
         .merge(guarded(

@@ -1,0 +1,264 @@
+//! The web console in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! installed by `scripts/ensure-chromium` if missing), driven over WebDriver against a real
+//! server and worker on random ports. Each test saves screenshots under `target/ui-screenshots/`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use attune_testkit::{Proc, TestDb};
+use base64::Engine;
+use common::{client, fast_env, server, worker};
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A Chromium session through chromedriver (both stopped on drop).
+struct Browser {
+    http: reqwest::Client,
+    session: String,
+    _driver: Proc,
+}
+
+fn tools() -> (String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ensure-chromium");
+    #[allow(clippy::disallowed_methods)] // test tooling: installs the browser
+    let out = std::process::Command::new(script).output().expect("run scripts/ensure-chromium");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut it = text.split_whitespace();
+    (it.next().unwrap().to_owned(), it.next().unwrap().to_owned())
+}
+
+impl Browser {
+    async fn start(width: u32, height: u32) -> Browser {
+        let (chromium, chromedriver) = tools();
+        let port = common::free_port();
+        let driver = Proc::spawn("chromedriver", &chromedriver, &[&format!("--port={port}")], &[]);
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = http.get(format!("{base}/status")).send().await.ok();
+            if let Some(r) = ready {
+                if r.json::<Value>().await.map(|v| v["value"]["ready"] == true).unwrap_or(false) {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start: {}", driver.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     format!("--window-size={width},{height}")],
+        }}}});
+        let r: Value =
+            http.post(format!("{base}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
+        let session =
+            r["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {r}")).to_owned();
+        Browser { http, session: format!("{base}/session/{session}"), _driver: driver }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.session));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap().json::<Value>().await.unwrap()["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
+    }
+
+    /// The element `css` matches, if any.
+    async fn find(&self, css: &str) -> Option<String> {
+        let v = self
+            .call(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css})))
+            .await;
+        v[ELEMENT].as_str().map(str::to_owned)
+    }
+
+    async fn must(&self, css: &str) -> String {
+        match self.find(css).await {
+            Some(e) => e,
+            None => {
+                let url = self.call(reqwest::Method::GET, "/url", None).await;
+                let source = self.call(reqwest::Method::GET, "/source", None).await;
+                panic!("no element {css} on {url}: {}", source.as_str().unwrap_or_default());
+            }
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.must(css).await;
+        self.call(reqwest::Method::POST, &format!("/element/{e}/click"), Some(json!({}))).await;
+    }
+
+    async fn type_in(&self, css: &str, text: &str) {
+        let e = self.must(css).await;
+        self.call(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({"text": text}))).await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        match self.find(css).await {
+            Some(e) => self
+                .call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
+                .await
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            None => String::new(),
+        }
+    }
+
+    async fn attribute(&self, css: &str, name: &str) -> String {
+        let e = self.must(css).await;
+        self.call(reqwest::Method::GET, &format!("/element/{e}/attribute/{name}"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Waits until the text of `css` satisfies `ok` (the page changing by itself, or reloaded
+    /// by its script).
+    async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.text(css).await;
+            if ok(&t) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "{css}: {what}; it shows {t:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let v = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn sign_in(&self, url: &str, token: &str) {
+        self.goto(&format!("{url}/login")).await;
+        self.type_in("#token", token).await;
+        self.click("#sign-in").await;
+        self.wait_text("h1", "the overview after signing in", |t| t == "Overview").await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Ends the session (chromium exits); chromedriver is killed with its Proc.
+        let (http, url) = (self.http.clone(), self.session.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async { http.delete(url).send().await.ok() })
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_follows_and_cancels_from_the_browser() {
+    let db = TestDb::sqlite();
+    let (_s, url) = server("srv", "127.0.0.1:0", &db.url, &fast_env(&[]));
+    let mut w = worker("w1", &url, &fast_env(&[]));
+    let b = Browser::start(1280, 900).await;
+    b.sign_in(&url, &common::tokens(&url).admin).await;
+    b.wait_text("#workers", "the worker listed", |t| t.contains("w1") && t.contains("active")).await;
+    b.screenshot("overview").await;
+
+    // Run core.echo from its form: the page follows it to `succeeded`.
+    b.goto(&format!("{url}/actions/core.echo")).await;
+    b.type_in("#p-message", "hello from the console").await;
+    b.screenshot("action-form").await;
+    b.click("#run").await;
+    b.wait_text("#status", "core.echo succeeded", |t| t == "succeeded").await;
+    assert_eq!(b.text("#log").await, "hello from the console");
+    b.screenshot("execution-succeeded").await;
+
+    // A long action: its output appears while it runs, then cancel.
+    b.goto(&format!("{url}/actions/core.local")).await;
+    b.type_in("#p-cmd", "echo first; sleep 30; echo never").await;
+    b.click("#run").await;
+    b.wait_text("#log", "live output while it runs", |t| t.contains("first")).await;
+    assert_eq!(b.text("#status").await, "running");
+    b.screenshot("execution-live-log").await;
+    b.click("#cancel").await;
+    b.wait_text("#status", "canceled", |t| t == "canceled").await;
+    assert!(!b.text("#log").await.contains("never"));
+
+    // A killed worker turns inactive on the overview, without reloading the page.
+    b.goto(&format!("{url}/")).await;
+    b.wait_text("#workers", "the worker active", |t| t.contains("active")).await;
+    w.signal(nix::sys::signal::Signal::SIGKILL);
+    w.wait_exit(Duration::from_secs(10));
+    b.wait_text("#workers [data-field=status]", "the killed worker inactive", |t| t == "inactive").await;
+    b.screenshot("overview-worker-inactive").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_sees_no_buttons_and_cannot_change_anything() {
+    let db = TestDb::sqlite();
+    let (_s, url) = server("srv", "127.0.0.1:0", &db.url, &fast_env(&[]));
+    let c = client(&url);
+    let viewer = c
+        .create_token(&attune_wire::CreateToken {
+            name: "eve".into(),
+            role: attune_core::auth::Role::Viewer,
+            expires_in: None,
+        })
+        .await
+        .unwrap()
+        .secret;
+    // An execution that waits (no worker), so that a cancel button would show for an operator.
+    let e = c
+        .create_execution(&attune_wire::CreateExecution {
+            action_ref: "core.echo".into(),
+            parameters: Some(json!({"message": "x"})),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let b = Browser::start(390, 844).await; // a phone's width
+    b.sign_in(&url, &viewer).await;
+    b.goto(&format!("{url}/executions/{}", e.id)).await;
+    b.wait_text("#status", "the waiting execution", |t| t == "scheduled").await;
+    assert!(b.find("#cancel").await.is_none() && b.find("#rerun").await.is_none(), "no buttons for a viewer");
+    b.goto(&format!("{url}/actions/core.echo")).await;
+    assert!(b.find("#run").await.is_none(), "no run form for a viewer");
+    b.screenshot("viewer-action").await;
+    // Posting anyway, with the session's own CSRF token, is refused.
+    let csrf = b.attribute("meta[name=csrf]", "content").await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = http
+        .post(format!("{url}/executions/{}/cancel", e.id))
+        .header("Cookie", format!("attune_session={viewer}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.text().await.unwrap().contains("viewer role may not"));
+    // Nor can the API be written with the session cookie alone.
+    let r = http
+        .post(format!("{url}/api/v1/executions/{}/cancel", e.id))
+        .header("Cookie", format!("attune_session={viewer}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(c.get_execution(e.id).await.unwrap().status, attune_core::ExecutionStatus::Scheduled);
+    // A bad token does not sign in.
+    b.click("header .who button").await;
+    b.wait_text("h1", "the sign-in page", |t| t == "Sign in").await;
+    b.type_in("#token", "attune_nope").await;
+    b.click("#sign-in").await;
+    b.wait_text("[role=alert]", "the refusal", |t| t.contains("Not signed in")).await;
+}
