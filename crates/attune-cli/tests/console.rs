@@ -164,6 +164,12 @@ impl Drop for Browser {
     }
 }
 
+/// A secret key, whose value the console must never show.
+async fn c_key(url: &str) {
+    let out = common::cli(url, &["key", "set", "api_password", "hunter2", "--secret"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_runs_follows_and_cancels_from_the_browser() {
     let db = TestDb::sqlite();
@@ -193,6 +199,17 @@ async fn an_operator_runs_follows_and_cancels_from_the_browser() {
     b.click("#cancel").await;
     b.wait_text("#status", "canceled", |t| t == "canceled").await;
     assert!(!b.text("#log").await.contains("never"));
+
+    // Rules, sensors and events; keys by name and tokens (an admin's).
+    b.goto(&format!("{url}/automation")).await;
+    b.wait_text("#rules", "the examples' rules", |t| t.contains("examples.")).await;
+    b.screenshot("automation").await;
+    c_key(&url).await;
+    b.goto(&format!("{url}/access")).await;
+    let keys = b.wait_text("#keys", "the key by name", |t| t.contains("api_password")).await;
+    assert!(!keys.contains("hunter2"), "no key value is shown: {keys}");
+    b.wait_text("#tokens", "the tokens", |t| t.contains("admin")).await;
+    b.screenshot("access").await;
 
     // A killed worker turns inactive on the overview, without reloading the page.
     b.goto(&format!("{url}/")).await;
@@ -261,4 +278,34 @@ async fn a_viewer_sees_no_buttons_and_cannot_change_anything() {
     b.type_in("#token", "attune_nope").await;
     b.click("#sign-in").await;
     b.wait_text("[role=alert]", "the refusal", |t| t.contains("Not signed in")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inquiry_is_answered_from_the_form_its_schema_makes() {
+    let db = TestDb::sqlite();
+    let (_s, url) = server("srv", "127.0.0.1:0", &db.url, &fast_env(&[]));
+    let c = client(&url);
+    let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}, "note": {"type": "string"},
+        "replicas": {"type": "integer"}}, "required": ["ok", "replicas"]});
+    let ask = attune_wire::CreateExecution {
+        action_ref: "core.ask".into(),
+        parameters: Some(json!({"prompt": "Deploy to production?", "schema": schema})),
+        ..Default::default()
+    };
+    let e = c.create_execution(&ask).await.unwrap();
+    let b = Browser::start(1280, 900).await;
+    b.sign_in(&url, &common::tokens(&url).admin).await;
+    b.goto(&format!("{url}/inquiries")).await;
+    b.wait_text("#inquiries", "the pending inquiry listed", |t| t.contains("Deploy to production?")).await;
+    b.click(&format!("a[href=\"/inquiries/{}\"]", e.id)).await;
+    b.wait_text("#prompt", "the inquiry's prompt", |t| t == "Deploy to production?").await;
+    b.click("#p-ok").await;
+    b.type_in("#p-replicas", "3").await;
+    b.type_in("#p-note", "go ahead").await;
+    b.screenshot("inquiry-form").await;
+    b.click("#respond").await;
+    b.wait_text("#status", "the inquiry answered", |t| t == "succeeded").await;
+    let done = c.get_execution(e.id).await.unwrap();
+    assert_eq!(done.result, Some(json!({"ok": true, "replicas": 3, "note": "go ahead"})));
+    b.screenshot("inquiry-answered").await;
 }

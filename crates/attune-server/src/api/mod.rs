@@ -15,7 +15,7 @@ mod rules;
 mod sensors;
 mod tokens;
 mod worker;
-mod workflows;
+pub(crate) mod workflows;
 
 use std::sync::Arc;
 

@@ -12,7 +12,7 @@ use crate::{
     ApiError,
 };
 
-async fn execution(state: &State, id: uuid::Uuid) -> Result<Execution, ApiError> {
+async fn execution(state: &crate::Shared, id: uuid::Uuid) -> Result<Execution, ApiError> {
     state
         .store
         .get_execution(id)
@@ -90,14 +90,24 @@ pub async fn respond(
     Body(req): Body<InquiryResponse>,
 ) -> Result<Json<Execution>, ApiError> {
     let id = parse_id("inquiry", &id)?;
-    let e = execution(&state, id).await?;
+    Ok(Json(answer(&state, &who, id, req.response.unwrap_or(Value::Null)).await?))
+}
+
+/// Answers inquiry `id` with `response`, checked against the inquiry's schema, as `who` (the API's
+/// route and the console's form). Returns the inquiry, masked.
+pub(crate) async fn answer(
+    state: &crate::Shared,
+    who: &Identity,
+    id: uuid::Uuid,
+    response: Value,
+) -> Result<Execution, ApiError> {
+    let e = execution(state, id).await?;
     if e.action.as_ref().map(|a| a.runtime) != Some(Runtime::Inquiry) {
         return Err(ApiError::not_found(
             "not_found",
             format!("inquiry {id} not found (execution {id} is not an inquiry)"),
         ));
     }
-    let response = req.response.unwrap_or(Value::Null);
     if !response.is_object() {
         return Err(ApiError::unprocessable("invalid_response", "response must be a JSON object"));
     }
@@ -125,5 +135,5 @@ pub async fn respond(
         state.changed(&[(id, d.status())]).await;
     }
     tracing::info!(inquiry = %id, by = %actor, "inquiry answered");
-    Ok(Json(execution(&state, id).await?.masked()))
+    Ok(execution(state, id).await?.masked())
 }

@@ -47,6 +47,11 @@ pub(crate) fn door() -> Router<Arc<Shared>> {
         .route("/actions", get(actions))
         .route("/actions/{action_ref}", get(action))
         .route("/actions/{action_ref}/run", post(run))
+        .route("/automation", get(automation))
+        .route("/access", get(access))
+        .route("/inquiries", get(inquiries))
+        .route("/inquiries/{id}", get(inquiry))
+        .route("/inquiries/{id}/respond", post(respond))
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/{id}/requeue", post(requeue))
         .route("/console/app.js", get(|| asset("text/javascript", include_str!("app.js"))))
@@ -70,6 +75,11 @@ fn templates() -> &'static minijinja::Environment<'static> {
             ("actions.html", include_str!("templates/actions.html")),
             ("action.html", include_str!("templates/action.html")),
             ("dead_letters.html", include_str!("templates/dead_letters.html")),
+            ("inquiries.html", include_str!("templates/inquiries.html")),
+            ("inquiry.html", include_str!("templates/inquiry.html")),
+            ("fields.html", include_str!("templates/fields.html")),
+            ("automation.html", include_str!("templates/automation.html")),
+            ("access.html", include_str!("templates/access.html")),
             ("error.html", include_str!("templates/error.html")),
         ] {
             env.add_template(name, text).expect("the console's templates are valid");
@@ -111,6 +121,8 @@ impl Session {
                 "run": self.may(Permission::Run),
                 "cancel": self.may(Permission::Cancel),
                 "requeue": self.may(Permission::Requeue),
+                "respond": self.may(Permission::Respond),
+                "admin": self.may(Permission::Admin),
             },
         });
         if let (Value::Object(m), Value::Object(e)) = (&mut ctx, extra) {
@@ -222,7 +234,9 @@ async fn login(State(shared): State<Arc<Shared>>, Form(f): Form<LoginForm>) -> R
     h.insert(header::AUTHORIZATION, bearer);
     match shared.authenticate(&h).await {
         Ok(who) if who.worker.is_none() && who.role.allows(Permission::Read) => {
-            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+            // Secure when the server speaks TLS (the browser then never sends it in clear).
+            let secure = if shared.opts.tls.is_some() { "; Secure" } else { "" };
+            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}");
             tracing::info!(user = %who.name, role = %who.role, "console sign-in");
             ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
         }
@@ -523,7 +537,7 @@ async fn action(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(r): 
         "fields": fields(&a.parameters),
         "schema": serde_json::to_string_pretty(&a.parameters).unwrap_or_default(),
     });
-    page(StatusCode::OK, "action.html", s.context(&format!("Run {}", a.action_ref), ctx))
+    page(StatusCode::OK, "action.html", s.context(a.action_ref.as_str(), ctx))
 }
 
 /// The run form's values, typed by the action's schema: numbers and booleans as such, `json`
@@ -613,14 +627,168 @@ async fn requeue(
     }
 }
 
+fn when(t: Timestamp) -> String {
+    t.to_datetime().format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// Rules, sensors, and the newest events with what each rule made of them.
+async fn automation(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let s = match session(&shared, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let filter = attune_store::EventFilter { trigger: None, before: None, limit: 50 };
+    let (rules, sensors, events) = match tokio::try_join!(
+        shared.store.list_rules(None),
+        shared.store.list_sensors(Timestamp::now()),
+        shared.store.list_events(&filter)
+    ) {
+        Ok(x) => x,
+        Err(e) => return api_error(&s, e.into()),
+    };
+    let rules: Vec<Value> = rules
+        .iter()
+        .map(|r| json!({"ref": r.rule_ref.as_str(), "enabled": r.enabled, "trigger": r.trigger.type_ref.as_str(), "action": r.action.action_ref.as_str()}))
+        .collect();
+    let sensors: Vec<Value> = sensors
+        .iter()
+        .map(|x| json!({"ref": x.sensor.sensor_ref.as_str(), "status": x.status.as_str(), "worker": x.worker_name, "restarts": x.restarts, "last_error": x.last_error}))
+        .collect();
+    let mut rows = Vec::with_capacity(events.len());
+    for e in &events {
+        let enforcements = match shared.store.enforcements_of(e.id).await {
+            Ok(x) => x,
+            Err(err) => return api_error(&s, err.into()),
+        };
+        let outcomes: Vec<Value> = enforcements
+            .iter()
+            .map(|x| json!({"rule": x.rule_ref.as_str(), "outcome": x.outcome.as_str(), "execution": x.execution_id, "reason": x.reason}))
+            .collect();
+        rows.push(json!({"trigger": e.trigger.as_str(), "source": e.source, "at": when(e.created_at), "late": e.late, "enforcements": outcomes}));
+    }
+    let ctx = json!({"rules": rules, "sensors": sensors, "events": rows});
+    page(StatusCode::OK, "automation.html", s.context("Rules, sensors and events", ctx))
+}
+
+/// Keys by name (never a value), and tokens for those who manage them.
+async fn access(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let s = match session(&shared, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let keys = match shared.store.list_keys(None).await {
+        Ok(k) => k,
+        Err(e) => return api_error(&s, e.into()),
+    };
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"name": k.name, "pack": k.pack, "secret": k.secret, "updated": when(k.updated_at), "by": k.updated_by}))
+        .collect();
+    let tokens: Vec<Value> = if s.may(Permission::Admin) {
+        match shared.store.list_tokens(false, false).await {
+            Ok(t) => t
+                .iter()
+                .map(|t| {
+                    json!({"name": t.name, "role": t.role.as_str(), "created": when(t.created_at),
+                    "expires": t.expires_at.map(when), "last_used": t.last_used_at.map(when)})
+                })
+                .collect(),
+            Err(e) => return api_error(&s, e.into()),
+        }
+    } else {
+        Vec::new()
+    };
+    page(StatusCode::OK, "access.html", s.context("Keys and tokens", json!({"keys": keys, "tokens": tokens})))
+}
+
+async fn inquiries(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let s = match session(&shared, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let list = match shared.store.list_inquiries(500).await {
+        Ok(l) => l,
+        Err(e) => return api_error(&s, e.into()),
+    };
+    let rows: Vec<Value> = list
+        .into_iter()
+        .map(|e| {
+            let prompt = e.parameters["prompt"].as_str().unwrap_or_default().to_owned();
+            let mut r = row(&e);
+            r["prompt"] = Value::String(prompt);
+            r["parent"] = json!(e.parent);
+            r
+        })
+        .collect();
+    page(StatusCode::OK, "inquiries.html", s.context("Inquiries", json!({"inquiries": rows})))
+}
+
+/// A pending inquiry: `None` (with the page to show) when it is not one, or not pending.
+async fn pending_inquiry(shared: &Shared, s: &Session, id: &str) -> Result<attune_core::Execution, Response> {
+    let Ok(id) = id.parse::<uuid::Uuid>() else {
+        return Err(error(s, StatusCode::NOT_FOUND, "No such inquiry."));
+    };
+    match shared.store.get_execution(id).await {
+        Ok(Some(e)) if e.action.as_ref().map(|a| a.runtime) == Some(attune_core::Runtime::Inquiry) => Ok(e),
+        Ok(_) => Err(error(s, StatusCode::NOT_FOUND, &format!("There is no inquiry {id}."))),
+        Err(e) => Err(api_error(s, e.into())),
+    }
+}
+
+async fn inquiry(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let s = match session(&shared, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let e = match pending_inquiry(&shared, &s, &id).await {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let schema = attune_core::action::inquiry_schema(&e.parameters).cloned().unwrap_or(json!({}));
+    let ctx = json!({
+        "e": row(&e),
+        "pending": e.status == ExecutionStatus::Pending,
+        "prompt": e.parameters["prompt"].as_str().unwrap_or_default(),
+        "fields": fields(&schema),
+        "schema": serde_json::to_string_pretty(&schema).unwrap_or_default(),
+    });
+    page(StatusCode::OK, "inquiry.html", s.context("Inquiry", ctx))
+}
+
+async fn respond(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let csrf = form.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or_default();
+    let s = match authorized(&shared, &headers, csrf, Permission::Respond).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let e = match pending_inquiry(&shared, &s, &id).await {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let schema = attune_core::action::inquiry_schema(&e.parameters).cloned().unwrap_or(json!({}));
+    let response = match parameters(&schema, &form) {
+        Ok(r) => r,
+        Err(m) => return error(&s, StatusCode::UNPROCESSABLE_ENTITY, &m),
+    };
+    match crate::api::workflows::answer(&shared, &s.who, e.id, response).await {
+        Ok(_) => Redirect::to(&format!("/executions/{}", e.id)).into_response(),
+        Err(e) => api_error(&s, e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_page_renders_and_escapes_what_it_shows() {
-        let ctx = json!({
-            "title": "<t>", "user": "<u>", "role": "admin", "csrf": "c", "can": {"run": true, "cancel": true, "requeue": true},
+        let mut ctx = json!({
+            "title": "<t>", "user": "<u>", "role": "admin", "csrf": "c", "can": {"run": true, "cancel": true, "requeue": true, "respond": true, "admin": true},
             "workers": [{"id": "w", "name": "<script>", "status": "active", "heartbeat": "1 s", "in_flight": 0, "slots": 1, "runtimes": "shell"}],
             "counts": [{"status": "running", "count": 1}], "statuses": ["running"], "status": "", "action": "",
             "executions": [{"id": "0123456789abcdef", "action": "a.b", "status": "running", "created": "now", "worker": ""}],
@@ -630,7 +798,20 @@ mod tests {
             "a": {"ref": "p.a", "runtime": "shell", "description": "", "enabled": true},
             "fields": fields(&json!({"properties": {"n": {"type": "integer"}, "on": {"type": "boolean"}, "k": {"enum": ["x", "y"]}, "o": {"type": "object"}, "s": {"type": "string", "secret": true}}, "required": ["n"]})),
             "schema": "{}", "letters": [], "message": "<m>", "status_code": 400,
+            "inquiries": [{"id": "0123456789abcdef", "prompt": "<x-p>", "status": "pending", "created": "now", "parent": null}],
+            "pending": true, "prompt": "<x-q>",
         });
+        let more = json!({
+            "rules": [{"ref": "p.r", "enabled": true, "trigger": "core.webhook", "action": "<x-a>"}],
+            "sensors": [{"ref": "p.s", "status": "running", "worker": null, "restarts": 0, "last_error": "<x-e>"}],
+            "events": [{"trigger": "core.webhook", "source": "<x-s>", "at": "now", "late": false,
+                "enforcements": [{"rule": "p.r", "outcome": "matched", "execution": "e", "reason": null}]}],
+            "keys": [{"name": "<x-k>", "pack": null, "secret": true, "updated": "now", "by": null}],
+            "tokens": [{"name": "<x-t>", "role": "viewer", "created": "now", "expires": null, "last_used": null}],
+        });
+        if let (Value::Object(m), Value::Object(e)) = (&mut ctx, more) {
+            m.extend(e);
+        }
         for name in [
             "login.html",
             "overview.html",
@@ -646,7 +827,10 @@ mod tests {
                 .unwrap()
                 .render(&ctx)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(!html.contains("<script>") && !html.contains("<b>"), "{name} escapes what it shows");
+            assert!(
+                !html.contains("<script>") && !html.contains("<b>") && !html.contains("<x-"),
+                "{name} escapes what it shows"
+            );
         }
     }
 
