@@ -193,6 +193,17 @@ async fn authorized(
     Ok(s)
 }
 
+/// As `authorized`, for a form read as its fields (one per parameter, plus `csrf`).
+async fn authorized_fields(
+    shared: &Shared,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+    p: Permission,
+) -> Result<Session, Response> {
+    let csrf = form.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or_default();
+    authorized(shared, headers, csrf, p).await
+}
+
 fn error(s: &Session, status: StatusCode, message: &str) -> Response {
     page(status, "error.html", s.context("Error", json!({"message": message, "status": status.as_u16()})))
 }
@@ -578,8 +589,7 @@ async fn run(
     Path(r): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let csrf = form.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or_default();
-    let s = match authorized(&shared, &headers, csrf, Permission::Run).await {
+    let s = match authorized_fields(&shared, &headers, &form, Permission::Run).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -723,7 +733,12 @@ async fn inquiries(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Res
     page(StatusCode::OK, "inquiries.html", s.context("Inquiries", json!({"inquiries": rows})))
 }
 
-/// A pending inquiry: `None` (with the page to show) when it is not one, or not pending.
+/// The schema an inquiry's response must match (an empty one when it has none).
+fn response_schema(e: &attune_core::Execution) -> Value {
+    attune_core::action::inquiry_schema(&e.parameters).cloned().unwrap_or(json!({}))
+}
+
+/// The inquiry `id`, or the page to show when there is no such inquiry.
 async fn pending_inquiry(shared: &Shared, s: &Session, id: &str) -> Result<attune_core::Execution, Response> {
     let Ok(id) = id.parse::<uuid::Uuid>() else {
         return Err(error(s, StatusCode::NOT_FOUND, "No such inquiry."));
@@ -744,7 +759,7 @@ async fn inquiry(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id)
         Ok(e) => e,
         Err(r) => return r,
     };
-    let schema = attune_core::action::inquiry_schema(&e.parameters).cloned().unwrap_or(json!({}));
+    let schema = response_schema(&e);
     let ctx = json!({
         "e": row(&e),
         "pending": e.status == ExecutionStatus::Pending,
@@ -761,8 +776,7 @@ async fn respond(
     Path(id): Path<String>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let csrf = form.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or_default();
-    let s = match authorized(&shared, &headers, csrf, Permission::Respond).await {
+    let s = match authorized_fields(&shared, &headers, &form, Permission::Respond).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -770,7 +784,7 @@ async fn respond(
         Ok(e) => e,
         Err(r) => return r,
     };
-    let schema = attune_core::action::inquiry_schema(&e.parameters).cloned().unwrap_or(json!({}));
+    let schema = response_schema(&e);
     let response = match parameters(&schema, &form) {
         Ok(r) => r,
         Err(m) => return error(&s, StatusCode::UNPROCESSABLE_ENTITY, &m),
