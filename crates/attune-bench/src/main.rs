@@ -4,6 +4,7 @@
 //! nothing (tests do that).
 
 mod cluster;
+mod console;
 mod events;
 mod packs;
 mod peers;
@@ -38,6 +39,9 @@ pub struct Args {
     /// Tasks each Attune worker process runs at once.
     #[arg(long, default_value_t = 64)]
     concurrency: u32,
+    /// Only the console's page times with 100,000 executions stored (issue 15), per backend.
+    #[arg(long)]
+    console_only: bool,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/latest.json")]
     out: PathBuf,
@@ -122,10 +126,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("raw `sh -c 'echo hello'` spawn rate on 2 threads: {spawn:.0}/s");
     results.spawn_rate = spawn;
     for backend in &args.backends {
-        let r = workloads::run_backend(backend, &args, sizes, spawn).await?;
+        let r = if args.console_only {
+            workloads::run_console_only(backend, &args).await?
+        } else {
+            workloads::run_backend(backend, &args, sizes, spawn).await?
+        };
         results.backends.push(r);
     }
-    if !args.no_celery {
+    if !args.no_celery && !args.console_only {
         match peers::celery(&args, sizes).await {
             Ok(c) => results.celery = Some(c),
             Err(e) => {

@@ -39,6 +39,9 @@ pub struct BackendResult {
     #[serde(default)]
     pub python_warm_ms: Option<[f64; 3]>,
     pub detection_seconds: Vec<f64>,
+    /// The console's pages with 100,000 executions stored: (path, p50 ms, slowest ms).
+    #[serde(default)]
+    pub console_pages_ms: Vec<crate::console::PageTime>,
     pub idle_server_rss_mb: Option<f64>,
     pub idle_worker_rss_mb: Option<f64>,
 }
@@ -63,6 +66,7 @@ impl BackendResult {
             python_cold_ms: None,
             python_warm_ms: None,
             detection_seconds: Vec::new(),
+            console_pages_ms: Vec::new(),
             idle_server_rss_mb: None,
             idle_worker_rss_mb: None,
         }
@@ -119,6 +123,19 @@ fn machine() -> String {
 
 fn f(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "–".into())
+}
+
+/// A console page's path without what differs per run (an id, a cursor, a time).
+fn shape(page: &str) -> String {
+    if page.starts_with("/executions/") {
+        return "/executions/{id}".into();
+    }
+    for k in ["before=", "since="] {
+        if let Some((head, _)) = page.split_once(k) {
+            return format!("{head}{k}…");
+        }
+    }
+    page.to_owned()
 }
 
 fn pcts(v: Option<[f64; 3]>) -> String {
@@ -312,6 +329,17 @@ impl Results {
                 .collect(),
             None,
         );
+        row(
+            &format!("slowest console page with {} executions stored, ms, p50 / max", crate::console::STORED),
+            "< 100",
+            b.iter()
+                .map(|x| {
+                    let worst = x.console_pages_ms.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+                    worst.map(|(p, m, mx)| format!("{m:.1} / {mx:.1} (`{p}`)")).unwrap_or_else(|| "–".into())
+                })
+                .collect(),
+            None,
+        );
         row("idle server RSS, MB", "≤ 40", b.iter().map(|x| f(x.idle_server_rss_mb, 1)).collect(), None);
         row("idle worker RSS, MB", "≤ 20", b.iter().map(|x| f(x.idle_worker_rss_mb, 1)).collect(), None);
         if let Some(c) = &self.celery {
@@ -331,6 +359,28 @@ impl Results {
         }
         if let Some(e) = &self.pg_peer_error {
             out += &format!("\nProcrastinate not measured: {e}\n");
+        }
+        if let Some(first) = self.backends.iter().find(|b| !b.console_pages_ms.is_empty()) {
+            out += &format!(
+                "\nConsole pages with {} executions stored, ms, p50 / max of 20 requests:\n\n| page |",
+                crate::console::STORED
+            );
+            for b in &self.backends {
+                out += &format!(" {} |", b.backend);
+            }
+            out += "\n|---|";
+            for _ in &self.backends {
+                out += "---|";
+            }
+            out += "\n";
+            for (i, (page, _, _)) in first.console_pages_ms.iter().enumerate() {
+                out += &format!("| `{}` |", shape(page));
+                for b in &self.backends {
+                    let cell = b.console_pages_ms.get(i).map(|(_, m, mx)| format!("{m:.1} / {mx:.1}"));
+                    out += &format!(" {} |", cell.unwrap_or_else(|| "–".into()));
+                }
+                out += "\n";
+            }
         }
         out
     }

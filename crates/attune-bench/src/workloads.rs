@@ -149,6 +149,16 @@ async fn latency(c: &Cluster, n: usize) -> anyhow::Result<([f64; 3], [f64; 3])> 
     Ok((summary(start), summary(finish)))
 }
 
+/// `--console-only`: the console's page times, nothing else.
+pub async fn run_console_only(backend: &str, args: &Args) -> anyhow::Result<BackendResult> {
+    let mut r = BackendResult::new(backend);
+    let mut c = Cluster::start(backend, &args.pg).await?;
+    c.add_workers(args.workers, args.concurrency).await?;
+    eprintln!("[{backend}] console pages with {} executions stored", crate::console::STORED);
+    r.console_pages_ms = crate::console::run(&c, 0).await?;
+    Ok(r)
+}
+
 pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> anyhow::Result<BackendResult> {
     let mut r = BackendResult::new(backend);
     eprintln!("[{backend}] idle memory");
@@ -182,6 +192,8 @@ pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> an
         let t0 = Instant::now();
         let done = c.wait_terminal(c0 + s.backlog_measured as u64, Duration::from_secs(600)).await?;
         r.backlog_per_sec = Some(s.backlog_measured as f64 / done.duration_since(t0).as_secs_f64());
+        eprintln!("[{backend}] console pages with {} executions stored", crate::console::STORED);
+        r.console_pages_ms = crate::console::run(&c, s.backlog).await?;
     }
     if backend == "postgres" {
         eprintln!("[{backend}] cross-replica wake-up, {} executions", s.latency / 4);

@@ -101,6 +101,29 @@ impl Browser {
         self.call(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({"text": text}))).await;
     }
 
+    /// Empties a form field (one prefilled with its default).
+    async fn clear(&self, css: &str) {
+        let e = self.must(css).await;
+        self.call(reqwest::Method::POST, &format!("/element/{e}/clear"), Some(json!({}))).await;
+    }
+
+    /// Waits until an element matches `css`.
+    async fn wait_for(&self, css: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.find(css).await.is_none() {
+            if Instant::now() > deadline {
+                self.must(css).await; // panics with the page
+                panic!("{css}: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for an execution's page to show it ended (the page reloads itself when it does).
+    async fn wait_ended(&self, status: &str) {
+        self.wait_for(&format!("#execution[data-terminal=true] #status.{status}"), status).await;
+    }
+
     async fn text(&self, css: &str) -> String {
         match self.find(css).await {
             Some(e) => self
@@ -185,7 +208,7 @@ async fn an_operator_runs_follows_and_cancels_from_the_browser() {
     b.type_in("#p-message", "hello from the console").await;
     b.screenshot("action-form").await;
     b.click("#run").await;
-    b.wait_text("#status", "core.echo succeeded", |t| t == "succeeded").await;
+    b.wait_ended("succeeded").await;
     assert_eq!(b.text("#log").await, "hello from the console");
     b.screenshot("execution-succeeded").await;
 
@@ -197,7 +220,7 @@ async fn an_operator_runs_follows_and_cancels_from_the_browser() {
     assert_eq!(b.text("#status").await, "running");
     b.screenshot("execution-live-log").await;
     b.click("#cancel").await;
-    b.wait_text("#status", "canceled", |t| t == "canceled").await;
+    b.wait_ended("canceled").await;
     assert!(!b.text("#log").await.contains("never"));
 
     // Rules, sensors and events; keys by name and tokens (an admin's).
@@ -304,8 +327,104 @@ async fn an_inquiry_is_answered_from_the_form_its_schema_makes() {
     b.type_in("#p-note", "go ahead").await;
     b.screenshot("inquiry-form").await;
     b.click("#respond").await;
-    b.wait_text("#status", "the inquiry answered", |t| t == "succeeded").await;
+    b.wait_ended("succeeded").await;
     let done = c.get_execution(e.id).await.unwrap();
     assert_eq!(done.result, Some(json!({"ok": true, "replicas": 3, "note": "go ahead"})));
     b.screenshot("inquiry-answered").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_shows_its_tasks_live_and_waits_for_an_answer() {
+    let db = TestDb::sqlite();
+    let (_s, url) = server("srv", "127.0.0.1:0", &db.url, &fast_env(&[]));
+    let _w = worker("w1", &url, &fast_env(&[]));
+    let b = Browser::start(1280, 900).await;
+    b.sign_in(&url, &common::tokens(&url).admin).await;
+    // Run the examples' workflow from its form; its page shows the tasks as they start, nested
+    // workflow included, without a reload, until the approval waits for a person.
+    b.goto(&format!("{url}/actions/examples.check_hosts")).await;
+    b.clear("#p-count").await;
+    b.type_in("#p-count", "3").await;
+    b.click("#run").await;
+    let tree = b
+        .wait_text("#tree", "the tasks up to the waiting approval", |t| {
+            t.contains("approve/1") && t.contains("pending") && t.contains("again/1")
+        })
+        .await;
+    for task in ["list_hosts/1", "check_each/1/0", "check_each/1/2", "greet/1", "hello/1"] {
+        assert!(tree.contains(task), "{task} in the tree: {tree}");
+    }
+    assert_eq!(b.text("#status").await, "running");
+    b.screenshot("workflow-waiting").await;
+    b.click("#tree a.respond").await;
+    b.wait_text("#prompt", "the approval's question", |t| t == "Report on 3 hosts?").await;
+    b.click("#p-ok").await;
+    b.click("#respond").await;
+    b.wait_ended("succeeded").await;
+    // The workflow goes on to its report and ends; its page follows.
+    b.click("#parent").await;
+    b.wait_ended("succeeded").await;
+    let tree = b.text("#tree").await;
+    assert!(
+        tree.contains("report/1") && !tree.contains("running") && !tree.contains("check_each/1/3"),
+        "{tree}"
+    );
+    b.screenshot("workflow-succeeded").await;
+}
+
+/// A page as a signed-in browser gets it (status and HTML).
+async fn console_get(url: &str, token: &str, path: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .get(format!("{url}{path}"))
+        .header("Cookie", format!("attune_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_executions_list_pages_and_filters_by_time() {
+    let db = TestDb::sqlite();
+    let (_s, url) = server("srv", "127.0.0.1:0", &db.url, &fast_env(&[]));
+    let c = client(&url);
+    let admin = common::tokens(&url).admin;
+    let started = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let mut ids = Vec::new();
+    for i in 0..106 {
+        let e = c
+            .create_execution(&attune_wire::CreateExecution {
+                action_ref: "core.echo".into(),
+                parameters: Some(json!({"message": format!("m{i}")})),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        ids.push(e.id);
+    }
+    let rows = |html: &str| html.matches("<tr data-execution=").count();
+    let (code, first) = console_get(&url, &admin, "/executions").await;
+    assert_eq!((code, rows(&first)), (200, 100), "the newest 100");
+    assert!(first.contains(&ids[105].to_string()) && !first.contains(&ids[5].to_string()));
+    let cursor =
+        first.split(r#"name="before" value=""#).nth(1).expect("an Older button").split('"').next().unwrap();
+    let (_, older) = console_get(&url, &admin, &format!("/executions?status=&action=&before={cursor}")).await;
+    assert_eq!(rows(&older), 6, "the rest");
+    assert!(
+        older.contains(&ids[0].to_string())
+            && !older.contains(r#"id="older""#)
+            && older.contains(r#"id="newest""#)
+    );
+    // By time (UTC): since before the first → all of them; since an hour ahead → none.
+    let t = |d: chrono::DateTime<chrono::Utc>| d.format("%Y-%m-%dT%H:%M:%S").to_string();
+    let (_, since) = console_get(&url, &admin, &format!("/executions?since={}", t(started))).await;
+    assert_eq!(rows(&since), 100);
+    let later = t(chrono::Utc::now() + chrono::Duration::hours(1));
+    let (_, none) = console_get(&url, &admin, &format!("/executions?since={later}")).await;
+    assert!(none.contains("No executions match."));
+    let (_, until) = console_get(&url, &admin, &format!("/executions?until={}", t(started))).await;
+    assert_eq!(rows(&until), 0, "none was created before the test started");
+    let (code, bad) = console_get(&url, &admin, "/executions?since=yesterday").await;
+    assert_eq!(code, 400);
+    assert!(bad.contains("Since: &quot;yesterday&quot; is not a time"), "{bad}");
 }

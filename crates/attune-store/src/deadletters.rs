@@ -42,6 +42,19 @@ impl Store {
         })
     }
 
+    /// The dead letter of execution `execution` not yet requeued, if there is one.
+    pub async fn dead_letter_of(&self, execution: Uuid) -> Result<Option<DeadLetter>> {
+        read_pool!(self, p => {
+            let row = sqlx::query(&format!(
+                "SELECT {COLS} FROM dead_letters WHERE execution_id = $1 AND requeued_at IS NULL"
+            ))
+            .bind(execution.to_string())
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| from_row(&r)).transpose()
+        })
+    }
+
     pub async fn get_dead_letter(&self, id: Uuid) -> Result<Option<DeadLetter>> {
         read_pool!(self, p => {
             let row = sqlx::query(&format!("SELECT {COLS} FROM dead_letters WHERE id = $1"))

@@ -137,12 +137,28 @@ pub struct MetricsSnapshot {
     pub limited_waiting: Vec<(String, u64)>,
 }
 
+const QUEUE_DEPTHS: &str = "SELECT queue, COUNT(*) AS n, MIN(scheduled_at) AS oldest FROM executions
+     WHERE status = 'scheduled' AND lease_token IS NULL GROUP BY queue";
+
+fn queue_depth(r: &impl RowExt) -> Result<(String, u64, Option<Timestamp>)> {
+    Ok((r.text("queue")?, r.big("n")? as u64, r.opt_big("oldest")?.map(Timestamp)))
+}
+
+/// The row's `status` column.
+fn status_col(r: &impl RowExt) -> Result<ExecutionStatus> {
+    let s = r.text("status")?;
+    ExecutionStatus::parse(&s)
+        .ok_or_else(|| StoreError::Corrupt { table: "executions", message: format!("status {s:?}") })
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionFilter {
     pub status: Option<ExecutionStatus>,
     pub action_ref: Option<ActionRef>,
     /// Only executions created before this one (ids are time-ordered): the next page.
     pub before: Option<Uuid>,
+    /// Only executions created after this one (with a time's lowest id: created since then).
+    pub after: Option<Uuid>,
     pub limit: u32,
     /// Only executions with this parent (a workflow's tasks).
     pub parent: Option<Uuid>,
@@ -346,6 +362,9 @@ impl Store {
         if f.before.is_some() {
             sql += &format!(" AND id < {}", next_param());
         }
+        if f.after.is_some() {
+            sql += &format!(" AND id > {}", next_param());
+        }
         if f.parent.is_some() {
             sql += &format!(" AND parent = {}", next_param());
         }
@@ -360,6 +379,9 @@ impl Store {
             }
             if let Some(b) = f.before {
                 q = q.bind(b.to_string());
+            }
+            if let Some(a) = f.after {
+                q = q.bind(a.to_string());
             }
             if let Some(parent) = f.parent {
                 q = q.bind(parent.to_string());
@@ -388,14 +410,8 @@ impl Store {
             {
                 snap.executions.push((r.text("action_ref")?, r.text("status")?, r.big("n")? as u64));
             }
-            for r in sqlx::query(
-                "SELECT queue, COUNT(*) AS n, MIN(scheduled_at) AS oldest FROM executions
-                 WHERE status = 'scheduled' AND lease_token IS NULL GROUP BY queue",
-            )
-            .fetch_all(p)
-            .await?
-            {
-                snap.queues.push((r.text("queue")?, r.big("n")? as u64, r.opt_big("oldest")?.map(Timestamp)));
+            for r in sqlx::query(QUEUE_DEPTHS).fetch_all(p).await? {
+                snap.queues.push(queue_depth(&r)?);
             }
             for r in sqlx::query("SELECT cause, COUNT(*) AS n FROM dead_letters GROUP BY cause").fetch_all(p).await? {
                 snap.dead_letters.push((r.text("cause")?, r.big("n")? as u64));
@@ -413,17 +429,61 @@ impl Store {
         })
     }
 
+    /// Each queue's waiting (undelivered) tasks and when the oldest of them was scheduled.
+    pub async fn queue_depths(&self) -> Result<Vec<(String, u64, Option<Timestamp>)>> {
+        read_pool!(self, p => {
+            sqlx::query(QUEUE_DEPTHS).fetch_all(p).await?.iter().map(queue_depth).collect()
+        })
+    }
+
+    /// Executions that ended in each of `minutes` minutes from `since` (a minute's start, in
+    /// milliseconds since the epoch), counted by final status; oldest minute first. One range of
+    /// the `executions_finished` index per minute: cheap however many executions are stored.
+    pub async fn finished_per_minute(
+        &self,
+        since: Timestamp,
+        minutes: u32,
+    ) -> Result<Vec<(i64, ExecutionStatus, u64)>> {
+        let mut out = Vec::new();
+        read_pool!(self, p => {
+            for i in 0..minutes as i64 {
+                let from = since.0 + i * 60_000;
+                let rows = sqlx::query(
+                    "SELECT status, COUNT(*) AS n FROM executions
+                     WHERE finished_at >= $1 AND finished_at < $2 GROUP BY status",
+                )
+                .bind(from)
+                .bind(from + 60_000)
+                .fetch_all(p)
+                .await?;
+                for r in &rows {
+                    out.push((from, status_col(r)?, r.big("n")? as u64));
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    /// How many executions are in each status that has not ended (few, and read from the status
+    /// index, unlike the ended ones).
+    pub async fn count_unfinished(&self) -> Result<Vec<(ExecutionStatus, u64)>> {
+        read_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT status, COUNT(*) AS n FROM executions
+                 WHERE status IN ('requested', 'scheduled', 'pending', 'running', 'canceling') GROUP BY status",
+            )
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(|r| Ok((status_col(r)?, r.big("n")? as u64))).collect()
+        })
+    }
+
     /// How many executions are in each status.
     pub async fn count_by_status(&self) -> Result<Vec<(ExecutionStatus, u64)>> {
         read_pool!(self, p => {
             let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM executions GROUP BY status").fetch_all(p).await?;
             rows.iter()
-                .map(|r| {
-                    let s = r.text("status")?;
-                    let st = ExecutionStatus::parse(&s)
-                        .ok_or_else(|| StoreError::Corrupt { table: "executions", message: format!("status {s:?}") })?;
-                    Ok((st, r.big("n")? as u64))
-                })
+                .map(|r| Ok((status_col(r)?, r.big("n")? as u64)))
                 .collect()
         })
     }

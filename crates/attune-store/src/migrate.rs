@@ -26,6 +26,7 @@ const SQLITE: &[(i64, &str)] = &[
     (20, include_str!("../migrations/sqlite/0020_workflows.sql")),
     (21, include_str!("../migrations/sqlite/0021_pack_extra.sql")),
     (22, include_str!("../migrations/sqlite/0022_pack_archives.sql")),
+    (23, include_str!("../migrations/sqlite/0023_finished_index.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -49,6 +50,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (20, include_str!("../migrations/postgres/0020_workflows.sql")),
     (21, include_str!("../migrations/postgres/0021_pack_extra.sql")),
     (22, include_str!("../migrations/postgres/0022_pack_archives.sql")),
+    (23, include_str!("../migrations/postgres/0023_finished_index.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

@@ -266,6 +266,11 @@ async fn list_filters_and_pages(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(next.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
+    let since = s
+        .list_executions(&ExecutionFilter { limit: 10, after: Some(ids[2]), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(since.items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[4], ids[3]], "created after");
     let only_a = s
         .list_executions(&ExecutionFilter {
             limit: 10,
@@ -700,7 +705,9 @@ async fn dead_letters_list_and_requeue_once(db: &TestDb) {
         rate: None,
         child_key: None,
     };
+    assert_eq!(s.dead_letter_of(id).await.unwrap().map(|d| d.id), Some(dls[1].id));
     let new = s.create_execution(requeue(dls[1].id), at(50)).await.unwrap();
+    assert!(s.dead_letter_of(id).await.unwrap().is_none(), "a requeued dead letter is done");
     assert_eq!((new.status, new.parent, new.attempt), (ExecutionStatus::Scheduled, Some(id), 0));
     assert_eq!(new.parameters, json!({"x": 1}));
     let count =
@@ -878,10 +885,21 @@ async fn metrics_snapshot_counts_what_is_stored(db: &TestDb) {
         "depth and oldest of waiting tasks"
     );
     assert!(snap.dead_letters.is_empty());
+    assert_eq!(s.queue_depths().await.unwrap(), snap.queues);
     s.fail_unstarted(Duration::from_secs(1), at(20)).await.unwrap();
     let snap = s.metrics_snapshot().await.unwrap();
     assert_eq!(snap.dead_letters, vec![("queue_ttl".to_string(), 2)]);
     assert!(snap.queues.is_empty());
+    assert!(s.queue_depths().await.unwrap().is_empty());
+    // The two failed at(20); the running one is not counted until it ends.
+    let minute = at(20).0 / 60_000 * 60_000;
+    let ended = s.finished_per_minute(Timestamp(minute - 60_000), 2).await.unwrap();
+    assert_eq!(ended, vec![(minute, ExecutionStatus::Failed, 2)]);
+    assert!(
+        s.finished_per_minute(Timestamp(minute + 60_000), 3).await.unwrap().is_empty(),
+        "only that window"
+    );
+    assert_eq!(s.count_unfinished().await.unwrap(), vec![(ExecutionStatus::Running, 1)]);
 }
 
 async fn unclaim_gives_back_only_that_delivery(db: &TestDb) {

@@ -88,8 +88,10 @@ pub async fn list(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000"));
     }
-    let page =
-        state.store.list_executions(&ExecutionFilter { status, action_ref, before, limit, parent }).await?;
+    let page = state
+        .store
+        .list_executions(&ExecutionFilter { status, action_ref, before, after: None, limit, parent })
+        .await?;
     Ok(Json(ExecutionList {
         items: page.items.into_iter().map(Execution::masked).collect(),
         next: page.next,

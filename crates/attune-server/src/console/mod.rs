@@ -1,6 +1,6 @@
-//! The web console (issue 15, first part): server-rendered pages at `/`, templates embedded in the
-//! binary (`templates/`, rendered with minijinja, HTML-escaped), and a little JavaScript
-//! (`app.js`) that follows executions and workers by polling the API with the session.
+//! The web console (issue 15): server-rendered pages at `/`, templates embedded in the binary
+//! (`templates/`, rendered with minijinja, HTML-escaped), and a little JavaScript (`app.js`) that
+//! follows the event stream with the session and re-renders a page's `data-refresh` tables.
 //!
 //! Sign-in takes a token; the session is that token in an HttpOnly, SameSite=Strict cookie. The
 //! API accepts the cookie for reads only (`session_bearer`), so a page's script can read but a
@@ -275,12 +275,17 @@ async fn overview(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
         Ok(s) => s,
         Err(r) => return r,
     };
-    let (workers, counts) =
-        match tokio::try_join!(shared.store.list_workers(false), shared.store.count_by_status()) {
-            Ok(x) => x,
-            Err(e) => return api_error(&s, e.into()),
-        };
     let now = Timestamp::now();
+    let since = Timestamp(now.0 / 60_000 * 60_000 - (MINUTES - 1) * 60_000);
+    let (workers, counts, queues, ended) = match tokio::try_join!(
+        shared.store.list_workers(false),
+        shared.store.count_unfinished(),
+        shared.store.queue_depths(),
+        shared.store.finished_per_minute(since, MINUTES as u32),
+    ) {
+        Ok(x) => x,
+        Err(e) => return api_error(&s, e.into()),
+    };
     let workers: Vec<Value> = workers
         .iter()
         .map(|w| {
@@ -293,17 +298,65 @@ async fn overview(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
         .collect();
     let counts: Vec<Value> =
         counts.iter().map(|(st, n)| json!({"status": st.as_str(), "count": n})).collect();
+    let queues: Vec<Value> = queues
+        .iter()
+        .map(|(q, n, oldest)| json!({"queue": q, "depth": n, "oldest": oldest.map(|t| ago(now, t))}))
+        .collect();
+    let outcomes: Vec<&str> =
+        ExecutionStatus::ALL.iter().filter(|x| x.is_terminal()).map(|x| x.as_str()).collect();
+    // Every minute of the window, newest first, with a count for each outcome (0 if none).
+    let minutes: Vec<Value> = (0..MINUTES)
+        .rev()
+        .map(|i| {
+            let m = since.0 + i * 60_000;
+            let n: Vec<u64> = outcomes
+                .iter()
+                .map(|o| ended.iter().filter(|(t, st, _)| *t == m && st.as_str() == *o).map(|x| x.2).sum())
+                .collect();
+            json!({"minute": Timestamp(m).to_datetime().format("%H:%M").to_string(), "counts": n})
+        })
+        .collect();
     page(
         StatusCode::OK,
         "overview.html",
-        s.context("Overview", json!({"workers": workers, "counts": counts})),
+        s.context(
+            "Overview",
+            json!({"workers": workers, "counts": counts, "queues": queues, "outcomes": outcomes, "minutes": minutes}),
+        ),
     )
 }
+
+/// The overview's window of executions ended per minute.
+const MINUTES: i64 = 15;
 
 #[derive(Deserialize)]
 struct ListQuery {
     status: Option<String>,
     action: Option<String>,
+    /// Created at or after this time (UTC, `YYYY-MM-DDTHH:MM[:SS]`).
+    since: Option<String>,
+    /// Created before this time (UTC).
+    until: Option<String>,
+    /// The next page: executions older than this one.
+    before: Option<String>,
+}
+
+/// The lowest execution id of a millisecond (ids are UUIDv7: time-ordered).
+fn id_at(ms: i64) -> uuid::Uuid {
+    uuid::Builder::from_unix_timestamp_millis(ms.max(0) as u64, &[0; 10]).into_uuid()
+}
+
+/// A time typed in a filter (UTC): `2026-11-28T09:30`, with optional seconds, or a date.
+fn utc(field: &str, text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let parsed = chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M"))
+        .or_else(|_| {
+            chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").map(|d| d.and_time(chrono::NaiveTime::MIN))
+        });
+    parsed
+        .map(|d| d.and_utc().timestamp_millis())
+        .map_err(|_| format!("{field}: {t:?} is not a time (use 2026-11-28T09:30, in UTC)."))
 }
 
 fn row(e: &attune_core::Execution) -> Value {
@@ -339,10 +392,31 @@ async fn executions(
         Some(Ok(a)) => Some(a),
         None => None,
     };
-    let filter =
-        ExecutionFilter { status: status_f, action_ref: action_f, before: None, limit: 100, parent: None };
+    let text = |x: &Option<String>| x.as_deref().map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned);
+    let (since, until, before) = (text(&q.since), text(&q.until), text(&q.before));
+    let bounds = (|| {
+        let after = since.as_deref().map(|t| utc("Since", t)).transpose()?.map(|ms| id_at(ms - 1));
+        let until_id = until.as_deref().map(|t| utc("Until", t)).transpose()?.map(id_at);
+        let cursor = before
+            .as_deref()
+            .map(|b| b.parse::<uuid::Uuid>().map_err(|_| format!("{b:?} is not a page cursor.")))
+            .transpose()?;
+        Ok::<_, String>((after, until_id.into_iter().chain(cursor).min()))
+    })();
+    let (after, before_id) = match bounds {
+        Ok(x) => x,
+        Err(m) => return error(&s, StatusCode::BAD_REQUEST, &m),
+    };
+    let filter = ExecutionFilter {
+        status: status_f,
+        action_ref: action_f,
+        before: before_id,
+        after,
+        limit: 100,
+        parent: None,
+    };
     let list = match shared.store.list_executions(&filter).await {
-        Ok(p) => p.items,
+        Ok(p) => p,
         Err(e) => return api_error(&s, e.into()),
     };
     let statuses: Vec<&str> = ExecutionStatus::ALL.iter().map(|x| x.as_str()).collect();
@@ -351,8 +425,9 @@ async fn executions(
         "executions.html",
         s.context(
             "Executions",
-            json!({"executions": list.iter().map(row).collect::<Vec<_>>(), "statuses": statuses,
-                   "status": status.unwrap_or(""), "action": action.unwrap_or("")}),
+            json!({"executions": list.items.iter().map(row).collect::<Vec<_>>(), "statuses": statuses,
+                   "status": status.unwrap_or(""), "action": action.unwrap_or(""),
+                   "since": since, "until": until, "next": list.next, "paged": before.is_some()}),
         ),
     )
 }
@@ -385,7 +460,14 @@ async fn execution(
         .iter()
         .map(|a| json!({"attempt": a.attempt, "worker": a.worker, "status": a.status.as_str(), "exit_code": a.exit_code}))
         .collect();
+    let (tree, dead_letter) = match tokio::try_join!(tree(&shared, &e), shared.store.dead_letter_of(e.id)) {
+        Ok(x) => x,
+        Err(err) => return api_error(&s, err.into()),
+    };
     let ctx = json!({
+        "tree": tree,
+        "workflow": is_workflow(&e),
+        "dead_letter": dead_letter.map(|d| d.id),
         "e": row(&e),
         "terminal": e.status.is_terminal(),
         "parameters": serde_json::to_string_pretty(&e.parameters).unwrap_or_default(),
@@ -397,6 +479,57 @@ async fn execution(
         "parent": e.parent,
     });
     page(StatusCode::OK, "execution.html", s.context(&format!("Execution {}", e.id), ctx))
+}
+
+fn is_workflow(e: &attune_core::Execution) -> bool {
+    e.action.as_ref().map(|a| a.runtime) == Some(attune_core::Runtime::Workflow)
+}
+
+/// The most tasks a workflow's tree shows (a `with` of thousands of items is summarised).
+const TREE_NODES: usize = 2_000;
+
+/// A workflow's tasks (and theirs, for a workflow calling a workflow), depth first in the order
+/// they were created: task, action, status and how long it took. Empty for any other execution.
+async fn tree(
+    shared: &Shared,
+    root: &attune_core::Execution,
+) -> Result<Vec<Value>, attune_store::StoreError> {
+    if !is_workflow(root) {
+        return Ok(Vec::new());
+    }
+    let now = Timestamp::now();
+    let mut out = Vec::new();
+    // Each level is kept newest first, so that the next task to show is popped from its end.
+    let level = |mut v: Vec<attune_core::Execution>| {
+        v.reverse();
+        v
+    };
+    let mut stack = vec![(0usize, level(shared.store.children(root.id).await?))];
+    while let Some((depth, mut rest)) = stack.pop() {
+        let Some(e) = rest.pop() else { continue };
+        let took = match (e.started_at, e.finished_at) {
+            (Some(a), Some(b)) => format!("{} ms", b.millis() - a.millis()),
+            (Some(a), None) => format!("{} s…", (now.millis() - a.millis()) / 1000),
+            _ => String::new(),
+        };
+        let inquiry = e.status == ExecutionStatus::Pending
+            && e.action.as_ref().map(|a| a.runtime) == Some(attune_core::Runtime::Inquiry);
+        out.push(json!({
+            "depth": depth, "indent": format!("{}rem", depth as f32 * 1.25),
+            "task": e.child_key.clone().unwrap_or_default(),
+            "id": e.id, "action": e.action_ref.as_str(), "status": e.status.as_str(), "took": took,
+            "inquiry": inquiry,
+        }));
+        let kids =
+            if is_workflow(&e) && depth < 16 { shared.store.children(e.id).await? } else { Vec::new() };
+        stack.push((depth, rest));
+        stack.push((depth + 1, level(kids)));
+        if out.len() >= TREE_NODES {
+            out.push(json!({"depth": 0, "indent": "0rem", "more": true}));
+            break;
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -823,8 +956,16 @@ mod tests {
             "keys": [{"name": "<x-k>", "pack": null, "secret": true, "updated": "now", "by": null}],
             "tokens": [{"name": "<x-t>", "role": "viewer", "created": "now", "expires": null, "last_used": null}],
         });
-        if let (Value::Object(m), Value::Object(e)) = (&mut ctx, more) {
-            m.extend(e);
+        let pages = json!({
+            "workflow": true, "dead_letter": "d", "next": "n", "paged": true, "since": "<x-since>", "until": null,
+            "tree": [{"depth": 1, "indent": "1.25rem", "task": "<x-task>", "id": "i", "action": "a.b", "status": "pending", "took": "", "inquiry": true}, {"more": true}],
+            "queues": [{"queue": "<x-queue>", "depth": 3, "oldest": "2 s"}], "outcomes": ["succeeded"],
+            "minutes": [{"minute": "10:00", "counts": [4]}],
+        });
+        for extra in [more, pages] {
+            if let (Value::Object(m), Value::Object(e)) = (&mut ctx, extra) {
+                m.extend(e);
+            }
         }
         for name in [
             "login.html",
@@ -845,6 +986,10 @@ mod tests {
                 !html.contains("<script>") && !html.contains("<b>") && !html.contains("<x-"),
                 "{name} escapes what it shows"
             );
+            if name == "execution.html" {
+                // The page's script reads this to know the execution ended (no reload loop).
+                assert!(html.contains(r#"data-terminal="false""#), "{html}");
+            }
         }
     }
 
