@@ -42,6 +42,9 @@ pub struct BackendResult {
     /// The console's pages with 100,000 executions stored: (path, p50 ms, slowest ms).
     #[serde(default)]
     pub console_pages_ms: Vec<crate::console::PageTime>,
+    /// The same on PostgreSQL after a `VACUUM` of the executions.
+    #[serde(default)]
+    pub console_pages_vacuumed_ms: Option<Vec<crate::console::PageTime>>,
     pub idle_server_rss_mb: Option<f64>,
     pub idle_worker_rss_mb: Option<f64>,
 }
@@ -67,6 +70,7 @@ impl BackendResult {
             python_warm_ms: None,
             detection_seconds: Vec::new(),
             console_pages_ms: Vec::new(),
+            console_pages_vacuumed_ms: None,
             idle_server_rss_mb: None,
             idle_worker_rss_mb: None,
         }
@@ -365,18 +369,26 @@ impl Results {
                 "\nConsole pages with {} executions stored, ms, p50 / max of 20 requests:\n\n| page |",
                 crate::console::STORED
             );
+            // Each backend's times, then PostgreSQL's again after a VACUUM where measured.
+            let mut columns: Vec<(String, &Vec<crate::console::PageTime>)> = Vec::new();
             for b in &self.backends {
-                out += &format!(" {} |", b.backend);
+                columns.push((b.backend.clone(), &b.console_pages_ms));
+                if let Some(v) = &b.console_pages_vacuumed_ms {
+                    columns.push((format!("{} after VACUUM", b.backend), v));
+                }
+            }
+            for (name, _) in &columns {
+                out += &format!(" {name} |");
             }
             out += "\n|---|";
-            for _ in &self.backends {
+            for _ in &columns {
                 out += "---|";
             }
             out += "\n";
             for (i, (page, _, _)) in first.console_pages_ms.iter().enumerate() {
                 out += &format!("| `{}` |", shape(page));
-                for b in &self.backends {
-                    let cell = b.console_pages_ms.get(i).map(|(_, m, mx)| format!("{m:.1} / {mx:.1}"));
+                for (_, times) in &columns {
+                    let cell = times.get(i).map(|(_, m, mx)| format!("{m:.1} / {mx:.1}"));
                     out += &format!(" {} |", cell.unwrap_or_else(|| "–".into()));
                 }
                 out += "\n";

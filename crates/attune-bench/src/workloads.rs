@@ -155,7 +155,7 @@ pub async fn run_console_only(backend: &str, args: &Args) -> anyhow::Result<Back
     let mut c = Cluster::start(backend, &args.pg).await?;
     c.add_workers(args.workers, args.concurrency).await?;
     eprintln!("[{backend}] console pages with {} executions stored", crate::console::STORED);
-    r.console_pages_ms = crate::console::run(&c, 0).await?;
+    (r.console_pages_ms, r.console_pages_vacuumed_ms) = crate::console::run(&c, 0).await?;
     Ok(r)
 }
 
@@ -193,7 +193,7 @@ pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> an
         let done = c.wait_terminal(c0 + s.backlog_measured as u64, Duration::from_secs(600)).await?;
         r.backlog_per_sec = Some(s.backlog_measured as f64 / done.duration_since(t0).as_secs_f64());
         eprintln!("[{backend}] console pages with {} executions stored", crate::console::STORED);
-        r.console_pages_ms = crate::console::run(&c, s.backlog).await?;
+        (r.console_pages_ms, r.console_pages_vacuumed_ms) = crate::console::run(&c, s.backlog).await?;
     }
     if backend == "postgres" {
         eprintln!("[{backend}] cross-replica wake-up, {} executions", s.latency / 4);
