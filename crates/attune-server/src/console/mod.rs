@@ -395,7 +395,9 @@ async fn executions(
     let text = |x: &Option<String>| x.as_deref().map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned);
     let (since, until, before) = (text(&q.since), text(&q.until), text(&q.before));
     let bounds = (|| {
-        let after = since.as_deref().map(|t| utc("Since", t)).transpose()?.map(|ms| id_at(ms - 1));
+        // `after` is exclusive; the lowest id of a millisecond is never an execution's (its
+        // random bits would all be zero), so `> id_at(ms)` is "created at or after ms".
+        let after = since.as_deref().map(|t| utc("Since", t)).transpose()?.map(id_at);
         let until_id = until.as_deref().map(|t| utc("Until", t)).transpose()?.map(id_at);
         let cursor = before
             .as_deref()
@@ -582,7 +584,7 @@ async fn rerun(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let e = match shared.store.get_execution_with_history(id).await {
+    let e = match shared.store.get_execution(id).await {
         Ok(Some(e)) => e,
         Ok(None) => return error(&s, StatusCode::NOT_FOUND, &format!("There is no execution {id}.")),
         Err(e) => return api_error(&s, e.into()),
