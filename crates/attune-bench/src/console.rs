@@ -90,13 +90,12 @@ where
     let mut out = Vec::new();
     for p in pages {
         get(p.clone()).await?; // warm
-        let p = p.clone();
         let mut ms = Vec::with_capacity(ROUNDS);
         for _ in 0..ROUNDS {
             ms.push(get(p.clone()).await?.0);
         }
         ms.sort_by(|a, b| a.total_cmp(b));
-        out.push((p, ms[ms.len() / 2], ms[ms.len() - 1]));
+        out.push((p.clone(), ms[ms.len() / 2], ms[ms.len() - 1]));
     }
     Ok(out)
 }

@@ -339,7 +339,9 @@ impl Results {
             b.iter()
                 .map(|x| {
                     let worst = x.console_pages_ms.iter().max_by(|a, b| a.1.total_cmp(&b.1));
-                    worst.map(|(p, m, mx)| format!("{m:.1} / {mx:.1} (`{p}`)")).unwrap_or_else(|| "–".into())
+                    worst
+                        .map(|(p, m, mx)| format!("{m:.1} / {mx:.1} (`{}`)", shape(p)))
+                        .unwrap_or_else(|| "–".into())
                 })
                 .collect(),
             None,
