@@ -1500,6 +1500,14 @@ async fn inquiries_are_answered_through_their_schema(db: TestDb) {
     assert_eq!((body["status"].as_str(), &body["result"]), (Some("succeeded"), &json!({"ok": true})));
     let (code, _) = api.raw(reqwest::Method::POST, &path, Some(r#"{"response": {"ok": false}}"#)).await;
     assert_eq!(code, 409, "answered once");
+    // An inquiry is listed as soon as it is submitted, before the engine opens it; answering it
+    // then works too (it is opened, then answered), however the race with the engine goes.
+    for _ in 0..10 {
+        let ask = api.submit_json("core.ask", json!({"schema": schema})).await;
+        let id: uuid::Uuid = ask["id"].as_str().unwrap().parse().unwrap();
+        let e = api.client.respond_inquiry(id, json!({"ok": false})).await.unwrap();
+        assert_eq!((e.status, e.result), (ExecutionStatus::Succeeded, Some(json!({"ok": false}))));
+    }
     // Past its timeout an inquiry ends `timeout`.
     let late = api.submit_json("core.ask", json!({"schema": {"type": "object"}, "timeout": 1})).await;
     let late =

@@ -129,6 +129,13 @@ pub(crate) async fn answer(
     }
     let now = Timestamp::now();
     let actor = who.actor();
+    // An inquiry listed while still `scheduled` (the engine opens it on its next pass) can be
+    // answered already: open it first, so its history reads opened, then answered.
+    for (_, r) in state.store.drive(&[id], |s| lifecycle::inquiry_open(s, now)).await? {
+        if let Ok(attune_store::Driven::Applied(a)) = r {
+            state.changed(&[(id, a.status)]).await;
+        }
+    }
     let driven = state.store.drive(&[id], |s| lifecycle::inquiry_answer(s, &response, &actor, now)).await?;
     for (_, r) in driven {
         let d = r?;
