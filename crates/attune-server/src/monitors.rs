@@ -2,7 +2,8 @@
 //! - heartbeat: workers silent for longer than the staleness window become `inactive`;
 //! - leases: running executions whose worker stopped heartbeating get a new attempt or are
 //!   `abandoned`; tasks handed out but never started go back to the queue;
-//! - schedule-to-start (seed 003): executions `scheduled` longer than `scheduled_timeout` fail.
+//! - schedule-to-start (seed 003): executions `scheduled` longer than `scheduled_timeout` fail;
+//! - housekeeping: per-minute counts of ended executions older than a day are pruned.
 //!
 //! Each store call is a conditional update, so replicas running the same monitor do not clash.
 //! For one staleness window after start-up, workers and leases are not judged: workers of a server
@@ -43,8 +44,16 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         );
         set.spawn(every(shared.clone(), o.timeout_check_interval, check_unstarted));
     }
+    set.spawn(every(shared.clone(), PRUNE_EVERY, |s| async move {
+        s.store.prune_ended_counts(Timestamp::now().minus(KEEP_ENDED_COUNTS)).await.map(drop)
+    }));
     while set.join_next().await.is_some() {}
 }
+
+/// The per-minute counts of ended executions (the console's overview shows 15 minutes) are kept
+/// a day, and pruned this often.
+const KEEP_ENDED_COUNTS: Duration = Duration::from_secs(24 * 3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 async fn every<F, Fut>(shared: Arc<Shared>, period: Duration, f: F)
 where

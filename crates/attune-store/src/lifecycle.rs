@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::{
     backend::in_list,
     rows::{to_json, uuid, RowExt},
-    Result, Store, StoreError,
+    BackendKind, Result, Store, StoreError,
 };
 
 /// How an applied change left its execution.
@@ -99,6 +99,22 @@ const APPLY: &str = "UPDATE executions SET status = $1, attempt = $2, updated_at
         AND ($24 IS NULL OR lease_token = $24) AND ($25 IS NULL OR worker_id = $25)
         AND ($26 IS NULL OR lease_expires_at = $26)
     RETURNING id, status, attempt, action_ref, scheduled_at, started_at, finished_at";
+
+/// On PostgreSQL a change that ends executions is `APPLY` inside this, so that the count of
+/// executions ended in its minute (`ended_per_minute`, the console's overview) grows in the same
+/// statement: `$30` is the minute, `$31` the shard (`ENDED_SHARDS`).
+const APPLY_COUNTING_ENDED: &str = "WITH u AS ({apply}),
+    c AS (INSERT INTO ended_per_minute (minute, status, shard, n) SELECT $30, $1, $31, COUNT(*) FROM u
+          HAVING COUNT(*) > 0
+          ON CONFLICT (minute, status, shard) DO UPDATE SET n = ended_per_minute.n + excluded.n)
+    SELECT * FROM u";
+
+/// On SQLite (one writer, so one shard) the same count, a second statement in the transaction.
+const COUNT_ENDED: &str = "INSERT INTO ended_per_minute (minute, status, shard, n) VALUES ($1, $2, 0, $3)
+    ON CONFLICT (minute, status, shard) DO UPDATE SET n = ended_per_minute.n + excluded.n";
+
+/// Rows per minute and outcome that concurrent PostgreSQL transactions spread their counts over.
+const ENDED_SHARDS: u128 = 8;
 
 /// Binds a change's parameters to `APPLY` (for either backend's query type).
 fn bind_change<'q, DB>(
@@ -240,17 +256,33 @@ impl Store {
         }
         let groups = group(changes);
         let dead = changes.iter().any(|c| c.dead_letter.is_some());
+        let pg = self.kind == BackendKind::Postgres;
+        let counted_apart = !pg && changes.iter().any(|c| c.is_terminal());
         write_pool!(self, p => {
             // One statement needs no explicit transaction (saves two round trips per call).
-            let mut tx = if groups.len() > 1 || dead { Some(p.begin().await?) } else { None };
+            let mut tx = if groups.len() > 1 || dead || counted_apart { Some(p.begin().await?) } else { None };
             for g in &groups {
                 let (cond, list) = in_list(self.kind, "id", 29, &g.ids);
-                let sql = APPLY.replace("{ids}", &cond);
-                let q = bind_change(sqlx::query(&sql), g.change).bind(list);
+                let ends = g.change.is_terminal();
+                let minute = g.change.at.millis() - g.change.at.millis().rem_euclid(60_000);
+                let apply = APPLY.replace("{ids}", &cond);
+                let sql = if ends && pg { APPLY_COUNTING_ENDED.replace("{apply}", &apply) } else { apply };
+                let mut q = bind_change(sqlx::query(&sql), g.change).bind(list);
+                if ends && pg {
+                    q = q.bind(minute).bind((g.ids[0].as_u128() % ENDED_SHARDS) as i32);
+                }
                 let rows = match tx.as_mut() {
                     Some(tx) => q.fetch_all(&mut **tx).await?,
                     None => q.fetch_all(p).await?,
                 };
+                if let (true, false, Some(tx)) = (ends && !pg, rows.is_empty(), tx.as_mut()) {
+                    sqlx::query(COUNT_ENDED)
+                        .bind(minute)
+                        .bind(g.change.to.as_str())
+                        .bind(rows.len() as i64)
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 for r in &rows {
                     let id = uuid("executions", &r.text("id")?)?;
                     let prior = stored.get(&id);

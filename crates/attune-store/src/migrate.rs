@@ -27,6 +27,7 @@ const SQLITE: &[(i64, &str)] = &[
     (21, include_str!("../migrations/sqlite/0021_pack_extra.sql")),
     (22, include_str!("../migrations/sqlite/0022_pack_archives.sql")),
     (23, include_str!("../migrations/sqlite/0023_finished_index.sql")),
+    (24, include_str!("../migrations/sqlite/0024_ended_per_minute.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -51,6 +52,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (21, include_str!("../migrations/postgres/0021_pack_extra.sql")),
     (22, include_str!("../migrations/postgres/0022_pack_archives.sql")),
     (23, include_str!("../migrations/postgres/0023_finished_index.sql")),
+    (24, include_str!("../migrations/postgres/0024_ended_per_minute.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

@@ -900,6 +900,16 @@ async fn metrics_snapshot_counts_what_is_stored(db: &TestDb) {
         "only that window"
     );
     assert_eq!(s.count_unfinished().await.unwrap(), vec![(ExecutionStatus::Running, 1)]);
+    // Counts of one minute add up across the statements that ended them.
+    s.complete(id, h(&token, w), &ok_report(), at(30)).await.unwrap();
+    let failed = s.fail_unstarted(Duration::from_secs(1), at(31)).await.unwrap();
+    assert!(failed.is_empty(), "nothing else was waiting");
+    let ended = s.finished_per_minute(Timestamp(minute), 1).await.unwrap();
+    assert_eq!(ended, vec![(minute, ExecutionStatus::Failed, 2), (minute, ExecutionStatus::Succeeded, 1)]);
+    // Counts older than the cut are pruned, newer ones kept.
+    assert_eq!(s.prune_ended_counts(Timestamp(minute)).await.unwrap(), 0);
+    assert!(s.prune_ended_counts(Timestamp(minute + 60_000)).await.unwrap() >= 1);
+    assert!(s.finished_per_minute(Timestamp(minute), 1).await.unwrap().is_empty());
 }
 
 async fn unclaim_gives_back_only_that_delivery(db: &TestDb) {
