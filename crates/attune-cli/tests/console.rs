@@ -212,16 +212,19 @@ async fn an_operator_runs_follows_and_cancels_from_the_browser() {
     assert_eq!(b.text("#log").await, "hello from the console");
     b.screenshot("execution-succeeded").await;
 
-    // A long action: its output appears while it runs, then cancel.
-    b.goto(&format!("{url}/actions/core.local")).await;
-    b.type_in("#p-cmd", "echo first; sleep 30; echo never").await;
+    // A long action (core.sleep says how far it is each second): its log grows while it runs,
+    // then cancel.
+    b.goto(&format!("{url}/actions/core.sleep")).await;
+    b.type_in("#p-seconds", "30").await;
     b.click("#run").await;
-    b.wait_text("#log", "live output while it runs", |t| t.contains("first")).await;
+    b.wait_text("#log", "live output while it runs", |t| t.contains("sleeping 30 s")).await;
+    b.wait_text("#log", "the log following the action", |t| t.contains("2 s of 30 s")).await;
     assert_eq!(b.text("#status").await, "running");
+    b.wait_text("#attempt", "the attempt that started", |t| t == "1").await;
     b.screenshot("execution-live-log").await;
     b.click("#cancel").await;
     b.wait_ended("canceled").await;
-    assert!(!b.text("#log").await.contains("never"));
+    assert!(!b.text("#log").await.contains("30 s of 30 s"), "canceled before its end");
 
     // Rules, sensors and events; keys by name and tokens (an admin's).
     b.goto(&format!("{url}/automation")).await;

@@ -421,3 +421,36 @@ async fn a_parsed_result_over_the_cap_fails_and_keeps_stdout() {
     assert_eq!(r.result, None);
     assert!(!r.stdout.is_empty(), "stdout kept");
 }
+
+/// `core.sleep` says how far it is on stdout while it sleeps (the live log), and a cancel ends it
+/// with what it had written so far.
+#[tokio::test]
+async fn the_builtin_sleep_shows_progress_live_and_cancels() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packs/core");
+    let core = attune_pack::load_pack_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let sleep = core.actions.into_iter().find(|a| a.action_ref.name() == "sleep").expect("core.sleep");
+    let scratch = tempfile::tempdir().unwrap();
+    let (tap, mut live) = tokio::sync::mpsc::unbounded_channel();
+    let mut c = ctx(scratch.path());
+    c.tap = Some(tap);
+    let cancel = CancellationToken::new();
+    let t = task(sleep, json!({"seconds": 30}));
+    let run = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { execute(&t, &c, cancel).await }
+    });
+    let mut seen = String::new();
+    while !seen.contains("1 s of 30 s\n") {
+        let (stream, bytes) = tokio::time::timeout(Duration::from_secs(10), live.recv())
+            .await
+            .expect("progress")
+            .expect("open");
+        assert_eq!(stream, "stdout");
+        seen.push_str(std::str::from_utf8(&bytes).unwrap());
+    }
+    cancel.cancel();
+    let r = run.await.unwrap();
+    assert_eq!(r.status, ExecutionStatus::Canceled, "{r:?}");
+    assert!(r.stdout.starts_with("sleeping 30 s\n1 s of 30 s\n"), "{:?}", r.stdout);
+    assert_eq!(r.result, None);
+}

@@ -71,11 +71,15 @@ function followExecution(box) {
     onEvent: (ev) => {
       if (ev.execution_id !== id) return;
       if (ev.worker) document.getElementById("worker").textContent = ev.worker;
+      if (ev.attempt != null) document.getElementById("attempt").textContent = ev.attempt;
       update(ev.status);
     },
   });
   // The stream starts at "now": what happened between rendering and connecting is read once.
-  es.addEventListener("open", () => get(`/api/v1/executions/${id}`).then((e) => update(e.status), console.warn));
+  es.addEventListener("open", () => get(`/api/v1/executions/${id}`).then((e) => {
+    document.getElementById("attempt").textContent = e.attempt;
+    update(e.status);
+  }, console.warn));
   const readLog = async () => {
     if (ended) return;
     if (["running", "canceling"].includes(status.textContent)) {

@@ -73,7 +73,7 @@ pub async fn execute(task: &Task, ctx: &RunContext, cancel: CancellationToken) -
     let timeout = task.timeout_seconds.map(Duration::from_secs);
     let secrets = secret_values(task);
     let mut report = match task.action.runtime {
-        Runtime::Builtin => builtin::run(task, timeout, cancel).await,
+        Runtime::Builtin => builtin::run(task, timeout, ctx.tap.as_ref(), cancel).await,
         _ => run_process(task, ctx, timeout, cancel).await,
     };
     if !secrets.is_empty() {
