@@ -100,21 +100,31 @@ const APPLY: &str = "UPDATE executions SET status = $1, attempt = $2, updated_at
         AND ($26 IS NULL OR lease_expires_at = $26)
     RETURNING id, status, attempt, action_ref, scheduled_at, started_at, finished_at";
 
-/// On PostgreSQL a change that ends executions is `APPLY` inside this, so that the count of
-/// executions ended in its minute (`ended_per_minute`, the console's overview) grows in the same
-/// statement: `$30` is the minute, `$31` the shard (`ENDED_SHARDS`).
+/// Executions that end are counted in `ended_per_minute` (the console's overview) in the same
+/// transaction. A lone statement on PostgreSQL counts its own, `APPLY` inside this (`$30` the
+/// minute, `$31` the shard); in a transaction the counts are added once, after every change, by
+/// `count_ended`, rows in key order: a transaction takes counter rows only last and in one order,
+/// so two of them never wait on each other in a cycle.
 const APPLY_COUNTING_ENDED: &str = "WITH u AS ({apply}),
     c AS (INSERT INTO ended_per_minute (minute, status, shard, n) SELECT $30, $1, $31, COUNT(*) FROM u
           HAVING COUNT(*) > 0
           ON CONFLICT (minute, status, shard) DO UPDATE SET n = ended_per_minute.n + excluded.n)
     SELECT * FROM u";
 
-/// On SQLite (one writer, so one shard) the same count, a second statement in the transaction.
-const COUNT_ENDED: &str = "INSERT INTO ended_per_minute (minute, status, shard, n) VALUES ($1, $2, 0, $3)
-    ON CONFLICT (minute, status, shard) DO UPDATE SET n = ended_per_minute.n + excluded.n";
-
-/// Rows per minute and outcome that concurrent PostgreSQL transactions spread their counts over.
+/// Rows per minute and outcome that concurrent PostgreSQL transactions spread their counts over
+/// (SQLite has one writer, so one shard).
 const ENDED_SHARDS: u128 = 8;
+
+/// The statement adding `n` counts (in key order) to `ended_per_minute`.
+fn count_ended(n: usize) -> String {
+    let rows: Vec<String> =
+        (0..n).map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4)).collect();
+    format!(
+        "INSERT INTO ended_per_minute (minute, status, shard, n) VALUES {}
+         ON CONFLICT (minute, status, shard) DO UPDATE SET n = ended_per_minute.n + excluded.n",
+        rows.join(", ")
+    )
+}
 
 /// Binds a change's parameters to `APPLY` (for either backend's query type).
 fn bind_change<'q, DB>(
@@ -257,31 +267,32 @@ impl Store {
         let groups = group(changes);
         let dead = changes.iter().any(|c| c.dead_letter.is_some());
         let pg = self.kind == BackendKind::Postgres;
-        let counted_apart = !pg && changes.iter().any(|c| c.is_terminal());
+        let ending = changes.iter().any(|c| c.is_terminal());
+        let shard = if pg { (changes[0].id.as_u128() % ENDED_SHARDS) as i32 } else { 0 };
+        // Executions ended, by minute and outcome, for `count_ended` (sorted: the lock order).
+        let mut ended: std::collections::BTreeMap<(i64, &'static str), i64> = Default::default();
         write_pool!(self, p => {
-            // One statement needs no explicit transaction (saves two round trips per call).
-            let mut tx = if groups.len() > 1 || dead || counted_apart { Some(p.begin().await?) } else { None };
+            // One statement needs no explicit transaction (saves two round trips per call); on
+            // SQLite counting what ended is a second statement, so it needs one.
+            let alone = groups.len() == 1 && !dead && (pg || !ending);
+            let mut tx = if alone { None } else { Some(p.begin().await?) };
             for g in &groups {
                 let (cond, list) = in_list(self.kind, "id", 29, &g.ids);
                 let ends = g.change.is_terminal();
                 let minute = g.change.at.millis() - g.change.at.millis().rem_euclid(60_000);
                 let apply = APPLY.replace("{ids}", &cond);
-                let sql = if ends && pg { APPLY_COUNTING_ENDED.replace("{apply}", &apply) } else { apply };
+                let inline = ends && tx.is_none();
+                let sql = if inline { APPLY_COUNTING_ENDED.replace("{apply}", &apply) } else { apply };
                 let mut q = bind_change(sqlx::query(&sql), g.change).bind(list);
-                if ends && pg {
-                    q = q.bind(minute).bind((g.ids[0].as_u128() % ENDED_SHARDS) as i32);
+                if inline {
+                    q = q.bind(minute).bind(shard);
                 }
                 let rows = match tx.as_mut() {
                     Some(tx) => q.fetch_all(&mut **tx).await?,
                     None => q.fetch_all(p).await?,
                 };
-                if let (true, false, Some(tx)) = (ends && !pg, rows.is_empty(), tx.as_mut()) {
-                    sqlx::query(COUNT_ENDED)
-                        .bind(minute)
-                        .bind(g.change.to.as_str())
-                        .bind(rows.len() as i64)
-                        .execute(&mut **tx)
-                        .await?;
+                if ends && !inline && !rows.is_empty() {
+                    *ended.entry((minute, g.change.to.as_str())).or_default() += rows.len() as i64;
                 }
                 for r in &rows {
                     let id = uuid("executions", &r.text("id")?)?;
@@ -319,7 +330,15 @@ impl Store {
                     applied.insert(id, a);
                 }
             }
-            if let Some(tx) = tx {
+            if let Some(mut tx) = tx {
+                if !ended.is_empty() {
+                    let sql = count_ended(ended.len());
+                    let mut q = sqlx::query(&sql);
+                    for ((minute, status), n) in &ended {
+                        q = q.bind(*minute).bind(*status).bind(shard).bind(*n);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
             }
         });

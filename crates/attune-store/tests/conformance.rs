@@ -55,6 +55,7 @@ conformance!(
     stale_workers_become_inactive_and_recover,
     schedule_to_start_timeout_uses_the_seed_error,
     concurrent_claims_never_share_a_task,
+    concurrent_endings_are_counted_without_deadlock,
     state_survives_reopen,
     failed_attempts_retry_with_backoff_then_dead_letter,
     release_gives_the_task_back,
@@ -561,6 +562,45 @@ async fn concurrent_claims_never_share_a_task(db: &TestDb) {
     all.sort();
     all.dedup();
     assert_eq!((total, all.len()), (n as usize, n as usize), "every task delivered exactly once");
+}
+
+/// Batches of reports ending executions with different outcomes, applied concurrently, each in one
+/// transaction: every one is applied (no deadlock over the per-minute counters) and counted once.
+async fn concurrent_endings_are_counted_without_deadlock(db: &TestDb) {
+    let s = std::sync::Arc::new(open(db).await);
+    let a = action("a", Runtime::Builtin, 1);
+    let n = 240;
+    for _ in 0..n {
+        submit(&s, &a, at(0)).await;
+    }
+    let w = worker(&s, "w", &[Runtime::Builtin], at(0)).await;
+    let tasks = s.claim(w, "w", &[Runtime::Builtin], n, at(1), at(100)).await.unwrap();
+    assert_eq!(tasks.len(), n as usize);
+    let leases: Vec<(Uuid, String)> = tasks.iter().map(|t| (t.execution_id, t.lease_token.clone())).collect();
+    let (started, _) = s.start_many(&leases, w, at(1), at(100)).await.unwrap();
+    assert!(started.iter().all(|(_, r)| r.is_ok()));
+    let mut set = tokio::task::JoinSet::new();
+    for (k, chunk) in leases.chunks(30).enumerate() {
+        let s = s.clone();
+        let items: Vec<(Uuid, String, Report)> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (id, token))| {
+                let report = if (i + k) % 2 == 0 { ok_report() } else { failed_report(1) };
+                (*id, token.clone(), report)
+            })
+            .collect();
+        set.spawn(async move { s.complete_many(&items, w, at(2)).await });
+    }
+    while let Some(r) = set.join_next().await {
+        let done = r.unwrap().unwrap_or_else(|e| panic!("a batch failed: {e}"));
+        assert!(done.iter().all(|(_, r)| r.as_ref().is_ok_and(|d| d.status().is_terminal())), "{done:?}");
+    }
+    let minute = at(2).0 / 60_000 * 60_000;
+    assert_eq!(
+        s.finished_per_minute(Timestamp(minute), 1).await.unwrap(),
+        vec![(minute, ExecutionStatus::Failed, 120), (minute, ExecutionStatus::Succeeded, 120)]
+    );
 }
 
 async fn state_survives_reopen(db: &TestDb) {
