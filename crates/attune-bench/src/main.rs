@@ -8,6 +8,7 @@ mod console;
 mod events;
 mod packs;
 mod peers;
+mod profile;
 mod report;
 mod workloads;
 
@@ -42,6 +43,10 @@ pub struct Args {
     /// Only the console's page times with 100,000 executions stored (issue 15), per backend.
     #[arg(long)]
     console_only: bool,
+    /// Only a profile of N no-ops per backend: CPU time of each process and, on PostgreSQL,
+    /// commits, WAL bytes and flushes per execution (issue 17). Prints tables; writes no JSON.
+    #[arg(long, value_name = "N")]
+    profile: Option<usize>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/latest.json")]
     out: PathBuf,
@@ -115,6 +120,12 @@ fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(n) = args.profile {
+        for backend in &args.backends {
+            profile::run(backend, &args, n).await?;
+        }
+        return Ok(());
+    }
     let sizes = args.sizes();
     let mode = if args.full { "full" } else { "quick" };
     eprintln!(

@@ -340,7 +340,7 @@ impl Results {
                 .map(|x| {
                     let worst = x.console_pages_ms.iter().max_by(|a, b| a.1.total_cmp(&b.1));
                     worst
-                        .map(|(p, m, mx)| format!("{m:.1} / {mx:.1} (`{}`)", shape(p)))
+                        .map(|(p, m, mx, first)| format!("{m:.1} / {mx:.1} (`{}`; first {first:.0})", shape(p)))
                         .unwrap_or_else(|| "–".into())
                 })
                 .collect(),
@@ -368,7 +368,7 @@ impl Results {
         }
         if let Some(first) = self.backends.iter().find(|b| !b.console_pages_ms.is_empty()) {
             out += &format!(
-                "\nConsole pages with {} executions stored, ms, p50 / max of 20 requests:\n\n| page |",
+                "\nConsole pages with {} executions stored, ms, p50 / max of 20 requests (and the first request, before them):\n\n| page |",
                 crate::console::STORED
             );
             // Each backend's times, then PostgreSQL's again after a VACUUM where measured.
@@ -387,10 +387,10 @@ impl Results {
                 out += "---|";
             }
             out += "\n";
-            for (i, (page, _, _)) in first.console_pages_ms.iter().enumerate() {
+            for (i, (page, ..)) in first.console_pages_ms.iter().enumerate() {
                 out += &format!("| `{}` |", shape(page));
                 for (_, times) in &columns {
-                    let cell = times.get(i).map(|(_, m, mx)| format!("{m:.1} / {mx:.1}"));
+                    let cell = times.get(i).map(|(_, m, mx, first)| format!("{m:.1} / {mx:.1} ({first:.1})"));
                     out += &format!(" {} |", cell.unwrap_or_else(|| "–".into()));
                 }
                 out += "\n";

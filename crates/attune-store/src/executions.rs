@@ -470,15 +470,27 @@ impl Store {
     }
 
     /// How many executions are in each status that has not ended (few, and read from the status
-    /// index, unlike the ended ones).
+    /// index, unlike the ended ones). On PostgreSQL the plan is held to an index scan: until a
+    /// vacuum, the index still lists every earlier version of every execution (each passed
+    /// through `scheduled` and `running`), and a bitmap scan visits all of their heap pages on
+    /// every call (about 200 ms with 100,000 executions stored), where an index scan marks the
+    /// dead entries on its first pass and skips them from then on.
     pub async fn count_unfinished(&self) -> Result<Vec<(ExecutionStatus, u64)>> {
+        let pg = self.kind == crate::BackendKind::Postgres;
         read_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            if pg {
+                sqlx::query("SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let rows = sqlx::query(
                 "SELECT status, COUNT(*) AS n FROM executions
                  WHERE status IN ('requested', 'scheduled', 'pending', 'running', 'canceling') GROUP BY status",
             )
-            .fetch_all(p)
+            .fetch_all(&mut *tx)
             .await?;
+            tx.commit().await?;
             rows.iter().map(|r| Ok((status_col(r)?, r.big("n")? as u64))).collect()
         })
     }
