@@ -5,7 +5,8 @@
 //!   (exited backends through the postmaster's children's time), this benchmark's clients, and
 //!   how busy the whole machine was;
 //! - on PostgreSQL, the database's commits and the WAL's records, bytes, writes and flushes
-//!   (`pg_stat_database`, `pg_stat_wal`).
+//!   (`pg_stat_database`, `pg_stat_wal`), and what its client backends were doing, sampled
+//!   from `pg_stat_activity` every 10 ms (the sampler's own queries cost the database a little).
 //!
 //! Prints them per execution. Nothing here changes how Attune runs.
 
@@ -97,6 +98,65 @@ async fn pg_stats(db_url: &str) -> anyhow::Result<[f64; 5]> {
     Ok([v[0], v[1], v[2], v[3], v[4]])
 }
 
+/// What the database's client backends are doing, sampled every `SAMPLE_EVERY` until `stop`:
+/// counts by (state, wait event), where an active backend with no wait event is on a CPU.
+async fn sample_waits(
+    db_url: String,
+    stop: tokio_util_stop::Stop,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db_url).await?;
+    let mut tally = std::collections::BTreeMap::new();
+    while !stop.is_set() {
+        let rows: Vec<Sample> = sqlx::query_as(
+            "SELECT state, wait_event_type, wait_event,
+                    CASE WHEN wait_event_type = 'Lock' THEN left(regexp_replace(query, '\\s+', ' ', 'g'), 70) END
+             FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        for (state, kind, event, query) in rows {
+            let key = match (state.as_deref(), kind, event) {
+                (Some("active"), Some(k), Some(e)) if query.is_some() => {
+                    format!("active: waiting on {k}/{e} in `{}…`", query.unwrap_or_default())
+                }
+                (Some("active"), None, _) => "active: on a CPU".to_string(),
+                (Some("active"), Some(k), Some(e)) => format!("active: waiting on {k}/{e}"),
+                (Some("active"), Some(k), None) => format!("active: waiting on {k}"),
+                (Some(s), _, _) => s.to_string(), // idle, idle in transaction
+                (None, _, _) => "unknown".to_string(),
+            };
+            *tally.entry(key).or_insert(0) += 1;
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+    Ok(tally)
+}
+
+/// A backend's state, wait event type and wait event, and its query when it waits on a lock.
+type Sample = (Option<String>, Option<String>, Option<String>, Option<String>);
+
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+/// A flag set once (the sampler's stop signal).
+mod tokio_util_stop {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    #[derive(Clone, Default)]
+    pub struct Stop(Arc<AtomicBool>);
+    impl Stop {
+        pub fn set(&self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+        pub fn is_set(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+}
+
 /// PostgreSQL publishes a backend's statistics at most once a second.
 const STATS_SETTLE: Duration = Duration::from_millis(1500);
 
@@ -108,11 +168,18 @@ pub async fn run(backend: &str, args: &crate::Args, n: usize) -> anyhow::Result<
     run_noops(&c, 1_000).await?;
     tokio::time::sleep(STATS_SETTLE).await;
     let pg0 = if pg { Some(pg_stats(&c.db_url).await?) } else { None };
+    let stop = tokio_util_stop::Stop::default();
+    let sampler = pg.then(|| tokio::spawn(sample_waits(c.db_url.clone(), stop.clone())));
     let s0 = snap(&c);
     let t0 = Instant::now();
     run_noops(&c, n).await?;
     let secs = t0.elapsed().as_secs_f64();
     let s1 = snap(&c);
+    stop.set();
+    let waits = match sampler {
+        Some(h) => Some(h.await??),
+        None => None,
+    };
     tokio::time::sleep(STATS_SETTLE).await;
     let pg1 = if pg { Some(pg_stats(&c.db_url).await?) } else { None };
     let per = |a: f64, b: f64| (b - a) * 1000.0 / n as f64; // ms per execution
@@ -147,6 +214,18 @@ pub async fn run(backend: &str, args: &crate::Args, n: usize) -> anyhow::Result<
             k(3),
             k(4)
         );
+    }
+    if let Some(waits) = waits {
+        let total: u64 = waits.values().sum();
+        println!(
+            "\n| what PostgreSQL's client backends were doing (sampled every 10 ms) | share of samples |"
+        );
+        println!("|---|---|");
+        let mut v: Vec<_> = waits.into_iter().collect();
+        v.sort_by_key(|x| std::cmp::Reverse(x.1));
+        for (k, n) in v {
+            println!("| {k} | {:.1} % |", n as f64 * 100.0 / total as f64);
+        }
     }
     Ok(())
 }

@@ -340,7 +340,9 @@ impl Results {
                 .map(|x| {
                     let worst = x.console_pages_ms.iter().max_by(|a, b| a.1.total_cmp(&b.1));
                     worst
-                        .map(|(p, m, mx, first)| format!("{m:.1} / {mx:.1} (`{}`; first {first:.0})", shape(p)))
+                        .map(|(p, m, mx, first)| {
+                            format!("{m:.1} / {mx:.1} (`{}`; first {first:.0})", shape(p))
+                        })
                         .unwrap_or_else(|| "–".into())
                 })
                 .collect(),

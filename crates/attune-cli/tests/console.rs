@@ -12,6 +12,8 @@ use common::{client, fast_env, server, worker};
 use serde_json::{json, Value};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
 
 /// A Chromium session through chromedriver (both stopped on drop).
 struct Browser {
@@ -165,6 +167,51 @@ impl Browser {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Runs `js` in the page and returns what it returns.
+    async fn script(&self, js: &str) -> Value {
+        self.call(reqwest::Method::POST, "/execute/sync", Some(json!({"script": js, "args": []}))).await
+    }
+
+    /// Types `keys` (WebDriver key codes allowed: `\u{E004}` Tab, `\u{E007}` Enter) into the
+    /// element that has the focus, as a keyboard would.
+    async fn press(&self, keys: &str) {
+        let e = self.call(reqwest::Method::GET, "/element/active", None).await;
+        let e = e[ELEMENT].as_str().expect("a focused element").to_owned();
+        self.call(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({"text": keys}))).await;
+    }
+
+    /// The focused element: its id, else its text.
+    async fn focused(&self) -> String {
+        let v = self.script("const a = document.activeElement; return a.id || a.textContent.trim();").await;
+        v.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Presses Tab until the element with `id` has the focus (at most `limit` times); how many.
+    async fn tab_to(&self, id: &str, limit: usize) -> usize {
+        for n in 1..=limit {
+            self.press(TAB).await;
+            if self.focused().await == id {
+                return n;
+            }
+        }
+        panic!("#{id} not reached with {limit} Tabs; the focus is on {:?}", self.focused().await);
+    }
+
+    /// Form fields without a label, and whether the page is wider than the window.
+    async fn unlabelled_and_overflow(&self) -> (Vec<String>, bool) {
+        let v = self
+            .script(
+                "const fields = [...document.querySelectorAll('input, select, textarea')]
+                   .filter(e => e.type !== 'hidden' && !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+                   .map(e => e.name || e.id);
+                 return [fields, document.documentElement.scrollWidth > window.innerWidth];",
+            )
+            .await;
+        let fields =
+            v[0].as_array().unwrap().iter().map(|f| f.as_str().unwrap_or_default().to_owned()).collect();
+        (fields, v[1].as_bool().unwrap())
     }
 
     async fn sign_in(&self, url: &str, token: &str) {
@@ -430,4 +477,75 @@ async fn the_executions_list_pages_and_filters_by_time() {
     let (code, bad) = console_get(&url, &admin, "/executions?since=yesterday").await;
     assert_eq!(code, 400);
     assert!(bad.contains("Since: &quot;yesterday&quot; is not a time"), "{bad}");
+}
+
+/// Keyboard only: sign in, skip the navigation, fill the action form and run it; every form field
+/// of every page has a label; at 390 px wide no page is wider than the screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_from_the_keyboard_and_at_phone_width() {
+    let db = TestDb::sqlite();
+    let (_s, url) = server("srv", "127.0.0.1:0", &db.url, &fast_env(&[]));
+    let _w = worker("w1", &url, &fast_env(&[]));
+    let admin = common::tokens(&url).admin;
+    let b = Browser::start(1280, 900).await;
+    b.goto(&format!("{url}/login")).await;
+    assert_eq!(b.focused().await, "token", "the token field has the focus");
+    b.press(&format!("{admin}{ENTER}")).await;
+    b.wait_text("h1", "the overview after signing in with Enter", |t| t == "Overview").await;
+    // The first Tab reaches the skip link; following it puts the focus past the navigation.
+    b.goto(&format!("{url}/actions/core.echo")).await;
+    b.press(TAB).await;
+    assert_eq!(b.focused().await, "Skip to content");
+    b.press(ENTER).await;
+    let tabs = b.tab_to("p-message", 5).await;
+    assert!(tabs <= 2, "the form's first field is right after the skip link's target ({tabs} Tabs)");
+    b.press("typed, not clicked").await;
+    b.tab_to("run", 5).await;
+    b.press(ENTER).await;
+    b.wait_ended("succeeded").await;
+    assert_eq!(b.text("#log").await, "typed, not clicked");
+    b.screenshot("keyboard-run").await;
+
+    // Every page: labelled fields; then the same pages at 390 px.
+    let ask = client(&url)
+        .create_execution(&attune_wire::CreateExecution {
+            action_ref: "core.ask".into(),
+            parameters: Some(
+                json!({"schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}),
+            ),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pages = [
+        "/".to_string(),
+        "/executions".into(),
+        "/actions".into(),
+        "/actions/core.echo".into(),
+        "/actions/core.local".into(),
+        "/automation".into(),
+        "/inquiries".into(),
+        format!("/inquiries/{}", ask.id),
+        format!("/executions/{}", ask.id),
+        "/dead-letters".into(),
+        "/access".into(),
+    ];
+    for p in &pages {
+        b.goto(&format!("{url}{p}")).await;
+        let (unlabelled, _) = b.unlabelled_and_overflow().await;
+        assert!(unlabelled.is_empty(), "{p}: fields without a label: {unlabelled:?}");
+    }
+    drop(b);
+    let phone = Browser::start(390, 844).await;
+    phone.sign_in(&url, &admin).await;
+    for p in &pages {
+        phone.goto(&format!("{url}{p}")).await;
+        let (_, wider) = phone.unlabelled_and_overflow().await;
+        if wider {
+            phone.screenshot("phone-too-wide").await;
+        }
+        assert!(!wider, "{p} is wider than a 390 px screen");
+    }
+    phone.goto(&format!("{url}/")).await;
+    phone.screenshot("phone-overview").await;
 }
