@@ -101,13 +101,29 @@ impl Store {
         lease_until: Timestamp,
     ) -> Result<(WorkerStatus, Vec<(Uuid, LeaseState)>)> {
         let wid = worker.to_string();
-        // `$1`: a JSON array of [execution id, lease token] pairs.
-        let leases_in = match self.kind {
+        // `$1`: a JSON array of [execution id, lease token] pairs; `$2` the new expiry; `$3` the
+        // worker. Returns the leases still held, with their execution's status.
+        let extend = match self.kind {
+            // A row that a transition (start, report, cancel) holds is skipped rather than waited
+            // for: its lease keeps its expiry until the next beat, well inside its length, and the
+            // heartbeat answers from what it read. Waiting made starts and reports queue behind
+            // heartbeats and heartbeats behind them (`attune-bench --profile`).
             crate::BackendKind::Postgres => {
-                "(id, lease_token) IN (SELECT j->>0, j->>1 FROM jsonb_array_elements($1::jsonb) AS j)"
+                "WITH want AS (SELECT j->>0 AS id, j->>1 AS token FROM jsonb_array_elements($1::jsonb) AS j),
+                      mine AS (SELECT e.id, e.lease_token, e.status FROM executions e JOIN want w
+                                 ON e.id = w.id AND e.lease_token = w.token
+                               WHERE e.worker_id = $3 AND e.status IN ('running', 'canceling')),
+                      free AS (SELECT e.id FROM executions e JOIN want w ON e.id = w.id AND e.lease_token = w.token
+                               WHERE e.worker_id = $3 AND e.status IN ('running', 'canceling')
+                               FOR UPDATE OF e SKIP LOCKED),
+                      extended AS (UPDATE executions e SET lease_expires_at = $2 FROM free WHERE e.id = free.id)
+                 SELECT id, lease_token, status FROM mine"
             }
             crate::BackendKind::Sqlite => {
-                "(id, lease_token) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1))"
+                "UPDATE executions SET lease_expires_at = $2
+                 WHERE worker_id = $3 AND status IN ('running', 'canceling')
+                   AND (id, lease_token) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1))
+                 RETURNING id, lease_token, status"
             }
         };
         write_pool!(self, p => {
@@ -126,18 +142,13 @@ impl Store {
                 return Err(StoreError::NotFound { what: "worker", id: wid });
             };
             // Every lease in one statement: a transaction that updated them one by one held the
-            // first rows' locks through as many round trips, and the starts and reports of those
-            // executions queued behind it (seen in `attune-bench --profile` on PostgreSQL).
+            // first rows' locks through as many round trips.
             let pairs: Vec<(String, &str)> =
                 leases.iter().map(|l| (l.execution_id.to_string(), l.lease_token.as_str())).collect();
             let held: std::collections::HashMap<(String, String), String> = if pairs.is_empty() {
                 Default::default()
             } else {
-                sqlx::query(&format!(
-                    "UPDATE executions SET lease_expires_at = $2
-                     WHERE worker_id = $3 AND status IN ('running', 'canceling') AND {leases_in}
-                     RETURNING id, lease_token, status"
-                ))
+                sqlx::query(extend)
                 .bind(serde_json::to_string(&pairs).expect("lease pairs serialize"))
                 .bind(lease_until.millis())
                 .bind(&wid)

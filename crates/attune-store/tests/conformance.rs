@@ -449,6 +449,29 @@ async fn heartbeat_extends_and_revokes(db: &TestDb) {
     assert_eq!(states, vec![(id, LeaseState::Held), (id, LeaseState::Revoked)]);
     assert!(s.expire_leases(at(40), STALENESS).await.unwrap().is_empty(), "extended to 50 by the heartbeat");
     assert_eq!(s.get_worker(w).await.unwrap().unwrap().last_heartbeat, at(20));
+    if db.is_postgres() {
+        // A heartbeat does not wait for a row that a transition holds: it answers from what it
+        // read and leaves that lease's expiry to the next beat.
+        use sqlx::Connection;
+        let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let mut holding = other.begin().await.unwrap();
+        sqlx::query("UPDATE executions SET updated_at = updated_at WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *holding)
+            .await
+            .unwrap();
+        let lease = || Lease { execution_id: id, lease_token: token.clone() };
+        let leases = [lease()];
+        let beat = s.heartbeat(w, &leases, at(21), at(80));
+        let (_, states) = tokio::time::timeout(Duration::from_secs(10), beat)
+            .await
+            .expect("the heartbeat waited for the row")
+            .unwrap();
+        assert_eq!(states, vec![(id, LeaseState::Held)]);
+        holding.rollback().await.unwrap();
+        let (_, states) = s.heartbeat(w, &[lease()], at(22), at(80)).await.unwrap();
+        assert_eq!(states, vec![(id, LeaseState::Held)]);
+    }
     assert!(matches!(
         s.heartbeat(Uuid::now_v7(), &[], at(20), at(50)).await,
         Err(StoreError::NotFound { .. })
