@@ -274,6 +274,18 @@ impl Cluster {
     }
 }
 
+/// Runs `sql` with `psql` on the database at `db_url` (unaligned, tuples only); its output.
+pub async fn psql(db_url: &str, sql: &str) -> anyhow::Result<String> {
+    let (url, sql) = (db_url.to_owned(), sql.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        #[allow(clippy::disallowed_methods)] // psql for VACUUM and the statistics views
+        std::process::Command::new("psql").args([url.as_str(), "-qAtc", sql.as_str()]).output()
+    })
+    .await??;
+    anyhow::ensure!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.workers.clear();

@@ -14,7 +14,6 @@ pub const STORED: usize = 100_000;
 /// Requests per page.
 const ROUNDS: usize = 20;
 
-/// One page: its path, p50 and slowest time in ms.
 /// A page, and its p50 and max over `ROUNDS` requests, and the first request before them (which
 /// pays for what a page reads first: caches, and on PostgreSQL dead index entries it marks).
 pub type PageTime = (String, f64, f64, f64);
@@ -74,14 +73,7 @@ pub async fn run(c: &Cluster, have: usize) -> anyhow::Result<(Vec<PageTime>, Opt
 /// `VACUUM executions`: what autovacuum does on a default PostgreSQL a minute or so after such a
 /// burst (this machine's PostgreSQL runs with `autovacuum = off`, so it never would by itself).
 async fn vacuum(db_url: &str) -> anyhow::Result<()> {
-    let url = db_url.to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        #[allow(clippy::disallowed_methods)] // psql runs the VACUUM
-        std::process::Command::new("psql").args([url.as_str(), "-qc", "VACUUM executions"]).output()
-    })
-    .await??;
-    anyhow::ensure!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
+    crate::cluster::psql(db_url, "VACUUM executions").await.map(drop)
 }
 
 async fn time_pages<F, Fut>(get: &F, pages: &[String]) -> anyhow::Result<Vec<PageTime>>

@@ -10,7 +10,13 @@
 //!
 //! Prints them per execution. Nothing here changes how Attune runs.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use serde_json::json;
 
@@ -78,36 +84,27 @@ fn snap(c: &Cluster) -> Snap {
 
 /// Commits of the benchmark's database, and the WAL's records, bytes, writes and flushes.
 async fn pg_stats(db_url: &str) -> anyhow::Result<[f64; 5]> {
-    let url = db_url.to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        #[allow(clippy::disallowed_methods)] // psql reads the statistics views
-        std::process::Command::new("psql")
-            .args([
-                url.as_str(),
-                "-Atc",
-                "SELECT d.xact_commit, w.wal_records, w.wal_bytes, w.wal_write, w.wal_sync
-                 FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database()",
-            ])
-            .output()
-    })
-    .await??;
-    anyhow::ensure!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = crate::cluster::psql(
+        db_url,
+        "SELECT d.xact_commit, w.wal_records, w.wal_bytes, w.wal_write, w.wal_sync
+         FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database()",
+    )
+    .await?;
     let v: Vec<f64> = text.trim().split('|').map(|x| x.parse().unwrap_or(0.0)).collect();
     anyhow::ensure!(v.len() == 5, "unexpected statistics: {text:?}");
     Ok([v[0], v[1], v[2], v[3], v[4]])
 }
 
-/// What the database's client backends are doing, sampled every `SAMPLE_EVERY` until `stop`:
+/// What the database's client backends are doing, sampled every `SAMPLE_EVERY` until `stop` is set:
 /// counts by (state, wait event), where an active backend with no wait event is on a CPU.
 async fn sample_waits(
     db_url: String,
-    stop: tokio_util_stop::Stop,
+    stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&db_url).await?;
     let mut tally = std::collections::BTreeMap::new();
-    while !stop.is_set() {
+    while !stop.load(Ordering::Relaxed) {
         let rows: Vec<Sample> = sqlx::query_as(
             "SELECT state, wait_event_type, wait_event,
                     CASE WHEN wait_event_type = 'Lock' THEN left(regexp_replace(query, '\\s+', ' ', 'g'), 70) END
@@ -139,24 +136,6 @@ type Sample = (Option<String>, Option<String>, Option<String>, Option<String>);
 
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
-/// A flag set once (the sampler's stop signal).
-mod tokio_util_stop {
-    use std::sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    };
-    #[derive(Clone, Default)]
-    pub struct Stop(Arc<AtomicBool>);
-    impl Stop {
-        pub fn set(&self) {
-            self.0.store(true, Ordering::Relaxed);
-        }
-        pub fn is_set(&self) -> bool {
-            self.0.load(Ordering::Relaxed)
-        }
-    }
-}
-
 /// PostgreSQL publishes a backend's statistics at most once a second.
 const STATS_SETTLE: Duration = Duration::from_millis(1500);
 
@@ -168,14 +147,14 @@ pub async fn run(backend: &str, args: &crate::Args, n: usize) -> anyhow::Result<
     run_noops(&c, 1_000).await?;
     tokio::time::sleep(STATS_SETTLE).await;
     let pg0 = if pg { Some(pg_stats(&c.db_url).await?) } else { None };
-    let stop = tokio_util_stop::Stop::default();
+    let stop = Arc::new(AtomicBool::new(false));
     let sampler = pg.then(|| tokio::spawn(sample_waits(c.db_url.clone(), stop.clone())));
     let s0 = snap(&c);
     let t0 = Instant::now();
     run_noops(&c, n).await?;
     let secs = t0.elapsed().as_secs_f64();
     let s1 = snap(&c);
-    stop.set();
+    stop.store(true, Ordering::Relaxed);
     let waits = match sampler {
         Some(h) => Some(h.await??),
         None => None,

@@ -39,7 +39,7 @@ pub struct BackendResult {
     #[serde(default)]
     pub python_warm_ms: Option<[f64; 3]>,
     pub detection_seconds: Vec<f64>,
-    /// The console's pages with 100,000 executions stored: (path, p50 ms, slowest ms).
+    /// The console's pages with 100,000 executions stored: (path, p50 ms, slowest ms, first ms).
     #[serde(default)]
     pub console_pages_ms: Vec<crate::console::PageTime>,
     /// The same on PostgreSQL after a `VACUUM` of the executions.

@@ -25,7 +25,7 @@ pub(super) async fn run(
         "noop" => ok(),
         "sleep" => {
             let secs = p.get("seconds").and_then(Value::as_f64).unwrap_or(1.0).max(0.0);
-            let (mut progress, r) = sleep(secs, timeout, tap, cancel).await;
+            let (progress, r) = sleep(secs, timeout, tap, cancel).await;
             let mut r = match r {
                 Slept::Done => {
                     let mut r = ok();
@@ -44,7 +44,7 @@ pub(super) async fn run(
                     r
                 }
             };
-            r.stdout = std::mem::take(&mut progress);
+            r.stdout = progress;
             r
         }
         "fail" => {
@@ -90,7 +90,7 @@ async fn sleep(
     let mut out = String::new();
     let mut say = |line: String| {
         if let Some(tap) = tap {
-            let _ = tap.send(("stdout", line.clone().into_bytes()));
+            let _ = tap.send(("stdout", line.as_bytes().to_vec()));
         }
         out.push_str(&line);
     };
