@@ -47,6 +47,10 @@ pub struct Args {
     /// commits, WAL bytes and flushes per execution (issue 17). Prints tables; writes no JSON.
     #[arg(long, value_name = "N")]
     profile: Option<usize>,
+    /// With `--profile`: the no-ops run under a concurrency limit, each with its own key (the
+    /// benchmark's `bench.limited`, issue 16), instead of `core.noop`.
+    #[arg(long, requires = "profile")]
+    profile_limited: bool,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/latest.json")]
     out: PathBuf,

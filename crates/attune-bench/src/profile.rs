@@ -140,18 +140,28 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 const STATS_SETTLE: Duration = Duration::from_millis(1500);
 
 pub async fn run(backend: &str, args: &crate::Args, n: usize) -> anyhow::Result<()> {
-    let mut c = Cluster::start(backend, &args.pg).await?;
+    // The benchmark's pack (which holds `bench.limited`) also fires a timer rule each second:
+    // loaded only when needed.
+    let limited = args.profile_limited;
+    let mut c =
+        Cluster::start_with(
+            backend,
+            &args.pg,
+            |d| if limited { crate::events::write_pack(d) } else { Ok(()) },
+        )
+        .await?;
     c.add_workers(args.workers, args.concurrency).await?;
     let pg = backend == "postgres";
-    eprintln!("[{backend}] profile: warm-up of 1,000 no-ops, then {n}");
-    run_noops(&c, 1_000).await?;
+    let action = if args.profile_limited { "bench.limited" } else { "core.noop" };
+    eprintln!("[{backend}] profile: warm-up of 1,000 {action}, then {n}");
+    run_noops(&c, 1_000, action).await?;
     tokio::time::sleep(STATS_SETTLE).await;
     let pg0 = if pg { Some(pg_stats(&c.db_url).await?) } else { None };
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = pg.then(|| tokio::spawn(sample_waits(c.db_url.clone(), stop.clone())));
     let s0 = snap(&c);
     let t0 = Instant::now();
-    run_noops(&c, n).await?;
+    run_noops(&c, n, action).await?;
     let secs = t0.elapsed().as_secs_f64();
     let s1 = snap(&c);
     stop.store(true, Ordering::Relaxed);
@@ -162,7 +172,7 @@ pub async fn run(backend: &str, args: &crate::Args, n: usize) -> anyhow::Result<
     tokio::time::sleep(STATS_SETTLE).await;
     let pg1 = if pg { Some(pg_stats(&c.db_url).await?) } else { None };
     let per = |a: f64, b: f64| (b - a) * 1000.0 / n as f64; // ms per execution
-    println!("\n{backend}: {n} no-ops in {secs:.2} s = {:.0}/s (16 submitting clients)", n as f64 / secs);
+    println!("\n{backend}: {n} × {action} in {secs:.2} s = {:.0}/s (16 submitting clients)", n as f64 / secs);
     println!("| CPU per execution | ms | share of the machine's busy time |");
     println!("|---|---|---|");
     let busy = s1.busy - s0.busy;
@@ -209,9 +219,10 @@ pub async fn run(backend: &str, args: &crate::Args, n: usize) -> anyhow::Result<
     Ok(())
 }
 
-async fn run_noops(c: &Cluster, n: usize) -> anyhow::Result<()> {
+/// `n` executions of `action`; `bench.limited` gets its own concurrency key in each.
+async fn run_noops(c: &Cluster, n: usize, action: &str) -> anyhow::Result<()> {
     let before = c.terminal().await?;
-    crate::workloads::submit_many(&c.client, n, "core.noop", json!({})).await?;
+    crate::workloads::submit_many_as(&c.client, n, action, json!({}), action == "bench.limited").await?;
     c.wait_terminal(before + n as u64, Duration::from_secs(600)).await?;
     Ok(())
 }

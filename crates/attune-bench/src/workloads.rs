@@ -46,7 +46,7 @@ pub async fn submit_many(client: &Client, n: usize, action: &str, params: Value)
     submit_many_as(client, n, action, params, false).await
 }
 
-async fn submit_many_as(
+pub async fn submit_many_as(
     client: &Client,
     n: usize,
     action: &str,

@@ -28,6 +28,7 @@ const SQLITE: &[(i64, &str)] = &[
     (22, include_str!("../migrations/sqlite/0022_pack_archives.sql")),
     (23, include_str!("../migrations/sqlite/0023_finished_index.sql")),
     (24, include_str!("../migrations/sqlite/0024_ended_per_minute.sql")),
+    (25, include_str!("../migrations/sqlite/0025_ready_split.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_init.sql")),
@@ -53,6 +54,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (22, include_str!("../migrations/postgres/0022_pack_archives.sql")),
     (23, include_str!("../migrations/postgres/0023_finished_index.sql")),
     (24, include_str!("../migrations/postgres/0024_ended_per_minute.sql")),
+    (25, include_str!("../migrations/postgres/0025_ready_split.sql")),
 ];
 
 /// Arbitrary constant naming Attune's migration lock.

@@ -71,6 +71,7 @@ conformance!(
     sensors_run_on_one_worker_at_a_time,
     selectors_route_and_own_timeouts_expire,
     concurrency_limits_hold_per_key,
+    a_full_key_does_not_hold_up_the_keys_behind_it,
     rate_limits_refill_at_their_rate,
     priorities_go_first_without_starving_the_rest,
     workflow_steps_are_taken_once,
@@ -1452,6 +1453,52 @@ async fn concurrency_limits_hold_per_key(db: &TestDb) {
     assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![w1], "max 1: the oldest");
     let got = ids(s.claim(w, "w", &[Runtime::Shell], 10, at(later + 3), until(later + 3)).await.unwrap());
     assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![w2], "one slot left of two");
+}
+
+/// Issue 16: a claim passes over the waiting executions of a key at its limit, however many are
+/// ahead (the claim reads them page by page), and takes the first of a free key behind them. On
+/// PostgreSQL it also passes over a row another claimer is taking instead of coming back empty.
+async fn a_full_key_does_not_hold_up_the_keys_behind_it(db: &TestDb) {
+    let s = open(db).await;
+    let w = worker(&s, "w", &[Runtime::Shell], at(0)).await;
+    let a = action("deploy", Runtime::Shell, 1);
+    let keyed = |key: &str| NewExecution { concurrency: Some((format!("t.deploy/{key}"), 1)), ..plain(&a) };
+    let busy = s.create_executions((0..60).map(|_| keyed("busy")).collect(), at(1)).await.unwrap();
+    let busy: Vec<Uuid> = busy.into_iter().map(|r| r.unwrap().id).collect();
+    let free: Vec<Uuid> = s
+        .create_executions(vec![keyed("a"), keyed("b"), keyed("c")], at(2))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().id)
+        .collect();
+    let claim = |max: u32, t: u64| {
+        let s = &s;
+        async move {
+            let got = s.claim(w, "w", &[Runtime::Shell], max, at(t), at(t).plus(STALENESS)).await.unwrap();
+            got.into_iter().map(|t| t.execution_id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(claim(1, 3).await, vec![busy[0]], "the oldest first");
+    assert_eq!(claim(1, 3).await, vec![free[0]], "past 59 of a full key");
+    if db.is_postgres() {
+        // Another claimer is taking `free[1]` (it holds the row): this one takes `free[2]`.
+        use sqlx::Connection;
+        let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let mut holding = other.begin().await.unwrap();
+        sqlx::query("SELECT id FROM executions WHERE id = $1 FOR UPDATE")
+            .bind(free[1].to_string())
+            .execute(&mut *holding)
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), claim(1, 3)).await.expect("the claim waited");
+        assert_eq!(got, vec![free[2]], "past the row another claimer holds");
+        holding.rollback().await.unwrap();
+        assert_eq!(claim(5, 3).await, vec![free[1]]);
+    } else {
+        assert_eq!(claim(5, 3).await, vec![free[1], free[2]]);
+    }
+    assert!(claim(5, 3).await.is_empty(), "every key at its limit");
 }
 
 /// Issue 16: a rate-limited execution starts only with a token from its key's bucket, which holds
