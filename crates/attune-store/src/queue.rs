@@ -38,6 +38,14 @@ fn task_from_row(r: &impl RowExt, token: &str) -> Result<Task> {
     })
 }
 
+/// The holders of the concurrency key of the row `e`: its executions delivered, running or
+/// canceling, counted through the key's index. (Counted for a set of keys in one join,
+/// PostgreSQL planned it, with statistics from before a burst, as a read of every waiting row:
+/// 25 ms with 14,000 waiting.)
+const HELD: &str = "CASE WHEN e.concurrency_key IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM executions h
+    WHERE h.concurrency_key = e.concurrency_key AND h.status IN ('scheduled', 'running', 'canceling')
+      AND (h.status <> 'scheduled' OR h.lease_token IS NOT NULL)) END";
+
 /// How many waiting executions under a limit one claim looks at, at most.
 const LIMITED_SCAN: usize = 500;
 
@@ -60,38 +68,17 @@ struct Allowance {
 }
 
 impl Allowance {
-    /// The concurrency keys and rate keys of `cands` not counted yet, each once, sorted.
-    fn unknown_keys(&self, cands: &[Limited]) -> (Vec<String>, Vec<String>) {
-        let mut ckeys: Vec<String> =
-            cands.iter().filter_map(|c| c.ckey.clone()).filter(|k| !self.slots.contains_key(k)).collect();
-        let mut rkeys: Vec<String> =
-            cands.iter().filter_map(|c| c.rkey.clone()).filter(|k| !self.tokens.contains_key(k)).collect();
-        for keys in [&mut ckeys, &mut rkeys] {
-            keys.sort();
-            keys.dedup();
+    /// Counts in `c`'s keys if not counted yet: `held` slots of its concurrency key, its rate
+    /// bucket's `stored` (tokens, when), refilled up to `now`. A bucket never stored is full.
+    fn count(&mut self, c: &Limited, held: i64, stored: Option<(f64, i64)>, now: i64) {
+        if let Some(k) = &c.ckey {
+            self.slots.entry(k.clone()).or_insert((c.climit - held).max(0));
         }
-        (ckeys, rkeys)
-    }
-
-    /// Counts in the keys of `cands` not counted yet: `held` slots per concurrency key, `stored`
-    /// (tokens, when) per rate key, refilled up to `now`. A bucket never stored is full.
-    fn fill(
-        &mut self,
-        cands: &[Limited],
-        held: &HashMap<String, i64>,
-        stored: &HashMap<String, (f64, i64)>,
-        now: i64,
-    ) {
-        for c in cands {
-            if let Some(k) = &c.ckey {
-                self.slots.entry(k.clone()).or_insert((c.climit - held.get(k).copied().unwrap_or(0)).max(0));
-            }
-            if let Some(k) = &c.rkey {
-                self.tokens.entry(k.clone()).or_insert(match stored.get(k) {
-                    None => c.burst,
-                    Some((t, at)) => (t + (now - at).max(0) as f64 / 1000.0 * c.rate).min(c.burst),
-                });
-            }
+        if let Some(k) = &c.rkey {
+            self.tokens.entry(k.clone()).or_insert(match stored {
+                None => c.burst,
+                Some((t, at)) => (t + (now - at).max(0) as f64 / 1000.0 * c.rate).min(c.burst),
+            });
         }
     }
 
@@ -188,9 +175,12 @@ impl Store {
         if (tasks.len() as u32) < max {
             let limited_index = crate::backend::indexed_by(self.kind, "executions_ready_limited");
             let page = format!(
-                "SELECT id, queue_rank, concurrency_key, concurrency_limit, rate_key, rate_per_second, rate_burst
-                 FROM executions {limited_index} WHERE {} AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL)
-                   AND (queue_rank, id) > ($3, $4) ORDER BY queue_rank, id LIMIT $5",
+                "SELECT e.*, {HELD} AS held, b.tokens, b.updated_at AS bucket_at
+                 FROM (SELECT id, queue_rank, concurrency_key, concurrency_limit, rate_key, rate_per_second, rate_burst
+                       FROM executions {limited_index} WHERE {} AND (concurrency_key IS NOT NULL OR rate_key IS NOT NULL)
+                         AND (queue_rank, id) > ($3, $4) ORDER BY queue_rank, id LIMIT $5) e
+                 LEFT JOIN rate_buckets b ON b.key = e.rate_key
+                 ORDER BY e.queue_rank, e.id",
                 filter.replace("$W", "$1").replace("$NOW", "$2")
             );
             let lease = Delivery { token: &token, worker: &wid, worker_name, now, until: delivery_until };
@@ -209,11 +199,12 @@ impl Store {
     /// up to its burst. The candidates are read page by page, and a candidate whose key is full is
     /// passed over (up to `LIMITED_SCAN` of them), so a key at its limit does not hold up the
     /// others. Under SQLite's single writer that choice is final. On PostgreSQL it is tentative:
-    /// the chosen rows are then locked (`SKIP LOCKED`: a row another claimer is taking is left to
-    /// it) together with a transaction-scoped advisory lock on each of their keys, in one statement
-    /// and in hash order (so two claimers cannot deadlock), and the holders and buckets of those
-    /// keys are read again under the locks, which see every claim committed before. So claimers
-    /// on several replicas never exceed a limit, and each locks only what it may take.
+    /// a transaction-scoped advisory lock is taken on each key of the chosen rows, in one
+    /// statement and in hash order (so two claimers cannot deadlock); then the rows themselves
+    /// (`SKIP LOCKED`: a row another claimer is taking is left to it), with their keys' holders
+    /// and buckets read again in that statement, which sees every claim committed before the
+    /// locks were granted. So claimers on several replicas never exceed a limit, and each locks
+    /// only what it may take.
     async fn claim_limited(&self, page: &str, lease: &Delivery<'_>, max: u32) -> Result<Vec<Task>> {
         let mut passed_over = HashSet::new();
         // When every row chosen was being taken by another claimer, look again past them rather
@@ -239,43 +230,12 @@ impl Store {
         use sqlx::Row;
         let now = lease.now.millis();
         let pg = self.kind == crate::BackendKind::Postgres;
-        // A JSON array of texts as a set of rows `k(value)`.
-        let keys = if pg { "jsonb_array_elements_text($1::jsonb) AS k(value)" } else { "json_each($1) AS k" };
-        // The holders of each key, counted key by key through the key's index. (Written as a join
-        // of all the keys, PostgreSQL planned it, with statistics from before a burst, as a read
-        // of every waiting row: 25 ms with 14,000 waiting.)
-        let held_sql = format!(
-            "SELECT k.value AS concurrency_key, (SELECT COUNT(*) FROM executions WHERE concurrency_key = k.value
-                 AND status IN ('scheduled', 'running', 'canceling') AND (status <> 'scheduled' OR lease_token IS NOT NULL)) AS n
-             FROM {keys}"
-        );
-        let buckets_sql = format!(
-            "SELECT key, tokens, updated_at FROM rate_buckets WHERE key IN (SELECT k.value FROM {keys})"
-        );
-        let as_json = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
         let mut out = Vec::new();
         let mut skipped = Vec::new();
         write_pool!(self, p => {
             let mut tx = p.begin().await?;
-            // Reads the holders and buckets of those keys of `$cands` not yet in `$allowance`.
-            macro_rules! read_allowance {
-                ($allowance:expr, $cands:expr) => {{
-                    let (ckeys, rkeys) = $allowance.unknown_keys($cands);
-                    let mut held = HashMap::new();
-                    if !ckeys.is_empty() {
-                        for r in sqlx::query(&held_sql).bind(as_json(&ckeys)).fetch_all(&mut *tx).await? {
-                            held.insert(r.text("concurrency_key")?, r.big("n")?);
-                        }
-                    }
-                    let mut stored = HashMap::new();
-                    if !rkeys.is_empty() {
-                        for b in sqlx::query(&buckets_sql).bind(as_json(&rkeys)).fetch_all(&mut *tx).await? {
-                            stored.insert(b.text("key")?, (b.try_get::<f64, _>("tokens")?, b.big("updated_at")?));
-                        }
-                    }
-                    $allowance.fill($cands, &held, &stored, now);
-                }};
-            }
+            // 1. The candidates in queue order, page by page, each with its key's holders and its
+            //    bucket; taken if what was counted so far leaves a slot and a token.
             let mut scanned: Vec<Limited> = Vec::new();
             let mut allowance = Allowance::default();
             let mut chosen: Vec<usize> = Vec::new();
@@ -290,23 +250,25 @@ impl Store {
                     .bind(size as i64)
                     .fetch_all(&mut *tx)
                     .await?;
-                let first = scanned.len();
                 for r in &rows {
-                    scanned.push(Limited {
+                    let c = Limited {
                         id: uuid("executions", &r.text("id")?)?,
                         ckey: r.opt_text("concurrency_key")?,
                         climit: r.opt_int("concurrency_limit")?.unwrap_or(1) as i64,
                         rkey: r.opt_text("rate_key")?,
                         rate: r.try_get::<Option<f64>, _>("rate_per_second")?.unwrap_or(1.0),
                         burst: r.opt_int("rate_burst")?.unwrap_or(1).max(1) as f64,
-                    });
-                    after = (r.big("queue_rank")?, r.text("id")?);
-                }
-                read_allowance!(allowance, &scanned[first..]);
-                for (i, c) in scanned.iter().enumerate().skip(first) {
-                    if chosen.len() < max && !passed_over.contains(&c.id) && allowance.take(c) {
-                        chosen.push(i);
+                    };
+                    let bucket = match r.try_get::<Option<f64>, _>("tokens")? {
+                        Some(t) => Some((t, r.big("bucket_at")?)),
+                        None => None,
+                    };
+                    allowance.count(&c, r.big("held")?, bucket, now);
+                    if chosen.len() < max && !passed_over.contains(&c.id) && allowance.take(&c) {
+                        chosen.push(scanned.len());
                     }
+                    after = (r.big("queue_rank")?, r.text("id")?);
+                    scanned.push(c);
                 }
                 if chosen.len() >= max || rows.len() < size || scanned.len() >= LIMITED_SCAN {
                     break;
@@ -314,33 +276,57 @@ impl Store {
                 size = (size * 2).min(LIMITED_SCAN - scanned.len());
             }
             if pg && !chosen.is_empty() {
+                // 2. PostgreSQL: the chosen rows' keys locked, then the rows, then their counts
+                //    again: read after the locks were granted, they see every claim of those keys
+                //    committed before.
+                let mut keys: Vec<String> = chosen
+                    .iter()
+                    .flat_map(|&i| {
+                        let c = &scanned[i];
+                        c.ckey.iter().map(|k| format!("c:{k}")).chain(c.rkey.iter().map(|k| format!("r:{k}")))
+                    })
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                sqlx::query(
+                    "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT hashtextextended(k, 7316) AS h
+                       FROM jsonb_array_elements_text($1::jsonb) AS k ORDER BY 1) s",
+                )
+                .bind(serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into()))
+                .execute(&mut *tx)
+                .await?;
                 let ids: Vec<Uuid> = chosen.iter().map(|&i| scanned[i].id).collect();
                 let (cond, list) = crate::backend::in_list(self.kind, "id", 1, &ids);
                 // Rows are locked by id alone, then checked: with statistics from before a burst,
                 // PostgreSQL answered `id = ANY(…) AND status = 'scheduled' AND lease_token IS NULL`
                 // by reading every waiting row through the (queue, id) index (8–29 ms with 14,000).
-                let locked = sqlx::query(&format!(
-                    "WITH c AS MATERIALIZED (SELECT id, status, lease_token, concurrency_key, rate_key FROM executions
-                            WHERE {cond} FOR UPDATE SKIP LOCKED),
-                     r AS (SELECT * FROM c WHERE status = 'scheduled' AND lease_token IS NULL),
-                     l AS (SELECT count(pg_advisory_xact_lock(h)) AS n FROM (SELECT DISTINCT hashtextextended(k, 7316) AS h
-                             FROM (SELECT 'c:' || concurrency_key AS k FROM r WHERE concurrency_key IS NOT NULL
-                                   UNION ALL SELECT 'r:' || rate_key FROM r WHERE rate_key IS NOT NULL) ks ORDER BY 1) s)
-                     SELECT r.id, (SELECT n FROM l) AS locks FROM r"
+                let rows = sqlx::query(&format!(
+                    "WITH e AS MATERIALIZED (SELECT id, status, lease_token, concurrency_key, rate_key FROM executions
+                            WHERE {cond} FOR UPDATE SKIP LOCKED)
+                     SELECT e.id, {HELD} AS held, b.tokens, b.updated_at AS bucket_at FROM e
+                     LEFT JOIN rate_buckets b ON b.key = e.rate_key
+                     WHERE e.status = 'scheduled' AND e.lease_token IS NULL"
                 ))
                 .bind(list)
                 .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| uuid("executions", &r.text("id")?))
-                .collect::<Result<HashSet<Uuid>>>()?;
+                .await?;
+                let mut fresh = Allowance::default();
+                let mut locked = HashSet::new();
+                let by_id: HashMap<Uuid, usize> = chosen.iter().map(|&i| (scanned[i].id, i)).collect();
+                for r in &rows {
+                    let id = uuid("executions", &r.text("id")?)?;
+                    let bucket = match r.try_get::<Option<f64>, _>("tokens")? {
+                        Some(t) => Some((t, r.big("bucket_at")?)),
+                        None => None,
+                    };
+                    if let Some(&i) = by_id.get(&id) {
+                        fresh.count(&scanned[i], r.big("held")?, bucket, now);
+                        locked.insert(id);
+                    }
+                }
                 skipped.extend(ids.iter().filter(|id| !locked.contains(id)));
-                chosen.retain(|&i| locked.contains(&scanned[i].id));
-                // The counts read so far may be stale: read them again under the locks.
-                allowance = Allowance::default();
-                let kept: Vec<Limited> = chosen.iter().map(|&i| scanned[i].clone()).collect();
-                read_allowance!(allowance, &kept);
-                chosen.retain(|&i| allowance.take(&scanned[i]));
+                chosen.retain(|&i| locked.contains(&scanned[i].id) && fresh.take(&scanned[i]));
+                allowance = fresh;
             }
             if !chosen.is_empty() {
                 let ids: Vec<Uuid> = chosen.iter().map(|&i| scanned[i].id).collect();

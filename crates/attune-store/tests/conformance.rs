@@ -72,6 +72,7 @@ conformance!(
     selectors_route_and_own_timeouts_expire,
     concurrency_limits_hold_per_key,
     a_full_key_does_not_hold_up_the_keys_behind_it,
+    concurrent_claimers_never_exceed_a_limit,
     rate_limits_refill_at_their_rate,
     priorities_go_first_without_starving_the_rest,
     workflow_steps_are_taken_once,
@@ -1499,6 +1500,43 @@ async fn a_full_key_does_not_hold_up_the_keys_behind_it(db: &TestDb) {
         assert_eq!(claim(5, 3).await, vec![free[1], free[2]]);
     }
     assert!(claim(5, 3).await.is_empty(), "every key at its limit");
+}
+
+/// Issue 16: claimers running at once (on PostgreSQL, on connections of their own, as replicas
+/// do) together never hand out more than a key's limit, even when they see different
+/// executions of the same key (here: workers of different runtimes).
+async fn concurrent_claimers_never_exceed_a_limit(db: &TestDb) {
+    let s = open(db).await;
+    let (shell, python) = (action("deploy", Runtime::Shell, 1), action("deploy_py", Runtime::Python, 1));
+    let keyed = |i: usize| NewExecution {
+        concurrency: Some((format!("t.deploy/{}", i % 5), 1)),
+        ..plain(if i.is_multiple_of(2) { &shell } else { &python })
+    };
+    let created = s.create_executions((0..100).map(keyed).collect(), at(1)).await.unwrap();
+    let key_of: std::collections::HashMap<Uuid, usize> =
+        created.into_iter().enumerate().map(|(i, r)| (r.unwrap().id, i % 5)).collect();
+    let s = std::sync::Arc::new(s);
+    let mut claimers = tokio::task::JoinSet::new();
+    for c in 0..8 {
+        let s = s.clone();
+        let runtime = if c % 2 == 0 { Runtime::Shell } else { Runtime::Python };
+        let w = worker(&s, &format!("w{c}"), &[runtime], at(0)).await;
+        claimers.spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                got.extend(s.claim(w, "w", &[runtime], 3, at(2), at(2).plus(STALENESS)).await.unwrap());
+            }
+            got
+        });
+    }
+    let mut per_key = std::collections::HashMap::<usize, usize>::new();
+    while let Some(got) = claimers.join_next().await {
+        for t in got.unwrap() {
+            *per_key.entry(key_of[&t.execution_id]).or_default() += 1;
+        }
+    }
+    assert_eq!(per_key.len(), 5, "{per_key:?}");
+    assert!(per_key.values().all(|n| *n == 1), "one per key, no more: {per_key:?}");
 }
 
 /// Issue 16: a rate-limited execution starts only with a token from its key's bucket, which holds
