@@ -146,6 +146,26 @@ impl Shared {
     /// Status changes made by this server: wakes local waiters and polls, and (on PostgreSQL) tells
     /// the other replicas. A failed notification only costs the others their one-second re-check.
     pub(crate) async fn changed(&self, changes: &[(Uuid, ExecutionStatus)]) {
+        // A task is waiting now (submitted, retried), or a concurrency slot may have been freed.
+        let limits = self.submissions.limits_in_use.load(std::sync::atomic::Ordering::Relaxed);
+        let work =
+            changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled || (limits && s.is_terminal()));
+        self.announce(changes, work).await;
+    }
+
+    /// As `changed`, for executions just created. One the server runs (a workflow, an inquiry)
+    /// wakes the engine but not the workers' polls, which could not take it: on SQLite each
+    /// such poll's claim is a write that the engine's next step would queue behind.
+    pub(crate) async fn created(&self, created: &[&attune_core::Execution]) {
+        let changes: Vec<_> = created.iter().map(|e| (e.id, e.status)).collect();
+        let work = created.iter().any(|e| {
+            e.status == ExecutionStatus::Scheduled
+                && !e.action.as_ref().is_some_and(|a| a.runtime.server_side())
+        });
+        self.announce(&changes, work).await;
+    }
+
+    async fn announce(&self, changes: &[(Uuid, ExecutionStatus)], work: bool) {
         if changes.is_empty() {
             return;
         }
@@ -153,10 +173,6 @@ impl Shared {
             // No receivers is fine: nobody is waiting.
             let _ = self.changes.send(*id);
         }
-        // A task is waiting now (submitted, retried), or a concurrency slot may have been freed.
-        let limits = self.submissions.limits_in_use.load(std::sync::atomic::Ordering::Relaxed);
-        let work =
-            changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled || (limits && s.is_terminal()));
         if work {
             self.work_available.notify_waiters();
         }

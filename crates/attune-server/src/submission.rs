@@ -315,8 +315,8 @@ pub(crate) async fn run(shared: Arc<crate::Shared>, inserts: Inserts) {
                 let n = news.len();
                 match shared.store.create_executions(news, Timestamp::now()).await {
                     Ok(created) => {
-                        let changes: Vec<_> = created.iter().flatten().map(|e| (e.id, e.status)).collect();
-                        shared.changed(&changes).await;
+                        let ok: Vec<_> = created.iter().flatten().collect();
+                        shared.created(&ok).await;
                         created.into_iter().map(|r| r.map_err(Arc::new)).collect()
                     }
                     Err(e) => {

@@ -382,8 +382,7 @@ async fn commit(
         shared.engine_wake.notify_one();
         return Ok(false);
     };
-    let changes: Vec<_> = created.iter().map(|e| (e.id, e.status)).collect();
-    shared.changed(&changes).await;
+    shared.created(&created.iter().collect::<Vec<_>>()).await;
     if cancel {
         cancel_children(shared, exec.id, false).await?;
     }

@@ -78,7 +78,6 @@ impl Store {
 
     /// What the engine must do now, at most `limit` of each.
     pub async fn engine_due(&self, now: Timestamp, limit: i64) -> Result<EngineDue> {
-        let ids = |rows: Vec<String>| rows.iter().map(|s| uuid("executions", s)).collect::<Result<Vec<_>>>();
         let server_run = self.by("executions_server_run");
         let unapplied = self.by("executions_child_unapplied");
         let open_wf = self.by("workflows_open");
@@ -106,24 +105,30 @@ impl Store {
         let expired_sql = format!(
             "SELECT id, timeout_seconds FROM executions {server_run} WHERE queue IN ('workflow', 'inquiry')
                AND queue = 'inquiry' AND status = 'pending'
-               AND timeout_seconds IS NOT NULL AND started_at + timeout_seconds * 1000 < $1
-             ORDER BY id LIMIT $2"
+               AND timeout_seconds IS NOT NULL AND started_at + timeout_seconds * 1000 < $2
+             ORDER BY id LIMIT $1"
         );
+        // One statement for the four: the engine asks twice per wake-up (the second time to see
+        // that nothing more is due), on every step of every workflow.
+        let sql = format!(
+            "SELECT 'start' AS kind, id, CAST(0 AS BIGINT) AS t FROM ({start_sql}) s
+             UNION ALL SELECT 'advance', id, CAST(0 AS BIGINT) FROM ({advance_sql}) a
+             UNION ALL SELECT 'open', id, CAST(0 AS BIGINT) FROM ({open_sql}) o
+             UNION ALL SELECT 'expired', id, timeout_seconds FROM ({expired_sql}) x"
+        );
+        let mut due = EngineDue::default();
         read_pool!(self, p => {
-            let start: Vec<String> = sqlx::query_scalar(&start_sql).bind(limit).fetch_all(p).await?;
-            let advance: Vec<String> = sqlx::query_scalar(&advance_sql).bind(limit).fetch_all(p).await?;
-            let open: Vec<String> = sqlx::query_scalar(&open_sql).bind(limit).fetch_all(p).await?;
-            let expired = sqlx::query(&expired_sql).bind(now.millis()).bind(limit).fetch_all(p).await?;
-            Ok(EngineDue {
-                start: ids(start)?,
-                advance: ids(advance)?,
-                open: ids(open)?,
-                expired: expired
-                    .iter()
-                    .map(|r| Ok((uuid("executions", &r.text("id")?)?, r.big("timeout_seconds")?.max(0) as u64)))
-                    .collect::<Result<_>>()?,
-            })
-        })
+            for r in sqlx::query(&sql).bind(limit).bind(now.millis()).fetch_all(p).await? {
+                let id = uuid("executions", &r.text("id")?)?;
+                match r.text("kind")?.as_str() {
+                    "start" => due.start.push(id),
+                    "advance" => due.advance.push(id),
+                    "open" => due.open.push(id),
+                    _ => due.expired.push((id, r.big("t")?.max(0) as u64)),
+                }
+            }
+        });
+        Ok(due)
     }
 
     pub async fn get_workflow(&self, id: Uuid) -> Result<Option<WorkflowRow>> {
