@@ -50,7 +50,6 @@ const HELD: &str = "CASE WHEN e.concurrency_key IS NULL THEN 0 ELSE (SELECT COUN
 const LIMITED_SCAN: usize = 500;
 
 /// A waiting execution under a concurrency or rate limit.
-#[derive(Clone)]
 struct Limited {
     id: Uuid,
     ckey: Option<String>,
@@ -259,10 +258,7 @@ impl Store {
                         rate: r.try_get::<Option<f64>, _>("rate_per_second")?.unwrap_or(1.0),
                         burst: r.opt_int("rate_burst")?.unwrap_or(1).max(1) as f64,
                     };
-                    let bucket = match r.try_get::<Option<f64>, _>("tokens")? {
-                        Some(t) => Some((t, r.big("bucket_at")?)),
-                        None => None,
-                    };
+                    let bucket = r.try_get::<Option<f64>, _>("tokens")?.zip(r.opt_big("bucket_at")?);
                     allowance.count(&c, r.big("held")?, bucket, now);
                     if chosen.len() < max && !passed_over.contains(&c.id) && allowance.take(&c) {
                         chosen.push(scanned.len());
@@ -315,10 +311,7 @@ impl Store {
                 let by_id: HashMap<Uuid, usize> = chosen.iter().map(|&i| (scanned[i].id, i)).collect();
                 for r in &rows {
                     let id = uuid("executions", &r.text("id")?)?;
-                    let bucket = match r.try_get::<Option<f64>, _>("tokens")? {
-                        Some(t) => Some((t, r.big("bucket_at")?)),
-                        None => None,
-                    };
+                    let bucket = r.try_get::<Option<f64>, _>("tokens")?.zip(r.opt_big("bucket_at")?);
                     if let Some(&i) = by_id.get(&id) {
                         fresh.count(&scanned[i], r.big("held")?, bucket, now);
                         locked.insert(id);
