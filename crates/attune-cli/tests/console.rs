@@ -406,6 +406,9 @@ async fn a_workflow_shows_its_tasks_live_and_waits_for_an_answer() {
     }
     assert_eq!(b.text("#status").await, "running");
     b.screenshot("workflow-waiting").await;
+    // The approval's row gains its Respond link when it starts waiting (a re-render that follows
+    // the status shown in place).
+    b.wait_for("#tree a.respond", "the approval's Respond link").await;
     b.click("#tree a.respond").await;
     b.wait_text("#prompt", "the approval's question", |t| t == "Report on 3 hosts?").await;
     b.click("#p-ok").await;

@@ -45,13 +45,15 @@ async function refresh() {
 }
 
 // Rows of executions (`tr[data-execution]`) take their new status from the stream; an execution
-// the page does not show yet re-renders it (a new workflow task, a new execution on the list).
+// the page does not show yet re-renders it (a new workflow task, a new execution on the list), and
+// so does a shown one whose row is more than its status (`opts.refreshKnown`: a workflow's task
+// that starts waiting for an answer gains its Respond link, an ended one its duration).
 function followRows(opts) {
   return follow("execution", EXECUTION_EVENTS, (ev) => {
     const rows = document.querySelectorAll(`tr[data-execution="${ev.execution_id}"]`);
     for (const tr of rows) setStatus(tr.querySelector('[data-field="status"]'), ev.status);
     if (opts.onEvent) opts.onEvent(ev);
-    if (!rows.length && opts.refreshUnknown()) refresh();
+    if (rows.length ? opts.refreshKnown && opts.refreshKnown() : opts.refreshUnknown()) refresh();
   });
 }
 
@@ -68,6 +70,7 @@ function followExecution(box) {
   };
   const es = followRows({
     refreshUnknown: () => !!tree && !ended,
+    refreshKnown: () => !!tree && !ended,
     onEvent: (ev) => {
       if (ev.execution_id !== id) return;
       if (ev.worker) document.getElementById("worker").textContent = ev.worker;
