@@ -43,6 +43,10 @@ pub struct Args {
     /// Only the console's page times with 100,000 executions stored (issue 15), per backend.
     #[arg(long)]
     console_only: bool,
+    /// Only the workflow rows (a 3-step workflow's latency, a `with` of 1,000 items), per
+    /// backend, without the peers.
+    #[arg(long, conflicts_with = "console_only")]
+    workflows_only: bool,
     /// Only a profile of N no-ops per backend: CPU time of each process and, on PostgreSQL,
     /// commits, WAL bytes and flushes per execution (issue 17). Prints tables; writes no JSON.
     #[arg(long, value_name = "N")]
@@ -143,12 +147,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for backend in &args.backends {
         let r = if args.console_only {
             workloads::run_console_only(backend, &args).await?
+        } else if args.workflows_only {
+            workloads::run_workflows_only(backend, &args, sizes).await?
         } else {
             workloads::run_backend(backend, &args, sizes, spawn).await?
         };
         results.backends.push(r);
     }
-    if !args.no_celery && !args.console_only {
+    if !args.no_celery && !args.console_only && !args.workflows_only {
         match peers::celery(&args, sizes).await {
             Ok(c) => results.celery = Some(c),
             Err(e) => {

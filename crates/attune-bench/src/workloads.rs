@@ -159,6 +159,18 @@ pub async fn run_console_only(backend: &str, args: &Args) -> anyhow::Result<Back
     Ok(r)
 }
 
+/// Only the workflow rows (issue 13), for quick comparisons while working on the engine.
+pub async fn run_workflows_only(backend: &str, args: &Args, s: Sizes) -> anyhow::Result<BackendResult> {
+    let mut r = BackendResult::new(backend);
+    let mut c = Cluster::start_with(backend, &args.pg, crate::events::write_pack).await?;
+    c.add_workers(args.workers, args.concurrency).await?;
+    eprintln!("[{backend}] workflows: {} × 3 steps, one at a time; a `with` of 1,000 items", s.workflows);
+    let (seq, items) = workflows(&c, s.workflows).await?;
+    r.workflow_3step_ms = Some(seq);
+    r.with_items_per_sec = Some(items);
+    Ok(r)
+}
+
 pub async fn run_backend(backend: &str, args: &Args, s: Sizes, spawn: f64) -> anyhow::Result<BackendResult> {
     let mut r = BackendResult::new(backend);
     eprintln!("[{backend}] idle memory");

@@ -121,8 +121,9 @@ pub(crate) struct Shared {
     pub pollers: pollers::Pollers,
     /// Woken when events were stored (`reactor::run`).
     pub events_ready: Notify,
-    /// Woken when a workflow or inquiry may have something to do (`workflows::run`).
-    pub engine_wake: Notify,
+    /// Wakes the workflow engine when a workflow or inquiry may have something to do
+    /// (`workflows::run`).
+    pub engine: workflows::Wake,
     /// The one way new executions are accepted.
     pub submissions: submission::Submissions,
     /// Tokens recently read from the store.
@@ -150,7 +151,17 @@ impl Shared {
         let limits = self.submissions.limits_in_use.load(std::sync::atomic::Ordering::Relaxed);
         let work =
             changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled || (limits && s.is_terminal()));
-        self.announce(changes, work).await;
+        self.announce(changes, work, None).await;
+    }
+
+    /// As `changed`, for workers' reports. Only the ends of workflows' task runs concern the
+    /// engine, and it is woken to step those workflows (`ended_under`) without asking the store
+    /// what is due.
+    pub(crate) async fn reported(&self, changes: &[(Uuid, ExecutionStatus)], ended_under: &[Uuid]) {
+        let limits = self.submissions.limits_in_use.load(std::sync::atomic::Ordering::Relaxed);
+        let work =
+            changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled || (limits && s.is_terminal()));
+        self.announce(changes, work, Some(ended_under)).await;
     }
 
     /// As `changed`, for executions just created. One the server runs (a workflow, an inquiry)
@@ -162,10 +173,12 @@ impl Shared {
             e.status == ExecutionStatus::Scheduled
                 && !e.action.as_ref().is_some_and(|a| a.runtime.server_side())
         });
-        self.announce(&changes, work).await;
+        self.announce(&changes, work, None).await;
     }
 
-    async fn announce(&self, changes: &[(Uuid, ExecutionStatus)], work: bool) {
+    /// `workflows`: the workflows to wake the engine for, or `None` for a wake-up that asks the
+    /// store what is due.
+    async fn announce(&self, changes: &[(Uuid, ExecutionStatus)], work: bool, workflows: Option<&[Uuid]>) {
         if changes.is_empty() {
             return;
         }
@@ -177,7 +190,10 @@ impl Shared {
             self.work_available.notify_waiters();
         }
         if self.submissions.server_run_in_use.load(std::sync::atomic::Ordering::Relaxed) {
-            self.engine_wake.notify_one();
+            match workflows {
+                None => self.engine.any(),
+                Some(ids) => self.engine.workflows(ids),
+            }
         }
         if self.store.kind() == attune_store::BackendKind::Postgres {
             // Sent by `replicas::notify`, off the request's path.
@@ -218,7 +234,7 @@ impl Server {
                 work_available: Notify::new(),
                 pollers: Default::default(),
                 events_ready: Notify::new(),
-                engine_wake: Notify::new(),
+                engine: Default::default(),
                 tokens: auth::TokenCache::default(),
                 keyring: Default::default(),
                 key_writes: Default::default(),

@@ -46,6 +46,40 @@ pub(crate) enum EngineError {
 const REPAIR_EVERY: Duration = Duration::from_secs(5);
 const QUIET_MS: i64 = 5_000;
 
+/// How the engine is woken: to ask the store what is due (`any`), or to step given workflows,
+/// whose task runs ended (`workflows`), without asking. Every `RECHECK` it asks anyway, so a
+/// wake-up that is lost or a step that failed costs at most that long.
+#[derive(Default)]
+pub(crate) struct Wake {
+    notify: tokio::sync::Notify,
+    any: std::sync::atomic::AtomicBool,
+    workflows: std::sync::Mutex<Vec<Uuid>>,
+}
+
+impl Wake {
+    pub(crate) fn any(&self) {
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn workflows(&self, ids: &[Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.workflows.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(ids);
+        self.notify.notify_one();
+    }
+
+    /// Whether to ask the store, and the workflows to step (each once).
+    fn take(&self) -> (bool, Vec<Uuid>) {
+        let any = self.any.swap(false, std::sync::atomic::Ordering::AcqRel);
+        let mut ids = std::mem::take(&mut *self.workflows.lock().unwrap_or_else(|p| p.into_inner()));
+        ids.sort_unstable();
+        ids.dedup();
+        (any, ids)
+    }
+}
+
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut last_repair = tokio::time::Instant::now();
     loop {
@@ -55,10 +89,22 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 tracing::warn!(error = %e, "workflow repair monitor failed; retrying shortly");
             }
         }
-        tokio::select! {
+        let recheck = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            _ = shared.engine_wake.notified() => {}
-            _ = tokio::time::sleep(RECHECK) => {}
+            _ = shared.engine.notify.notified() => false,
+            _ = tokio::time::sleep(RECHECK) => true,
+        };
+        let (any, workflows) = shared.engine.take();
+        if !any && !recheck {
+            // Task runs ended: step their workflows. What else they lead to (a workflow that
+            // lost a race, a step that failed) wakes `any`, or waits for the recheck.
+            for id in workflows {
+                if let Err(e) = advance(&shared, id, None).await {
+                    tracing::warn!(workflow = %id, error = %e, "workflow step failed; it is retried");
+                    shared.engine.any();
+                }
+            }
+            continue;
         }
         // Work until a round finds nothing more to do.
         loop {
@@ -151,14 +197,14 @@ pub(crate) async fn advance(
     control: Option<Input>,
 ) -> Result<bool, EngineError> {
     let Some(exec) = shared.store.get_execution(id).await? else { return Ok(false) };
-    if exec.status == ExecutionStatus::Scheduled {
-        drive(shared, &[id], |s| lifecycle::engine_start(s, Timestamp::now())).await?;
-        return Box::pin(advance(shared, id, control)).await;
-    }
     let def = match definition(&exec) {
         Ok(d) => d,
         Err(why) => {
             let error = json!({"error": why});
+            if exec.status == ExecutionStatus::Scheduled {
+                // Started to be ended (a workflow ends from `running`).
+                drive(shared, &[id], |s| lifecycle::engine_start(s, Timestamp::now())).await?;
+            }
             let n = drive(shared, &[id], |s| {
                 lifecycle::engine_finish(
                     s,
@@ -173,8 +219,13 @@ pub(crate) async fn advance(
         }
     };
     let row = shared.store.get_workflow(id).await?;
+    if exec.status == ExecutionStatus::Scheduled && row.is_some() {
+        // Started before and back in `scheduled` (requeued): start it again, then step it.
+        drive(shared, &[id], |s| lifecycle::engine_start(s, Timestamp::now())).await?;
+        return Box::pin(advance(shared, id, control)).await;
+    }
     let Some(row) = row else {
-        if !exec.status.is_active() {
+        if !exec.status.is_active() && exec.status != ExecutionStatus::Scheduled {
             return Ok(false);
         }
         let mut state = State::default();
@@ -363,6 +414,31 @@ async fn commit(
             }
         }
     }
+    let now = Timestamp::now();
+    // The workflow execution's own change goes with the step: its start with the first step,
+    // its end with the last (unless children are to be canceled first: then it is settled after,
+    // from the step's `finish`). Decided on what is stored; a change that raced is retried.
+    // (A workflow that ends in its first step is started here and settled after.)
+    let starting = exec.status == ExecutionStatus::Scheduled;
+    let ending = finish.is_some() && !cancel && !starting;
+    let stored =
+        if starting || ending { shared.store.read_stored(&[exec.id]).await?.remove(&exec.id) } else { None };
+    let transition = stored.and_then(|s| {
+        let decision = match &finish {
+            Some(f) if ending => finish_decision(&s, f, now),
+            _ => lifecycle::engine_start(&s, now),
+        };
+        match decision {
+            lifecycle::Decision::Apply(c) => Some(*c),
+            _ => None,
+        }
+    });
+    if starting && transition.is_none() {
+        // It is no longer waiting to start (canceled meanwhile): look again next round.
+        shared.engine.any();
+        return Ok(false);
+    }
+    let settled = ending && transition.is_some();
     let written = shared
         .store
         .workflow_step(WorkflowStep {
@@ -371,25 +447,46 @@ async fn commit(
             phase: state.phase.as_str().into(),
             paused: state.paused,
             state: serde_json::to_value(&state).unwrap_or(Value::Null),
-            finish: finish.as_ref().map(|f| serde_json::to_value(f).unwrap_or(Value::Null)),
+            // Kept until the workflow execution has ended (`settle`), unless it ends here.
+            finish: finish
+                .as_ref()
+                .filter(|_| !settled)
+                .map(|f| serde_json::to_value(f).unwrap_or(Value::Null)),
             applied,
             children,
-            now: Timestamp::now(),
+            transition,
+            now,
         })
         .await?;
-    let Some(created) = written else {
-        // Another replica (or an earlier round) took this step: read again next round.
-        shared.engine_wake.notify_one();
+    let Some(written) = written else {
+        // Another replica (or an earlier round) took this step, or the workflow execution
+        // changed meanwhile: read again next round.
+        shared.engine.any();
         return Ok(false);
     };
-    shared.created(&created.iter().collect::<Vec<_>>()).await;
+    if let Some(a) = &written.transition {
+        shared.changed(&[(a.id, a.status)]).await;
+    }
+    shared.created(&written.children.iter().collect::<Vec<_>>()).await;
     if cancel {
         cancel_children(shared, exec.id, false).await?;
     }
-    if let Some(f) = &finish {
-        settle(shared, exec.id, f).await?;
+    match &finish {
+        Some(f) if settled => tracing::info!(workflow = %exec.id, outcome = ?f.outcome, "workflow ended"),
+        Some(f) => settle(shared, exec.id, f).await?,
+        None => {}
     }
     Ok(true)
+}
+
+/// The workflow execution's end as the engine decided it.
+fn finish_decision(s: &lifecycle::Stored, f: &Finish, at: Timestamp) -> lifecycle::Decision {
+    let outcome = match f.outcome {
+        Outcome::Succeeded => ExecutionStatus::Succeeded,
+        Outcome::Failed => ExecutionStatus::Failed,
+        Outcome::Canceled => ExecutionStatus::Canceled,
+    };
+    lifecycle::engine_finish(s, outcome, f.output.clone(), f.error.clone(), at)
 }
 
 /// Cancels the workflow's open children (`uncanceled`: only those not being canceled already, so
@@ -409,14 +506,8 @@ async fn cancel_children(shared: &Arc<Shared>, workflow: Uuid, uncanceled: bool)
 
 /// Ends the workflow execution as the engine decided, then marks the decision carried out.
 async fn settle(shared: &Arc<Shared>, id: Uuid, f: &Finish) -> Result<(), EngineError> {
-    let outcome = match f.outcome {
-        Outcome::Succeeded => ExecutionStatus::Succeeded,
-        Outcome::Failed => ExecutionStatus::Failed,
-        Outcome::Canceled => ExecutionStatus::Canceled,
-    };
     let now = Timestamp::now();
-    drive(shared, &[id], |s| lifecycle::engine_finish(s, outcome, f.output.clone(), f.error.clone(), now))
-        .await?;
+    drive(shared, &[id], |s| finish_decision(s, f, now)).await?;
     shared.store.settle_workflow(id).await?;
     tracing::info!(workflow = %id, outcome = ?f.outcome, "workflow ended");
     Ok(())

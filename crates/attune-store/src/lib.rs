@@ -41,7 +41,7 @@ pub use rules::{EventFilter, Timer};
 pub use sensors::{SensorBeat, StartedSensor};
 pub use tokens::NewToken;
 pub use workers::NewWorker;
-pub use workflows::{EndedChild, EngineDue, WorkflowRow, WorkflowStep};
+pub use workflows::{EndedChild, EngineDue, StepWritten, WorkflowRow, WorkflowStep};
 
 use attune_core::TransitionError;
 

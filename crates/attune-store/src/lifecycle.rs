@@ -37,6 +37,8 @@ pub struct Applied {
     pub finished_at: Option<Timestamp>,
     /// The change answered a report the server refused, for this reason.
     pub refused_report: Option<String>,
+    /// The execution's parent (a workflow's task run: the workflow's execution).
+    pub parent: Option<Uuid>,
 }
 
 /// What became of one execution's event.
@@ -98,7 +100,7 @@ const APPLY: &str = "UPDATE executions SET status = $1, attempt = $2, updated_at
     WHERE {ids} AND status = $22 AND attempt = $23
         AND ($24 IS NULL OR lease_token = $24) AND ($25 IS NULL OR worker_id = $25)
         AND ($26 IS NULL OR lease_expires_at = $26)
-    RETURNING id, status, attempt, action_ref, scheduled_at, started_at, finished_at";
+    RETURNING id, status, attempt, action_ref, scheduled_at, started_at, finished_at, parent";
 
 /// Executions that end are counted in `ended_per_minute` (the console's overview) in the same
 /// transaction. A lone statement on PostgreSQL counts its own, `APPLY` inside this (`$30` the
@@ -116,7 +118,7 @@ const APPLY_COUNTING_ENDED: &str = "WITH u AS ({apply}),
 const ENDED_SHARDS: u128 = 8;
 
 /// The statement adding `n` counts (in key order) to `ended_per_minute`.
-fn count_ended(n: usize) -> String {
+pub(crate) fn count_ended(n: usize) -> String {
     let rows: Vec<String> =
         (0..n).map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4)).collect();
     format!(
@@ -127,7 +129,7 @@ fn count_ended(n: usize) -> String {
 }
 
 /// Binds a change's parameters to `APPLY` (for either backend's query type).
-fn bind_change<'q, DB>(
+pub(crate) fn bind_change<'q, DB>(
     q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
     c: &'q Change,
 ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
@@ -208,6 +210,68 @@ fn group(changes: &[Change]) -> Vec<Group<'_>> {
         }
     }
     groups
+}
+
+/// What `APPLY` returned for one execution, as the change's result.
+fn applied_from<R: RowExt>(r: &R, change: &Change, stored: &HashMap<Uuid, Stored>) -> Result<Applied> {
+    let id = uuid("executions", &r.text("id")?)?;
+    Ok(Applied {
+        id,
+        from: change.guard.status,
+        status: change.to,
+        attempt: r.int("attempt")? as u32,
+        action_ref: r.text("action_ref")?,
+        worker: stored.get(&id).and_then(|s| s.worker_name.clone()),
+        scheduled_at: ts(r.opt_big("scheduled_at")?),
+        started_at: ts(r.opt_big("started_at")?),
+        finished_at: ts(r.opt_big("finished_at")?),
+        refused_report: change.refused_report.clone(),
+        parent: r.opt_text("parent")?.map(|p| uuid("executions", &p)).transpose()?,
+    })
+}
+
+/// Applies one change inside a caller's transaction (`$conn`: the transaction's connection), as
+/// `Store::apply` would: the guarded `APPLY`, then, if it ended the execution, its count. `None`
+/// when the guard no longer held (nothing was written).
+macro_rules! apply_in {
+    ($store:expr, $conn:expr, $change:expr) => {{
+        let change: &attune_core::lifecycle::Change = $change;
+        let (cond, id) = crate::backend::in_list($store.kind, "id", 29, &[change.id]);
+        let sql = crate::lifecycle::apply_sql(&cond);
+        let rows =
+            crate::lifecycle::bind_change(sqlx::query(&sql), change).bind(id).fetch_all(&mut *$conn).await?;
+        match rows.first() {
+            None => None,
+            Some(r) => {
+                if change.is_terminal() {
+                    let (minute, shard) = crate::lifecycle::ended_slot(change, $store.kind);
+                    sqlx::query(&crate::lifecycle::count_ended(1))
+                        .bind(minute)
+                        .bind(change.to.as_str())
+                        .bind(shard)
+                        .bind(1i64)
+                        .execute(&mut *$conn)
+                        .await?;
+                }
+                Some(crate::lifecycle::applied_one(r, change)?)
+            }
+        }
+    }};
+}
+pub(crate) use apply_in;
+
+pub(crate) fn apply_sql(cond: &str) -> String {
+    APPLY.replace("{ids}", cond)
+}
+
+/// The minute and shard of `ended_per_minute` a change that ends an execution counts in.
+pub(crate) fn ended_slot(c: &Change, kind: BackendKind) -> (i64, i32) {
+    let shard = if kind == BackendKind::Postgres { (c.id.as_u128() % ENDED_SHARDS) as i32 } else { 0 };
+    (c.at.millis() - c.at.millis().rem_euclid(60_000), shard)
+}
+
+pub(crate) fn applied_one<R: RowExt>(r: &R, change: &Change) -> Result<Applied> {
+    applied_from(r, change, &HashMap::new())
 }
 
 impl Store {
@@ -295,20 +359,8 @@ impl Store {
                     *ended.entry((minute, g.change.to.as_str())).or_default() += rows.len() as i64;
                 }
                 for r in &rows {
-                    let id = uuid("executions", &r.text("id")?)?;
-                    let prior = stored.get(&id);
-                    let a = Applied {
-                        id,
-                        from: g.change.guard.status,
-                        status: g.change.to,
-                        attempt: r.int("attempt")? as u32,
-                        action_ref: r.text("action_ref")?,
-                        worker: prior.and_then(|s| s.worker_name.clone()),
-                        scheduled_at: ts(r.opt_big("scheduled_at")?),
-                        started_at: ts(r.opt_big("started_at")?),
-                        finished_at: ts(r.opt_big("finished_at")?),
-                        refused_report: g.change.refused_report.clone(),
-                    };
+                    let a = applied_from(r, g.change, stored)?;
+                    let id = a.id;
                     if let (Some(cause), Some(tx)) = (g.change.dead_letter, tx.as_mut()) {
                         let error = match &g.change.error {
                             ErrorChange::Set(e) => e.as_ref().map(to_json),

@@ -4,7 +4,7 @@
 //! transaction. A crash before the commit leaves the step undone (it is taken again); after it,
 //! done once. A child's identity is unique per workflow, so no step can start a child twice.
 
-use attune_core::{Execution, ExecutionStatus, NewExecution, Timestamp};
+use attune_core::{lifecycle::Change, Execution, ExecutionStatus, NewExecution, Timestamp};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -12,7 +12,7 @@ use crate::{
     backend::in_list,
     executions::{exec_from_row, insert_executions, EXEC_COLS},
     rows::{opt_json, to_json, uuid, RowExt},
-    Result, Store, StoreError,
+    Applied, Result, Store, StoreError,
 };
 
 const TERMINAL: &str = "('succeeded', 'failed', 'timeout', 'canceled', 'abandoned')";
@@ -66,7 +66,19 @@ pub struct WorkflowStep {
     pub applied: Vec<Uuid>,
     /// Children it starts (each with its `child_key`).
     pub children: Vec<NewExecution>,
+    /// The workflow execution's own change written with the step (its start with the first step,
+    /// its end with the last): one guarded statement in the same transaction; if its guard no
+    /// longer holds, nothing is written.
+    pub transition: Option<Change>,
     pub now: Timestamp,
+}
+
+/// What a written step created and changed.
+#[derive(Debug, Clone)]
+pub struct StepWritten {
+    pub children: Vec<Execution>,
+    /// The workflow execution's change, when the step carried one.
+    pub transition: Option<Applied>,
 }
 
 impl Store {
@@ -214,11 +226,13 @@ impl Store {
     }
 
     /// Writes one engine step in one transaction. `Ok(None)`: another step got there first (the
-    /// version moved, or the first step was taken already): nothing was written; read again.
-    /// Otherwise the children created.
-    pub async fn workflow_step(&self, s: WorkflowStep) -> Result<Option<Vec<Execution>>> {
+    /// version moved, the first step was taken already, or the workflow execution changed under
+    /// the step's transition): nothing was written; read again. Otherwise what it created and
+    /// changed.
+    pub async fn workflow_step(&self, s: WorkflowStep) -> Result<Option<StepWritten>> {
         let at = s.now.millis();
         let ids: Vec<Uuid> = s.children.iter().map(|_| Uuid::now_v7()).collect();
+        let mut transition = None;
         write_pool!(self, p => {
             let mut tx = p.begin().await?;
             let state = to_json(&s.state);
@@ -245,6 +259,13 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(None);
             }
+            if let Some(change) = &s.transition {
+                let Some(a) = crate::lifecycle::apply_in!(self, tx, change) else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                transition = Some(a);
+            }
             if !s.applied.is_empty() {
                 let (cond, list) = in_list(self.kind, "id", 1, &s.applied);
                 sqlx::query(&format!("UPDATE executions SET child_applied = TRUE WHERE {cond}"))
@@ -258,12 +279,14 @@ impl Store {
             }
             tx.commit().await?;
         });
-        Ok(Some(
-            ids.into_iter()
+        Ok(Some(StepWritten {
+            children: ids
+                .into_iter()
                 .zip(s.children)
                 .map(|(id, new)| crate::executions::accepted_execution(id, new, s.now))
                 .collect(),
-        ))
+            transition,
+        }))
     }
 
     /// Running workflows with nothing under them: no child open, no child's end waiting to be

@@ -1617,8 +1617,14 @@ async fn priorities_go_first_without_starving_the_rest(db: &TestDb) {
 }
 
 /// Issue 13: a workflow step is written only over the version it read, with the children it
-/// starts and the ends it consumed, in one transaction; a child's key is unique per workflow.
+/// starts, the ends it consumed and the workflow execution's own start or end, in one
+/// transaction; a child's key is unique per workflow.
 async fn workflow_steps_are_taken_once(db: &TestDb) {
+    use attune_core::lifecycle::{self, Decision, Stored};
+    let change = |d: Decision| match d {
+        Decision::Apply(c) => Some(*c),
+        other => panic!("expected a change: {other:?}"),
+    };
     let s = open(db).await;
     let wf_action = action("flow", Runtime::Workflow, 1);
     let wf = submit(&s, &wf_action, T0).await;
@@ -1633,14 +1639,36 @@ async fn workflow_steps_are_taken_once(db: &TestDb) {
             finish: None,
             applied,
             children,
+            transition: None,
             now: T0,
         };
     let child = |key: &str| NewExecution { parent: Some(wf), child_key: Some(key.into()), ..plain(&task) };
-    let first =
-        s.workflow_step(step(None, vec![child("a/1")], vec![])).await.unwrap().expect("the first step");
-    assert_eq!(first.len(), 1);
+    async fn stored(s: &Store, id: Uuid) -> Stored {
+        s.read_stored(&[id]).await.unwrap().remove(&id).expect("stored")
+    }
+    // The first step starts the workflow execution with it.
+    let scheduled = stored(&s, wf).await;
+    assert_eq!(scheduled.status, ExecutionStatus::Scheduled);
+    let start = change(lifecycle::engine_start(&scheduled, T0));
+    let first = s
+        .workflow_step(attune_store::WorkflowStep {
+            transition: start.clone(),
+            ..step(None, vec![child("a/1")], vec![])
+        })
+        .await
+        .unwrap()
+        .expect("the first step");
+    assert_eq!(first.children.len(), 1);
+    assert_eq!(first.transition.map(|a| a.status), Some(ExecutionStatus::Running));
+    assert_eq!(s.get_execution(wf).await.unwrap().unwrap().status, ExecutionStatus::Running);
     assert!(
-        s.workflow_step(step(None, vec![child("a/1")], vec![])).await.unwrap().is_none(),
+        s.workflow_step(attune_store::WorkflowStep {
+            transition: start,
+            ..step(None, vec![child("a/1")], vec![])
+        })
+        .await
+        .unwrap()
+        .is_none(),
         "taken already"
     );
     let row = s.get_workflow(wf).await.unwrap().unwrap();
@@ -1650,7 +1678,7 @@ async fn workflow_steps_are_taken_once(db: &TestDb) {
     // The child ends: the workflow is due, with that end to apply.
     let w = worker(&s, "w", &[Runtime::Shell], T0).await;
     let (id, token) = claim_one(&s, w, T0).await;
-    assert_eq!(id, first[0].id);
+    assert_eq!(id, first.children[0].id);
     let h = Holder { token: &token, worker: w };
     s.start(id, h.clone(), T0, T0.plus(std::time::Duration::from_secs(30))).await.unwrap();
     s.complete(id, h, &Report::new(ExecutionStatus::Succeeded), T0).await.unwrap();
@@ -1670,4 +1698,26 @@ async fn workflow_steps_are_taken_once(db: &TestDb) {
     let again = s.workflow_step(step(Some(2), vec![child("a/1")], vec![])).await;
     assert!(again.is_err(), "a duplicate child is refused: {again:?}");
     assert_eq!(s.get_workflow(wf).await.unwrap().unwrap().version, 2, "and the step with it");
+    // The last step carries the workflow's end. Decided on a read the execution has moved on
+    // from (a cancel came in between), it writes nothing; decided again, it ends it.
+    let end = |st: &Stored| change(lifecycle::engine_finish(st, ExecutionStatus::Succeeded, None, None, T0));
+    let stale = stored(&s, wf).await;
+    s.cancel_execution(wf, "user:test", T0).await.unwrap();
+    let last = |t: Option<attune_core::lifecycle::Change>| attune_store::WorkflowStep {
+        phase: "done".into(),
+        transition: t,
+        ..step(Some(2), vec![], vec![])
+    };
+    assert!(s.workflow_step(last(end(&stale))).await.unwrap().is_none(), "a stale end writes nothing");
+    let row = s.get_workflow(wf).await.unwrap().unwrap();
+    assert_eq!((row.version, row.phase.as_str()), (2, "running"));
+    let ended = s.workflow_step(last(end(&stored(&s, wf).await))).await.unwrap().expect("the last step");
+    assert_eq!(
+        ended.transition.map(|a| a.status),
+        Some(ExecutionStatus::Canceled),
+        "asked to cancel, it ends so"
+    );
+    let e = s.get_execution(wf).await.unwrap().unwrap();
+    assert_eq!(e.status, ExecutionStatus::Canceled);
+    assert_eq!(s.get_workflow(wf).await.unwrap().unwrap().phase, "done");
 }

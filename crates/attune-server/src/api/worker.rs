@@ -497,6 +497,7 @@ pub async fn complete_batch(
     let items: Vec<_> = b.reports.into_iter().map(|i| (i.execution_id, i.lease_token, i.report)).collect();
     let now = Timestamp::now();
     let mut changes = Vec::new();
+    let mut ended_under = Vec::new();
     let mut results = Vec::with_capacity(items.len());
     for (execution_id, r) in state.store.complete_many(&items, caller.id, now).await? {
         results.push(match r {
@@ -504,6 +505,9 @@ pub async fn complete_batch(
                 if let Driven::Applied(a) = &d {
                     state.metrics.finished(a, now);
                     changes.push((execution_id, a.status));
+                    if a.status.is_terminal() {
+                        ended_under.extend(a.parent);
+                    }
                     if let Some(why) = &a.refused_report {
                         let e = ApiError::unprocessable(
                             "invalid_report",
@@ -518,7 +522,7 @@ pub async fn complete_batch(
             Err(e) => item_error(execution_id, ApiError::from(e)),
         });
     }
-    state.changed(&changes).await;
+    state.reported(&changes, &ended_under).await;
     Ok(Json(BatchReply { results }))
 }
 
