@@ -154,9 +154,9 @@ impl Shared {
         self.announce(changes, work, None).await;
     }
 
-    /// As `changed`, for workers' reports. Only the ends of workflows' task runs concern the
-    /// engine, and it is woken to step those workflows (`ended_under`) without asking the store
-    /// what is due.
+    /// As `changed`, for workers' starts and reports. Only the ends of workflows' task runs
+    /// concern the engine, and it is woken to step those workflows (`ended_under`) without
+    /// asking the store what is due.
     pub(crate) async fn reported(&self, changes: &[(Uuid, ExecutionStatus)], ended_under: &[Uuid]) {
         let limits = self.submissions.limits_in_use.load(std::sync::atomic::Ordering::Relaxed);
         let work =
@@ -167,13 +167,25 @@ impl Shared {
     /// As `changed`, for executions just created. One the server runs (a workflow, an inquiry)
     /// wakes the engine but not the workers' polls, which could not take it: on SQLite each
     /// such poll's claim is a write that the engine's next step would queue behind.
+    /// A created workflow wakes the engine to start that workflow; only an inquiry has it ask the
+    /// store what is due.
     pub(crate) async fn created(&self, created: &[&attune_core::Execution]) {
         let changes: Vec<_> = created.iter().map(|e| (e.id, e.status)).collect();
-        let work = created.iter().any(|e| {
-            e.status == ExecutionStatus::Scheduled
-                && !e.action.as_ref().is_some_and(|a| a.runtime.server_side())
-        });
-        self.announce(&changes, work, None).await;
+        let runtime = |e: &attune_core::Execution| e.action.as_ref().map(|a| a.runtime);
+        let work = created
+            .iter()
+            .any(|e| e.status == ExecutionStatus::Scheduled && !runtime(e).is_some_and(|r| r.server_side()));
+        if created.iter().any(|e| runtime(e) == Some(attune_core::Runtime::Inquiry)) {
+            return self.announce(&changes, work, None).await;
+        }
+        let workflows: Vec<Uuid> = created
+            .iter()
+            .filter(|e| {
+                runtime(e) == Some(attune_core::Runtime::Workflow) && e.status == ExecutionStatus::Scheduled
+            })
+            .map(|e| e.id)
+            .collect();
+        self.announce(&changes, work, Some(&workflows)).await;
     }
 
     /// `workflows`: the workflows to wake the engine for, or `None` for a wake-up that asks the

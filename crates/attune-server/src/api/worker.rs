@@ -477,7 +477,7 @@ pub async fn start_batch(
             Err(e) => item_error(execution_id, ApiError::from(e)),
         })
         .collect();
-    state.changed(&changes).await;
+    state.reported(&changes, &[]).await;
     Ok(Json(BatchReply { results }))
 }
 
