@@ -196,7 +196,7 @@ pub(crate) async fn advance(
     id: Uuid,
     control: Option<Input>,
 ) -> Result<bool, EngineError> {
-    let Some(exec) = shared.store.get_execution(id).await? else { return Ok(false) };
+    let Some((exec, row)) = shared.store.workflow_execution(id).await? else { return Ok(false) };
     let def = match definition(&exec) {
         Ok(d) => d,
         Err(why) => {
@@ -218,7 +218,6 @@ pub(crate) async fn advance(
             return Ok(n > 0);
         }
     };
-    let row = shared.store.get_workflow(id).await?;
     if exec.status == ExecutionStatus::Scheduled && row.is_some() {
         // Started before and back in `scheduled` (requeued): start it again, then step it.
         drive(shared, &[id], |s| lifecycle::engine_start(s, Timestamp::now())).await?;
@@ -289,8 +288,7 @@ async fn repair_quiet(shared: &Arc<Shared>) -> Result<(), EngineError> {
 }
 
 async fn repair(shared: &Arc<Shared>, id: Uuid) -> Result<Option<String>, EngineError> {
-    let Some(exec) = shared.store.get_execution(id).await? else { return Ok(None) };
-    let Some(row) = shared.store.get_workflow(id).await? else { return Ok(None) };
+    let Some((exec, Some(row))) = shared.store.workflow_execution(id).await? else { return Ok(None) };
     let Ok(def) = definition(&exec) else { return Ok(None) };
     let mut state: State = serde_json::from_value(row.state)
         .map_err(|e| EngineError::Refused(format!("workflow {id}: stored state unreadable: {e}")))?;

@@ -143,6 +143,39 @@ impl Store {
         Ok(due)
     }
 
+    /// The workflow execution and its state row (if it has one yet), read at once: what every
+    /// step of the engine starts from.
+    pub async fn workflow_execution(&self, id: Uuid) -> Result<Option<(Execution, Option<WorkflowRow>)>> {
+        const T: &str = "workflows";
+        read_pool!(self, p => {
+            let row = sqlx::query(&format!(
+                "SELECT {EXEC_COLS}, w_phase, w_paused, w_state, w_finish, w_version FROM executions
+                 LEFT JOIN (SELECT execution_id AS w_id, phase AS w_phase, paused AS w_paused, state AS w_state,
+                                   finish AS w_finish, version AS w_version FROM workflows) w ON w.w_id = executions.id
+                 WHERE id = $1"
+            ))
+            .bind(id.to_string())
+            .fetch_optional(p)
+            .await?;
+            row.map(|r| {
+                let e = exec_from_row(&r)?;
+                let w = match r.opt_text("w_phase")? {
+                    None => None,
+                    Some(phase) => Some(WorkflowRow {
+                        execution_id: e.id,
+                        phase,
+                        paused: r.boolean("w_paused")?,
+                        state: crate::rows::json(T, "state", &r.text("w_state")?)?,
+                        finish: opt_json(T, "finish", r.opt_text("w_finish")?)?,
+                        version: r.big("w_version")?,
+                    }),
+                };
+                Ok((e, w))
+            })
+            .transpose()
+        })
+    }
+
     pub async fn get_workflow(&self, id: Uuid) -> Result<Option<WorkflowRow>> {
         const T: &str = "workflows";
         read_pool!(self, p => {

@@ -1646,6 +1646,8 @@ async fn workflow_steps_are_taken_once(db: &TestDb) {
     async fn stored(s: &Store, id: Uuid) -> Stored {
         s.read_stored(&[id]).await.unwrap().remove(&id).expect("stored")
     }
+    let (e, row) = s.workflow_execution(wf).await.unwrap().expect("the workflow execution");
+    assert_eq!((e.id, row), (wf, None), "no state before the first step");
     // The first step starts the workflow execution with it.
     let scheduled = stored(&s, wf).await;
     assert_eq!(scheduled.status, ExecutionStatus::Scheduled);
@@ -1673,6 +1675,8 @@ async fn workflow_steps_are_taken_once(db: &TestDb) {
     );
     let row = s.get_workflow(wf).await.unwrap().unwrap();
     assert_eq!((row.version, row.phase.as_str()), (1, "running"));
+    let (e, with_row) = s.workflow_execution(wf).await.unwrap().unwrap();
+    assert_eq!((e.status, with_row), (ExecutionStatus::Running, Some(row)), "read with its execution");
     let due = s.engine_due(T0, 10).await.unwrap();
     assert!(due.advance.is_empty(), "nothing ended yet: {due:?}");
     // The child ends: the workflow is due, with that end to apply.
