@@ -82,6 +82,9 @@ impl Wake {
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut last_repair = tokio::time::Instant::now();
+    // When the store was last asked; a stream of wake-ups for given workflows (a long `with`)
+    // must not put off what only asking finds (inquiries' timeouts, other replicas' work).
+    let mut last_asked = tokio::time::Instant::now();
     loop {
         if last_repair.elapsed() >= REPAIR_EVERY {
             last_repair = tokio::time::Instant::now();
@@ -95,7 +98,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             _ = tokio::time::sleep(RECHECK) => true,
         };
         let (any, workflows) = shared.engine.take();
-        if !any && !recheck {
+        if !any && !recheck && last_asked.elapsed() < RECHECK {
             // Task runs ended: step their workflows. What else they lead to (a workflow that
             // lost a race, a step that failed) wakes `any`, or waits for the recheck.
             for id in workflows {
@@ -106,6 +109,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
             continue;
         }
+        last_asked = tokio::time::Instant::now();
         // Work until a round finds nothing more to do.
         loop {
             if shared.shutdown.is_cancelled() {
