@@ -360,6 +360,33 @@ async fn server_killed_mid_with(db: TestDb) {
     assert!(again.is_empty(), "items ran more than once: {again:?}");
 }
 
+/// The engine is woken for a workflow when one of its task runs ends, and steps it without asking
+/// the store what is due. A long `with` whose items end every few milliseconds must not put off
+/// what only asking finds: another workflow's inquiry still times out on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inquiry_times_out_on_time_while_a_long_with_runs() {
+    let c = Cluster::start(TestDb::sqlite(), 1);
+    // 16 items at a time (the worker's slots), 50 ms each: items end every few milliseconds for
+    // at least 2000 × 0.05 / 16 = 6.25 s.
+    let fan = c.run("wft.fanout", json!({"n": 2000, "seconds": 0.05, "concurrency": 16})).await;
+    wait_for("items ending", Duration::from_secs(30), || async {
+        let kids = c.client.execution_children(fan.id).await.ok()?.items;
+        (kids.iter().filter(|k| k.status == ExecutionStatus::Succeeded).count() >= 20).then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let e = c.run("wft.unanswered", json!({})).await;
+    let e = c.ended(e.id, Duration::from_secs(30)).await;
+    let took = asked.elapsed();
+    let fan_now = c.client.get_execution(fan.id).await.unwrap();
+    assert_eq!(fan_now.status, ExecutionStatus::Running, "the `with` still runs (else this proves nothing)");
+    assert_eq!(e.result, Some(json!({"why": "no response within 1 seconds"})), "{e:?}");
+    assert!(took < Duration::from_secs(4), "a 1 s inquiry timeout took {took:?} to end its workflow");
+    let canceled = common::cli(c.url(), &["execution", "cancel", &fan.id.to_string()]);
+    assert_eq!(canceled.code, 0, "{canceled:?}");
+    assert_eq!(c.ended(fan.id, Duration::from_secs(30)).await.status, ExecutionStatus::Canceled);
+}
+
 /// Two replicas on one PostgreSQL database both drive the same workflow (each worker talks to
 /// one of them): every step is taken once, every item runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
