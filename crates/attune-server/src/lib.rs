@@ -167,6 +167,7 @@ impl Shared {
     /// As `changed`, for executions just created. One the server runs (a workflow, an inquiry)
     /// wakes the engine but not the workers' polls, which could not take it: on SQLite each
     /// such poll's claim is a write that the engine's next step would queue behind.
+    ///
     /// A created workflow wakes the engine to start that workflow; only an inquiry has it ask the
     /// store what is due.
     pub(crate) async fn created(&self, created: &[&attune_core::Execution]) {

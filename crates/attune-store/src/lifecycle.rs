@@ -231,8 +231,9 @@ fn applied_from<R: RowExt>(r: &R, change: &Change, stored: &HashMap<Uuid, Stored
 }
 
 /// Applies one change inside a caller's transaction (`$conn`: the transaction's connection), as
-/// `Store::apply` would: the guarded `APPLY`, then, if it ended the execution, its count. `None`
-/// when the guard no longer held (nothing was written).
+/// `Store::apply` would: the guarded `APPLY`. `None` when the guard no longer held (nothing was
+/// written). A change that ended the execution must then be counted with `count_ended_in!`, as
+/// the transaction's last statement (the lock order `Store::apply` keeps).
 macro_rules! apply_in {
     ($store:expr, $conn:expr, $change:expr) => {{
         let change: &attune_core::lifecycle::Change = $change;
@@ -240,25 +241,26 @@ macro_rules! apply_in {
         let sql = crate::lifecycle::apply_sql(&cond);
         let rows =
             crate::lifecycle::bind_change(sqlx::query(&sql), change).bind(id).fetch_all(&mut *$conn).await?;
-        match rows.first() {
-            None => None,
-            Some(r) => {
-                if change.is_terminal() {
-                    let (minute, shard) = crate::lifecycle::ended_slot(change, $store.kind);
-                    sqlx::query(&crate::lifecycle::count_ended(1))
-                        .bind(minute)
-                        .bind(change.to.as_str())
-                        .bind(shard)
-                        .bind(1i64)
-                        .execute(&mut *$conn)
-                        .await?;
-                }
-                Some(crate::lifecycle::applied_one(r, change)?)
-            }
-        }
+        rows.first().map(|r| crate::lifecycle::applied_one(r, change)).transpose()?
     }};
 }
 pub(crate) use apply_in;
+
+/// Counts an execution `change` ended in `ended_per_minute`, inside the caller's transaction.
+macro_rules! count_ended_in {
+    ($store:expr, $conn:expr, $change:expr) => {{
+        let change: &attune_core::lifecycle::Change = $change;
+        let (minute, shard) = crate::lifecycle::ended_slot(change, $store.kind);
+        sqlx::query(&crate::lifecycle::count_ended(1))
+            .bind(minute)
+            .bind(change.to.as_str())
+            .bind(shard)
+            .bind(1i64)
+            .execute(&mut *$conn)
+            .await?;
+    }};
+}
+pub(crate) use count_ended_in;
 
 pub(crate) fn apply_sql(cond: &str) -> String {
     APPLY.replace("{ids}", cond)

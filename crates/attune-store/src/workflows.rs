@@ -310,6 +310,10 @@ impl Store {
             for chunk in rows.chunks(200) {
                 insert_executions!(&mut *tx, chunk, at);
             }
+            if let Some(change) = s.transition.as_ref().filter(|c| c.is_terminal()) {
+                // Counter rows last, as every transaction takes them.
+                crate::lifecycle::count_ended_in!(self, tx, change);
+            }
             tx.commit().await?;
         });
         Ok(Some(StepWritten {

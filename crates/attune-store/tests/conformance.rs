@@ -1724,4 +1724,9 @@ async fn workflow_steps_are_taken_once(db: &TestDb) {
     let e = s.get_execution(wf).await.unwrap().unwrap();
     assert_eq!(e.status, ExecutionStatus::Canceled);
     assert_eq!(s.get_workflow(wf).await.unwrap().unwrap().phase, "done");
+    let counted = s.finished_per_minute(T0, 1).await.unwrap();
+    assert!(
+        counted.iter().any(|(_, st, n)| *st == ExecutionStatus::Canceled && *n == 1),
+        "the workflow's end is counted with it: {counted:?}"
+    );
 }
