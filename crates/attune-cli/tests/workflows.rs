@@ -206,6 +206,16 @@ impl Cluster {
     async fn children(&self, id: Uuid) -> Vec<Execution> {
         self.client.execution_children(id).await.unwrap().items
     }
+
+    /// Waits until at least `n` of the workflow's children are in `status` (exactly `n` if `exact`).
+    async fn wait_children(&self, id: Uuid, status: ExecutionStatus, n: usize, exact: bool, what: &str) {
+        wait_for(what, Duration::from_secs(60), || async {
+            let kids = self.client.execution_children(id).await.ok()?.items;
+            let count = kids.iter().filter(|k| k.status == status).count();
+            (count == n || (!exact && count > n)).then_some(())
+        })
+        .await;
+    }
 }
 
 fn keys(children: &[Execution]) -> Vec<String> {
@@ -309,11 +319,7 @@ async fn failure_modes(db: TestDb) {
 async fn cancel_mid_fan_out() {
     let c = Cluster::start(TestDb::sqlite(), 1);
     let e = c.run("wft.fanout", json!({"n": 20, "seconds": 30, "concurrency": 5})).await;
-    wait_for("five items running", Duration::from_secs(30), || async {
-        let kids = c.client.execution_children(e.id).await.ok()?.items;
-        (kids.iter().filter(|k| k.status == ExecutionStatus::Running).count() == 5).then_some(())
-    })
-    .await;
+    c.wait_children(e.id, ExecutionStatus::Running, 5, true, "five items running").await;
     let canceled = common::cli(c.url(), &["execution", "cancel", &e.id.to_string()]);
     assert_eq!(canceled.code, 0, "{canceled:?}");
     let e = c.ended(e.id, Duration::from_secs(30)).await;
@@ -328,11 +334,7 @@ async fn cancel_mid_fan_out() {
 async fn server_killed_mid_with(db: TestDb) {
     let mut c = Cluster::start(db, 1);
     let e = c.run("wft.fanout", json!({"n": 200, "seconds": 0.02, "concurrency": 10})).await;
-    wait_for("some items done", Duration::from_secs(60), || async {
-        let kids = c.client.execution_children(e.id).await.ok()?.items;
-        (kids.iter().filter(|k| k.status == ExecutionStatus::Succeeded).count() >= 40).then_some(())
-    })
-    .await;
+    c.wait_children(e.id, ExecutionStatus::Succeeded, 40, false, "some items done").await;
     let (mut server, url) = c.servers.remove(0);
     server.signal(Signal::SIGKILL);
     server.wait_exit(Duration::from_secs(10));
@@ -369,11 +371,7 @@ async fn an_inquiry_times_out_on_time_while_a_long_with_runs() {
     // 16 items at a time (the worker's slots), 50 ms each: items end every few milliseconds for
     // at least 2000 × 0.05 / 16 = 6.25 s.
     let fan = c.run("wft.fanout", json!({"n": 2000, "seconds": 0.05, "concurrency": 16})).await;
-    wait_for("items ending", Duration::from_secs(30), || async {
-        let kids = c.client.execution_children(fan.id).await.ok()?.items;
-        (kids.iter().filter(|k| k.status == ExecutionStatus::Succeeded).count() >= 20).then_some(())
-    })
-    .await;
+    c.wait_children(fan.id, ExecutionStatus::Succeeded, 20, false, "items ending").await;
     let asked = std::time::Instant::now();
     let e = c.run("wft.unanswered", json!({})).await;
     let e = c.ended(e.id, Duration::from_secs(30)).await;

@@ -147,21 +147,21 @@ impl Shared {
     /// Status changes made by this server: wakes local waiters and polls, and (on PostgreSQL) tells
     /// the other replicas. A failed notification only costs the others their one-second re-check.
     pub(crate) async fn changed(&self, changes: &[(Uuid, ExecutionStatus)]) {
-        // A task is waiting now (submitted, retried), or a concurrency slot may have been freed.
+        self.announce(changes, self.may_free_work(changes), None).await;
+    }
+
+    /// Whether the changes may let a worker claim something: a task is waiting now (submitted,
+    /// retried), or a concurrency slot may have been freed.
+    fn may_free_work(&self, changes: &[(Uuid, ExecutionStatus)]) -> bool {
         let limits = self.submissions.limits_in_use.load(std::sync::atomic::Ordering::Relaxed);
-        let work =
-            changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled || (limits && s.is_terminal()));
-        self.announce(changes, work, None).await;
+        changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled || (limits && s.is_terminal()))
     }
 
     /// As `changed`, for workers' starts and reports. Only the ends of workflows' task runs
     /// concern the engine, and it is woken to step those workflows (`ended_under`) without
     /// asking the store what is due.
     pub(crate) async fn reported(&self, changes: &[(Uuid, ExecutionStatus)], ended_under: &[Uuid]) {
-        let limits = self.submissions.limits_in_use.load(std::sync::atomic::Ordering::Relaxed);
-        let work =
-            changes.iter().any(|(_, s)| *s == ExecutionStatus::Scheduled || (limits && s.is_terminal()));
-        self.announce(changes, work, Some(ended_under)).await;
+        self.announce(changes, self.may_free_work(changes), Some(ended_under)).await;
     }
 
     /// As `changed`, for executions just created. One the server runs (a workflow, an inquiry)

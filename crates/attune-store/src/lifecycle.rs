@@ -212,8 +212,13 @@ fn group(changes: &[Change]) -> Vec<Group<'_>> {
     groups
 }
 
-/// What `APPLY` returned for one execution, as the change's result.
-fn applied_from<R: RowExt>(r: &R, change: &Change, stored: &HashMap<Uuid, Stored>) -> Result<Applied> {
+/// What `APPLY` returned for one execution, as the change's result (`stored`: what was read
+/// before it, for the worker that held it).
+pub(crate) fn applied_from<R: RowExt>(
+    r: &R,
+    change: &Change,
+    stored: &HashMap<Uuid, Stored>,
+) -> Result<Applied> {
     let id = uuid("executions", &r.text("id")?)?;
     Ok(Applied {
         id,
@@ -241,7 +246,7 @@ macro_rules! apply_in {
         let sql = crate::lifecycle::apply_sql(&cond);
         let rows =
             crate::lifecycle::bind_change(sqlx::query(&sql), change).bind(id).fetch_all(&mut *$conn).await?;
-        rows.first().map(|r| crate::lifecycle::applied_one(r, change)).transpose()?
+        rows.first().map(|r| crate::lifecycle::applied_from(r, change, &Default::default())).transpose()?
     }};
 }
 pub(crate) use apply_in;
@@ -270,10 +275,6 @@ pub(crate) fn apply_sql(cond: &str) -> String {
 pub(crate) fn ended_slot(c: &Change, kind: BackendKind) -> (i64, i32) {
     let shard = if kind == BackendKind::Postgres { (c.id.as_u128() % ENDED_SHARDS) as i32 } else { 0 };
     (c.at.millis() - c.at.millis().rem_euclid(60_000), shard)
-}
-
-pub(crate) fn applied_one<R: RowExt>(r: &R, change: &Change) -> Result<Applied> {
-    applied_from(r, change, &HashMap::new())
 }
 
 impl Store {
